@@ -1,0 +1,274 @@
+"""``pumble-bridge``: thin subcommands over the stages.
+
+run          receiver + worker (+ embedded Redis, + fake Pumble when no key is configured)
+serve        the receiver, under gunicorn (``--dev``: Flask's development server)
+worker       the delivery worker
+check        validate the config; non-zero exit with the reasons
+fake-pumble  the fake Pumble server alone
+send-sample  POST a signed sample Shopify order to a running receiver
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+
+import httpx
+
+from bridge import samples
+from bridge.config import Config, ConfigError, config_path, data_dir, load_config
+from bridge.redis_embedded import EmbeddedRedis, EmbeddedRedisError
+
+log = logging.getLogger("bridge")
+
+DEFAULT_PORT = 8000
+FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
+
+
+class CommandError(Exception):
+    """A clear, one-line reason to stop; printed without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "werkzeug"):  # a line per request; our own logs say what matters
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        return args.command(args) or 0
+    except (ConfigError, CommandError, EmbeddedRedisError) as exc:
+        print(f"pumble-bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="config file (default: $BRIDGE_CONFIG, else ./config.yaml)")
+    parser = argparse.ArgumentParser(prog="pumble-bridge", parents=[common],
+                                     description="E-commerce webhooks to Pumble messages.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(command=handler)
+        return sub
+
+    def listen_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        sub.add_argument("--port", type=int, default=None,
+                         help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
+
+    run = command("run", cmd_run, "run the receiver and the worker together")
+    listen_flags(run)
+    run.add_argument("--fake-pumble-port", type=int, default=0,
+                     help="port of the built-in fake Pumble, used when no API key is set "
+                          "(default: the receiver's port + 1)")
+
+    serve = command("serve", cmd_serve, "run the webhook receiver")
+    listen_flags(serve)
+    serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    serve.add_argument("--dev", action="store_true",
+                       help="Flask's development server instead of gunicorn")
+
+    worker = command("worker", cmd_worker, "run the delivery worker")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+    command("check", cmd_check, "validate the config and exit non-zero on any error")
+
+    fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8025)
+    fake.add_argument("--key", action="append", default=[],
+                      help="an accepted API key (repeatable; none: any non-empty key)")
+    fake.add_argument("--channel", action="append", default=[],
+                      help="a channel besides general and random (repeatable)")
+
+    sample = command("send-sample", cmd_send_sample,
+                     "POST a signed sample Shopify order to a running receiver")
+    sample.add_argument("--url", help="receiver base URL (default: http://127.0.0.1:$PORT)")
+    sample.add_argument("--source", help="source name (default: the first shopify source)")
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(config_path(getattr(args, "config", None)))
+
+
+def _port(args: argparse.Namespace) -> int:
+    return getattr(args, "port", None) or int(os.environ.get("PORT") or DEFAULT_PORT)
+
+
+@contextlib.contextmanager
+def _redis_url(config: Config) -> Iterator[str]:
+    """The configured Redis, or the embedded one (started here, stopped on exit)."""
+    if config.redis.url:
+        yield config.redis.url
+        return
+    embedded = EmbeddedRedis(data_dir())
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def _stop_on_signal(stop: threading.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bridge.pipeline import Pipeline
+
+    config = _config(args)
+    Pipeline.from_config(config)
+    print(f"{config.path}: OK ({len(config.sources)} source(s), {len(config.routes)} route(s))")
+    if config.pumble.api_key is None:
+        print("note: no Pumble API key (pumble.api_key / PUMBLE_API_KEY): "
+              "`run` will post to the built-in fake Pumble")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bridge.web import create_app
+
+    config = _config(args)
+    port = _port(args)
+    with _redis_url(config) as redis_url:
+        app = create_app(config, redis_url)  # fails here, once, on a bad config
+        if args.dev:
+            app.run(host=args.host, port=port, threaded=True)
+            return 0
+        from bridge.gunicorn_app import GunicornApp
+
+        GunicornApp(lambda: create_app(config, redis_url), {
+            "bind": f"{args.host}:{port}",
+            "workers": args.workers,
+            "threads": args.threads,
+            "worker_class": "gthread",
+            "accesslog": "-",
+        }).run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bridge.worker import run_worker
+
+    config = _config(args)
+    if config.pumble.api_key is None:
+        raise CommandError("no Pumble API key: set pumble.api_key in the config or "
+                           "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
+    with _redis_url(config) as redis_url:
+        run_worker(config, redis_url, burst=args.burst)
+    return 0
+
+
+def cmd_fake_pumble(args: argparse.Namespace) -> int:
+    from bridge.fake_pumble import create_fake_pumble, print_message
+    from bridge.local_server import LocalServer
+
+    app = create_fake_pumble(keys=args.key, channels=args.channel, echo=print_message)
+    stop = threading.Event()
+    _stop_on_signal(stop)
+    with LocalServer(app, args.host, args.port) as server:
+        print(f"fake Pumble listening on {server.url}", flush=True)
+        stop.wait()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.pipeline import Pipeline
+
+    config = _config(args)
+    Pipeline.from_config(config)  # refuse a bad config before starting anything
+    port = _port(args)
+    stop = threading.Event()
+    _stop_on_signal(stop)
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ, REDIS_URL=stack.enter_context(_redis_url(config)))
+        if config.pumble.api_key is None:
+            env.update(_start_fake_pumble(stack, config, args.fake_pumble_port or port + 1))
+        base = [sys.executable, "-m", "bridge", "--config", str(config.path)]
+        children = {
+            "web": _spawn([*base, "serve", "--host", args.host, "--port", str(port)], env),
+            "worker": _spawn([*base, "worker"], env),
+        }
+        failed = ""
+        while not stop.wait(0.5):
+            failed = next((name for name, child in children.items()
+                           if child.poll() is not None), "")
+            if failed:
+                log.error("the %s process exited (code %s); stopping", failed,
+                          children[failed].returncode)
+                break
+        for name, child in children.items():  # web first: stop taking webhooks, then drain
+            _terminate(name, child)
+    return 1 if failed else 0
+
+
+def _start_fake_pumble(stack: contextlib.ExitStack, config: Config, port: int) -> dict[str, str]:
+    from bridge.fake_pumble import create_fake_pumble, print_message
+    from bridge.local_server import LocalServer
+
+    channels = [r.channel for r in config.routes if "{" not in r.channel]
+    server = LocalServer(create_fake_pumble(channels=channels, echo=print_message), port=port)
+    stack.enter_context(server)
+    bar = "!" * 78
+    print(f"{bar}\n  No Pumble API key configured (pumble.api_key / PUMBLE_API_KEY).\n"
+          f"  Messages go to the BUILT-IN FAKE PUMBLE at {server.url}; they are printed here\n"
+          f"  and listed at {server.url}/_fake/messages. Nothing reaches a real Pumble.\n{bar}",
+          file=sys.stderr, flush=True)
+    return {"PUMBLE_BASE_URL": server.url, "PUMBLE_API_KEY": FAKE_PUMBLE_KEY}
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: Ctrl-C reaches only us, and we stop the children in order.
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _terminate(name: str, child: subprocess.Popen[bytes], grace: float = 40.0) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)  # the worker finishes its current send first
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("the %s process did not stop in %.0fs; killing it", name, grace)
+        child.kill()
+        child.wait()
+
+
+def cmd_send_sample(args: argparse.Namespace) -> int:
+    from bridge.sources.shopify import sign
+
+    config = _config(args)
+    shopify = [name for name, s in config.sources.items() if s.type == "shopify"]
+    name = args.source or (shopify[0] if shopify else "")
+    if name not in config.sources or config.sources[name].type != "shopify":
+        raise CommandError(f"no shopify source named {name!r} in {config.path}"
+                           if name else f"no shopify source in {config.path}")
+    secret = config.sources[name].secret.get_secret_value().encode()
+    body = samples.body_of(samples.shopify_order())
+    headers = {**samples.shopify_headers(), "X-Shopify-Hmac-Sha256": sign(secret, body)}
+    url = f"{(args.url or f'http://127.0.0.1:{_port(args)}').rstrip('/')}/webhooks/{name}"
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"cannot reach the receiver at {url}: {exc}") from None
+    print(f"POST {url} -> {response.status_code} {response.text.strip()}")
+    return 0 if response.status_code == 202 else 1

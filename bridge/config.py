@@ -1,0 +1,295 @@
+"""Load the YAML config: interpolate ``${VAR}`` from the environment, validate, say what is wrong.
+
+Every problem is reported as ``file:line: path: what is wrong`` so a person can fix it without
+reading code. Secrets are held as ``SecretStr`` so a repr or a log line never shows them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PUMBLE_BASE_URL = "https://pumble-api-keys.addons.marketplace.cake.com"
+DEFAULT_QUEUE = "pumble-bridge"
+DEFAULT_DATA_DIR = ".pumble-bridge"
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# ${VAR} or ${VAR:-default}; $${...} stays literal as ${...}.
+_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``str()`` lists every problem, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PumbleSettings(_Model):
+    base_url: str = DEFAULT_PUMBLE_BASE_URL
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(3.0, gt=0)
+    read_timeout: float = Field(10.0, gt=0)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
+class RedisSettings(_Model):
+    url: str | None = None
+    queue: str = DEFAULT_QUEUE
+
+
+class SourceSettings(_Model):
+    type: str
+    secret: SecretStr
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("is empty: a webhook secret is required to verify signatures")
+        return value
+
+
+class RouteMatch(_Model):
+    source: list[str] = ["*"]
+    event: list[str] = ["*"]
+
+    @field_validator("source", "event", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RouteSettings(_Model):
+    name: str
+    match: RouteMatch = RouteMatch()
+    channel: str
+    template: str | None = None
+    text: str | None = None
+    as_bot: bool = True
+    account: str = "default"
+    continue_: bool = Field(False, alias="continue")
+
+    @model_validator(mode="after")
+    def _one_body(self) -> RouteSettings:
+        if (self.template is None) == (self.text is None):
+            raise ValueError("give exactly one of 'template' (a file) or 'text' (inline)")
+        return self
+
+
+class Config(_Model):
+    pumble: PumbleSettings = PumbleSettings()
+    redis: RedisSettings = RedisSettings()
+    sources: dict[str, SourceSettings]
+    routes: list[RouteSettings] = []
+    templates_dir: Path | None = None
+    # Where the file was read from; relative paths in it are relative to its folder.
+    path: Path = Field(Path("config.yaml"), exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, sources: dict[str, SourceSettings]) -> dict[str, SourceSettings]:
+        for name in sources:
+            if not _NAME.match(name):
+                raise ValueError(f"source name {name!r} must be letters, digits, '-' or '_' "
+                                 "(it is part of the URL /webhooks/<name>)")
+        return sources
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names_unique(cls, routes: list[RouteSettings]) -> list[RouteSettings]:
+        seen: set[str] = set()
+        for route in routes:
+            if route.name in seen:
+                raise ValueError(f"route name {route.name!r} is used twice")
+            seen.add(route.name)
+        return routes
+
+    @property
+    def template_dirs(self) -> list[Path]:
+        """User templates first (so they can override), then the shipped ones."""
+        dirs = []
+        if self.templates_dir is not None:
+            dirs.append(self.path.parent / self.templates_dir)
+        dirs.append(shipped_templates_dir())
+        return dirs
+
+
+def shipped_templates_dir() -> Path:
+    package = Path(__file__).resolve().parent
+    installed = package / "templates"  # a wheel install carries them inside the package
+    return installed if installed.is_dir() else package.parent / "templates"
+
+
+def data_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the embedded Redis and other local state live (``BRIDGE_DATA_DIR``)."""
+    return Path(environ.get("BRIDGE_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """``--config`` wins over ``BRIDGE_CONFIG``; ``config.yaml`` in the working directory last."""
+    return Path(cli_value or environ.get("BRIDGE_CONFIG") or "config.yaml")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file (pass --config or set "
+                           "BRIDGE_CONFIG; config.example.yaml is a working start)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping (pumble:, sources:, routes:)"])
+
+    problems: list[str] = []
+    data = _interpolate(raw, (), environ, problems, lambda p: _where(path, lines, p))
+    if problems:
+        raise ConfigError(problems)
+    _apply_environment(data, environ)
+    try:
+        return Config.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, path, lines) for err in exc.errors()]) from None
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Documented overrides: PUMBLE_BASE_URL, REDIS_URL win; PUMBLE_API_KEY fills a gap."""
+    pumble = data.setdefault("pumble", {}) if isinstance(data.get("pumble", {}), dict) else None
+    if pumble is not None:
+        if environ.get("PUMBLE_BASE_URL"):
+            pumble["base_url"] = environ["PUMBLE_BASE_URL"]
+        if not pumble.get("api_key") and environ.get("PUMBLE_API_KEY"):
+            pumble["api_key"] = environ["PUMBLE_API_KEY"]
+    if environ.get("REDIS_URL") and isinstance(data.get("redis", {}), dict):
+        data.setdefault("redis", {})["url"] = environ["REDIS_URL"]
+
+
+def _interpolate(value: Any, at: tuple, environ: Mapping[str, str], problems: list[str],
+                 where) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*at, k), environ, problems, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*at, i), environ, problems, where) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        escaped, name, default = match.groups()
+        if escaped:
+            return match.group(0)[1:]
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{where(at)}: environment variable {name} is not set "
+                        f"(set it, or write ${{{name}:-default}})")
+        return ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def _line_map(node: yaml.Node | None, at: tuple = ()) -> dict[tuple, int]:
+    """Path in the document (keys and list indexes) -> 1-based line where it starts."""
+    lines: dict[tuple, int] = {}
+    if node is None:
+        return lines
+    lines[at] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, child in node.value:
+            lines[(*at, key.value)] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _line_map(child, (*at, key.value)).items()
+                          if k != (*at, key.value)})
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            lines.update(_line_map(child, (*at, index)))
+    return lines
+
+
+def _where(path: Path, lines: dict[tuple, int], at: tuple) -> str:
+    for cut in range(len(at), -1, -1):
+        if at[:cut] in lines:
+            line = lines[at[:cut]]
+            break
+    else:
+        line = 1
+    return f"{path}:{line}: {_dotted(at)}" if at else f"{path}:{line}"
+
+
+def _dotted(at: tuple) -> str:
+    text = ""
+    for part in at:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe(error: Any, path: Path, lines: dict[tuple, int]) -> str:
+    at = tuple("continue" if part == "continue_" else part for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(at[:-1])
+        hint = difflib.get_close_matches(str(at[-1]), known, n=1)
+        suffix = f" (did you mean '{hint[0]}'?)" if hint else (
+            f" (known keys: {', '.join(known)})" if known else "")
+        return f"{_where(path, lines, at)}: unknown key{suffix}"
+    if kind == "missing":
+        return f"{_where(path, lines, at)}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{_where(path, lines, at)}: {message}"
+
+
+def _known_keys(at: tuple) -> list[str]:
+    """Key names accepted at a document path, for 'did you mean' hints."""
+    model: type[BaseModel] = Config
+    skip_container_key = False
+    for part in at:
+        if skip_container_key:  # a list index or a source name, not a field
+            skip_container_key = False
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (list, dict):
+            annotation = typing.get_args(annotation)[-1]
+            skip_container_key = True
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(field.alias or name for name, field in model.model_fields.items()
+                  if not field.exclude)

@@ -1,0 +1,78 @@
+"""The receiving half of the pipeline, assembled from a config: sources, routes, templates.
+
+Everything that can be checked before the first webhook is checked here, at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from bridge.config import Config, ConfigError, RouteSettings
+from bridge.events import Event
+from bridge.notification import Notification
+from bridge.render import Renderer, RenderError
+from bridge.routing import match_routes
+from bridge.sources import Source, build_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What one event turned into: notifications to enqueue, and routes that failed to render."""
+
+    notifications: list[Notification] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, sources: dict[str, Source], routes: list[RouteSettings],
+                 renderer: Renderer):
+        self.sources = sources
+        self.routes = routes
+        self.renderer = renderer
+
+    @classmethod
+    def from_config(cls, config: Config) -> Pipeline:
+        problems = []
+        sources = {}
+        for name, settings in config.sources.items():
+            try:
+                sources[name] = build_source(name, settings)
+            except ValueError as exc:
+                problems.append(f"{config.path}: sources.{name}.type: {exc}")
+        try:
+            renderer = Renderer(config.template_dirs, config.routes)
+        except ValueError as exc:
+            problems.extend(f"{config.path}: {line}" for line in str(exc).splitlines())
+        for route in config.routes:
+            for pattern in route.match.source:
+                if not any(ch in pattern for ch in "*?[") and pattern not in config.sources:
+                    problems.append(f"{config.path}: route {route.name!r} matches source "
+                                    f"{pattern!r}, which is not under sources:")
+        if problems:
+            raise ConfigError(problems)
+        return cls(sources, list(config.routes), renderer)
+
+    def dispatch(self, event: Event, received_at: float) -> Dispatch:
+        result = Dispatch()
+        for route in match_routes(self.routes, event):
+            try:
+                message = self.renderer.render(route, event)
+            except RenderError as exc:
+                log.error("event %s: %s", event.id, exc)
+                result.failures.append(str(exc))
+                continue
+            result.notifications.append(Notification(
+                source=event.source.name,
+                event_id=event.id,
+                event_type=event.type,
+                route=route.name,
+                channel=message.channel,
+                text=message.text,
+                as_bot=route.as_bot,
+                account=route.account,
+                received_at=received_at,
+            ))
+        return result

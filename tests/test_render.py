@@ -1,0 +1,87 @@
+from decimal import Decimal
+
+import pytest
+
+from bridge.config import RouteSettings, shipped_templates_dir
+from bridge.events import Customer, Event, LineItem, Money, Order, SourceRef
+from bridge.render import Renderer, RenderError, money
+
+
+def order_event(items: int = 3, name: str = "Grace Hopper") -> Event:
+    order = Order(
+        id="77", number="#1042", total=Money(Decimal("1234.5"), "EUR"),
+        customer=Customer(name=name, email="grace@example.com"),
+        items=tuple(LineItem(title=f"Item {i}", quantity=i) for i in range(1, items + 1)),
+        admin_url="https://admin.shopify.com/store/demo/orders/77",
+    )
+    return Event(id="d-1", type="order.created", source=SourceRef("shop", "shopify"),
+                 order=order, customer=order.customer)
+
+
+def route(**overrides) -> RouteSettings:
+    return RouteSettings(**{"name": "r", "channel": "orders", "template": "order_created.j2",
+                            **overrides})
+
+
+def render(event: Event, **overrides):
+    settings = route(**overrides)
+    return Renderer([shipped_templates_dir()], [settings]).render(settings, event)
+
+
+@pytest.mark.parametrize(("amount", "currency", "expected"), [
+    ("1234.5", "EUR", "1,234.50 EUR"),
+    ("1234.5", "JPY", "1,234 JPY"),  # banker's rounding of .5 -> even
+    ("1235.5", "JPY", "1,236 JPY"),
+    ("0.1", "KWD", "0.100 KWD"),
+    ("19.999", "USD", "20.00 USD"),
+])
+def test_money_uses_the_currency_minor_units(amount, currency, expected):
+    assert money(Money(Decimal(amount), currency)) == expected
+
+
+def test_order_message_has_what_support_needs():
+    text = render(order_event()).text
+    assert text.splitlines()[0] == "🛒 New order #1042 · 1,234.50 EUR"
+    assert "Customer: Grace Hopper <grace@example.com>" in text
+    assert "• 2 × Item 2" in text
+    assert text.endswith("Open the order: https://admin.shopify.com/store/demo/orders/77")
+    assert "more item" not in text
+
+
+def test_long_item_lists_are_cut():
+    text = render(order_event(items=9)).text
+    assert "• 5 × Item 5" in text
+    assert "Item 6" not in text
+    assert "…and 4 more items" in text
+
+
+def test_missing_fields_render_blank_not_none():
+    text = render(order_event(), template=None, text="{{ order.nope.deeper }}|{{ customer.email }}|"
+                  "{{ event.occurred_at }}").text
+    assert text == "|grace@example.com|"
+
+
+def test_channel_is_a_template():
+    assert render(order_event(), channel="orders-{{ source.name }}").channel == "orders-shop"
+
+
+def test_sandbox_blocks_python_internals():
+    with pytest.raises(RenderError):
+        render(order_event(), template=None,
+               text="{{ order.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_empty_message_is_an_error():
+    with pytest.raises(RenderError, match="rendered empty"):
+        render(order_event(), template=None, text="{{ order.nope }}")
+
+
+def test_unknown_template_and_bad_syntax_are_reported_at_load():
+    with pytest.raises(ValueError) as caught:
+        Renderer([shipped_templates_dir()], [
+            route(name="a", template="nope.j2"),
+            route(name="b", template=None, text="{% if %}"),
+        ])
+    message = str(caught.value)
+    assert "route 'a': template 'nope.j2' not found" in message
+    assert "route 'b': template syntax error" in message

@@ -1,0 +1,96 @@
+import base64
+import hashlib
+import hmac
+from decimal import Decimal
+
+import pytest
+
+from bridge.config import SourceSettings
+from bridge.samples import body_of, shopify_headers, shopify_order
+from bridge.sources import PayloadError, SignatureError, WebhookRequest
+from bridge.sources.shopify import ShopifySource
+
+SECRET = "shpss_example_secret"
+
+
+@pytest.fixture
+def source() -> ShopifySource:
+    return ShopifySource("shop", SourceSettings(type="shopify", secret=SECRET))
+
+
+def signed(body: bytes, secret: str = SECRET, **headers: str) -> WebhookRequest:
+    # Computed here independently of bridge's own signing code.
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return WebhookRequest.of({**shopify_headers(), **headers,
+                              "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode()}, body)
+
+
+def test_good_signature_is_accepted(source):
+    source.verify(signed(body_of(shopify_order(1001))))
+
+
+def test_signature_with_another_secret_is_refused(source):
+    with pytest.raises(SignatureError, match="does not match"):
+        source.verify(signed(body_of(shopify_order(1001)), secret="someone-else"))
+
+
+def test_missing_signature_is_refused(source):
+    request = WebhookRequest.of(shopify_headers(), body_of(shopify_order(1001)))
+    with pytest.raises(SignatureError, match="missing X-Shopify-Hmac-Sha256"):
+        source.verify(request)
+
+
+def test_tampered_body_is_refused(source):
+    request = signed(body_of(shopify_order(1001)))
+    tampered = WebhookRequest(request.headers, request.body.replace(b'"#1001"', b'"#1002"'))
+    assert tampered.body != request.body
+    with pytest.raises(SignatureError):
+        source.verify(tampered)
+
+
+def test_header_names_are_case_insensitive(source):
+    request = signed(body_of(shopify_order(1001)))
+    shouting = WebhookRequest.of({k.upper(): v for k, v in request.headers.items()}, request.body)
+    source.verify(shouting)
+
+
+def test_error_messages_do_not_contain_the_secret(source):
+    with pytest.raises(SignatureError) as caught:
+        source.verify(signed(b"{}", secret="wrong"))
+    assert SECRET not in str(caught.value)
+    assert SECRET not in repr(source)
+
+
+def test_order_is_normalised(source):
+    request = signed(body_of(shopify_order(1001)), **{"X-Shopify-Webhook-Id": "wh-42"})
+    event = source.parse(request)
+    assert event.id == "wh-42"
+    assert event.type == "order.created"
+    assert (event.source.name, event.source.platform) == ("shop", "shopify")
+    order = event.order
+    assert order.number == "#1001"
+    assert order.total.amount == Decimal("368.40")
+    assert order.total.currency == "EUR"
+    assert order.customer.name == "Ada Lovelace"
+    assert len(order.items) == 7
+    assert order.items[0].title == "Merino Wool Sweater - Forest Green / M"
+    assert order.items[0].quantity == 2
+    assert order.admin_url == "https://admin.shopify.com/store/demo-shop/orders/5000000001001"
+
+
+def test_guest_checkout_takes_the_name_from_the_address(source):
+    payload = shopify_order(1001)
+    del payload["customer"]
+    event = source.parse(signed(body_of(payload)))
+    assert event.order.customer.name == "Ada Lovelace"
+
+
+def test_unknown_topic_keeps_the_platform_name(source):
+    event = source.parse(signed(b'{"id": 1}', **{"X-Shopify-Topic": "products/update"}))
+    assert event.type == "shopify.products/update"
+    assert event.order is None
+
+
+def test_body_that_is_not_json_is_a_payload_error(source):
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        source.parse(signed(b"not json"))
