@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ class EmbeddedRedis:
         if self._process is None:
             return
         with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops the connection
-            redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
+            # No retries: the dropped connection is the success, not a fault to ride out.
+            redis.Redis(unix_socket_path=str(self.socket),
+                        retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:

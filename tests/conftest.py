@@ -83,3 +83,41 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def signed_order(number: int = 1001, webhook_id: str | None = None,
+                 secret: str = TEST_SECRET) -> tuple[bytes, dict[str, str]]:
+    """A Shopify orders/create body and headers, signed as Shopify signs."""
+    from bridge.samples import body_of, shopify_headers, shopify_order
+    from bridge.sources.shopify import sign
+
+    body = body_of(shopify_order(number))
+    headers = shopify_headers(webhook_id=webhook_id)
+    headers["X-Shopify-Hmac-Sha256"] = sign(secret.encode(), body)
+    return body, headers
+
+
+@pytest.fixture
+def rq_queue(redis_url: str, queue_name: str):
+    """The test's RQ queue, read directly; its jobs are deleted afterwards (nothing else is)."""
+    from redis import Redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    connection = Redis.from_url(redis_url)
+    queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+    yield queue
+    for registry in (queue.finished_job_registry, queue.failed_job_registry,
+                     queue.scheduled_job_registry):
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id, delete_job=True)
+    queue.delete(delete_jobs=True)
+    connection.close()

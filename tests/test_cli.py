@@ -1,0 +1,42 @@
+from bridge.cli import main
+
+
+def test_check_accepts_a_good_config(write_config, capsys):
+    path = write_config()
+    assert main(["--config", str(path), "check"]) == 0
+    assert "OK (1 source(s), 1 route(s))" in capsys.readouterr().out
+
+
+def test_check_fails_with_every_reason(write_config, capsys):
+    path = write_config(routes=[
+        {"name": "a", "channel": "x", "template": "missing.j2"},
+        {"name": "b", "channel": "x", "text": "{{ oops", "match": {"source": ["shopp"]}},
+    ])
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "route 'a': template 'missing.j2' not found" in err
+    assert "route 'b': template syntax error" in err
+    assert "route 'b' matches source 'shopp', which is not under sources:" in err
+
+
+def test_unknown_source_type_is_reported(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  s: {type: shopfy, secret: x}\n")
+    assert main(["--config", str(path), "check"]) == 2
+    assert "unknown source type 'shopfy' (known: shopify)" in capsys.readouterr().err
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    assert main(["--config", str(tmp_path / "none.yaml"), "check"]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+def test_bridge_config_variable_names_the_file(write_config, monkeypatch, capsys):
+    monkeypatch.setenv("BRIDGE_CONFIG", str(write_config()))
+    assert main(["check"]) == 0
+
+
+def test_worker_without_a_key_refuses_clearly(write_config, capsys):
+    assert main(["--config", str(write_config(api_key="")), "worker", "--burst"]) == 2
+    assert "no Pumble API key" in capsys.readouterr().err
