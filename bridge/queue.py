@@ -1,8 +1,8 @@
 """Put notifications on the RQ queue durably, once each. The only module that knows RQ's keys.
 
-A notification's job id is derived from (source, delivery id, route), and jobs are enqueued with
-``unique=True``: a shop re-delivering the same webhook cannot make a second job while the first
-exists (rq-notes §3; a plain ``job_id=`` would run it twice).
+A notification's job id is derived from (queue, source, delivery id, route), and jobs are
+enqueued with ``unique=True``: a shop re-delivering the same webhook cannot make a second job while
+the first exists (rq-notes §3; a plain ``job_id=`` would run it twice).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ def connect(url: str, *, patient: bool = False) -> redis.Redis:
     )
 
 
-def job_id(notification: Notification) -> str:
-    # rq accepts only [A-Za-z0-9_-] in ids: hash the external ids.
-    key = "\0".join((notification.source, notification.event_id, notification.route))
+def job_id(queue: str, notification: Notification) -> str:
+    # rq accepts only [A-Za-z0-9_-] in ids: hash the external ids. Job ids are global in Redis,
+    # so the queue name is part of it: bridges sharing a Redis never dedupe each other's events.
+    key = "\0".join((queue, notification.source, notification.event_id, notification.route))
     return "n-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -60,7 +61,7 @@ class NotificationQueue:
             self.rq.enqueue(
                 DELIVER,
                 notification.to_payload(),
-                job_id=job_id(notification),
+                job_id=job_id(self.rq.name, notification),
                 unique=True,
                 description="deliver",  # the default would copy the message text into logs
                 job_timeout=JOB_TIMEOUT,

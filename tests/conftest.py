@@ -119,5 +119,6 @@ def rq_queue(redis_url: str, queue_name: str):
                      queue.scheduled_job_registry):
         for job_id in registry.get_job_ids():
             registry.remove(job_id, delete_job=True)
+            connection.delete(f"rq:results:{job_id}")
     queue.delete(delete_jobs=True)
     connection.close()

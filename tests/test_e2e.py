@@ -95,7 +95,7 @@ def test_refused_send_is_kept_with_its_reason(write_config, redis_url, queue_nam
     assert fake_pumble.messages() == []
 
 
-def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url):
+def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_queue):
     """The README's first command: run with no Pumble key, send the sample, see the message."""
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config["redis"] = {"queue": queue_name}
@@ -146,3 +146,25 @@ def _wait_until(condition, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.1)
+
+
+def test_fake_pumble_command_serves_alone():
+    port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "fake-pumble", "--port", str(port), "--key", "k1",
+         "--channel", "Flash Sale"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: httpx.get(f"{url}/_fake/messages").status_code == 200)
+        refused = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k2"},
+                             json={"channel": "flash-sale", "text": "hi"})
+        sent = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k1"},
+                          json={"channel": "flash-sale", "text": "hi"})
+        assert (refused.status_code, refused.json()) == (403, {"error": "Invalid API key"})
+        assert sent.status_code == 200
+    finally:
+        fake.send_signal(signal.SIGINT)
+        output = fake.communicate(timeout=10)[0]
+    assert fake.returncode == 0
+    assert "[fake-pumble] #flash-sale: hi" in output
