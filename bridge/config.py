@@ -190,14 +190,17 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Documented overrides: PUMBLE_BASE_URL, REDIS_URL win; PUMBLE_API_KEY fills a gap."""
-    pumble = data.setdefault("pumble", {}) if isinstance(data.get("pumble", {}), dict) else None
-    if pumble is not None:
+    for section in ("pumble", "redis"):
+        if data.get(section) is None:  # absent, or a bare `pumble:` line
+            data[section] = {}
+    pumble, redis = data["pumble"], data["redis"]
+    if isinstance(pumble, dict):
         if environ.get("PUMBLE_BASE_URL"):
             pumble["base_url"] = environ["PUMBLE_BASE_URL"]
         if not pumble.get("api_key") and environ.get("PUMBLE_API_KEY"):
             pumble["api_key"] = environ["PUMBLE_API_KEY"]
-    if environ.get("REDIS_URL") and isinstance(data.get("redis", {}), dict):
-        data.setdefault("redis", {})["url"] = environ["REDIS_URL"]
+    if isinstance(redis, dict) and environ.get("REDIS_URL"):
+        redis["url"] = environ["REDIS_URL"]
 
 
 def _interpolate(value: Any, at: tuple, environ: Mapping[str, str], problems: list[str],
@@ -226,15 +229,14 @@ def _interpolate(value: Any, at: tuple, environ: Mapping[str, str], problems: li
 
 def _line_map(node: yaml.Node | None, at: tuple = ()) -> dict[tuple, int]:
     """Path in the document (keys and list indexes) -> 1-based line where it starts."""
-    lines: dict[tuple, int] = {}
     if node is None:
-        return lines
-    lines[at] = node.start_mark.line + 1
+        return {}
+    lines = {at: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key, child in node.value:
-            lines[(*at, key.value)] = key.start_mark.line + 1
-            lines.update({k: v for k, v in _line_map(child, (*at, key.value)).items()
-                          if k != (*at, key.value)})
+            path = (*at, key.value)
+            lines.update(_line_map(child, path))
+            lines[path] = key.start_mark.line + 1  # the key's line, where a person looks
     elif isinstance(node, yaml.SequenceNode):
         for index, child in enumerate(node.value):
             lines.update(_line_map(child, (*at, index)))

@@ -118,3 +118,19 @@ def test_example_config_is_valid():
     config = load_config(example, {})
     assert config.pumble.api_key is None  # no key: `run` uses the built-in fake
     assert [r.name for r in config.routes] == ["new-orders", "other-shop-events"]
+
+
+def test_bare_sections_take_defaults(tmp_path):
+    text = "pumble:\nredis:\nsources:\n  shop: {type: shopify, secret: s}\n"
+    config = load_config(write(tmp_path, text), {"REDIS_URL": "redis://r:1/0"})
+    assert config.pumble.api_key is None
+    assert config.redis.url == "redis://r:1/0"
+
+
+def test_wrong_type_names_the_line(tmp_path):
+    path = write(tmp_path, GOOD.replace("    channel: orders", "    channel: orders\n"
+                                        "    as_bot: perhaps"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"PUMBLE_KEY_FOR_TEST": "k"})
+    assert str(caught.value).startswith(f"{path}:12: routes[0].as_bot: Input should be a valid "
+                                        "boolean")
