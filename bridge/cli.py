@@ -4,6 +4,7 @@ run          receiver + worker (+ embedded Redis, + fake Pumble when no key is c
 serve        the receiver, under gunicorn (``--dev``: Flask's development server)
 worker       the delivery worker
 check        validate the config; non-zero exit with the reasons
+pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
 send-sample  POST a signed sample Shopify order to a running receiver
 """
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import httpx
 
 from bridge import samples
+from bridge.cli_pumble import add_pumble_commands
 from bridge.config import Config, ConfigError, config_path, data_dir, load_config
 from bridge.redis_embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -94,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
                       help="an accepted API key (repeatable; none: any non-empty key)")
     fake.add_argument("--channel", action="append", default=[],
                       help="a channel besides general and random (repeatable)")
+    faults = fake.add_argument_group("faults (also settable at run time: POST /_fake/faults)")
+    faults.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
+                        help="answer 429 with Retry-After past this many requests a minute a key")
+    faults.add_argument("--fail-next", type=int, default=0, metavar="N",
+                        help="the next N requests fail with --fail-status")
+    faults.add_argument("--fail-status", type=int, default=503)
+    faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long before handling each request")
+    faults.add_argument("--drop-next", type=int, default=0, metavar="N",
+                        help="apply the next N writes, then close the connection unanswered")
+
+    add_pumble_commands(commands, common)
 
     sample = command("send-sample", cmd_send_sample,
                      "POST a signed sample Shopify order to a running receiver")
@@ -180,10 +194,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_fake_pumble(args: argparse.Namespace) -> int:
-    from bridge.fake_pumble import create_fake_pumble, print_message
+    from bridge.fake_pumble import Faults, create_fake_pumble, print_message
     from bridge.local_server import LocalServer
 
-    app = create_fake_pumble(keys=args.key, channels=args.channel, echo=print_message)
+    faults = Faults(rate_limit_per_minute=args.rate_limit, fail_next_count=args.fail_next,
+                    fail_next_status=args.fail_status, delay=args.delay,
+                    drop_next=args.drop_next)
+    app = create_fake_pumble(keys=args.key, channels=args.channel, echo=print_message,
+                             faults=faults)
     stop = threading.Event()
     _stop_on_signal(stop)
     with LocalServer(app, args.host, args.port) as server:

@@ -1,181 +1,316 @@
-"""A fake Pumble API Keys server that follows shared/pumble-api.md, for tests and first runs.
+"""A fake of Pumble's API Keys addon that follows shared/pumble-api.md, for tests and first runs.
 
-Where the public record is silent (§4 to §8 of the notes mark it UNKNOWN), the fake chooses, and
-every such choice is listed here:
+The state (channels, messages, faults) lives in ``bridge.fake_pumble_state``; this module is the
+HTTP surface. Where the public record is silent (the notes mark it UNKNOWN), the fake chooses,
+and this is the one list of every such choice:
 
-- Every error is HTTP 403, as SPEC says the live API does (§4).
-- A missing or unknown key: legacy body ``{"error": "Invalid API key"}``.
-- An unknown channel: legacy body ``{"error": "Could not find channel with that identifier"}``.
-- A request that fails validation: structured body ``{"message", "localizedMessage", "code"}``
-  with code 400000, as SPEC's createChannel example.
-- Both ``ApiKey`` and ``Api-Key`` headers are accepted (which one Pumble reads is disputed, §1).
-- No length limit on message text (none is documented).
+Statuses and bodies
+- Pumble's own errors are all HTTP 403, as SPEC says the live API answers (§4):
+  - a missing or unknown key: legacy ``{"error": "Invalid API key"}``;
+  - an unknown channel (by ``channelId`` or ``channel`` name): legacy
+    ``{"error": "Could not find channel with that identifier"}``;
+  - an unknown message or cursor, or a message that is not in the channel named with it:
+    structured ``{"message": "Not found", "localizedMessage": "Not found", "code": 404100}``;
+  - a request that fails validation: structured, code 400000. A body that is not a JSON object
+    sent as JSON, text that is not a non-empty string, a missing channel (sendMessage,
+    listMessages) or messageId, a non-boolean ``asBot``/``alsoSendToChannel``, a reaction
+    outside ``^:[a-zA-Z0-9_+\\-]+:$`` or 3..100 characters, ``skinTone`` not an integer 1..6,
+    a channel ``type`` other than PUBLIC/PRIVATE (``"[Allowed values are PUBLIC|PRIVATE]"``), a
+    channel name that is taken, ``limit`` not an integer 1..200, a ``strategy`` other than
+    BEFORE/AFTER/AROUND (``"[Allowed values are BEFORE|AFTER|AROUND]"``);
+  - listMessages on a PRIVATE channel the addon bot is not a member of: legacy
+    ``{"error": "Addon Bot is not a member of this channel"}``. Only listing checks this (it is
+    the one rule HELP states); posting (even ``asBot``), fetching, reacting and deleting do not.
+- Not Pumble's: an unknown path is 404 ``{"error": "Not found"}``, a wrong method 405
+  ``{"error": "Method not allowed"}``.
+- deleteMessage answers 200 with an empty body.
 
-Control endpoints under ``/_fake/`` are not Pumble's: they let tests read what was posted.
+Keys, channels, messages
+- Both ``ApiKey`` and ``Api-Key`` headers are accepted (which one Pumble reads is disputed, §1),
+  ``ApiKey`` first. With no keys configured any non-empty key is accepted. Every key belongs to
+  the same owner, the user ``/myInfo`` returns.
+- ``channelId`` wins over ``channel``. Names are normalised as ``normalize_channel_name`` does
+  (a leading ``#`` is dropped).
+- ``general``, ``random`` and the channels given at start-up are PUBLIC with the owner and the
+  addon bot as members. A channel made by createChannel has the owner as creator and only
+  member. listChannels' ``users`` are the member ids, the bot's id included when it is one.
+- No length limit on text (none is documented); whitespace-only text is accepted.
+- Timestamps are whole seconds (``timestampMilli`` ends in 000).
+- A reply must be in its root's channel (sendReply's channel defaults to it); otherwise the
+  root is "Not found". Replies count in the root's ``threadRootInfo``; a reply not sent with
+  ``alsoSendToChannel`` is not listed in the channel but can be fetched.
+- addReaction stores ``{user: owner id, code}``; the same reaction twice is stored once;
+  ``skinTone`` is checked, not stored.
+- A deleted message is removed: gone from listMessages, fetchMessage and ``/_fake/messages``.
+  Deleting a reply leaves its root's ``threadRootInfo`` as it was.
+- listMessages (``limit`` default 100, ``strategy`` default BEFORE; the cursor is a message id):
+  - no cursor: the newest page, newest first, whatever the strategy; ``hasMoreBefore`` bool,
+    ``hasMoreAfter`` null;
+  - BEFORE: messages strictly older than the cursor, newest first (the last one is the oldest
+    and the next cursor); ``hasMoreBefore`` bool, ``hasMoreAfter`` null;
+  - AFTER: strictly newer, oldest first (the last one is the newest and the next cursor);
+    ``hasMoreAfter`` bool, ``hasMoreBefore`` null;
+  - AROUND: up to ``limit`` messages centred on the cursor, cursor included (an even limit
+    takes one more newer than older), newest first; both flags bool.
+
+Faults (set at start-up with ``Faults`` or through ``/_fake/faults``; never applied to
+``/_fake/`` requests). Each API request meets them in this order:
+1. ``delay``: sleep that long, then go on as usual (a client that timed out may still post);
+2. the key check;
+3. ``rate_limit``: each key may make ``per_minute`` requests in any sliding 60 s window; only
+   admitted requests use a slot. Over it: 429, ``Retry-After`` the whole seconds until a slot
+   frees (at least 1) or the fixed ``retry_after``, body ``{"error": "Too many requests"}``;
+4. ``fail_next``: the next ``count`` requests answer ``status`` (default 503) with
+   ``{"error": "Service unavailable"}``, whatever the status;
+5. the request is handled; refused requests (3, 4) change nothing;
+6. ``drop_next``: the next N writes (POST/DELETE) that succeed are applied, then their
+   connection is shut without an answer. This needs werkzeug's server (``werkzeug.socket``);
+   under another server the answer is sent.
+
+Control endpoints under ``/_fake/`` are not Pumble's and need no key:
+- ``GET /_fake/messages[?channel=NAME]``: ``{"messages": [...]}``, every message (replies too)
+  in posting order, each with its ``channel`` name;
+- ``POST /_fake/channels {name, type?, bot_member?}``: creates the channel (bot not a member
+  unless ``bot_member``) or sets an existing one's bot membership; answers its listChannels
+  entry ``{channel, users}``;
+- ``GET|POST|DELETE /_fake/faults``: read, merge in, or clear the faults; answers them;
+- ``POST /_fake/reset``: no messages, only the start-up channels (bot membership restored), no
+  faults.
+Malformed control requests answer 400 ``{"error": ...}``.
 """
 
 from __future__ import annotations
 
-import secrets
+import contextlib
+import re
+import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
+from bridge.fake_pumble_state import (
+    ADDON_BOT_ID,
+    CHANNEL_TYPES,
+    OWNER,
+    STRATEGIES,
+    ApiError,
+    FaultPlan,
+    Faults,
+    Workspace,
+    channel_not_found,
+    legacy_error,
+    structured_error,
+)
 from bridge.pumble import normalize_channel_name
 
-WORKSPACE_ID = "5f0c0e1a2b3c4d5e6f708192"
-OWNER_USER_ID = "5f0c0e1a2b3c4d5e6f708193"
-ADDON_BOT_ID = "5f0c0e1a2b3c4d5e6f708194"
-DEFAULT_CHANNELS = ("general", "random")
+__all__ = ["Faults", "create_fake_pumble", "print_message"]
 
-
-def new_id() -> str:
-    """Pumble ids are 24 hex characters."""
-    return secrets.token_hex(12)
-
-
-class FakeWorkspace:
-    """The fake's state: channels and their messages, in memory, safe across threads."""
-
-    def __init__(self, channels: Iterable[str] = ()):
-        self._lock = threading.Lock()
-        self.channels: dict[str, dict[str, Any]] = {}
-        self.messages: dict[str, list[dict[str, Any]]] = {}
-        for name in (*DEFAULT_CHANNELS, *channels):
-            self.create_channel(name)
-
-    def create_channel(self, name: str, channel_type: str = "PUBLIC",
-                       description: str = "") -> dict[str, Any] | None:
-        """The new channel, or None when the name is taken."""
-        name = normalize_channel_name(name)
-        now = datetime.now(UTC)
-        with self._lock:
-            if self.find(name=name) is not None:
-                return None
-            channel = {
-                "id": new_id(), "name": name, "channelType": channel_type,
-                "workspaceId": WORKSPACE_ID, "description": description,
-                "creatorId": OWNER_USER_ID, "isMember": True, "isArchived": False,
-                "timestamp": _iso(now), "timestampMilli": _millis(now),
-            }
-            self.channels[channel["id"]] = channel
-            self.messages[channel["id"]] = []
-            return channel
-
-    def find(self, *, name: str = "", channel_id: str = "") -> dict[str, Any] | None:
-        if channel_id:
-            return self.channels.get(channel_id)
-        wanted = normalize_channel_name(name)
-        return next((c for c in self.channels.values() if c["name"] == wanted), None)
-
-    def post(self, channel: dict[str, Any], text: str, as_bot: bool) -> dict[str, Any]:
-        now = datetime.now(UTC).replace(microsecond=0)  # Pumble keeps whole seconds
-        message = {
-            "id": new_id(), "channelId": channel["id"], "workspaceId": WORKSPACE_ID,
-            "author": ADDON_BOT_ID if as_bot else OWNER_USER_ID,
-            "authorAppId": ADDON_BOT_ID if as_bot else None,
-            "text": text, "timestamp": _iso(now), "timestampMilli": _millis(now),
-            "reactions": [], "attachments": [], "files": [], "subtype": "",
-            "deleted": False, "edited": False,
-        }
-        with self._lock:
-            self.messages[channel["id"]].append(message)
-        return message
-
-    def posted(self, channel_name: str = "") -> list[dict[str, Any]]:
-        """Messages in posting order, each with its channel's name, optionally of one channel."""
-        with self._lock:
-            return [
-                {**message, "channel": self.channels[channel_id]["name"]}
-                for channel_id, messages in self.messages.items()
-                for message in messages
-                if not channel_name
-                or self.channels[channel_id]["name"] == normalize_channel_name(channel_name)
-            ]
+REACTION = re.compile(r":[a-zA-Z0-9_+\-]+:")
 
 
 def create_fake_pumble(
     keys: Iterable[str] = (),
     channels: Iterable[str] = (),
     echo: Callable[[str], None] | None = None,
+    faults: Faults | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Flask:
-    """The fake as a Flask app. ``keys`` empty: any non-empty key is accepted."""
-    workspace = FakeWorkspace(channels)
+    """The fake as a Flask app. ``keys`` empty: any non-empty key is accepted.
+
+    ``echo`` gets one line per posted message; ``clock`` drives the rate limit's window.
+    """
+    workspace = Workspace(channels)
+    plan = FaultPlan(faults, clock)
     accepted = frozenset(keys)
     app = Flask("fake_pumble")
-    app.config["workspace"] = workspace
+    app.config.update(workspace=workspace, faults=plan)
 
-    def legacy_error(message: str):
-        return jsonify({"error": message}), 403
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        return jsonify(error.body), error.status, error.headers
 
-    def validation_error(message: str):
-        return jsonify({"message": message, "localizedMessage": message, "code": 400000}), 403
+    @app.errorhandler(404)
+    def unknown_path(_error: Exception):
+        return jsonify({"error": "Not found"}), 404
+
+    @app.errorhandler(405)
+    def wrong_method(_error: Exception):
+        return jsonify({"error": "Method not allowed"}), 405
 
     @app.before_request
-    def check_key():
-        if request.path.startswith("/_fake/"):
-            return None
+    def guard() -> None:
+        if is_control():
+            return
+        pause = plan.delay()
+        if pause > 0:
+            time.sleep(pause)
         key = request.headers.get("ApiKey") or request.headers.get("Api-Key") or ""
         if not key or (accepted and key not in accepted):
-            return legacy_error("Invalid API key")
-        return None
+            raise legacy_error("Invalid API key")
+        refusal = plan.refusal(key)
+        if refusal is not None:
+            raise refusal
 
-    def json_body() -> dict[str, Any] | None:
-        body = request.get_json(silent=True)
-        return body if isinstance(body, dict) else None
+    @app.after_request
+    def maybe_drop(response: Response) -> Response:
+        if (request.method in ("POST", "DELETE") and not is_control()
+                and response.status_code == 200 and plan.take_drop()):
+            drop_connection()
+        return response
 
-    def target_channel(body: dict[str, Any]) -> dict[str, Any] | None:
-        return workspace.find(name=str(body.get("channel") or ""),
-                              channel_id=str(body.get("channelId") or ""))
+    def post(channel_id: str, text: str, as_bot: bool, root_id: str = "",
+             also_to_channel: bool = False):
+        message = workspace.post(channel_id, text, as_bot, root_id, also_to_channel)
+        if echo is not None:
+            name = workspace.find_channel(channel_id)["channel"]["name"]
+            echo(f"[fake-pumble] #{name}: {text}")
+        return jsonify({"id": message["id"], "channelId": channel_id})
+
+    def channel_in(params: Mapping[str, Any], required: bool) -> dict[str, Any] | None:
+        """The target channel's entry, None when none was named and none is required."""
+        channel_id, name = params.get("channelId") or "", params.get("channel") or ""
+        if not isinstance(channel_id, str) or not isinstance(name, str):
+            raise structured_error("channel and channelId must be strings")
+        if not channel_id and not name:
+            if required:
+                raise structured_error("channel or channelId is required")
+            return None
+        entry = workspace.find_channel(channel_id, name)
+        if entry is None:
+            raise channel_not_found()
+        return entry
 
     @app.post("/sendMessage")
     def send_message():
-        body = json_body()
-        if body is None:
-            return validation_error("Request body must be a JSON object")
-        text = body.get("text")
-        if not isinstance(text, str) or not text:
-            return validation_error("text must be a non-empty string")
-        if not (body.get("channel") or body.get("channelId")):
-            return validation_error("channel or channelId is required")
-        if not isinstance(body.get("asBot", False), bool):
-            return validation_error("asBot must be a boolean")
-        channel = target_channel(body)
-        if channel is None:
-            return legacy_error("Could not find channel with that identifier")
-        message = workspace.post(channel, text, bool(body.get("asBot", False)))
-        if echo is not None:
-            echo(f"[fake-pumble] #{channel['name']}: {text}")
-        return jsonify({"id": message["id"], "channelId": channel["id"]})
+        params = json_body()
+        text = text_in(params)
+        as_bot = flag(params, "asBot")
+        root_id = params.get("threadRootId") or ""
+        if not isinstance(root_id, str):
+            raise structured_error("threadRootId must be a string")
+        channel = channel_in(params, required=True)
+        return post(channel["channel"]["id"], text, as_bot, root_id)
+
+    @app.post("/sendReply")
+    def send_reply():
+        params = json_body()
+        root_id, text = message_id(params), text_in(params)
+        as_bot, also_to_channel = flag(params, "asBot"), flag(params, "alsoSendToChannel")
+        channel = channel_in(params, required=False)
+        channel_id = channel["channel"]["id"] if channel else workspace.fetch(root_id)["channelId"]
+        return post(channel_id, text, as_bot, root_id, also_to_channel)
+
+    @app.post("/addReaction")
+    def add_reaction():
+        params = json_body()
+        target = message_id(params)
+        reaction = params.get("reaction")
+        if not isinstance(reaction, str) or not 3 <= len(reaction) <= 100 \
+                or not REACTION.fullmatch(reaction):
+            raise structured_error("reaction must be an emoji code like :grin:")
+        tone = params.get("skinTone")
+        if tone is not None and (not isinstance(tone, int) or isinstance(tone, bool)
+                                 or not 1 <= tone <= 6):
+            raise structured_error("skinTone must be an integer from 1 to 6")
+        channel = channel_in(params, required=False)
+        workspace.react(target, channel["channel"]["id"] if channel else "", reaction)
+        return jsonify({"status": "ok"})
 
     @app.post("/createChannel")
     def create_channel():
-        body = json_body()
-        if body is None:
-            return validation_error("Request body must be a JSON object")
-        name = body.get("name")
+        params = json_body()
+        name, description = params.get("name"), params.get("description") or ""
         if not isinstance(name, str) or not normalize_channel_name(name):
-            return validation_error("name must be a non-empty string")
-        if body.get("type") not in ("PUBLIC", "PRIVATE"):
-            return validation_error("[Allowed values are PUBLIC|PRIVATE]")
-        channel = workspace.create_channel(name, body["type"], str(body.get("description") or ""))
-        if channel is None:
-            return validation_error("Channel with that name already exists")
-        return jsonify({"id": channel["id"], "name": channel["name"]})
+            raise structured_error("name must be a non-empty string")
+        if params.get("type") not in CHANNEL_TYPES:
+            raise structured_error("[Allowed values are PUBLIC|PRIVATE]")
+        if not isinstance(description, str):
+            raise structured_error("description must be a string")
+        entry = workspace.create_channel(name, params["type"], description)
+        if entry is None:
+            raise structured_error("Channel with that name already exists")
+        return jsonify({"id": entry["channel"]["id"], "name": entry["channel"]["name"]})
+
+    @app.delete("/deleteMessage")
+    def delete_message():
+        target = message_id(request.args)
+        channel = channel_in(request.args, required=False)
+        workspace.delete(target, channel["channel"]["id"] if channel else "")
+        return Response(status=200)
+
+    @app.get("/fetchMessage")
+    def fetch_message():
+        target = message_id(request.args)
+        channel = channel_in(request.args, required=False)
+        return jsonify(workspace.fetch(target, channel["channel"]["id"] if channel else ""))
+
+    @app.get("/listMessages")
+    def list_messages():
+        limit = request.args.get("limit", "100")
+        if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
+            raise structured_error("limit must be an integer from 1 to 200")
+        strategy = request.args.get("strategy", "BEFORE")
+        if strategy not in STRATEGIES:
+            raise structured_error("[Allowed values are BEFORE|AFTER|AROUND]")
+        channel = channel_in(request.args, required=True)
+        if channel["channel"]["channelType"] == "PRIVATE" and ADDON_BOT_ID not in channel["users"]:
+            raise legacy_error("Addon Bot is not a member of this channel")
+        return jsonify(workspace.page(channel["channel"]["id"], request.args.get("cursor", ""),
+                                      int(limit), strategy))
 
     @app.get("/listChannels")
     def list_channels():
-        return jsonify([{"channel": c, "users": [OWNER_USER_ID]}
-                        for c in list(workspace.channels.values())])
+        return jsonify(workspace.channel_entries())
+
+    @app.get("/myInfo")
+    def my_info():
+        return jsonify(OWNER)
+
+    # -- control API: not Pumble's ------------------------------------------------------------
 
     @app.get("/_fake/messages")
     def posted_messages():
         return jsonify({"messages": workspace.posted(request.args.get("channel", ""))})
+
+    @app.post("/_fake/channels")
+    def control_channel():
+        params = request.get_json(silent=True)
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str) \
+                or not normalize_channel_name(params["name"]):
+            return control_error("a JSON object with a non-empty name is required")
+        channel_type, bot_member = params.get("type", "PUBLIC"), params.get("bot_member")
+        if channel_type not in CHANNEL_TYPES:
+            return control_error("type must be PUBLIC or PRIVATE")
+        if bot_member is not None and not isinstance(bot_member, bool):
+            return control_error("bot_member must be a boolean")
+        entry = workspace.create_channel(params["name"], channel_type, bot_member=bool(bot_member))
+        if entry is None and bot_member is not None:
+            entry = workspace.set_bot_member(params["name"], bot_member)
+        return jsonify(entry or workspace.find_channel(name=params["name"]))
+
+    @app.route("/_fake/faults", methods=["GET", "POST", "DELETE"])
+    def control_faults():
+        if request.method == "POST":
+            changes = request.get_json(silent=True)
+            if not isinstance(changes, dict):
+                return control_error("a JSON object of faults is required")
+            try:
+                plan.merge(changes)
+            except ValueError as error:
+                return control_error(str(error))
+        elif request.method == "DELETE":
+            plan.clear()
+        return jsonify(plan.current().as_json())
+
+    @app.post("/_fake/reset")
+    def control_reset():
+        workspace.reset()
+        plan.clear()
+        return jsonify({"status": "ok"})
 
     return app
 
@@ -184,9 +319,51 @@ def print_message(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stdout, flush=True)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def is_control() -> bool:
+    return request.path.startswith("/_fake/")
 
 
-def _millis(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+def control_error(text: str):
+    return jsonify({"error": text}), 400
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise structured_error("Request body must be a JSON object")
+    return body
+
+
+def text_in(params: Mapping[str, Any]) -> str:
+    text = params.get("text")
+    if not isinstance(text, str) or not text:
+        raise structured_error("text must be a non-empty string")
+    return text
+
+
+def message_id(params: Mapping[str, Any]) -> str:
+    value = params.get("messageId")
+    if not isinstance(value, str) or not value:
+        raise structured_error("messageId is required")
+    return value
+
+
+def flag(params: Mapping[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise structured_error(f"{name} must be a boolean")
+    return value
+
+
+def drop_connection() -> None:
+    """Close the client's connection now, after the request was applied, before any answer.
+
+    werkzeug then fails to write the answer with a BrokenPipeError, which it treats as a client
+    that went away: silently.
+    """
+    sock = request.environ.get("werkzeug.socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # the client may be gone already
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

@@ -8,13 +8,18 @@ worker's decision, never this client's. The key never appears in a repr, a log l
 from __future__ import annotations
 
 import email.utils
+import logging
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from bridge.config import DEFAULT_PUMBLE_BASE_URL
+
+log = logging.getLogger(__name__)
 
 
 class PumbleError(Exception):
@@ -65,6 +70,8 @@ class AmbiguousError(PumbleError):
 
 @dataclass(frozen=True)
 class MessageRef:
+    """What Pumble answers to a post: the new message's id and its channel's id."""
+
     id: str
     channel_id: str
 
@@ -75,13 +82,68 @@ class ChannelRef:
     name: str
 
 
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    name: str
+    type: str  # PUBLIC, PRIVATE, or another kind (DMs) Pumble may add
+    is_member: bool
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> Channel:
+        channel = entry.get("channel", entry)
+        return cls(id=channel["id"], name=channel.get("name", ""),
+                   type=channel.get("channelType", ""), is_member=bool(channel.get("isMember")),
+                   data=channel)
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    channel_id: str
+    text: str
+    author: str
+    timestamp_milli: int
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Message:
+        return cls(id=data["id"], channel_id=data.get("channelId", ""),
+                   text=data.get("text", ""), author=data.get("author", ""),
+                   timestamp_milli=int(data.get("timestampMilli") or 0), data=data)
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[Message]
+    has_more_before: bool | None
+    has_more_after: bool | None
+
+
+STRATEGIES = ("BEFORE", "AFTER", "AROUND")
+
+
 def normalize_channel_name(name: str) -> str:
     """As Pumble stores names: no leading '#', lower case, spaces to '-'."""
     return name.strip().removeprefix("#").strip().lower().replace(" ", "-")
 
 
+def _target(channel: str, channel_id: str) -> dict[str, str]:
+    """A channel by id (Pumble's preference) or by name."""
+    if channel_id:
+        return {"channelId": channel_id}
+    if not normalize_channel_name(channel):
+        raise ValueError("a channel name or channel_id is required")
+    return {"channel": normalize_channel_name(channel)}
+
+
 class PumbleClient:
-    """One per process: keeps connections alive across sends."""
+    """One per process: keeps connections alive across calls.
+
+    Reads (list, fetch) are retried here on transient failures, ``read_retries`` times; writes
+    are sent exactly once (§5: a retried write can post twice).
+    """
 
     def __init__(
         self,
@@ -90,11 +152,13 @@ class PumbleClient:
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
+        read_retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ):
         if not api_key:
             raise AuthError("no Pumble API key configured (pumble.api_key or PUMBLE_API_KEY)")
         self.base_url = base_url.rstrip("/")
+        self.read_retries = read_retries
         self._http = httpx.Client(
             base_url=self.base_url,
             # Public docs say Api-Key, the live-checked contract says ApiKey: send both (§1).
@@ -116,27 +180,114 @@ class PumbleClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # -- writes: sent once -----------------------------------------------------------------------
+
     def send_message(self, channel: str = "", text: str = "", *, channel_id: str = "",
-                     as_bot: bool = False) -> MessageRef:
+                     as_bot: bool = False, thread_root_id: str = "") -> MessageRef:
         """Post ``text`` to a channel by name, or by id (``channel_id``, which Pumble prefers)."""
-        body: dict[str, Any] = {"text": text, "asBot": as_bot}
+        body: dict[str, Any] = {"text": text, "asBot": as_bot, **_target(channel, channel_id)}
+        if thread_root_id:
+            body["threadRootId"] = thread_root_id
+        return self._message_ref(self._write("POST", "/sendMessage", json=body))
+
+    def send_reply(self, message_id: str, text: str, *, channel: str = "", channel_id: str = "",
+                   also_send_to_channel: bool = False, as_bot: bool = False) -> MessageRef:
+        """Reply in the thread of ``message_id``."""
+        body: dict[str, Any] = {"messageId": message_id, "text": text, "asBot": as_bot,
+                                "alsoSendToChannel": also_send_to_channel}
+        if channel or channel_id:
+            body.update(_target(channel, channel_id))
+        return self._message_ref(self._write("POST", "/sendReply", json=body))
+
+    def add_reaction(self, message_id: str, reaction: str, *, channel_id: str = "",
+                     skin_tone: int | None = None) -> None:
+        """``reaction`` in Pumble's colon form, e.g. ``:tada:`` (a bare name is refused)."""
+        body: dict[str, Any] = {"messageId": message_id, "reaction": reaction}
         if channel_id:
             body["channelId"] = channel_id
-        else:
-            body["channel"] = normalize_channel_name(channel)
-        data = self._request("POST", "/sendMessage", json=body, write=True)
-        return MessageRef(id=data["id"], channel_id=data["channelId"])
+        if skin_tone is not None:
+            body["skinTone"] = skin_tone
+        self._write("POST", "/addReaction", json=body)
 
     def create_channel(self, name: str, *, private: bool = False,
                        description: str = "") -> ChannelRef:
         body = {"name": normalize_channel_name(name), "type": "PRIVATE" if private else "PUBLIC",
                 "description": description}
-        data = self._request("POST", "/createChannel", json=body, write=True)
+        data = self._write("POST", "/createChannel", json=body)
         return ChannelRef(id=data["id"], name=data["name"])
 
-    def list_channels(self) -> list[dict[str, Any]]:
+    def delete_message(self, message_id: str, *, channel: str = "",
+                       channel_id: str = "") -> None:
+        params = {"messageId": message_id, **_target(channel, channel_id)}
+        self._write("DELETE", "/deleteMessage", params=params)
+
+    # -- reads: retried on transient failures ---------------------------------------------------
+
+    def list_channels(self) -> list[Channel]:
         """Every channel and DM visible to the key (Pumble answers a bare array)."""
-        return self._request("GET", "/listChannels", write=False)
+        return [Channel.of(entry) for entry in self._read("/listChannels")]
+
+    def fetch_message(self, message_id: str, *, channel: str = "",
+                      channel_id: str = "") -> Message:
+        params = {"messageId": message_id, **_target(channel, channel_id)}
+        return Message.of(self._read("/fetchMessage", params=params))
+
+    def list_messages(self, channel: str = "", *, channel_id: str = "", cursor: str = "",
+                      limit: int = 100, strategy: str = "BEFORE") -> MessagePage:
+        """One page. Without a cursor, the newest page; BEFORE walks back from the cursor."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        params: dict[str, Any] = {**_target(channel, channel_id), "limit": limit,
+                                  "strategy": strategy}
+        if cursor:
+            params["cursor"] = cursor
+        data = self._read("/listMessages", params=params)
+        return MessagePage(messages=[Message.of(m) for m in data.get("messages") or []],
+                           has_more_before=data.get("hasMoreBefore"),
+                           has_more_after=data.get("hasMoreAfter"))
+
+    def iter_messages(self, channel: str = "", *, channel_id: str = "", limit: int = 100,
+                      strategy: str = "BEFORE", cursor: str = "",
+                      max_pages: int = 10_000) -> Iterator[Message]:
+        """Every message, page after page (newest first with BEFORE). The cursor of the next page
+        is the last message of this one (§3); the walk stops when Pumble says there is no more,
+        on an empty page, or on a page with nothing new."""
+        if strategy == "AROUND":
+            raise ValueError("AROUND is one page, not a walk: use list_messages")
+        seen: set[str] = set()
+        for _ in range(max_pages):
+            page = self.list_messages(channel, channel_id=channel_id, cursor=cursor,
+                                      limit=limit, strategy=strategy)
+            fresh = [m for m in page.messages if m.id not in seen]
+            yield from fresh
+            seen.update(m.id for m in fresh)
+            more = page.has_more_after if strategy == "AFTER" else page.has_more_before
+            if not fresh or more is not True:
+                return
+            cursor = page.messages[-1].id
+
+    def my_info(self) -> dict[str, Any]:
+        """The key owner's user record: a cheap check that the key works."""
+        return self._read("/myInfo")
+
+    # -- transport -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _message_ref(data: dict[str, Any]) -> MessageRef:
+        return MessageRef(id=data["id"], channel_id=data["channelId"])
+
+    def _write(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, write=True, **kwargs)
+
+    def _read(self, path: str, **kwargs: Any) -> Any:
+        for attempt in range(self.read_retries + 1):
+            try:
+                return self._request("GET", path, write=False, **kwargs)
+            except (TransientError, RateLimitedError) as exc:
+                if attempt == self.read_retries:
+                    raise
+                time.sleep(_read_backoff(attempt, exc))
+        raise AssertionError("unreachable")
 
     def _request(self, method: str, path: str, *, write: bool, **kwargs: Any) -> Any:
         try:
@@ -147,6 +298,7 @@ class PumbleClient:
             # Sent (at least partly) and no answer: a write may have been applied.
             kind = AmbiguousError if write else TransientError
             raise kind(f"{method} {path}: no answer: {type(exc).__name__}") from None
+        log.debug("%s %s -> %s", method, path, response.status_code)
         if response.is_success:
             try:
                 return response.json() if response.content else None
@@ -154,6 +306,17 @@ class PumbleClient:
                 raise TransientError(f"{method} {path}: answer is not JSON",
                                      status=response.status_code) from None
         raise _error_for(method, path, response)
+
+
+READ_BACKOFF_BASE = 0.25
+READ_BACKOFF_CAP = 8.0
+
+
+def _read_backoff(attempt: int, error: PumbleError) -> float:
+    """Seconds before retrying a read: the server's Retry-After, else jittered exponential."""
+    if isinstance(error, RateLimitedError) and error.retry_after is not None:
+        return min(error.retry_after, READ_BACKOFF_CAP)
+    return min(READ_BACKOFF_CAP, READ_BACKOFF_BASE * 2**attempt * random.uniform(0.5, 1.5))
 
 
 def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:

@@ -152,7 +152,7 @@ def test_fake_pumble_command_serves_alone():
     port = free_port()
     fake = subprocess.Popen(
         [sys.executable, "-m", "bridge", "fake-pumble", "--port", str(port), "--key", "k1",
-         "--channel", "Flash Sale"],
+         "--channel", "Flash Sale", "--rate-limit", "1"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -161,8 +161,11 @@ def test_fake_pumble_command_serves_alone():
                              json={"channel": "flash-sale", "text": "hi"})
         sent = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k1"},
                           json={"channel": "flash-sale", "text": "hi"})
+        limited = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k1"},
+                             json={"channel": "flash-sale", "text": "third"})
         assert (refused.status_code, refused.json()) == (403, {"error": "Invalid API key"})
         assert sent.status_code == 200
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     finally:
         fake.send_signal(signal.SIGINT)
         output = fake.communicate(timeout=10)[0]

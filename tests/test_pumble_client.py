@@ -10,7 +10,9 @@ from bridge.pumble import (
     AuthError,
     NotFoundError,
     PumbleClient,
+    PumbleError,
     PumbleValidationError,
+    RateLimitedError,
     TransientError,
     normalize_channel_name,
 )
@@ -81,7 +83,7 @@ def test_validation_error_carries_pumbles_code(fake_pumble):
 def test_create_and_list_channels(fake_pumble):
     with PumbleClient(TEST_KEY, fake_pumble.url) as client:
         created = client.create_channel("Flash Sale")
-        names = [entry["channel"]["name"] for entry in client.list_channels()]
+        names = [channel.name for channel in client.list_channels()]
     assert created.name == "flash-sale"
     assert {"general", "random", "orders", "flash-sale"} <= set(names)
 
@@ -110,3 +112,133 @@ def test_connection_dropped_after_sending_is_ambiguous():
 ])
 def test_channel_names_are_normalised_like_pumble(given, expected):
     assert normalize_channel_name(given) == expected
+
+
+# -- the whole surface, and every error class, against the fake over HTTP ----------------------
+
+def set_faults(fake_pumble, **faults) -> None:
+    httpx.post(f"{fake_pumble.url}/_fake/faults", json=faults).raise_for_status()
+
+
+@pytest.fixture
+def client(fake_pumble):
+    with PumbleClient(TEST_KEY, fake_pumble.url, read_timeout=2) as client:
+        yield client
+
+
+def test_reply_react_fetch_delete(client, fake_pumble):
+    root = client.send_message("orders", "order #1")
+    reply = client.send_reply(root.id, "packed", channel="orders", as_bot=True)
+    client.add_reaction(root.id, ":tada:")
+    fetched = client.fetch_message(root.id, channel_id=root.channel_id)
+    assert fetched.text == "order #1"
+    assert fetched.data["reactions"][0]["code"] == ":tada:"
+    assert fetched.data["threadRootInfo"]["replyCount"] == 1
+    assert client.fetch_message(reply.id, channel="orders").data["threadReplyInfo"]["rootId"] \
+        == root.id
+    client.delete_message(root.id, channel="orders")
+    with pytest.raises(NotFoundError):
+        client.fetch_message(root.id, channel="orders")
+
+
+def test_bare_reaction_is_a_validation_error(client):
+    root = client.send_message("orders", "order #1")
+    with pytest.raises(PumbleValidationError):
+        client.add_reaction(root.id, "grin")
+
+
+def test_reply_to_unknown_message_is_not_found(client):
+    with pytest.raises(NotFoundError) as caught:
+        client.send_reply("0" * 24, "hello", channel="orders")
+    assert caught.value.status == 403  # Pumble's status for everything (§4)
+
+
+def test_iter_messages_walks_every_page(client):
+    sent = [client.send_message("orders", f"m{i}").id for i in range(7)]
+    walked = [m.id for m in client.iter_messages("orders", limit=3)]
+    assert walked == list(reversed(sent))  # newest first, no gap, no repeat
+    page = client.list_messages("orders", limit=3)
+    assert (len(page.messages), page.has_more_before) == (3, True)
+    forward = [m.id for m in client.iter_messages("orders", limit=3, strategy="AFTER",
+                                                  cursor=sent[0])]
+    assert forward == sent[1:]
+
+
+def test_private_channel_needs_the_bot(client, fake_pumble):
+    client.create_channel("vip orders", private=True)
+    with pytest.raises(AuthError):
+        client.list_messages("vip-orders")
+    httpx.post(f"{fake_pumble.url}/_fake/channels",
+               json={"name": "vip-orders", "bot_member": True}).raise_for_status()
+    assert client.list_messages("vip-orders").messages == []
+
+
+def test_list_channels_and_my_info(client):
+    channels = {c.name: c for c in client.list_channels()}
+    assert channels["orders"].type == "PUBLIC"
+    assert len(channels["orders"].id) == 24
+    assert client.my_info()["id"]
+
+
+def test_rate_limit_gives_retry_after(client, fake_pumble):
+    set_faults(fake_pumble, rate_limit={"per_minute": 1, "retry_after": 7})
+    client.send_message("orders", "first")
+    with pytest.raises(RateLimitedError) as caught:
+        client.send_message("orders", "second")
+    assert caught.value.retry_after == 7
+    assert caught.value.retryable
+    assert [m["text"] for m in fake_pumble.messages()] == ["first"]
+
+
+def test_server_error_is_transient_and_writes_are_not_retried(client, fake_pumble):
+    set_faults(fake_pumble, fail_next={"count": 1, "status": 502})
+    with pytest.raises(TransientError) as caught:
+        client.send_message("orders", "hello")
+    assert caught.value.status == 502
+    assert fake_pumble.messages() == []  # not applied, and not sent again by the client
+    client.send_message("orders", "hello")
+    assert len(fake_pumble.messages()) == 1
+
+
+def test_reads_are_retried(client, fake_pumble):
+    set_faults(fake_pumble, fail_next={"count": 2, "status": 503})
+    assert client.list_messages("orders").messages == []  # third try answers
+
+
+def test_accept_then_drop_is_ambiguous(client, fake_pumble):
+    set_faults(fake_pumble, drop_next=1)
+    with pytest.raises(AmbiguousError):
+        client.send_message("orders", "maybe")
+    assert [m["text"] for m in fake_pumble.messages()] == ["maybe"]  # it was posted
+
+
+def test_timeout_after_sending_is_ambiguous(fake_pumble):
+    set_faults(fake_pumble, delay=0.5)
+    with PumbleClient(TEST_KEY, fake_pumble.url, read_timeout=0.2) as client, \
+            pytest.raises(AmbiguousError):
+        client.send_message("orders", "slow")
+
+
+def test_legacy_and_structured_error_bodies_are_parsed():
+    answers = iter([
+        httpx.Response(403, json={"error": "Could not find channel with that identifier"}),
+        httpx.Response(403, json={"message": "Not found", "localizedMessage": "Not found",
+                                  "code": 404100}),
+        httpx.Response(403, json={"message": "[Allowed values are PUBLIC|PRIVATE]",
+                                  "localizedMessage": "x", "code": 400000}),
+        httpx.Response(403, json={"error": "Invalid API key"}),
+        httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}),
+        httpx.Response(500, text="<html>oops</html>"),
+    ])
+    transport = httpx.MockTransport(lambda request: next(answers))
+    expected = [NotFoundError, NotFoundError, PumbleValidationError, AuthError,
+                RateLimitedError, TransientError]
+    with PumbleClient("k", "http://pumble.test", transport=transport) as client:
+        for kind in expected:
+            with pytest.raises(PumbleError) as caught:
+                client.send_message("orders", "x")
+            assert type(caught.value) is kind
+            if kind is PumbleValidationError:
+                assert caught.value.code == 400000
+            if kind is RateLimitedError:
+                assert caught.value.retry_after > 3600  # an HTTP date far ahead
