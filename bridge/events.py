@@ -1,7 +1,16 @@
 """The canonical event: what every source turns a webhook into, and what routes and templates see.
 
-Templates never look at a platform's payload shape; they see these fields, whatever the shop.
-``Event.data`` keeps the original payload for the rare template that needs something more.
+Templates and ``when`` conditions never look at a platform's payload shape; they see these names,
+whatever the shop: ``event.type``, ``event.id``, ``event.occurred_at``, ``source.name``,
+``source.platform``, ``order.number``, ``order.name``, ``order.total``, ``order.subtotal``,
+``order.currency``, ``order.status``, ``order.financial_status``, ``order.items`` (each ``name``,
+``sku``, ``quantity``, ``price``), ``order.admin_url``, ``order.tags``, ``customer.name``,
+``customer.email``, ``customer.tags``, ``customer.orders_count``, ``shipping.address``,
+``refund.amount``, ``payment.amount``, ``product.name``, ``product.stock`` and ``raw``, the
+original payload. A part the platform did not send is None, and renders blank.
+
+Amounts are exact ``Decimal`` in major units (``12.50``), never floats; the currency is an ISO 4217
+code beside them.
 """
 
 from __future__ import annotations
@@ -11,54 +20,117 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+# Canonical types. A topic a source does not map keeps ``<platform>.<topic>`` so it can be routed.
+ORDER_CREATED = "order.created"
+ORDER_UPDATED = "order.updated"
+ORDER_PAID = "order.paid"
+ORDER_FULFILLED = "order.fulfilled"
+ORDER_PARTIALLY_FULFILLED = "order.partially_fulfilled"
+ORDER_CANCELLED = "order.cancelled"
+REFUND_CREATED = "refund.created"
+CHECKOUT_ABANDONED = "checkout.abandoned"
+CUSTOMER_CREATED = "customer.created"
+INVENTORY_LOW = "inventory.low"
+INVENTORY_UPDATED = "inventory.updated"
+PAYMENT_SUCCEEDED = "payment.succeeded"
+PAYMENT_FAILED = "payment.failed"
+DISPUTE_CREATED = "dispute.created"
+INVOICE_PAID = "invoice.paid"
+INVOICE_FAILED = "invoice.failed"
+SUBSCRIPTION_CREATED = "subscription.created"
+SUBSCRIPTION_CANCELLED = "subscription.cancelled"
+
 
 @dataclass(frozen=True)
-class Money:
-    """An exact amount in a currency (ISO 4217 code); never a float."""
-
-    amount: Decimal
-    currency: str
+class Address:
+    name: str = ""
+    line1: str = ""
+    line2: str = ""
+    city: str = ""
+    region: str = ""
+    postal_code: str = ""
+    country: str = ""
 
     def __str__(self) -> str:
-        return f"{self.amount} {self.currency}"
+        """One line, the empty parts left out: ``Ada Lovelace, 1 Main St, London, GB``."""
+        parts = (self.name, self.line1, self.line2, " ".join(
+            p for p in (self.postal_code, self.city) if p), self.region, self.country)
+        return ", ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
 class Customer:
     name: str = ""
     email: str = ""
+    tags: tuple[str, ...] = ()
+    orders_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Shipping:
+    address: Address | None = None
+    method: str = ""
 
 
 @dataclass(frozen=True)
 class LineItem:
-    title: str
+    name: str
     quantity: int = 1
     sku: str = ""
-    price: Money | None = None
+    price: Decimal | None = None  # per unit
 
 
 @dataclass(frozen=True)
 class Order:
     id: str
-    number: str  # as the shop shows it, e.g. "#1001"
-    total: Money
-    customer: Customer = field(default_factory=Customer)
+    number: str = ""  # the shop's order number, e.g. "1001"
+    name: str = ""  # as the shop shows it, e.g. "#1001"
+    total: Decimal | None = None
+    subtotal: Decimal | None = None
+    currency: str = ""
+    status: str = ""  # the platform's overall status (open, processing, cancelled, …)
+    financial_status: str = ""  # paid, pending, refunded, …
+    fulfillment_status: str = ""
     items: tuple[LineItem, ...] = ()
     admin_url: str = ""  # the order in the shop's admin, for the support team
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refund:
+    amount: Decimal | None = None
+    currency: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A payment, a failed payment, an invoice or a dispute's money."""
+
+    amount: Decimal | None = None
+    currency: str = ""
+    status: str = ""
+    reason: str = ""  # why it failed, or the dispute's reason
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str = ""
+    sku: str = ""
+    stock: int | None = None
 
 
 @dataclass(frozen=True)
 class SourceRef:
     name: str  # the config's source name, as in /webhooks/<name>
-    platform: str  # "shopify", ...
+    platform: str  # "shopify", "woocommerce", …
 
 
 @dataclass(frozen=True)
 class Event:
     """One webhook delivery, verified and normalised.
 
-    ``type`` is canonical (``order.created``, ``order.paid``, ``refund.created``, …); a topic the
-    source does not know keeps its platform's name as ``<platform>.<topic>``.
     ``id`` is the platform's delivery id: the same on the platform's retries, so it dedupes.
     """
 
@@ -68,4 +140,8 @@ class Event:
     occurred_at: datetime | None = None
     order: Order | None = None
     customer: Customer | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    shipping: Shipping | None = None
+    refund: Refund | None = None
+    payment: Payment | None = None
+    product: Product | None = None
+    raw: dict[str, Any] = field(default_factory=dict)

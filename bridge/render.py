@@ -16,7 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.config import RouteSettings
-from bridge.events import Event, Money
+from bridge.events import Event
 
 # ISO 4217 currencies whose minor unit is not 1/100.
 MINOR_UNITS = {
@@ -36,13 +36,18 @@ class RenderedMessage:
     text: str
 
 
-def money(value: Money | None) -> str:
-    """``1234.5 EUR`` -> ``1,234.50 EUR``; exact decimals, the currency's own minor units."""
-    if not isinstance(value, Money):
+def money(amount: Decimal | int | str | None, currency: str = "") -> str:
+    """``1234.5, "EUR"`` -> ``1,234.50 EUR``: exact decimals, the currency's own minor units."""
+    if amount is None or amount == "" or isinstance(amount, jinja2.Undefined):
         return ""
-    places = MINOR_UNITS.get(value.currency.upper(), 2)
-    amount = value.amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
-    return f"{amount:,} {value.currency}".strip()
+    try:
+        exact = Decimal(str(amount))
+    except ArithmeticError:
+        return str(amount)
+    currency = "" if isinstance(currency, jinja2.Undefined) else str(currency or "")
+    places = MINOR_UNITS.get(currency.upper(), 2)
+    exact = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    return f"{exact:,} {currency}".strip()
 
 
 def _blank_none(value: Any) -> Any:
@@ -105,9 +110,13 @@ class Renderer:
 def _context(event: Event) -> dict[str, Any]:
     return {
         "event": event,
+        "source": event.source,
         "order": event.order,
         "customer": event.customer,
-        "source": event.source,
-        "data": event.data,
+        "shipping": event.shipping,
+        "refund": event.refund,
+        "payment": event.payment,
+        "product": event.product,
+        "raw": event.raw,
     }
 

@@ -43,7 +43,11 @@ def shopify_order(number: int | None = None) -> dict[str, Any]:
         "financial_status": "paid",
         "customer": {"id": 7001, "first_name": "Ada", "last_name": "Lovelace",
                      "email": "ada@example.com", "tags": "vip"},
+        "tags": "gift, priority",
         "billing_address": {"name": "Ada Lovelace", "city": "London", "country_code": "GB"},
+        "shipping_address": {"name": "Ada Lovelace", "address1": "1 Main Street",
+                             "city": "London", "zip": "N1 9GU", "country_code": "GB"},
+        "shipping_lines": [{"title": "Standard", "price": "4.90"}],
         "line_items": line_items,
     }
 

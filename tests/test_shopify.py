@@ -68,21 +68,25 @@ def test_order_is_normalised(source):
     assert event.type == "order.created"
     assert (event.source.name, event.source.platform) == ("shop", "shopify")
     order = event.order
-    assert order.number == "#1001"
-    assert order.total.amount == Decimal("368.40")
-    assert order.total.currency == "EUR"
-    assert order.customer.name == "Ada Lovelace"
+    assert (order.number, order.name) == ("1001", "#1001")
+    assert (order.total, order.subtotal) == (Decimal("368.40"), Decimal("368.40"))
+    assert order.currency == "EUR"
+    assert (order.status, order.financial_status) == ("open", "paid")
+    assert event.customer.name == "Ada Lovelace"
+    assert event.customer.tags == ("vip",)
     assert len(order.items) == 7
-    assert order.items[0].title == "Merino Wool Sweater - Forest Green / M"
-    assert order.items[0].quantity == 2
+    assert order.items[0].name == "Merino Wool Sweater - Forest Green / M"
+    assert (order.items[0].quantity, order.items[0].price) == (2, Decimal("89.00"))
     assert order.admin_url == "https://admin.shopify.com/store/demo-shop/orders/5000000001001"
+    assert str(event.shipping.address) == "Ada Lovelace, 1 Main Street, N1 9GU London, GB"
+    assert event.raw["id"] == 5000000001001
 
 
 def test_guest_checkout_takes_the_name_from_the_address(source):
     payload = shopify_order(1001)
     del payload["customer"]
     event = source.parse(signed(body_of(payload)))
-    assert event.order.customer.name == "Ada Lovelace"
+    assert event.customer.name == "Ada Lovelace"
 
 
 def test_unknown_topic_keeps_the_platform_name(source):
@@ -94,3 +98,14 @@ def test_unknown_topic_keeps_the_platform_name(source):
 def test_body_that_is_not_json_is_a_payload_error(source):
     with pytest.raises(PayloadError, match="not valid JSON"):
         source.parse(signed(b"not json"))
+
+
+def test_refund_sums_its_transactions(source):
+    payload = {"id": 9, "order_id": 5, "note": "damaged", "created_at": "2026-11-25T10:00:00Z",
+               "transactions": [{"amount": "10.10", "currency": "EUR", "kind": "refund"},
+                                {"amount": "0.20", "currency": "EUR", "kind": "refund"}]}
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic": "refunds/create"}))
+    assert event.type == "refund.created"
+    assert (event.refund.amount, event.refund.currency) == (Decimal("10.30"), "EUR")
+    assert event.refund.reason == "damaged"
+    assert event.occurred_at.isoformat() == "2026-11-25T10:00:00+00:00"

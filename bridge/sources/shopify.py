@@ -9,19 +9,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from bridge.events import Customer, Event, LineItem, Money, Order, SourceRef
+from bridge import events
+from bridge.events import Address, Customer, Event, LineItem, Order, Refund, Shipping, SourceRef
+from bridge.sources import fields
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest
 
 TOPICS = {
-    "orders/create": "order.created",
-    "orders/paid": "order.paid",
-    "orders/fulfilled": "order.fulfilled",
-    "orders/cancelled": "order.cancelled",
-    "refunds/create": "refund.created",
+    "orders/create": events.ORDER_CREATED,
+    "orders/updated": events.ORDER_UPDATED,
+    "orders/paid": events.ORDER_PAID,
+    "orders/fulfilled": events.ORDER_FULFILLED,
+    "orders/partially_fulfilled": events.ORDER_PARTIALLY_FULFILLED,
+    "orders/cancelled": events.ORDER_CANCELLED,
+    "refunds/create": events.REFUND_CREATED,
+    "customers/create": events.CUSTOMER_CREATED,
 }
 
 
@@ -41,39 +45,60 @@ class ShopifySource(Source):
             raise PayloadError("missing X-Shopify-Topic header")
         payload = request.json()
         event_type = TOPICS.get(topic, f"shopify.{topic}")
-        order = None
-        if event_type.startswith("order."):
-            order = _order(payload, request.header("X-Shopify-Shop-Domain"))
+        shop = request.header("X-Shopify-Shop-Domain")
+        order = customer = shipping = refund = None
+        if topic.startswith("orders/"):
+            order, customer = _order(payload, shop), _customer(payload)
+            shipping = Shipping(_address(payload.get("shipping_address")),
+                                _first(payload.get("shipping_lines"), "title"))
+        elif topic == "refunds/create":
+            refund = _refund(payload)
+        elif topic.startswith("customers/"):
+            customer = _customer({"customer": payload})
         return Event(
             id=request.header("X-Shopify-Webhook-Id") or request.body_digest(),
             type=event_type,
             source=SourceRef(self.name, self.platform),
-            occurred_at=_timestamp(payload.get("updated_at") or payload.get("created_at")),
+            occurred_at=fields.timestamp(payload.get("updated_at") or payload.get("created_at")),
             order=order,
-            customer=order.customer if order else None,
-            data=payload,
+            customer=customer,
+            shipping=shipping,
+            refund=refund,
+            raw=payload,
         )
 
 
+def sign(secret: bytes, body: bytes) -> str:
+    """The X-Shopify-Hmac-Sha256 value Shopify sends for ``body``."""
+    return base64.b64encode(hmac.digest(secret, body, hashlib.sha256)).decode()
+
+
 def _order(payload: dict[str, Any], shop_domain: str) -> Order:
-    order_id = str(payload.get("id") or "")
-    currency = str(payload.get("currency") or "")
+    order_id = fields.text(payload.get("id"))
+    number = fields.text(payload.get("order_number") or order_id)
     return Order(
         id=order_id,
-        number=str(payload.get("name") or payload.get("order_number") or order_id),
-        total=Money(_decimal(payload.get("total_price")), currency),
-        customer=_customer(payload),
+        number=number,
+        name=fields.text(payload.get("name")) or f"#{number}",
+        total=fields.amount(payload.get("total_price")),
+        subtotal=fields.amount(payload.get("subtotal_price")),
+        currency=fields.text(payload.get("currency")),
+        status="cancelled" if payload.get("cancelled_at") else (
+            "closed" if payload.get("closed_at") else "open"),
+        financial_status=fields.text(payload.get("financial_status")),
+        fulfillment_status=fields.text(payload.get("fulfillment_status")),
         items=tuple(
             LineItem(
-                title=str(item.get("name") or item.get("title") or ""),
-                quantity=int(item.get("quantity") or 1),
-                sku=str(item.get("sku") or ""),
-                price=Money(_decimal(item.get("price")), currency),
+                name=fields.text(item.get("name") or item.get("title")),
+                quantity=fields.integer(item.get("quantity")) or 1,
+                sku=fields.text(item.get("sku")),
+                price=fields.amount(item.get("price")),
             )
             for item in payload.get("line_items") or []
             if isinstance(item, dict)
         ),
         admin_url=_admin_url(shop_domain, order_id),
+        tags=fields.tags(payload.get("tags")),
     )
 
 
@@ -85,7 +110,40 @@ def _customer(payload: dict[str, Any]) -> Customer:
     if not name:  # guest checkouts carry the name only on an address
         address = payload.get("billing_address") or payload.get("shipping_address") or {}
         name = address.get("name") or ""
-    return Customer(name=name, email=str(customer.get("email") or payload.get("email") or ""))
+    return Customer(
+        name=name,
+        email=fields.text(customer.get("email") or payload.get("email")),
+        tags=fields.tags(customer.get("tags")),
+        orders_count=fields.integer(customer.get("orders_count")),
+    )
+
+
+def _address(value: Any) -> Address | None:
+    if not isinstance(value, dict):
+        return None
+    return Address(
+        name=fields.text(value.get("name")),
+        line1=fields.text(value.get("address1")),
+        line2=fields.text(value.get("address2")),
+        city=fields.text(value.get("city")),
+        region=fields.text(value.get("province_code") or value.get("province")),
+        postal_code=fields.text(value.get("zip")),
+        country=fields.text(value.get("country_code") or value.get("country")),
+    )
+
+
+def _refund(payload: dict[str, Any]) -> Refund:
+    transactions = [t for t in payload.get("transactions") or [] if isinstance(t, dict)]
+    amounts = [a for a in (fields.amount(t.get("amount")) for t in transactions) if a is not None]
+    total = sum(amounts, Decimal(0)) if amounts else None
+    currency = next((fields.text(t.get("currency")) for t in transactions if t.get("currency")),
+                    "")
+    return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")))
+
+
+def _first(value: Any, key: str) -> str:
+    return fields.text(value[0].get(key)) if isinstance(value, list) and value and isinstance(
+        value[0], dict) else ""
 
 
 def _admin_url(shop_domain: str, order_id: str) -> str:
@@ -95,22 +153,3 @@ def _admin_url(shop_domain: str, order_id: str) -> str:
     if handle != shop_domain:
         return f"https://admin.shopify.com/store/{handle}/orders/{order_id}"
     return f"https://{shop_domain}/admin/orders/{order_id}"
-
-
-def _decimal(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value)) if value not in (None, "") else Decimal(0)
-    except InvalidOperation:
-        raise PayloadError(f"not an amount: {value!r}") from None
-
-
-def _timestamp(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The X-Shopify-Hmac-Sha256 value Shopify sends for ``body``."""
-    return base64.b64encode(hmac.digest(secret, body, hashlib.sha256)).decode()

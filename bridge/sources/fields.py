@@ -1,0 +1,57 @@
+"""Reading fields out of platform payloads: exact amounts, timestamps, tags. Lenient by design:
+a field a platform left out or shaped oddly becomes None or empty, never an error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+
+def amount(value: Any) -> Decimal | None:
+    """``"12.50"`` or ``12.5`` -> ``Decimal("12.50")``; anything else -> None. Floats go through
+    ``str`` so ``0.1`` stays ``0.1``."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def minor_units(value: Any, exponent: int = 2) -> Decimal | None:
+    """``1250`` cents -> ``Decimal("12.50")`` (for platforms that send integers of minor units)."""
+    whole = amount(value)
+    return None if whole is None else whole.scaleb(-exponent)
+
+
+def timestamp(value: Any) -> datetime | None:
+    """ISO 8601 (with ``Z``), or unix seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def tags(value: Any) -> tuple[str, ...]:
+    """``"vip, wholesale"`` or ``["vip", "wholesale"]`` -> ``("vip", "wholesale")``."""
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    if isinstance(value, list | tuple):
+        return tuple(str(t).strip() for t in value if str(t).strip())
+    return ()
+
+
+def text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def integer(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
