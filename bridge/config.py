@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -64,15 +65,34 @@ class RedisSettings(_Model):
 
 
 class SourceSettings(_Model):
+    """One ``sources:`` entry. ``secret`` may be a list while secrets rotate: any one verifies.
+    Keys beyond ``type`` and ``secret`` belong to the platform and are checked by its own
+    ``Options`` model (bridge/sources)."""
+
     type: str
-    secret: SecretStr
+    secret: SecretStr | list[SecretStr]
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        common = {key: data[key] for key in ("type", "secret") if key in data}
+        return {**common, "options": {k: v for k, v in data.items() if k not in common}}
 
     @field_validator("secret")
     @classmethod
-    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
+    def _secret_not_empty(cls, value: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(v.get_secret_value() for v in values):
             raise ValueError("is empty: a webhook secret is required to verify signatures")
         return value
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        values = self.secret if isinstance(self.secret, list) else [self.secret]
+        return tuple(v.get_secret_value() for v in values)
 
 
 class RouteMatch(_Model):
@@ -110,6 +130,15 @@ class Config(_Model):
     templates_dir: Path | None = None
     # Where the file was read from; relative paths in it are relative to its folder.
     path: Path = Field(Path("config.yaml"), exclude=True)
+    _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
+
+    def locate(self, *at: str | int) -> str:
+        """``file:line: dotted.path`` for a place in the document, for error messages."""
+        return _where(self.path, self._lines, at)
+
+    def describe(self, error: Any, at: tuple = (), known: Sequence[str] = ()) -> str:
+        """One pydantic error, located in this file; ``known`` keys feed 'did you mean'."""
+        return _describe(error, (*at, *error["loc"]), lambda p: self.locate(*p), known)
 
     @field_validator("sources")
     @classmethod
@@ -183,9 +212,13 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         raise ConfigError(problems)
     _apply_environment(data, environ)
     try:
-        return Config.model_validate({**data, "path": path})
+        config = Config.model_validate({**data, "path": path})
     except ValidationError as exc:
-        raise ConfigError([_describe(err, path, lines) for err in exc.errors()]) from None
+        raise ConfigError([
+            _describe(err, err["loc"], lambda p: _where(path, lines, p), _known_keys(
+                err["loc"][:-1])) for err in exc.errors()]) from None
+    config._lines = lines
+    return config
 
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -260,19 +293,19 @@ def _dotted(at: tuple) -> str:
     return text
 
 
-def _describe(error: Any, path: Path, lines: dict[tuple, int]) -> str:
-    at = tuple("continue" if part == "continue_" else part for part in error["loc"])
+def _describe(error: Any, at: tuple, where: Callable[[tuple], str],
+              known: Sequence[str]) -> str:
+    at = tuple("continue" if part == "continue_" else part for part in at)
     kind = error["type"]
     if kind == "extra_forbidden":
-        known = _known_keys(at[:-1])
         hint = difflib.get_close_matches(str(at[-1]), known, n=1)
         suffix = f" (did you mean '{hint[0]}'?)" if hint else (
             f" (known keys: {', '.join(known)})" if known else "")
-        return f"{_where(path, lines, at)}: unknown key{suffix}"
+        return f"{where(at)}: unknown key{suffix}"
     if kind == "missing":
-        return f"{_where(path, lines, at)}: required key is missing"
+        return f"{where(at)}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{_where(path, lines, at)}: {message}"
+    return f"{where(at)}: {message}"
 
 
 def _known_keys(at: tuple) -> list[str]:
@@ -294,4 +327,4 @@ def _known_keys(at: tuple) -> list[str]:
             return []
         model = annotation
     return sorted(field.alias or name for name, field in model.model_fields.items()
-                  if not field.exclude)
+                  if not field.exclude and name != "options")

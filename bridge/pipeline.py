@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from bridge.config import Config, ConfigError, RouteSettings
 from bridge.events import Event
 from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
 from bridge.routing import match_routes
-from bridge.sources import Source, build_source
+from bridge.sources import SOURCE_TYPES, Source, build_source
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ class Pipeline:
         for name, settings in config.sources.items():
             try:
                 sources[name] = build_source(name, settings)
+            except ValidationError as exc:  # the platform's own keys
+                known = sorted(SOURCE_TYPES[settings.type].Options.model_fields)
+                problems.extend(config.describe(err, ("sources", name), known)
+                                for err in exc.errors())
             except ValueError as exc:
-                problems.append(f"{config.path}: sources.{name}.type: {exc}")
+                problems.append(f"{config.locate('sources', name, 'type')}: {exc}")
         try:
             renderer = Renderer(config.template_dirs, config.routes)
         except ValueError as exc:

@@ -40,3 +40,10 @@ def test_bridge_config_variable_names_the_file(write_config, monkeypatch, capsys
 def test_worker_without_a_key_refuses_clearly(write_config, capsys):
     assert main(["--config", str(write_config(api_key="")), "worker", "--burst"]) == 2
     assert "no Pumble API key" in capsys.readouterr().err
+
+
+def test_platform_keys_are_checked_with_their_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  s:\n    type: shopify\n    secret: x\n    tolerence: 5\n")
+    assert main(["--config", str(path), "check"]) == 2
+    assert f"{path}:5: sources.s.tolerence: unknown key" in capsys.readouterr().err

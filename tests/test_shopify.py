@@ -109,3 +109,11 @@ def test_refund_sums_its_transactions(source):
     assert (event.refund.amount, event.refund.currency) == (Decimal("10.30"), "EUR")
     assert event.refund.reason == "damaged"
     assert event.occurred_at.isoformat() == "2026-11-25T10:00:00+00:00"
+
+
+def test_any_of_several_secrets_verifies_during_rotation():
+    rotating = ShopifySource("shop", SourceSettings(type="shopify", secret=["new-one", SECRET]))
+    rotating.verify(signed(body_of(shopify_order(1001))))
+    rotating.verify(signed(body_of(shopify_order(1001)), secret="new-one"))
+    with pytest.raises(SignatureError):
+        rotating.verify(signed(body_of(shopify_order(1001)), secret="retired"))

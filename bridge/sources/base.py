@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from bridge.config import SourceSettings
 from bridge.events import Event
@@ -15,6 +18,14 @@ from bridge.events import Event
 
 class SignatureError(Exception):
     """The request is not provably from the shop (answered 401). Never holds the secret."""
+
+
+def matches_any(given: str, expected: Iterable[str]) -> bool:
+    """Constant-time comparison of a received signature against each acceptable one."""
+    found = False
+    for candidate in expected:
+        found |= hmac.compare_digest(candidate.encode(), given.encode())
+    return found
 
 
 class PayloadError(Exception):
@@ -49,14 +60,25 @@ class WebhookRequest:
         return hashlib.sha256(self.body).hexdigest()[:32]
 
 
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Source(ABC):
-    """One configured webhook endpoint of one platform."""
+    """One configured webhook endpoint of one platform.
+
+    A platform with settings of its own (a header name, a tolerance…) declares them as an
+    ``Options`` model; they are written beside ``type`` and ``secret`` in the config and checked
+    when the config is loaded (pydantic.ValidationError)."""
 
     platform: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, name: str, settings: SourceSettings):
         self.name = name
-        self._secret = settings.secret.get_secret_value().encode()
+        self.options = self.Options.model_validate(settings.options)
+        # Several while secrets rotate; any one verifies.
+        self._secrets = tuple(secret.encode() for secret in settings.secrets)
 
     def __repr__(self) -> str:  # the secret stays out of reprs and tracebacks
         return f"<{type(self).__name__} {self.name!r}>"

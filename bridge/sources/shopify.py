@@ -15,7 +15,13 @@ from typing import Any
 from bridge import events
 from bridge.events import Address, Customer, Event, LineItem, Order, Refund, Shipping, SourceRef
 from bridge.sources import fields
-from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest
+from bridge.sources.base import (
+    PayloadError,
+    SignatureError,
+    Source,
+    WebhookRequest,
+    matches_any,
+)
 
 TOPICS = {
     "orders/create": events.ORDER_CREATED,
@@ -36,7 +42,7 @@ class ShopifySource(Source):
         given = request.header("X-Shopify-Hmac-Sha256")
         if not given:
             raise SignatureError("missing X-Shopify-Hmac-Sha256 header")
-        if not hmac.compare_digest(sign(self._secret, request.body), given):
+        if not matches_any(given, (sign(secret, request.body) for secret in self._secrets)):
             raise SignatureError("X-Shopify-Hmac-Sha256 does not match the body")
 
     def parse(self, request: WebhookRequest) -> Event:
