@@ -64,6 +64,14 @@ class RedisSettings(_Model):
     queue: str = DEFAULT_QUEUE
 
 
+class ReceiverSettings(_Model):
+    # Larger bodies are answered 413 before anything else is done with them.
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # A delivery id seen again within this many seconds is a re-delivery: answered 200, not
+    # enqueued again. Three days covers Stripe's retries (the longest of the platforms).
+    dedupe_window: int = Field(3 * 24 * 3600, ge=0)
+
+
 class SourceSettings(_Model):
     """One ``sources:`` entry. ``secret`` may be a list while secrets rotate: any one verifies.
     Keys beyond ``type`` and ``secret`` belong to the platform and are checked by its own
@@ -125,6 +133,7 @@ class RouteSettings(_Model):
 class Config(_Model):
     pumble: PumbleSettings = PumbleSettings()
     redis: RedisSettings = RedisSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
     templates_dir: Path | None = None

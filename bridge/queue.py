@@ -53,6 +53,22 @@ def job_id(queue: str, notification: Notification) -> str:
 class NotificationQueue:
     def __init__(self, connection: redis.Redis, name: str):
         self.rq = Queue(name, connection=connection, serializer=JSONSerializer)
+        self._seen_prefix = f"pumble-bridge:{name}:seen:"
+
+    def _seen_key(self, source: str, event_id: str) -> str:
+        digest = hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
+        return self._seen_prefix + digest
+
+    def seen(self, source: str, event_id: str) -> bool:
+        """True when this delivery was accepted before, within the dedupe window."""
+        return bool(self.rq.connection.exists(self._seen_key(source, event_id)))
+
+    def mark_seen(self, source: str, event_id: str, window: int) -> None:
+        """Remember an accepted delivery. Written only after its jobs are stored, so a failure
+        in between makes the platform's retry enqueue again (the jobs' unique ids dedupe it),
+        never lose it."""
+        if window > 0:
+            self.rq.connection.set(self._seen_key(source, event_id), 1, ex=window)
 
     def enqueue(self, notification: Notification) -> bool:
         """Store the job in Redis; False when the same notification is already there.

@@ -1,8 +1,9 @@
 """The receiver: a Flask app that verifies each webhook and answers only once it is in Redis.
 
-202: accepted and stored (or a re-delivery of one already stored). 401: bad or missing
-signature. 400: a body that is not valid JSON. 404: no such source. 413: body too large.
-503: Redis cannot be written, so the shop keeps the event and retries.
+202: accepted and stored. 200: a re-delivery of one already accepted (nothing enqueued again),
+or a platform's set-up ping. 401: bad or missing signature. 400: wrong content type or a body that
+is not valid JSON. 404: no such source. 413: body too large. 503: Redis cannot be written, so the
+shop keeps the event and retries.
 """
 
 from __future__ import annotations
@@ -20,20 +21,23 @@ from bridge.sources import PayloadError, SignatureError, WebhookRequest
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
-
 
 def create_app(config: Config, redis_url: str) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything."""
     pipeline = Pipeline.from_config(config)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue)
+    dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
 
     def error(status: int, message: str):
         return jsonify({"error": message}), status
+
+    @app.errorhandler(413)
+    def too_large(_error: Exception):
+        return error(413, f"body larger than {config.receiver.max_body_bytes} bytes")
 
     @app.post("/webhooks/<source_name>")
     def receive(source_name: str):
@@ -42,20 +46,30 @@ def create_app(config: Config, redis_url: str) -> Flask:
         if source is None:
             return error(404, f"no source named {source_name!r} in the config")
         webhook = WebhookRequest.of(request.headers, request.get_data(cache=False))
+        if source.is_ping(webhook):
+            log.info("source %s: set-up ping answered", source_name)
+            return jsonify({"ping": True}), 200
         try:
             source.verify(webhook)
         except SignatureError as exc:
             log.warning("source %s: rejected: %s", source_name, exc)
             return error(401, str(exc))
+        if "json" not in (request.mimetype or "json"):
+            return error(400, f"expected a JSON body, got Content-Type {request.mimetype}")
         try:
             event = source.parse(webhook)
         except PayloadError as exc:
             log.warning("source %s: bad payload: %s", source_name, exc)
             return error(400, str(exc))
 
-        dispatch = pipeline.dispatch(event, received_at)
         try:
+            if queue.seen(source_name, event.id):
+                log.info("event %s from %s: re-delivery, already accepted", event.id,
+                         source_name)
+                return answer(event, duplicate=True)
+            dispatch = pipeline.dispatch(event, received_at)
             enqueued = sum(queue.enqueue(n) for n in dispatch.notifications)
+            queue.mark_seen(source_name, event.id, dedupe_window)
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                       type(exc).__name__)
@@ -63,14 +77,16 @@ def create_app(config: Config, redis_url: str) -> Flask:
             return jsonify(body), 503, {"Retry-After": "5"}
         log.info("event %s %s from %s: %d notification(s), %d enqueued", event.id, event.type,
                  source_name, len(dispatch.notifications), enqueued)
-        return jsonify({
-            "event_id": event.id,
-            "type": event.type,
-            "notifications": len(dispatch.notifications),
-            "enqueued": enqueued,
-            "duplicates": len(dispatch.notifications) - enqueued,
-            "failed": dispatch.failures,
-        }), 202
+        # Every job already there: a re-delivery that raced the first one, or outlived the
+        # dedupe marker but not the jobs.
+        duplicate = bool(dispatch.notifications) and enqueued == 0
+        return answer(event, duplicate, len(dispatch.notifications), enqueued, dispatch.failures)
+
+    def answer(event, duplicate: bool, notifications: int = 0, enqueued: int = 0,
+               failed: list[str] | None = None):
+        body = {"event_id": event.id, "type": event.type, "duplicate": duplicate,
+                "notifications": notifications, "enqueued": enqueued, "failed": failed or []}
+        return jsonify(body), 200 if duplicate else 202
 
     @app.get("/healthz")
     def healthz():

@@ -121,4 +121,6 @@ def rq_queue(redis_url: str, queue_name: str):
             registry.remove(job_id, delete_job=True)
             connection.delete(f"rq:results:{job_id}")
     queue.delete(delete_jobs=True)
+    for key in connection.scan_iter(match=f"pumble-bridge:{queue_name}:*"):  # dedupe markers
+        connection.delete(key)
     connection.close()

@@ -23,8 +23,8 @@ def test_signed_order_is_stored_before_the_202(client, rq_queue):
     body, headers = signed_order(1001, webhook_id="wh-1")
     response = post(client, body, headers)
     assert response.status_code == 202
-    assert response.json == {"event_id": "wh-1", "type": "order.created", "notifications": 1,
-                             "enqueued": 1, "duplicates": 0, "failed": []}
+    assert response.json == {"event_id": "wh-1", "type": "order.created", "duplicate": False,
+                             "notifications": 1, "enqueued": 1, "failed": []}
     [job] = rq_queue.get_jobs()
     payload = job.args[0]
     assert payload["channel"] == "orders"
@@ -41,13 +41,32 @@ def test_job_in_redis_holds_no_secret(client, rq_queue):
     assert TEST_KEY not in dump and TEST_SECRET not in dump
 
 
-def test_redelivery_is_accepted_but_not_enqueued_twice(client, rq_queue):
+def test_redelivery_is_answered_200_and_not_enqueued_twice(client, rq_queue):
     body, headers = signed_order(1001, webhook_id="wh-same")
     assert post(client, body, headers).json["enqueued"] == 1
     again = post(client, body, headers)
-    assert again.status_code == 202
-    assert (again.json["enqueued"], again.json["duplicates"]) == (0, 1)
+    assert again.status_code == 200
+    assert (again.json["duplicate"], again.json["enqueued"]) == (True, 0)
     assert rq_queue.count == 1
+
+
+def test_jobs_dedupe_even_without_the_marker(write_config, redis_url, queue_name, rq_queue):
+    path = write_config(redis_url=redis_url, queue=queue_name)
+    path.write_text(path.read_text() + "receiver:\n  dedupe_window: 0\n")  # no marker kept
+    client = create_app(load_config(path, {}), redis_url).test_client()
+    body, headers = signed_order(1001, webhook_id="wh-race")
+    assert post(client, body, headers).status_code == 202
+    again = post(client, body, headers)
+    assert (again.status_code, again.json["duplicate"]) == (200, True)
+    assert rq_queue.count == 1
+
+
+def test_wrong_content_type_is_400(client, rq_queue):
+    body, headers = signed_order(1001)
+    response = post(client, body, {**headers, "Content-Type": "text/plain"})
+    assert response.status_code == 400
+    assert "expected a JSON body" in response.json["error"]
+    assert rq_queue.count == 0
 
 
 def test_bad_signature_is_401_and_stores_nothing(client, rq_queue):
@@ -83,8 +102,11 @@ def test_unknown_source_is_404(client):
     assert "nope" in response.json["error"]
 
 
-def test_huge_body_is_413(client, rq_queue):
-    assert post(client, b"x" * (3 * 1024 * 1024), {}).status_code == 413
+def test_body_over_the_limit_is_413(client, rq_queue):
+    response = post(client, b"x" * (1024 * 1024 + 1), {})
+    assert response.status_code == 413
+    assert "larger than 1048576 bytes" in response.json["error"]
+    assert post(client, b"x" * (1024 * 1024), {}).status_code == 401  # at the limit: read
 
 
 def test_health_and_readiness(client):

@@ -83,6 +83,10 @@ class Source(ABC):
     def __repr__(self) -> str:  # the secret stays out of reprs and tracebacks
         return f"<{type(self).__name__} {self.name!r}>"
 
+    def is_ping(self, request: WebhookRequest) -> bool:
+        """A platform's set-up check (answered 200, routed nowhere); most platforms have none."""
+        return False
+
     @abstractmethod
     def verify(self, request: WebhookRequest) -> None:
         """Raise SignatureError unless the request was signed with this source's secret."""
