@@ -61,6 +61,9 @@ def create_app(config: Config, redis_url: str) -> Flask:
         except PayloadError as exc:
             log.warning("source %s: bad payload: %s", source_name, exc)
             return error(400, str(exc))
+        except Exception:  # a payload shaped like nothing the normaliser knows: never a 500
+            log.exception("source %s: payload could not be read", source_name)
+            return error(400, "the payload could not be read")
 
         try:
             if queue.seen(source_name, event.id):

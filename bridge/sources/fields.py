@@ -28,7 +28,10 @@ def minor_units(value: Any, exponent: int = 2) -> Decimal | None:
 def timestamp(value: Any) -> datetime | None:
     """ISO 8601 (with ``Z``), or unix seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):  # out of datetime's range
+            return None
     if isinstance(value, str) and value:
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -55,3 +58,14 @@ def integer(value: Any) -> int | None:
         return int(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """The value if it is a JSON object, else an empty one (payloads are not always as
+    documented)."""
+    return value if isinstance(value, dict) else {}
+
+
+def records(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects in a list; anything else is no records."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -55,8 +55,9 @@ class ShopifySource(Source):
         order = customer = shipping = refund = None
         if topic.startswith("orders/"):
             order, customer = _order(payload, shop), _customer(payload)
+            lines = fields.records(payload.get("shipping_lines"))
             shipping = Shipping(_address(payload.get("shipping_address")),
-                                _first(payload.get("shipping_lines"), "title"))
+                                fields.text(lines[0].get("title")) if lines else "")
         elif topic == "refunds/create":
             refund = _refund(payload)
         elif topic.startswith("customers/"):
@@ -100,8 +101,7 @@ def _order(payload: dict[str, Any], shop_domain: str) -> Order:
                 sku=fields.text(item.get("sku")),
                 price=fields.amount(item.get("price")),
             )
-            for item in payload.get("line_items") or []
-            if isinstance(item, dict)
+            for item in fields.records(payload.get("line_items"))
         ),
         admin_url=_admin_url(shop_domain, order_id),
         tags=fields.tags(payload.get("tags")),
@@ -109,13 +109,15 @@ def _order(payload: dict[str, Any], shop_domain: str) -> Order:
 
 
 def _customer(payload: dict[str, Any]) -> Customer:
-    customer = payload.get("customer") or {}
+    customer = fields.mapping(payload.get("customer"))
     name = " ".join(
-        part for part in (customer.get("first_name"), customer.get("last_name")) if part
+        fields.text(part) for part in (customer.get("first_name"), customer.get("last_name"))
+        if part
     )
     if not name:  # guest checkouts carry the name only on an address
-        address = payload.get("billing_address") or payload.get("shipping_address") or {}
-        name = address.get("name") or ""
+        address = fields.mapping(payload.get("billing_address")) or fields.mapping(
+            payload.get("shipping_address"))
+        name = fields.text(address.get("name"))
     return Customer(
         name=name,
         email=fields.text(customer.get("email") or payload.get("email")),
@@ -139,17 +141,12 @@ def _address(value: Any) -> Address | None:
 
 
 def _refund(payload: dict[str, Any]) -> Refund:
-    transactions = [t for t in payload.get("transactions") or [] if isinstance(t, dict)]
+    transactions = fields.records(payload.get("transactions"))
     amounts = [a for a in (fields.amount(t.get("amount")) for t in transactions) if a is not None]
     total = sum(amounts, Decimal(0)) if amounts else None
     currency = next((fields.text(t.get("currency")) for t in transactions if t.get("currency")),
                     "")
     return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")))
-
-
-def _first(value: Any, key: str) -> str:
-    return fields.text(value[0].get(key)) if isinstance(value, list) and value and isinstance(
-        value[0], dict) else ""
 
 
 def _admin_url(shop_domain: str, order_id: str) -> str:
