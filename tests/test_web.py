@@ -125,3 +125,18 @@ def test_redis_down_is_503_so_the_shop_retries(write_config):
     assert response.headers["Retry-After"] == "5"
     assert app.get("/readyz").status_code == 503
     assert app.get("/healthz").status_code == 200
+
+
+def test_woocommerce_ping_is_200_and_routed_nowhere(write_config, redis_url, queue_name,
+                                                   rq_queue):
+    path = write_config(redis_url=redis_url, queue=queue_name)
+    path.write_text(path.read_text().replace(
+        "sources:\n", "sources:\n  woo:\n    type: woocommerce\n    secret: woo-secret\n"))
+    client = create_app(load_config(path, {}), redis_url).test_client()
+    response = client.post("/webhooks/woo", data=b"webhook_id=12",
+                           content_type="application/x-www-form-urlencoded")
+    assert (response.status_code, response.json) == (200, {"ping": True})
+    assert rq_queue.count == 0
+    not_a_ping = client.post("/webhooks/woo", data=b"webhook_id=12&x=1",
+                             content_type="application/x-www-form-urlencoded")
+    assert not_a_ping.status_code == 401

@@ -5,9 +5,11 @@ from __future__ import annotations
 from bridge.config import SourceSettings
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest
 from bridge.sources.shopify import ShopifySource
+from bridge.sources.woocommerce import WooCommerceSource
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     "shopify": ShopifySource,
+    "woocommerce": WooCommerceSource,
 }
 
 
