@@ -1,0 +1,261 @@
+"""Stripe: ``Stripe-Signature: t=TS,v1=HEX[,v1=HEX…]``.
+
+Each ``v1`` is the hex HMAC-SHA256 of ``f"{TS}."`` + the raw body, keyed with the endpoint's
+signing secret used as is (the whole ``whsec_…`` string). Stripe sends several ``v1`` while it
+rolls the endpoint secret; ``v0`` entries are a legacy test scheme and are ignored. A delivery
+whose ``t`` is further than ``tolerance`` seconds from now is refused, so a captured delivery
+cannot be replayed later. The event type is the body's ``type``, the delivery id its ``id``
+(``evt_…``, the same on Stripe's retries). Amounts are integers of the currency's minor unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge import events
+from bridge.config import SourceSettings
+from bridge.events import (
+    Address,
+    Customer,
+    Event,
+    LineItem,
+    Order,
+    Payment,
+    Refund,
+    Shipping,
+    SourceRef,
+)
+from bridge.sources import fields
+from bridge.sources.base import (
+    PayloadError,
+    SignatureError,
+    Source,
+    WebhookRequest,
+    matches_any,
+)
+
+TOPICS = {
+    "checkout.session.completed": events.ORDER_PAID,
+    "payment_intent.succeeded": events.PAYMENT_SUCCEEDED,
+    "payment_intent.payment_failed": events.PAYMENT_FAILED,
+    "charge.refunded": events.REFUND_CREATED,
+    "charge.dispute.created": events.DISPUTE_CREATED,
+    "invoice.paid": events.INVOICE_PAID,
+    "invoice.payment_failed": events.INVOICE_FAILED,
+    "customer.subscription.created": events.SUBSCRIPTION_CREATED,
+    "customer.subscription.deleted": events.SUBSCRIPTION_CANCELLED,
+}
+
+# Stripe's currencies whose minor unit is not the cent (https://docs.stripe.com/currencies).
+ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf",
+                          "ugx", "vnd", "vuv", "xaf", "xof", "xpf"})
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
+class StripeSource(Source):
+    platform = "stripe"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        # Seconds a delivery's timestamp may differ from now; 0 turns the check off.
+        tolerance: int = Field(default=300, ge=0)
+
+    def __init__(self, name: str, settings: SourceSettings):
+        super().__init__(name, settings)
+        # Injectable so tests can fix "now" instead of sleeping.
+        self.clock: Callable[[], float] = time.time
+
+    def verify(self, request: WebhookRequest) -> None:
+        header = request.header("Stripe-Signature")
+        if not header:
+            raise SignatureError("missing Stripe-Signature header")
+        timestamp, given = _parse_header(header)
+        expected = [_digest(secret, timestamp, request.body) for secret in self._secrets]
+        # A list, not a generator: every v1 is compared, whichever one matches.
+        if not any([matches_any(signature, expected) for signature in given]):
+            raise SignatureError("Stripe-Signature does not match the body")
+        tolerance = self.options.tolerance
+        if tolerance and abs(self.clock() - timestamp) > tolerance:
+            raise SignatureError(
+                f"Stripe-Signature timestamp outside the tolerance ({tolerance} s)")
+
+    def parse(self, request: WebhookRequest) -> Event:
+        payload = request.json()
+        topic = fields.text(payload.get("type"))
+        if not topic:
+            raise PayloadError("missing event type")
+        data = payload.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        obj = obj if isinstance(obj, dict) else {}
+        livemode = bool(payload.get("livemode", obj.get("livemode", True)))
+        order = customer = shipping = refund = payment = None
+        if topic == "checkout.session.completed":
+            order, customer = _order(obj, livemode), _customer(obj.get("customer_details"))
+            details = obj.get("collected_information") or {}
+            shipping = _shipping(obj.get("shipping_details") or details.get("shipping_details"))
+        elif topic.startswith("payment_intent."):
+            # A failed intent received nothing: its amount is what was asked for.
+            payment = _payment(obj, obj.get("amount_received") or obj.get("amount"), _error(obj))
+            if obj.get("receipt_email"):
+                customer = Customer(email=fields.text(obj.get("receipt_email")))
+            shipping = _shipping(obj.get("shipping"))
+        elif topic == "charge.refunded":
+            refund = _refund(obj)
+            payment = _payment(obj, obj.get("amount"))
+            customer = _customer(obj.get("billing_details"))
+        elif topic.startswith("charge.dispute."):
+            payment = _payment(obj, obj.get("amount"), fields.text(obj.get("reason")))
+        elif topic.startswith("invoice."):
+            paid = topic == "invoice.paid"
+            payment = _payment(obj, obj.get("amount_paid" if paid else "amount_due"))
+            customer = _customer({"name": obj.get("customer_name"),
+                                  "email": obj.get("customer_email")})
+        elif topic.startswith("customer.subscription."):
+            reason = (obj.get("cancellation_details") or {}).get("reason")
+            payment = _payment(obj, _recurring_amount(obj), fields.text(reason))
+        return Event(
+            id=fields.text(payload.get("id")) or request.body_digest(),
+            type=TOPICS.get(topic, f"stripe.{topic}"),
+            source=SourceRef(self.name, self.platform),
+            occurred_at=fields.timestamp(payload.get("created")),
+            order=order,
+            customer=customer,
+            shipping=shipping,
+            refund=refund,
+            payment=payment,
+            raw=payload,
+        )
+
+
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The Stripe-Signature value Stripe sends for ``body`` at ``timestamp``."""
+    return f"t={timestamp},v1={_digest(secret, timestamp, body)}"
+
+
+def _digest(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def _parse_header(header: str) -> tuple[int, list[str]]:
+    timestamp, signatures = None, []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            timestamp = fields.integer(value.strip())
+        elif key == "v1" and value.strip():
+            signatures.append(value.strip())
+    if timestamp is None:
+        raise SignatureError("Stripe-Signature has no valid timestamp (t=)")
+    if not signatures:
+        raise SignatureError("Stripe-Signature has no v1 signature")
+    return timestamp, signatures
+
+
+def exponent(currency: str) -> int:
+    """Digits of the currency's minor unit as Stripe counts them: 0 for JPY, 3 for KWD."""
+    code = currency.lower()
+    return 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+
+
+def _money(value: Any, currency: str) -> Decimal | None:
+    return fields.minor_units(value, exponent(currency))
+
+
+def _order(session: dict[str, Any], livemode: bool) -> Order:
+    session_id = fields.text(session.get("id"))
+    currency = fields.text(session.get("currency"))
+    metadata = session.get("metadata") or {}
+    number = fields.text(metadata.get("order_number")) or session_id
+    line_items = session.get("line_items") or {}  # only there when the sender expanded it
+    return Order(
+        id=session_id,
+        number=number,
+        name=f"#{number}" if number != session_id else number,
+        total=_money(session.get("amount_total"), currency),
+        subtotal=_money(session.get("amount_subtotal"), currency),
+        currency=currency.upper(),
+        status=fields.text(session.get("status")),
+        financial_status=fields.text(session.get("payment_status")),
+        items=tuple(
+            LineItem(
+                name=fields.text(item.get("description")),
+                quantity=fields.integer(item.get("quantity")) or 1,
+                sku=fields.text((item.get("price") or {}).get("id")),
+                price=_money((item.get("price") or {}).get("unit_amount"), currency),
+            )
+            for item in line_items.get("data") or []
+            if isinstance(item, dict)
+        ),
+        admin_url=_admin_url(fields.text(session.get("payment_intent")), livemode),
+    )
+
+
+def _customer(details: Any) -> Customer | None:
+    if not isinstance(details, dict):
+        return None
+    return Customer(name=fields.text(details.get("name")),
+                    email=fields.text(details.get("email")))
+
+
+def _shipping(details: Any) -> Shipping | None:
+    if not isinstance(details, dict) or not isinstance(details.get("address"), dict):
+        return None
+    address = details["address"]
+    return Shipping(Address(
+        name=fields.text(details.get("name")),
+        line1=fields.text(address.get("line1")),
+        line2=fields.text(address.get("line2")),
+        city=fields.text(address.get("city")),
+        region=fields.text(address.get("state")),
+        postal_code=fields.text(address.get("postal_code")),
+        country=fields.text(address.get("country")),
+    ), fields.text(details.get("carrier")))
+
+
+def _payment(obj: dict[str, Any], amount: Any, reason: str = "") -> Payment:
+    currency = fields.text(obj.get("currency"))
+    return Payment(amount=_money(amount, currency), currency=currency.upper(),
+                   status=fields.text(obj.get("status")), reason=reason,
+                   id=fields.text(obj.get("id")))
+
+
+def _error(intent: dict[str, Any]) -> str:
+    error = intent.get("last_payment_error")
+    return fields.text(error.get("message")) if isinstance(error, dict) else ""
+
+
+def _refund(charge: dict[str, Any]) -> Refund:
+    currency = fields.text(charge.get("currency"))
+    refunds = (charge.get("refunds") or {}).get("data") or []  # older API versions only
+    reason = next((fields.text(r.get("reason")) for r in refunds
+                   if isinstance(r, dict) and r.get("reason")), "")
+    return Refund(amount=_money(charge.get("amount_refunded"), currency),
+                  currency=currency.upper(), reason=reason)
+
+
+def _recurring_amount(subscription: dict[str, Any]) -> int | None:
+    """What the subscription bills each period: the sum of its items' unit price × quantity."""
+    amounts = [
+        (fields.integer((item.get("price") or {}).get("unit_amount")),
+         fields.integer(item.get("quantity")))
+        for item in (subscription.get("items") or {}).get("data") or []
+        if isinstance(item, dict)
+    ]
+    if not amounts or any(unit is None for unit, _ in amounts):
+        return None  # metered or tiered prices have no fixed amount
+    return sum(unit * (1 if quantity is None else quantity) for unit, quantity in amounts)
+
+
+def _admin_url(payment_intent: str, livemode: bool) -> str:
+    if not payment_intent:
+        return ""
+    mode = "" if livemode else "test/"
+    return f"https://dashboard.stripe.com/{mode}payments/{payment_intent}"
