@@ -88,3 +88,31 @@ def test_unknown_template_and_bad_syntax_are_reported_at_load():
     message = str(caught.value)
     assert "route 'a': template 'nope.j2' not found" in message
     assert "route 'b': template syntax error" in message
+
+
+def test_one_template_renders_shopify_and_woocommerce_orders_alike():
+    import json
+    from pathlib import Path
+
+    from bridge.config import SourceSettings
+    from bridge.samples import body_of, shopify_headers, shopify_order
+    from bridge.sources import WebhookRequest
+    from bridge.sources.shopify import ShopifySource
+    from bridge.sources.woocommerce import WooCommerceSource
+
+    settings = SourceSettings(type="x", secret="s")
+    shopify = ShopifySource("shop", settings).parse(
+        WebhookRequest.of(shopify_headers(), body_of(shopify_order(1001))))
+    woo_body = (Path(__file__).parent / "payloads/woocommerce/order_created.json").read_bytes()
+    woo = WooCommerceSource("woo", settings).parse(WebhookRequest.of({
+        "X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Delivery-ID": "d1",
+        "X-WC-Webhook-Source": "https://shop.example.com/"}, woo_body))
+    woo_payload = json.loads(woo_body)
+
+    for event, number, total in ((shopify, "#1001", "368.40 EUR"),
+                                 (woo, f"#{woo_payload['number']}", "142.90 EUR")):
+        lines = render(event).text.splitlines()
+        assert lines[0] == f"🛒 New order {number} · {total}"
+        assert lines[1].startswith("Customer: Ada ") and "@" in lines[1]
+        assert lines[2].startswith("• ")
+        assert lines[-1].startswith("Open the order: https://")
