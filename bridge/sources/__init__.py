@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bridge.config import SourceSettings
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest
+from bridge.sources.bigcommerce import BigCommerceSource
 from bridge.sources.shopify import ShopifySource
 from bridge.sources.stripe import StripeSource
 from bridge.sources.woocommerce import WooCommerceSource
@@ -12,6 +13,7 @@ SOURCE_TYPES: dict[str, type[Source]] = {
     "shopify": ShopifySource,
     "woocommerce": WooCommerceSource,
     "stripe": StripeSource,
+    "bigcommerce": BigCommerceSource,
 }
 
 

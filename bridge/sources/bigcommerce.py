@@ -1,0 +1,246 @@
+"""BigCommerce: no HMAC. The webhook is created through BigCommerce's API with custom ``headers``;
+the receiver checks that one of them (``header``, default ``X-Webhook-Secret``) equals a configured
+secret, in constant time.
+
+The body is thin: ``scope`` (``store/order/created``…), ``data`` (``type`` and ``id``, plus
+``status`` or ``inventory`` for some scopes), ``hash`` (the delivery id, the same on retries),
+``created_at`` (unix seconds) and ``producer`` (``stores/{store_hash}``). With an API token the
+order (or product) is fetched from the store API within ``enrich_timeout`` seconds; a failed fetch
+is logged and the thin event is returned, so the webhook is never refused for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from bridge import events
+from bridge.config import SourceSettings
+from bridge.events import Address, Customer, Event, LineItem, Order, Product, Refund, Shipping
+from bridge.sources import fields
+from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest, matches_any
+
+log = logging.getLogger(__name__)
+
+SCOPES = {
+    "store/order/created": events.ORDER_CREATED,
+    "store/order/updated": events.ORDER_UPDATED,
+    "store/customer/created": events.CUSTOMER_CREATED,
+    "store/product/inventory/updated": events.INVENTORY_UPDATED,
+    "store/product/inventory/order/updated": events.INVENTORY_UPDATED,
+    "store/cart/abandoned": events.CHECKOUT_ABANDONED,
+}
+# BigCommerce order status ids (GET /v2/order_statuses) -> canonical type of a status change.
+STATUS_TYPES = {
+    11: events.ORDER_PAID,  # Awaiting Fulfillment: paid, waiting to be shipped
+    2: events.ORDER_FULFILLED,  # Shipped
+    10: events.ORDER_FULFILLED,  # Completed
+    3: events.ORDER_PARTIALLY_FULFILLED,  # Partially Shipped
+    5: events.ORDER_CANCELLED,  # Cancelled
+    4: events.REFUND_CREATED,  # Refunded
+    14: events.REFUND_CREATED,  # Partially Refunded
+}
+STATUS_NAMES = {
+    0: "Incomplete", 1: "Pending", 2: "Shipped", 3: "Partially Shipped", 4: "Refunded",
+    5: "Cancelled", 6: "Declined", 7: "Awaiting Payment", 8: "Awaiting Pickup",
+    9: "Awaiting Shipment", 10: "Completed", 11: "Awaiting Fulfillment",
+    12: "Manual Verification Required", 13: "Disputed", 14: "Partially Refunded",
+}
+INVENTORY_SCOPES = ("store/product/inventory/updated", "store/product/inventory/order/updated")
+
+
+class EnrichmentError(Exception):
+    """The store API did not answer usefully in time; the thin event is used instead."""
+
+
+class BigCommerceSource(Source):
+    platform = "bigcommerce"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        header: str = Field("X-Webhook-Secret", min_length=1)  # the custom header to check
+        store_hash: str = ""  # else read from the body's producer "stores/{hash}"
+        api_token: SecretStr | None = None  # X-Auth-Token; enables enrichment
+        api_base_url: str = "https://api.bigcommerce.com"
+        enrich_timeout: float = Field(2.0, gt=0)  # seconds for all API calls of one webhook
+        low_stock_threshold: int = 5
+
+        @field_validator("api_token", mode="before")
+        @classmethod
+        def _empty_token_is_none(cls, value: Any) -> Any:
+            return None if value in ("", None) else value
+
+    def __init__(self, name: str, settings: SourceSettings):
+        super().__init__(name, settings)
+        self._client: httpx.Client | None = None  # created on first use, then kept alive
+        self._client_lock = threading.Lock()
+
+    def verify(self, request: WebhookRequest) -> None:
+        header = self.options.header
+        given = request.header(header)
+        if not given:
+            raise SignatureError(f"missing {header} header")
+        if not matches_any(given, (secret.decode() for secret in self._secrets)):
+            raise SignatureError(f"{header} does not match the configured secret")
+
+    def parse(self, request: WebhookRequest) -> Event:
+        payload = request.json()
+        scope = fields.text(payload.get("scope"))
+        if not scope:
+            raise PayloadError("missing scope in the body")
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        object_id = fields.text(data.get("id"))
+        producer = fields.text(payload.get("producer"))
+        store_hash = self.options.store_hash or (
+            producer.removeprefix("stores/") if producer.startswith("stores/") else "")
+        event_type = SCOPES.get(scope, f"bigcommerce.{scope.removeprefix('store/')}")
+        status_id = None
+        if scope == "store/order/statusUpdated":
+            status = data.get("status") if isinstance(data.get("status"), dict) else {}
+            status_id = fields.integer(status.get("new_status_id"))
+            event_type = STATUS_TYPES.get(status_id, events.ORDER_UPDATED)
+        created_at = payload.get("created_at")
+        delivery_id = fields.text(payload.get("hash")) or (
+            f"{scope}:{object_id}:{created_at}" if object_id and created_at is not None
+            else request.body_digest())
+
+        parts: dict[str, Any] = {}
+        if scope.startswith("store/order/") and object_id:
+            parts["order"] = Order(
+                id=object_id, number=object_id, name=f"#{object_id}",
+                status=STATUS_NAMES.get(status_id, ""),
+                admin_url=_admin_url(store_hash, object_id))
+            if self._can_enrich(store_hash):
+                parts.update(self._enriched(store_hash, object_id, parts["order"], event_type))
+        elif scope in INVENTORY_SCOPES and object_id:
+            parts["product"] = Product()
+            if self._can_enrich(store_hash):
+                product = self._enriched_product(store_hash, object_id)
+                if product is not None:
+                    parts["product"] = product
+                    if product.stock is not None and (
+                            product.stock <= self.options.low_stock_threshold):
+                        event_type = events.INVENTORY_LOW
+        return Event(id=delivery_id, type=event_type,
+                     source=events.SourceRef(self.name, self.platform),
+                     occurred_at=fields.timestamp(created_at), raw=payload, **parts)
+
+    def _can_enrich(self, store_hash: str) -> bool:
+        return self.options.api_token is not None and bool(store_hash)
+
+    def _enriched(self, store_hash: str, order_id: str, thin: Order,
+                  event_type: str) -> dict[str, Any]:
+        """Order, customer, shipping (and refund) from the store API; {} if that fails."""
+        try:
+            deadline = time.monotonic() + self.options.enrich_timeout
+            base = f"/stores/{store_hash}/v2/orders/{order_id}"
+            order = self._get(base, deadline)
+            items = self._get(f"{base}/products", deadline)
+            addresses = self._get(f"{base}/shipping_addresses", deadline)
+            if not (isinstance(order, dict) and isinstance(items, list | None)
+                    and isinstance(addresses, list | None)):
+                raise EnrichmentError("unexpected JSON shape")
+        except EnrichmentError as exc:
+            log.warning("source %r: order %s not enriched: %s", self.name, order_id, exc)
+            return {}
+        return _order_parts(order, items or [], addresses or [], thin, event_type)
+
+    def _enriched_product(self, store_hash: str, product_id: str) -> Product | None:
+        try:
+            deadline = time.monotonic() + self.options.enrich_timeout
+            body = self._get(f"/stores/{store_hash}/v3/catalog/products/{product_id}", deadline)
+            product = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(product, dict):
+                raise EnrichmentError("unexpected JSON shape")
+        except EnrichmentError as exc:
+            log.warning("source %r: product %s not enriched: %s", self.name, product_id, exc)
+            return None
+        return Product(name=fields.text(product.get("name")), sku=fields.text(product.get("sku")),
+                       stock=fields.integer(product.get("inventory_level")))
+
+    def _get(self, path: str, deadline: float) -> Any:
+        """GET one store API path as JSON within what is left of the deadline. 204 -> None."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise EnrichmentError("out of time")
+        try:
+            response = self._http().get(
+                self.options.api_base_url.rstrip("/") + path, timeout=left,
+                headers={"X-Auth-Token": self.options.api_token.get_secret_value(),
+                         "Accept": "application/json"})
+        except httpx.HTTPError as exc:  # its message names the URL, never the header
+            raise EnrichmentError(f"{type(exc).__name__} on GET {path}: {exc}") from None
+        if response.status_code == 204:  # BigCommerce's answer for an empty list
+            return None
+        if response.status_code != 200:
+            raise EnrichmentError(f"GET {path} answered {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise EnrichmentError(f"GET {path} answered invalid JSON") from None
+
+    def _http(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(follow_redirects=False)
+            return self._client
+
+
+def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], thin: Order,
+                 event_type: str) -> dict[str, Any]:
+    billing = order.get("billing_address") if isinstance(order.get("billing_address"),
+                                                         dict) else {}
+    currency = fields.text(order.get("currency_code"))
+    number = fields.text(order.get("id")) or thin.number
+    parts: dict[str, Any] = {
+        "order": Order(
+            id=thin.id, number=number, name=f"#{number}", admin_url=thin.admin_url,
+            total=fields.amount(order.get("total_inc_tax")),
+            subtotal=fields.amount(order.get("subtotal_inc_tax")),
+            currency=currency,
+            status=fields.text(order.get("status")) or thin.status,
+            financial_status=fields.text(order.get("payment_status")),
+            items=tuple(
+                LineItem(name=fields.text(item.get("name")), sku=fields.text(item.get("sku")),
+                         quantity=fields.integer(item.get("quantity")) or 1,
+                         price=fields.amount(item.get("price_inc_tax")))
+                for item in items if isinstance(item, dict)),
+        ),
+        "customer": Customer(name=_name(billing), email=fields.text(billing.get("email"))),
+    }
+    first = next((a for a in addresses if isinstance(a, dict)), None)
+    if first is not None:
+        parts["shipping"] = Shipping(_address(first), fields.text(first.get("shipping_method")))
+    if event_type == events.REFUND_CREATED:
+        parts["refund"] = Refund(amount=fields.amount(order.get("refunded_amount")),
+                                 currency=currency)
+    return parts
+
+
+def _name(address: dict[str, Any]) -> str:
+    return " ".join(p for p in (fields.text(address.get("first_name")),
+                                fields.text(address.get("last_name"))) if p)
+
+
+def _address(value: dict[str, Any]) -> Address:
+    return Address(
+        name=_name(value),
+        line1=fields.text(value.get("street_1")),
+        line2=fields.text(value.get("street_2")),
+        city=fields.text(value.get("city")),
+        region=fields.text(value.get("state")),
+        postal_code=fields.text(value.get("zip")),
+        country=fields.text(value.get("country_iso2") or value.get("country")),
+    )
+
+
+def _admin_url(store_hash: str, order_id: str) -> str:
+    if not (store_hash and order_id):
+        return ""
+    return f"https://store-{store_hash}.mybigcommerce.com/manage/orders/{order_id}"

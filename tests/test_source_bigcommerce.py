@@ -1,0 +1,389 @@
+import copy
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify, request
+from pydantic import ValidationError
+
+from bridge.config import SourceSettings
+from bridge.local_server import LocalServer
+from bridge.sources import PayloadError, SignatureError, WebhookRequest
+from bridge.sources.bigcommerce import BigCommerceSource
+
+SECRET = "bc-shared-header-secret-7f3a"
+TOKEN = "bc-api-token-do-not-leak-91d2"
+PAYLOADS = Path(__file__).parent / "payloads" / "bigcommerce"
+
+
+def load(name: str) -> Any:
+    return json.loads((PAYLOADS / f"{name}.json").read_text())
+
+
+def make_source(secret: str | list[str] = SECRET, **options: Any) -> BigCommerceSource:
+    return BigCommerceSource("bc", SourceSettings(type="bigcommerce", secret=secret, **options))
+
+
+def delivery(payload: Any, secret: str | None = SECRET, header: str = "X-Webhook-Secret",
+             body: bytes | None = None) -> WebhookRequest:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[header] = secret
+    return WebhookRequest.of(headers, body if body is not None else json.dumps(payload).encode())
+
+
+@pytest.fixture
+def source() -> BigCommerceSource:
+    return make_source()
+
+
+# --- verification: a shared secret in a custom header -------------------------------------------
+
+def test_right_header_value_is_accepted(source):
+    source.verify(delivery(load("order_created")))
+
+
+def test_wrong_header_value_is_refused(source):
+    with pytest.raises(SignatureError, match="X-Webhook-Secret does not match"):
+        source.verify(delivery(load("order_created"), secret="someone-else"))
+
+
+def test_missing_header_is_refused(source):
+    with pytest.raises(SignatureError, match="missing X-Webhook-Secret header"):
+        source.verify(delivery(load("order_created"), secret=None))
+
+
+def test_header_name_is_case_insensitive(source):
+    source.verify(delivery(load("order_created"), header="x-webhook-SECRET"))
+
+
+def test_a_configured_header_name_is_checked_instead():
+    custom = make_source(header="X-BC-Auth")
+    custom.verify(delivery(load("order_created"), header="X-BC-Auth"))
+    with pytest.raises(SignatureError, match="missing X-BC-Auth header"):
+        custom.verify(delivery(load("order_created")))
+
+
+def test_any_of_several_secrets_verifies_during_rotation():
+    rotating = make_source(secret=["new-one", SECRET])
+    rotating.verify(delivery(load("order_created")))
+    rotating.verify(delivery(load("order_created"), secret="new-one"))
+    with pytest.raises(SignatureError):
+        rotating.verify(delivery(load("order_created"), secret="retired"))
+
+
+def test_a_prefix_of_the_secret_is_refused(source):
+    with pytest.raises(SignatureError):
+        source.verify(delivery(load("order_created"), secret=SECRET[:-1]))
+
+
+def test_tampered_body_is_not_detectable_because_bigcommerce_signs_nothing(source):
+    # Documented caveat: only the header is checked; a tampered body with the right header passes,
+    # and a body never rescues a wrong header.
+    source.verify(delivery(None, body=b'{"scope": "store/order/created", "data": {"id": 999}}'))
+    with pytest.raises(SignatureError):
+        source.verify(delivery(load("order_created"), secret=SECRET + "x"))
+
+
+def test_errors_and_reprs_do_not_contain_secrets():
+    configured = make_source(api_token=TOKEN, store_hash="abc123xyz")
+    with pytest.raises(SignatureError) as caught:
+        configured.verify(delivery(load("order_created"), secret="wrong"))
+    for text in (str(caught.value), repr(configured), repr(configured.options)):
+        assert SECRET not in text
+        assert TOKEN not in text
+    assert configured.options.api_token.get_secret_value() == TOKEN
+
+
+def test_options_have_documented_defaults_and_reject_unknown_keys(source):
+    options = source.options
+    assert (options.header, options.store_hash, options.api_token) == ("X-Webhook-Secret", "", None)
+    assert (options.api_base_url, options.enrich_timeout, options.low_stock_threshold) == (
+        "https://api.bigcommerce.com", 2.0, 5)
+    assert make_source(api_token="").options.api_token is None
+    with pytest.raises(ValidationError):
+        make_source(api_tokn=TOKEN)
+
+
+# --- parsing without enrichment ------------------------------------------------------------------
+
+def test_order_created_is_a_thin_order(source):
+    event = source.parse(delivery(load("order_created")))
+    assert event.id == "dd70c0976e06b67aaf671e73f49dcb79230ebf9d"
+    assert event.type == "order.created"
+    assert (event.source.name, event.source.platform) == ("bc", "bigcommerce")
+    assert event.occurred_at == datetime(2019, 6, 25, 16, 15, 35, tzinfo=UTC)
+    order = event.order
+    assert (order.id, order.number, order.name) == ("250", "250", "#250")
+    assert order.admin_url == "https://store-abc123xyz.mybigcommerce.com/manage/orders/250"
+    assert (order.total, order.currency, order.items) == (None, "", ())
+    assert event.customer is None
+    assert event.raw == load("order_created")
+
+
+def test_order_updated(source):
+    event = source.parse(delivery(load("order_updated")))
+    assert (event.type, event.order.number) == ("order.updated", "250")
+
+
+def test_status_update_to_shipped_is_fulfilled(source):
+    event = source.parse(delivery(load("order_status_updated")))
+    assert event.type == "order.fulfilled"
+    assert event.id == "9a6f1c1cf1b5e7b4f0f0c5b8a7f5d2e3c4b5a6f7"
+    assert (event.order.name, event.order.status) == ("#250", "Shipped")
+
+
+@pytest.mark.parametrize(("status_id", "event_type", "status"), [
+    (11, "order.paid", "Awaiting Fulfillment"),
+    (2, "order.fulfilled", "Shipped"),
+    (10, "order.fulfilled", "Completed"),
+    (3, "order.partially_fulfilled", "Partially Shipped"),
+    (5, "order.cancelled", "Cancelled"),
+    (4, "refund.created", "Refunded"),
+    (14, "refund.created", "Partially Refunded"),
+    (7, "order.updated", "Awaiting Payment"),
+    (99, "order.updated", ""),
+])
+def test_status_ids_map_to_canonical_types(source, status_id, event_type, status):
+    payload = load("order_status_updated")
+    payload["data"]["status"]["new_status_id"] = status_id
+    event = source.parse(delivery(payload))
+    assert (event.type, event.order.status) == (event_type, status)
+
+
+def test_status_update_without_a_status_is_order_updated(source):
+    payload = load("order_status_updated")
+    del payload["data"]["status"]
+    assert source.parse(delivery(payload)).type == "order.updated"
+
+
+def test_customer_created(source):
+    event = source.parse(delivery(load("customer_created")))
+    assert (event.type, event.id, event.order) == (
+        "customer.created", "c3b1a4a6f0d7e8b9a0c1d2e3f4a5b6c7d8e9f0a1", None)
+    assert event.raw["data"]["id"] == 32
+
+
+@pytest.mark.parametrize("name", ["inventory_updated", "inventory_order_updated"])
+def test_inventory_scopes_without_enrichment_are_inventory_updated(source, name):
+    event = source.parse(delivery(load(name)))
+    assert event.type == "inventory.updated"
+    assert event.product is not None and event.product.stock is None
+    assert event.order is None
+
+
+def test_cart_abandoned_is_checkout_abandoned(source):
+    event = source.parse(delivery(load("cart_abandoned")))
+    assert (event.type, event.id) == ("checkout.abandoned",
+                                      "b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3")
+    assert event.raw["data"]["id"] == "09346904-4175-44fd-be53-f7e598531b6c"
+
+
+def test_unknown_scope_keeps_the_platform_name(source):
+    event = source.parse(delivery(load("shipment_created")))
+    assert event.type == "bigcommerce.shipment/created"
+    assert event.order is None
+
+
+def test_delivery_id_without_hash_is_scope_id_and_time(source):
+    payload = load("order_created")
+    del payload["hash"]
+    assert source.parse(delivery(payload)).id == "store/order/created:250:1561479335"
+
+
+def test_delivery_id_falls_back_to_the_body_digest(source):
+    payload = load("order_created")
+    del payload["hash"], payload["created_at"]
+    request = delivery(payload)
+    assert source.parse(request).id == request.body_digest()
+
+
+def test_store_hash_option_wins_over_producer_and_absence_leaves_no_url():
+    payload = load("order_created")
+    configured = make_source(store_hash="zzz999")
+    assert configured.parse(delivery(payload)).order.admin_url == (
+        "https://store-zzz999.mybigcommerce.com/manage/orders/250")
+    del payload["producer"]
+    assert make_source().parse(delivery(payload)).order.admin_url == ""
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "not an object"),
+    (b'{"data": {"type": "order", "id": 1}}', "missing scope"),
+])
+def test_bodies_that_cannot_be_understood_are_payload_errors(source, body, message):
+    with pytest.raises(PayloadError, match=message):
+        source.parse(delivery(None, body=body))
+
+
+# --- enrichment over real HTTP against a fake BigCommerce API ------------------------------------
+
+class FakeBigCommerce:
+    """Answers the store API paths the source reads; records what arrived."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"  # ok | 500 | slow | badjson
+        self.order = load("api_order")
+        self.product = load("api_product")
+        self.seen: list[dict[str, str]] = []
+        self.release = threading.Event()  # a "slow" answer waits for this, not for a clock
+        self.app = Flask("fake-bigcommerce")
+        self.app.add_url_rule("/stores/<store>/v2/orders/<int:order_id>", view_func=self.order_view)
+        self.app.add_url_rule("/stores/<store>/v2/orders/<int:order_id>/products",
+                              view_func=self.products_view)
+        self.app.add_url_rule("/stores/<store>/v2/orders/<int:order_id>/shipping_addresses",
+                              view_func=self.addresses_view)
+        self.app.add_url_rule("/stores/<store>/v3/catalog/products/<int:product_id>",
+                              view_func=self.product_view)
+
+    def _answer(self, body: Any):
+        self.seen.append({"path": request.path, "token": request.headers.get("X-Auth-Token", ""),
+                          "accept": request.headers.get("Accept", "")})
+        if self.mode == "500":
+            return jsonify({"status": 500, "title": "Internal Server Error"}), 500
+        if self.mode == "badjson":
+            return "<html>maintenance</html>", 200, {"Content-Type": "application/json"}
+        if self.mode == "slow":
+            self.release.wait(10)
+        return jsonify(body)
+
+    def order_view(self, store: str, order_id: int):
+        return self._answer(self.order)
+
+    def products_view(self, store: str, order_id: int):
+        return self._answer(load("api_order_products"))
+
+    def addresses_view(self, store: str, order_id: int):
+        return self._answer(load("api_shipping_addresses"))
+
+    def product_view(self, store: str, product_id: int):
+        return self._answer(self.product)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[FakeBigCommerce, str]]:
+    fake = FakeBigCommerce()
+    with LocalServer(fake.app) as server:
+        yield fake, server.url
+        fake.release.set()
+
+
+@pytest.fixture
+def enriching(fake_api) -> BigCommerceSource:
+    return make_source(api_token=TOKEN, api_base_url=fake_api[1], enrich_timeout=0.5)
+
+
+def test_order_is_enriched_from_the_store_api(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("order_created")))
+    assert [s["path"] for s in fake.seen] == [
+        "/stores/abc123xyz/v2/orders/250", "/stores/abc123xyz/v2/orders/250/products",
+        "/stores/abc123xyz/v2/orders/250/shipping_addresses"]
+    assert all(s["token"] == TOKEN and s["accept"] == "application/json" for s in fake.seen)
+    assert event.type == "order.created"
+    order = event.order
+    assert (order.id, order.number, order.name) == ("250", "250", "#250")
+    assert (order.total, order.subtotal) == (Decimal("256.1500"), Decimal("245.2500"))
+    assert (order.currency, order.status, order.financial_status) == (
+        "USD", "Awaiting Fulfillment", "captured")
+    assert order.admin_url == "https://store-abc123xyz.mybigcommerce.com/manage/orders/250"
+    assert [(i.name, i.sku, i.quantity, i.price) for i in order.items] == [
+        ("Fog Linen Chambray Towel - Beige Stripe", "SLCTBS", 2, Decimal("53.4100")),
+        ("Orbit Terrarium - Large", "OTL", 1, Decimal("118.8100"))]
+    assert (event.customer.name, event.customer.email) == ("Jane Doe", "janedoe@example.com")
+    assert str(event.shipping.address) == (
+        "Jane Doe, 455 Main Street, Apt 4, 78751 Austin, Texas, US")
+    assert event.shipping.method == "Flat Rate"
+    assert event.raw == load("order_created")  # the webhook's payload, not the API's
+
+
+def test_refund_status_carries_the_refunded_amount(enriching, fake_api):
+    fake, _ = fake_api
+    fake.order = {**copy.deepcopy(fake.order), "status": "Partially Refunded",
+                  "refunded_amount": "53.4100", "payment_status": "partially refunded"}
+    payload = load("order_status_updated")
+    payload["data"]["status"]["new_status_id"] = 14
+    event = enriching.parse(delivery(payload))
+    assert event.type == "refund.created"
+    assert (event.refund.amount, event.refund.currency) == (Decimal("53.4100"), "USD")
+    assert (event.order.status, event.order.financial_status) == (
+        "Partially Refunded", "partially refunded")
+
+
+def test_low_stock_becomes_inventory_low(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("inventory_order_updated")))
+    assert [s["path"] for s in fake.seen] == ["/stores/abc123xyz/v3/catalog/products/167"]
+    assert fake.seen[0]["token"] == TOKEN
+    assert event.type == "inventory.low"
+    assert (event.product.name, event.product.sku, event.product.stock) == (
+        "Orbit Terrarium - Small", "OTS", 3)
+
+
+def test_stock_above_the_threshold_stays_inventory_updated(fake_api):
+    fake, url = fake_api
+    strict = make_source(api_token=TOKEN, api_base_url=url, low_stock_threshold=2)
+    event = strict.parse(delivery(load("inventory_updated")))
+    assert (event.type, event.product.stock) == ("inventory.updated", 3)
+    fake.product = {"data": {**fake.product["data"], "inventory_level": 2}}
+    assert strict.parse(delivery(load("inventory_updated"))).type == "inventory.low"
+
+
+@pytest.mark.parametrize("mode", ["500", "badjson", "slow"])
+def test_enrichment_failure_returns_the_thin_event(enriching, fake_api, caplog, mode):
+    fake, _ = fake_api
+    fake.mode = mode
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
+        event = enriching.parse(delivery(load("order_created")))
+    fake.release.set()
+    assert fake.seen, "the fake API was asked"
+    assert (event.type, event.order.name, event.order.total, event.customer) == (
+        "order.created", "#250", None, None)
+    assert event.order.admin_url.endswith("/manage/orders/250")
+    assert "order 250 not enriched" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_slow_product_lookup_keeps_inventory_updated(enriching, fake_api, caplog):
+    fake, _ = fake_api
+    fake.mode = "slow"
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
+        event = enriching.parse(delivery(load("inventory_updated")))
+    assert (event.type, event.product.stock) == ("inventory.updated", None)
+    assert "product 167 not enriched" in caplog.text and TOKEN not in caplog.text
+
+
+def test_unreachable_api_returns_the_thin_event(caplog):
+    from tests.conftest import free_port
+
+    nowhere = make_source(api_token=TOKEN, api_base_url=f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
+        event = nowhere.parse(delivery(load("order_created")))
+    assert (event.order.number, event.order.total) == ("250", None)
+    assert "ConnectError" in caplog.text and TOKEN not in caplog.text
+
+
+def test_no_token_means_no_api_call(fake_api):
+    fake, url = fake_api
+    make_source(api_base_url=url).parse(delivery(load("order_created")))
+    payload = load("order_created")
+    del payload["producer"]  # a token but no store hash: nowhere to ask
+    make_source(api_token=TOKEN, api_base_url=url).parse(delivery(payload))
+    assert fake.seen == []
+
+
+def test_api_calls_share_one_kept_alive_client(enriching, fake_api):
+    # The fake (werkzeug) closes every connection, so reuse is checked on the client itself.
+    fake, _ = fake_api
+    enriching.parse(delivery(load("order_created")))
+    client = enriching._http()
+    enriching.parse(delivery(load("order_updated")))
+    assert len(fake.seen) == 6
+    assert enriching._http() is client and not client.is_closed
