@@ -46,8 +46,10 @@ class Pipeline:
                 known = sorted(SOURCE_TYPES[settings.type].Options.model_fields)
                 problems.extend(config.describe(err, ("sources", name), known)
                                 for err in exc.errors())
-            except ValueError as exc:
-                problems.append(f"{config.locate('sources', name, 'type')}: {exc}")
+            except ValueError as exc:  # an unknown type, or a secret the platform cannot use
+                place = ("sources", name, "type") if settings.type not in SOURCE_TYPES else (
+                    "sources", name)
+                problems.append(f"{config.locate(*place)}: {exc}")
         try:
             renderer = Renderer(config.template_dirs, config.routes)
         except ValueError as exc:

@@ -23,7 +23,8 @@ def test_unknown_source_type_is_reported(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("sources:\n  s: {type: shopfy, secret: x}\n")
     assert main(["--config", str(path), "check"]) == 2
-    assert "unknown source type 'shopfy' (known: shopify)" in capsys.readouterr().err
+    assert (f"{path}:2: sources.s.type: unknown source type 'shopfy' (known: bigcommerce, hmac, "
+            "shopify, standard-webhooks, stripe, woocommerce)") in capsys.readouterr().err
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path, capsys, monkeypatch):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from bridge.config import SourceSettings
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest
 from bridge.sources.bigcommerce import BigCommerceSource
+from bridge.sources.generic_hmac import HmacSource
 from bridge.sources.shopify import ShopifySource
+from bridge.sources.standard_webhooks import StandardWebhooksSource
 from bridge.sources.stripe import StripeSource
 from bridge.sources.woocommerce import WooCommerceSource
 
@@ -14,6 +16,8 @@ SOURCE_TYPES: dict[str, type[Source]] = {
     "woocommerce": WooCommerceSource,
     "stripe": StripeSource,
     "bigcommerce": BigCommerceSource,
+    "standard-webhooks": StandardWebhooksSource,
+    "hmac": HmacSource,
 }
 
 
