@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.config import load_config
 from bridge.sources.shopify import sign
+from bridge.sources.stripe import sign as stripe_sign
 from bridge.web import create_app
 from tests.conftest import TEST_SECRET
 
@@ -43,7 +48,7 @@ def client(tmp_path_factory, redis_url):
     path = tmp_path_factory.mktemp("prop") / "config.yaml"
     path.write_text(json.dumps({
         "redis": {"queue": queue},
-        "sources": {"shop": {"type": "shopify", "secret": TEST_SECRET}},
+        "sources": SOURCES,
         "routes": [{"name": "all", "channel": "orders-{{ source.name }}",
                     "template": "order_created.j2"},
                    ]}))
@@ -57,15 +62,78 @@ def client(tmp_path_factory, redis_url):
             connection.delete(job_key)
 
 
+SOURCES = {
+    "shop": {"type": "shopify", "secret": TEST_SECRET},
+    "woo": {"type": "woocommerce", "secret": TEST_SECRET},
+    "stripe": {"type": "stripe", "secret": TEST_SECRET},
+    "bc": {"type": "bigcommerce", "secret": TEST_SECRET},
+    "svix": {"type": "standard-webhooks", "secret": "whsec_" + base64.b64encode(
+        TEST_SECRET.encode()).decode()},
+    "custom": {"type": "hmac", "secret": TEST_SECRET, "header": "X-Signature",
+               "event_type_path": "event"},
+}
+
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
-@given(body=st.binary(max_size=2048), extra=headers)
-def test_arbitrary_requests_never_5xx(client, body, extra):
-    response = client.post("/webhooks/shop", data=body, headers=extra)
+@given(source=st.sampled_from(sorted(SOURCES)), body=st.binary(max_size=2048), extra=headers)
+def test_arbitrary_requests_never_5xx(client, source, body, extra):
+    response = client.post(f"/webhooks/{source}", data=body, headers=extra)
     assert response.status_code < 500, response.json
+
+
+def signed_request(source: str, payload: dict, topic: str) -> tuple[bytes, dict[str, str]]:
+    """A request each platform would accept, carrying ``payload`` (of any shape)."""
+    secret = TEST_SECRET.encode()
+    now = int(time.time())
+    if source == "stripe":
+        body = json.dumps({"id": "evt_1", "type": topic or "charge.refunded",
+                           "created": now, "data": {"object": payload}}).encode()
+        return body, {"Stripe-Signature": stripe_sign(secret, body, now)}
+    if source == "svix":
+        body = json.dumps({"type": topic or "order.created", "data": payload}).encode()
+        signed = f"msg_1.{now}.".encode() + body
+        signature = base64.b64encode(hmac.digest(secret, signed, hashlib.sha256)).decode()
+        return body, {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+                      "webhook-signature": f"v1,{signature}"}
+    if source == "custom":
+        body = json.dumps({**payload, "event": topic or "order.created"}).encode()
+        return body, {"X-Signature": hmac.new(secret, body, hashlib.sha256).hexdigest()}
+    if source == "bc":
+        body = json.dumps({"scope": f"store/{topic or 'order/created'}",
+                           "data": payload, "producer": "stores/abc"}).encode()
+        return body, {"X-Webhook-Secret": TEST_SECRET}
+    body = json.dumps(payload).encode()
+    if source == "woo":
+        return body, {"X-WC-Webhook-Topic": topic or "order.created",
+                      "X-WC-Webhook-Signature": base64.b64encode(
+                          hmac.digest(secret, body, hashlib.sha256)).decode()}
+    return body, {"X-Shopify-Topic": topic or "orders/create",
+                  "X-Shopify-Hmac-Sha256": sign(secret, body)}
+
+
+# Payload keys the normalisers read, across platforms, with values of any JSON shape.
+ANY_KEYS = [*KNOWN_KEYS, "number", "status", "total", "billing", "shipping", "date_paid",
+            "date_created_gmt", "refunds", "stock_quantity", "manage_stock", "amount",
+            "amount_total", "amount_subtotal", "amount_refunded", "amount_paid", "amount_due",
+            "customer_details", "shipping_details", "last_payment_error", "payment_intent",
+            "items", "metadata", "livemode", "reason", "type", "status", "order_number", "data"]
+any_payloads = st.dictionaries(st.sampled_from(ANY_KEYS), json_values, max_size=10)
+any_topics = st.sampled_from(["", "order.updated", "order/statusUpdated", "product.updated",
+                              "checkout.session.completed", "payment_intent.payment_failed",
+                              "invoice.paid", "customer.subscription.created", "refunds/create",
+                              "customer/created", "product/inventory/updated"])
+
+
+@SETTINGS
+@given(source=st.sampled_from(sorted(SOURCES)), payload=any_payloads, topic=any_topics)
+def test_every_platform_accepts_authentic_payloads_of_any_shape(client, source, payload, topic):
+    body, request_headers = signed_request(source, payload, topic)
+    response = client.post(f"/webhooks/{source}", data=body,
+                           headers={**request_headers, "Content-Type": "application/json"})
+    assert response.status_code in (200, 202), (source, response.json)
 
 
 @SETTINGS
