@@ -116,3 +116,9 @@ def test_one_template_renders_shopify_and_woocommerce_orders_alike():
         assert lines[1].startswith("Customer: Ada ") and "@" in lines[1]
         assert lines[2].startswith("• ")
         assert lines[-1].startswith("Open the order: https://")
+
+
+def test_payload_text_is_data_never_a_template():
+    text = render(order_event(name="{{ 7 * 7 }}{% raw %}"), template=None,
+                  text="{{ customer.name }}").text
+    assert text == "{{ 7 * 7 }}{% raw %}"

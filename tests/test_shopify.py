@@ -117,3 +117,41 @@ def test_any_of_several_secrets_verifies_during_rotation():
     rotating.verify(signed(body_of(shopify_order(1001)), secret="new-one"))
     with pytest.raises(SignatureError):
         rotating.verify(signed(body_of(shopify_order(1001)), secret="retired"))
+
+
+def test_checkout_carries_the_cart_and_the_recovery_link(source):
+    payload = {
+        "id": 3012, "token": "c1", "email": "grace@example.com", "currency": "USD",
+        "total_price": "59.80", "subtotal_price": "59.80", "completed_at": None,
+        "abandoned_checkout_url": "https://demo-shop.myshopify.com/123/checkouts/c1/recover",
+        "customer": {"first_name": "Grace", "last_name": "Hopper", "email": "grace@example.com"},
+        "line_items": [{"title": "Organic Cotton Tee", "quantity": 2, "price": "29.90",
+                        "sku": "TE-1"}],
+        "updated_at": "2026-11-25T09:00:00-05:00",
+    }
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic": "checkouts/update"}))
+    assert event.type == "checkout.updated"
+    assert (event.order.total, event.order.currency) == (Decimal("59.80"), "USD")
+    assert event.order.items[0].name == "Organic Cotton Tee"
+    assert event.order.admin_url.endswith("/checkouts/c1/recover")
+    assert event.customer.name == "Grace Hopper"
+
+
+@pytest.mark.parametrize(("available", "expected"), [(3, "inventory.low"), (5, "inventory.low"),
+                                                     (6, "inventory.updated")])
+def test_inventory_level_at_or_below_the_threshold_is_low(source, available, expected):
+    payload = {"inventory_item_id": 271878346596, "location_id": 24826418,
+               "available": available, "updated_at": "2026-11-25T09:00:00-05:00"}
+    event = source.parse(signed(body_of(payload),
+                                **{"X-Shopify-Topic": "inventory_levels/update"}))
+    assert event.type == expected
+    assert (event.product.sku, event.product.stock) == ("271878346596", available)
+
+
+def test_low_stock_threshold_is_an_option():
+    source = ShopifySource("shop", SourceSettings(type="shopify", secret=SECRET,
+                                                  low_stock_threshold=0))
+    payload = {"inventory_item_id": 1, "available": 3}
+    event = source.parse(signed(body_of(payload),
+                                **{"X-Shopify-Topic": "inventory_levels/update"}))
+    assert event.type == "inventory.updated"

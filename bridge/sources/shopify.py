@@ -12,8 +12,20 @@ import hmac
 from decimal import Decimal
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from bridge import events
-from bridge.events import Address, Customer, Event, LineItem, Order, Refund, Shipping, SourceRef
+from bridge.events import (
+    Address,
+    Customer,
+    Event,
+    LineItem,
+    Order,
+    Product,
+    Refund,
+    Shipping,
+    SourceRef,
+)
 from bridge.sources import fields
 from bridge.sources.base import (
     PayloadError,
@@ -32,11 +44,24 @@ TOPICS = {
     "orders/cancelled": events.ORDER_CANCELLED,
     "refunds/create": events.REFUND_CREATED,
     "customers/create": events.CUSTOMER_CREATED,
+    # Shopify sends no "abandoned" event: a checkout is abandoned when no order follows it.
+    # These say a checkout was started or changed; route them with a delay in mind.
+    "checkouts/create": events.CHECKOUT_CREATED,
+    "checkouts/update": events.CHECKOUT_UPDATED,
+    "inventory_levels/update": events.INVENTORY_UPDATED,
 }
+
+
+class ShopifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # inventory_levels/update at or below this many available is inventory.low.
+    low_stock_threshold: int = 5
 
 
 class ShopifySource(Source):
     platform = "shopify"
+    Options = ShopifyOptions
 
     def verify(self, request: WebhookRequest) -> None:
         given = request.header("X-Shopify-Hmac-Sha256")
@@ -52,8 +77,8 @@ class ShopifySource(Source):
         payload = request.json()
         event_type = TOPICS.get(topic, f"shopify.{topic}")
         shop = request.header("X-Shopify-Shop-Domain")
-        order = customer = shipping = refund = None
-        if topic.startswith("orders/"):
+        order = customer = shipping = refund = product = None
+        if topic.startswith(("orders/", "checkouts/")):
             order, customer = _order(payload, shop), _customer(payload)
             lines = fields.records(payload.get("shipping_lines"))
             shipping = Shipping(_address(payload.get("shipping_address")),
@@ -62,6 +87,11 @@ class ShopifySource(Source):
             refund = _refund(payload)
         elif topic.startswith("customers/"):
             customer = _customer({"customer": payload})
+        elif topic == "inventory_levels/update":
+            product = Product(sku=fields.text(payload.get("inventory_item_id")),
+                              stock=fields.integer(payload.get("available")))
+            if product.stock is not None and product.stock <= self.options.low_stock_threshold:
+                event_type = events.INVENTORY_LOW
         return Event(
             id=request.header("X-Shopify-Webhook-Id") or request.body_digest(),
             type=event_type,
@@ -71,6 +101,7 @@ class ShopifySource(Source):
             customer=customer,
             shipping=shipping,
             refund=refund,
+            product=product,
             raw=payload,
         )
 
@@ -103,7 +134,9 @@ def _order(payload: dict[str, Any], shop_domain: str) -> Order:
             )
             for item in fields.records(payload.get("line_items"))
         ),
-        admin_url=_admin_url(shop_domain, order_id),
+        # A checkout's link is the customer's recovery link, the useful one for support.
+        admin_url=fields.text(payload.get("abandoned_checkout_url"))
+        or _admin_url(shop_domain, order_id),
         tags=fields.tags(payload.get("tags")),
     )
 
