@@ -40,13 +40,13 @@ def money(amount: Decimal | int | str | None, currency: str = "") -> str:
     """``1234.5, "EUR"`` -> ``1,234.50 EUR``: exact decimals, the currency's own minor units."""
     if amount is None or amount == "" or isinstance(amount, jinja2.Undefined):
         return ""
-    try:
-        exact = Decimal(str(amount))
-    except ArithmeticError:
-        return str(amount)
     currency = "" if isinstance(currency, jinja2.Undefined) else str(currency or "")
     places = MINOR_UNITS.get(currency.upper(), 2)
-    exact = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    try:
+        exact = Decimal(str(amount)).quantize(Decimal(1).scaleb(-places),
+                                              rounding=ROUND_HALF_EVEN)
+    except ArithmeticError:  # not a number, or beyond any real amount's precision
+        return f"{amount} {currency}".strip()
     return f"{exact:,} {currency}".strip()
 
 
@@ -98,8 +98,8 @@ class Renderer:
         try:
             channel = self._channels[route.name].render(context).strip()
             text = self._bodies[route.name].render(context).strip()
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"route {route.name!r}: {exc}") from None
+        except Exception as exc:  # a template or a filter failing on this event's data
+            raise RenderError(f"route {route.name!r}: {type(exc).__name__}: {exc}") from None
         if not channel:
             raise RenderError(f"route {route.name!r}: the channel rendered empty")
         if not text:

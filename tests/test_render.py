@@ -42,6 +42,10 @@ def test_money_without_an_amount_is_blank():
     assert money(None, "EUR") == ""
 
 
+def test_money_beyond_decimal_precision_is_shown_as_given():
+    assert money(Decimal("1E+26"), "EUR") == "1E+26 EUR"
+
+
 def test_order_message_has_what_support_needs():
     text = render(order_event()).text
     assert text.splitlines()[0] == "🛒 New order #1042 · 1,234.50 EUR"

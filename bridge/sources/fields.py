@@ -69,3 +69,15 @@ def mapping(value: Any) -> dict[str, Any]:
 def records(value: Any) -> list[dict[str, Any]]:
     """The JSON objects in a list; anything else is no records."""
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def dig(payload: Any, path: str) -> Any:
+    """``dig({"a": {"b": 1}}, "a.b") == 1``; None where the path leads nowhere."""
+    for part in path.split("."):
+        if isinstance(payload, dict):
+            payload = payload.get(part)
+        elif isinstance(payload, list) and part.isdigit() and int(part) < len(payload):
+            payload = payload[int(part)]
+        else:
+            return None
+    return payload

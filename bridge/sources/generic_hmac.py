@@ -18,7 +18,7 @@ import re
 import string
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -122,7 +122,7 @@ class HmacSource(Source):
         if opts.event_type_header:
             sender_type, where = request.header(opts.event_type_header), opts.event_type_header
         else:
-            sender_type = fields.text(dig(payload, opts.event_type_path))
+            sender_type = fields.text(fields.dig(payload, opts.event_type_path))
             where = f"{opts.event_type_path!r} in the body"
         if not sender_type:
             raise PayloadError(f"no event type in {where}")
@@ -131,7 +131,7 @@ class HmacSource(Source):
         if opts.delivery_id_header:
             delivery_id = request.header(opts.delivery_id_header)
         else:
-            delivery_id = fields.text(dig(payload, opts.delivery_id_path)) \
+            delivery_id = fields.text(fields.dig(payload, opts.delivery_id_path)) \
                 if opts.delivery_id_path else ""
         stamp, _ = _find_timestamp(opts, request, request.header(opts.header))
         return Event(
@@ -187,18 +187,6 @@ def signed_bytes(template: str, body: bytes, timestamp: str = "") -> bytes:
 def sign(secret: bytes, signed: bytes, algorithm: str = "sha256", encoding: str = "hex") -> str:
     digest = hmac.digest(secret, signed, getattr(hashlib, algorithm))
     return digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
-
-
-def dig(payload: Any, path: str) -> Any:
-    """``dig({"a": {"b": 1}}, "a.b") == 1``; None where the path leads nowhere."""
-    for part in path.split("."):
-        if isinstance(payload, dict):
-            payload = payload.get(part)
-        elif isinstance(payload, list) and part.isdigit() and int(part) < len(payload):
-            payload = payload[int(part)]
-        else:
-            return None
-    return payload
 
 
 def _placeholders(template: str) -> set[str]:

@@ -85,7 +85,7 @@ class StandardWebhooksSource(Source):
 
     def parse(self, request: WebhookRequest) -> Event:
         payload = request.json()
-        sender_type = fields.text(dig(payload, self.options.event_type_path))
+        sender_type = fields.text(fields.dig(payload, self.options.event_type_path))
         if not sender_type:
             raise PayloadError(f"no event type at {self.options.event_type_path!r} in the body")
         event_type = self.options.types.get(sender_type) or (
@@ -123,18 +123,6 @@ def sign(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
     """One signature as it appears after ``v1,`` in ``webhook-signature``."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode()
-
-
-def dig(payload: Any, path: str) -> Any:
-    """``dig({"a": {"b": 1}}, "a.b") == 1``; None where the path leads nowhere."""
-    for part in path.split("."):
-        if isinstance(payload, dict):
-            payload = payload.get(part)
-        elif isinstance(payload, list) and part.isdigit() and int(part) < len(payload):
-            payload = payload[int(part)]
-        else:
-            return None
-    return payload
 
 
 def _money(data: dict[str, Any], event_type: str) -> tuple[Order | None, Payment | None]:
