@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -119,6 +120,7 @@ class RouteSettings(_Model):
     channel: str
     template: str | None = None
     text: str | None = None
+    when: str | None = None  # a Jinja expression over the event, e.g. order.total >= 500
     as_bot: bool = True
     account: str = "default"
     continue_: bool = Field(False, alias="continue")
@@ -137,6 +139,7 @@ class Config(_Model):
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
     templates_dir: Path | None = None
+    timezone: str = "UTC"  # for dates in messages (the `datetime` filter)
     # Where the file was read from; relative paths in it are relative to its folder.
     path: Path = Field(Path("config.yaml"), exclude=True)
     _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
@@ -157,6 +160,16 @@ class Config(_Model):
                 raise ValueError(f"source name {name!r} must be letters, digits, '-' or '_' "
                                  "(it is part of the URL /webhooks/<name>)")
         return sources
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r} (an IANA name such as "
+                             "Europe/Berlin)") from None
+        return name
 
     @field_validator("routes")
     @classmethod

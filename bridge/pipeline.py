@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from bridge.config import Config, ConfigError, RouteSettings
+from bridge import sandbox
+from bridge.config import Config, ConfigError
 from bridge.events import Event
 from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
-from bridge.routing import match_routes
+from bridge.routing import Router
 from bridge.sources import SOURCE_TYPES, Source, build_source
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,9 @@ class Dispatch:
 
 
 class Pipeline:
-    def __init__(self, sources: dict[str, Source], routes: list[RouteSettings],
-                 renderer: Renderer):
+    def __init__(self, sources: dict[str, Source], router: Router, renderer: Renderer):
         self.sources = sources
-        self.routes = routes
+        self.router = router
         self.renderer = renderer
 
     @classmethod
@@ -50,8 +51,13 @@ class Pipeline:
                 place = ("sources", name, "type") if settings.type not in SOURCE_TYPES else (
                     "sources", name)
                 problems.append(f"{config.locate(*place)}: {exc}")
+        env = sandbox.environment(config.template_dirs, ZoneInfo(config.timezone))
         try:
-            renderer = Renderer(config.template_dirs, config.routes)
+            router = Router(env, config.routes)
+        except ValueError as exc:
+            problems.extend(f"{config.path}: {line}" for line in str(exc).splitlines())
+        try:
+            renderer = Renderer(env, config.routes)
         except ValueError as exc:
             problems.extend(f"{config.path}: {line}" for line in str(exc).splitlines())
         for route in config.routes:
@@ -61,11 +67,11 @@ class Pipeline:
                                     f"{pattern!r}, which is not under sources:")
         if problems:
             raise ConfigError(problems)
-        return cls(sources, list(config.routes), renderer)
+        return cls(sources, router, renderer)
 
     def dispatch(self, event: Event, received_at: float) -> Dispatch:
         result = Dispatch()
-        for route in match_routes(self.routes, event):
+        for route in self.router.match(event):
             try:
                 message = self.renderer.render(route, event)
             except RenderError as exc:

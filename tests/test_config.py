@@ -134,3 +134,9 @@ def test_wrong_type_names_the_line(tmp_path):
         load_config(path, {"PUMBLE_KEY_FOR_TEST": "k"})
     assert str(caught.value).startswith(f"{path}:12: routes[0].as_bot: Input should be a valid "
                                         "boolean")
+
+
+def test_unknown_time_zone_is_refused(tmp_path):
+    path = write(tmp_path, GOOD + "timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
+        load_config(path, {"PUMBLE_KEY_FOR_TEST": "k"})

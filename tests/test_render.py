@@ -1,10 +1,13 @@
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
 
+from bridge import sandbox
 from bridge.config import RouteSettings, shipped_templates_dir
 from bridge.events import Customer, Event, LineItem, Order, SourceRef
-from bridge.render import Renderer, RenderError, money
+from bridge.filters import money
+from bridge.render import Renderer, RenderError
 
 
 def order_event(items: int = 3, name: str = "Grace Hopper") -> Event:
@@ -24,7 +27,11 @@ def route(**overrides) -> RouteSettings:
 
 def render(event: Event, **overrides):
     settings = route(**overrides)
-    return Renderer([shipped_templates_dir()], [settings]).render(settings, event)
+    return Renderer(env(), [settings]).render(settings, event)
+
+
+def env():
+    return sandbox.environment([shipped_templates_dir()], UTC)
 
 
 @pytest.mark.parametrize(("amount", "currency", "expected"), [
@@ -85,7 +92,7 @@ def test_empty_message_is_an_error():
 
 def test_unknown_template_and_bad_syntax_are_reported_at_load():
     with pytest.raises(ValueError) as caught:
-        Renderer([shipped_templates_dir()], [
+        Renderer(env(), [
             route(name="a", template="nope.j2"),
             route(name="b", template=None, text="{% if %}"),
         ])

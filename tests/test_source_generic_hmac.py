@@ -9,9 +9,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from bridge import sandbox
 from bridge.config import RouteSettings, SourceSettings, shipped_templates_dir
 from bridge.render import Renderer
-from bridge.routing import match_routes
+from bridge.routing import Router
 from bridge.sources import PayloadError, SignatureError, WebhookRequest
 from bridge.sources.generic_hmac import HmacSource
 
@@ -329,6 +330,7 @@ def test_recipes_in_the_docs_work(name, request_of, expected):
     source.verify(request)
     event = source.parse(request)
     routes = [RouteSettings.model_validate(r) for r in recipe["routes"]]
-    assert match_routes(routes, event) == routes
-    message = Renderer([shipped_templates_dir()], routes).render(routes[0], event)
+    env = sandbox.environment([shipped_templates_dir()], UTC)
+    assert Router(env, routes).match(event) == routes
+    message = Renderer(env, routes).render(routes[0], event)
     assert (message.channel, message.text) == ("sales", expected)
