@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -40,25 +41,45 @@ class Router:
             raise ValueError("\n".join(problems))
 
     def match(self, event: Event) -> list[RouteSettings]:
-        matched = []
-        context = sandbox.context(event)
-        for route in self.routes:
-            if (_any(route.match.source, event.source.name) and _any(route.match.event, event.type)
-                    and self._holds(route, context, event)):
-                matched.append(route)
-                if not route.continue_:
-                    break
-        return matched
+        return [decision.route for decision in self.explain(event) if decision.matched]
 
-    def _holds(self, route: RouteSettings, context: dict[str, Any], event: Event) -> bool:
+    def explain(self, event: Event) -> list[Decision]:
+        """Every route's verdict for this event, in order, with the reason (for the tools)."""
+        decisions = []
+        context = sandbox.context(event)
+        stopped_by = ""
+        for route in self.routes:
+            if stopped_by:
+                decisions.append(Decision(route, False, f"not reached: route {stopped_by!r} "
+                                                         "matched first (no continue)"))
+                continue
+            reason = self._mismatch(route, context, event)
+            decisions.append(Decision(route, not reason, reason or "matched"))
+            if not reason and not route.continue_:
+                stopped_by = route.name
+        return decisions
+
+    def _mismatch(self, route: RouteSettings, context: dict[str, Any], event: Event) -> str:
+        """Why the route does not match, or "" when it does."""
+        if not _any(route.match.source, event.source.name):
+            return f"source {event.source.name!r} is not in {route.match.source}"
+        if not _any(route.match.event, event.type):
+            return f"event type {event.type!r} is not in {route.match.event}"
         condition = self._conditions.get(route.name)
         if condition is None:
-            return True
+            return ""
         try:
-            return bool(condition(**context))
+            return "" if condition(**context) else f"when is false: {route.when}"
         except Exception as exc:  # missing fields, wrong types: the condition does not hold
             log.debug("event %s: route %s: when is false: %s", event.id, route.name, exc)
-            return False
+            return f"when cannot be evaluated for this event ({type(exc).__name__}: {exc})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: RouteSettings
+    matched: bool
+    reason: str
 
 
 def _any(patterns: Sequence[str], value: str) -> bool:

@@ -72,3 +72,16 @@ def test_when_cannot_reach_python_internals():
     table = router({"name": "x", "when": "order.__class__.__mro__[1].__subclasses__()"},
                    {"name": "rest"})
     assert names(table, big_order("1")) == ["rest"]
+
+
+def test_explain_says_why_each_route_did_or_did_not_match():
+    table = router({"name": "eu", "match": {"source": ["shop-eu"]}},
+                   {"name": "refunds", "match": {"event": ["refund.*"]}},
+                   {"name": "big", "when": "order.total >= 500"},
+                   {"name": "all"}, {"name": "after"})
+    reasons = {d.route.name: (d.matched, d.reason) for d in table.explain(big_order("20"))}
+    assert reasons["eu"] == (False, "source 'shop' is not in ['shop-eu']")
+    assert reasons["refunds"] == (False, "event type 'order.created' is not in ['refund.*']")
+    assert reasons["big"] == (False, "when is false: order.total >= 500")
+    assert reasons["all"] == (True, "matched")
+    assert reasons["after"] == (False, "not reached: route 'all' matched first (no continue)")
