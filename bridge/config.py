@@ -127,8 +127,9 @@ class RouteSettings(_Model):
 
     @model_validator(mode="after")
     def _one_body(self) -> RouteSettings:
-        if (self.template is None) == (self.text is None):
-            raise ValueError("give exactly one of 'template' (a file) or 'text' (inline)")
+        # Neither: the shipped template for the event's type (order.paid -> order_paid.j2).
+        if self.template is not None and self.text is not None:
+            raise ValueError("give one of 'template' (a file) or 'text' (inline), not both")
         return self
 
 

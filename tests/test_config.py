@@ -84,9 +84,10 @@ def test_empty_secret_is_refused(tmp_path):
         load_config(path, {"PUMBLE_KEY_FOR_TEST": "k"})
 
 
-def test_route_needs_exactly_one_body(tmp_path):
-    path = write(tmp_path, GOOD.replace('    text: "Order {{ order.number }}"\n', ""))
-    with pytest.raises(ConfigError, match="exactly one of 'template'"):
+def test_route_takes_one_body_not_two(tmp_path):
+    path = write(tmp_path, GOOD.replace('    text: "Order {{ order.number }}"\n',
+                                        '    text: "x"\n    template: order_created.j2\n'))
+    with pytest.raises(ConfigError, match="give one of 'template'"):
         load_config(path, {"PUMBLE_KEY_FOR_TEST": "k"})
 
 

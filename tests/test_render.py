@@ -133,3 +133,23 @@ def test_payload_text_is_data_never_a_template():
     text = render(order_event(name="{{ 7 * 7 }}{% raw %}"), template=None,
                   text="{{ customer.name }}").text
     assert text == "{{ 7 * 7 }}{% raw %}"
+
+
+def test_route_without_a_body_uses_the_template_of_the_event_type():
+    assert render(order_event(), template=None).text.startswith("🛒 New order #1042")
+    refund = Event(id="r", type="something.else", source=SourceRef("shop", "shopify"))
+    assert render(refund, template=None).text.startswith("📦 something.else from shop")
+
+
+def test_long_messages_are_cut_with_a_marker():
+    from bridge.render import CUT_MARKER, MAX_TEXT
+
+    text = render(order_event(), template=None, text="{{ 'x' * 20000 }}").text
+    assert len(text) == MAX_TEXT
+    assert text.endswith(CUT_MARKER)
+
+
+def test_a_broken_template_file_is_reported_at_load(tmp_path):
+    (tmp_path / "order_paid.j2").write_text("{% for %}")
+    with pytest.raises(ValueError, match=r"template 'order_paid\.j2': template syntax error"):
+        Renderer(sandbox.environment([tmp_path, shipped_templates_dir()], UTC), [])
