@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -144,6 +145,12 @@ class Config(_Model):
     # Where the file was read from; relative paths in it are relative to its folder.
     path: Path = Field(Path("config.yaml"), exclude=True)
     _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
+    # When the file was read: a file or template changed after it makes the config stale.
+    _loaded_at: float = PrivateAttr(default=float("inf"))
+
+    @property
+    def loaded_at(self) -> float:
+        return self._loaded_at
 
     def locate(self, *at: str | int) -> str:
         """``file:line: dotted.path`` for a place in the document, for error messages."""
@@ -211,6 +218,7 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError naming file and line."""
     path = Path(path)
+    loaded_at = time.time()  # before reading: an edit during the read counts as newer
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -241,6 +249,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
             _describe(err, err["loc"], lambda p: _where(path, lines, p), _known_keys(
                 err["loc"][:-1])) for err in exc.errors()]) from None
     config._lines = lines
+    config._loaded_at = loaded_at
     return config
 
 

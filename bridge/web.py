@@ -9,6 +9,8 @@ shop keeps the event and retries.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 
 import redis
@@ -17,14 +19,21 @@ from flask import Flask, jsonify, request
 from bridge.config import Config
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue, connect
+from bridge.reload import Reloader
 from bridge.sources import PayloadError, SignatureError, WebhookRequest
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config, redis_url: str) -> Flask:
-    """The receiver for a loaded config; raises ConfigError before serving anything."""
-    pipeline = Pipeline.from_config(config)
+def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
+    """The receiver for a loaded config; raises ConfigError before serving anything.
+
+    With ``watch``, routes, templates and sources follow the config file as it changes (or on
+    SIGHUP); ``redis`` and ``receiver`` settings are read once, at start."""
+    pipelines = Reloader(config, Pipeline.from_config)
+    if watch:
+        pipelines.start()
+        _reload_on_sighup(pipelines)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue)
     dedupe_window = config.receiver.dedupe_window
@@ -42,6 +51,7 @@ def create_app(config: Config, redis_url: str) -> Flask:
     @app.post("/webhooks/<source_name>")
     def receive(source_name: str):
         received_at = time.time()
+        pipeline = pipelines.current  # one config for the whole request, even mid-reload
         source = pipeline.sources.get(source_name)
         if source is None:
             return error(404, f"no source named {source_name!r} in the config")
@@ -103,4 +113,11 @@ def create_app(config: Config, redis_url: str) -> Flask:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
         return jsonify({"status": "ok", "redis": "ok", "config": str(config.path)})
 
+    app.config["reloader"] = pipelines
     return app
+
+
+def _reload_on_sighup(reloader: Reloader) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (tests, embedded servers)
+    signal.signal(signal.SIGHUP, lambda *_: reloader.check_now())
