@@ -49,16 +49,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _empty_is_none(value: Any) -> Any:
+    return None if value in ("", None) else value
+
+
+class PumbleAccount(_Model):
+    """A named key, for a route's ``account:`` (another workspace, or another sender)."""
+
+    api_key: SecretStr
+    base_url: str | None = None  # default: pumble.base_url
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_given(cls, value: Any) -> Any:
+        if _empty_is_none(value) is None:
+            raise ValueError("is empty: every account needs a key")
+        return value
+
+
 class PumbleSettings(_Model):
     base_url: str = DEFAULT_PUMBLE_BASE_URL
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # the "default" account's key
+    accounts: dict[str, PumbleAccount] = {}
     connect_timeout: float = Field(3.0, gt=0)
     read_timeout: float = Field(10.0, gt=0)
 
     @field_validator("api_key", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: Any) -> Any:
-        return None if value in ("", None) else value
+    def _no_key_when_empty(cls, value: Any) -> Any:  # ${PUMBLE_API_KEY:-} unset: no key
+        return _empty_is_none(value)
+
+    def account(self, name: str) -> tuple[str, str] | None:
+        """(api key, base URL) of a named account; "default" is ``api_key``. None if unknown
+        or keyless."""
+        if name in self.accounts:
+            account = self.accounts[name]
+            return account.api_key.get_secret_value(), account.base_url or self.base_url
+        if name == "default" and self.api_key is not None:
+            return self.api_key.get_secret_value(), self.base_url
+        return None
 
 
 class RedisSettings(_Model):
@@ -188,6 +217,16 @@ class Config(_Model):
                 raise ValueError(f"route name {route.name!r} is used twice")
             seen.add(route.name)
         return routes
+
+    @model_validator(mode="after")
+    def _accounts_exist(self) -> Config:
+        known = {"default", *self.pumble.accounts}
+        for route in self.routes:
+            if route.account not in known:
+                raise ValueError(f"route {route.name!r} sends with account {route.account!r}, "
+                                 f"which is not under pumble.accounts (known: "
+                                 f"{', '.join(sorted(known))})")
+        return self
 
     @property
     def template_dirs(self) -> list[Path]:

@@ -20,7 +20,7 @@ from rq import Retry, get_current_job
 
 from bridge.config import Config, config_path, load_config
 from bridge.notification import Notification
-from bridge.pumble import PumbleClient, PumbleError, RateLimitedError
+from bridge.pumble import AuthError, PumbleClient, PumbleError, RateLimitedError
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +34,25 @@ class Deliverer:
 
     def __init__(self, config: Config):
         self.config = config
-        self._client: PumbleClient | None = None
+        self._clients: dict[str, PumbleClient] = {}
 
     def client(self, account: str) -> PumbleClient:
-        if account != "default":
-            raise PumbleError(f"unknown Pumble account {account!r}")
-        if self._client is None:
+        """The account's client, made once: its connections stay open between sends."""
+        if account not in self._clients:
             pumble = self.config.pumble
-            self._client = PumbleClient(
-                pumble.api_key.get_secret_value() if pumble.api_key else "",
-                pumble.base_url,
-                connect_timeout=pumble.connect_timeout,
-                read_timeout=pumble.read_timeout,
-            )
-        return self._client
+            credentials = pumble.account(account)
+            if credentials is None:
+                raise AuthError(f"no key for Pumble account {account!r} in this worker's config")
+            key, base_url = credentials
+            self._clients[account] = PumbleClient(
+                key, base_url, connect_timeout=pumble.connect_timeout,
+                read_timeout=pumble.read_timeout)
+        return self._clients[account]
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
 
 _deliverer: Deliverer | None = None

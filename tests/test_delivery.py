@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 from flask import Flask, jsonify, request
 
@@ -81,3 +82,37 @@ def test_ambiguous_failure_is_kept_not_resent(write_config, redis_url, queue_nam
     [job_id] = rq_queue.failed_job_registry.get_job_ids()
     assert "AmbiguousError" in rq_queue.fetch_job(job_id).latest_result().exc_string
     assert rq_queue.scheduled_job_registry.get_job_ids() == []
+
+
+def test_each_route_sends_with_its_account(write_config, redis_url, queue_name, rq_queue):
+    from bridge.fake_pumble import create_fake_pumble
+    from bridge.queue import connect
+
+    with LocalServer(create_fake_pumble(keys=["key-main"], channels=["orders"])) as main, \
+            LocalServer(create_fake_pumble(keys=["key-eu"], channels=["orders"])) as eu:
+        path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=main.url,
+                            api_key="key-main")
+        accounts = f"  accounts:\n    eu: {{api_key: key-eu, base_url: '{eu.url}'}}\n"
+        path.write_text(path.read_text().replace("pumble:\n", "pumble:\n" + accounts))
+        config = load_config(path, {})
+        queue = NotificationQueue(connect(redis_url), queue_name)
+        for account in ("default", "eu"):
+            queue.enqueue(Notification(source="shop", event_id=f"e-{account}",
+                                       event_type="order.created", route=f"r-{account}",
+                                       channel="orders", text=f"via {account}",
+                                       account=account))
+        run_worker(config, redis_url, burst=True)
+
+        def texts(server):
+            return [m["text"] for m in httpx.get(f"{server.url}/_fake/messages").json()["messages"]]
+
+        assert texts(main) == ["via default"]
+        assert texts(eu) == ["via eu"]
+
+
+def test_unknown_account_in_a_route_is_a_config_error(write_config):
+    from bridge.config import ConfigError
+
+    routes = [{"name": "r", "channel": "c", "text": "t", "account": "nope"}]
+    with pytest.raises(ConfigError, match=r"account 'nope', which is not under pumble\.accounts"):
+        load_config(write_config(routes=routes), {})
