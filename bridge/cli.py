@@ -3,7 +3,9 @@
 run          receiver + worker (+ embedded Redis, + fake Pumble when no key is configured)
 serve        the receiver, under gunicorn (``--dev``: Flask's development server)
 worker       the delivery worker
-check        validate the config; non-zero exit with the reasons
+check        validate the config (``--online``: and the key and channels); non-zero on errors
+render       show what a payload file would become, route by route, without sending
+routes test  the same for an event made of a few fields (--set order.total=600)
 pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
 send-sample  POST a signed sample Shopify order to a running receiver
@@ -25,6 +27,7 @@ import httpx
 
 from bridge import samples
 from bridge.cli_pumble import add_pumble_commands
+from bridge.cli_tools import add_tools_commands, check_online
 from bridge.config import Config, ConfigError, config_path, data_dir, load_config
 from bridge.redis_embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -87,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = command("worker", cmd_worker, "run the delivery worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
 
-    command("check", cmd_check, "validate the config and exit non-zero on any error")
+    check = command("check", cmd_check, "validate the config and exit non-zero on any error")
+    check.add_argument("--online", action="store_true",
+                       help="also ask Pumble: does the key work, does every route's channel exist")
 
     fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server")
     fake.add_argument("--host", default="127.0.0.1")
@@ -108,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="apply the next N writes, then close the connection unanswered")
 
     add_pumble_commands(commands, common)
+    add_tools_commands(commands, common)
 
     sample = command("send-sample", cmd_send_sample,
                      "POST a signed sample Shopify order to a running receiver")
@@ -156,7 +162,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.pumble.api_key is None:
         print("note: no Pumble API key (pumble.api_key / PUMBLE_API_KEY): "
               "`run` will post to the built-in fake Pumble")
-    return 0
+    return check_online(config) if args.online else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -234,9 +234,8 @@ def _error(intent: dict[str, Any]) -> str:
 
 def _refund(charge: dict[str, Any]) -> Refund:
     currency = fields.text(charge.get("currency"))
-    refunds = (charge.get("refunds") or {}).get("data") or []  # older API versions only
-    reason = next((fields.text(r.get("reason")) for r in refunds
-                   if isinstance(r, dict) and r.get("reason")), "")
+    refunds = fields.records(fields.mapping(charge.get("refunds")).get("data"))  # older APIs
+    reason = next((fields.text(r.get("reason")) for r in refunds if r.get("reason")), "")
     return Refund(amount=_money(charge.get("amount_refunded"), currency),
                   currency=currency.upper(), reason=reason)
 
