@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from bridge import sandbox
-from bridge.config import Config, ConfigError
+from bridge.config import Config, ConfigError, RouteSettings
 from bridge.events import Event
 from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
@@ -52,19 +52,25 @@ class Pipeline:
                     "sources", name)
                 problems.append(f"{config.locate(*place)}: {exc}")
         env = sandbox.environment(config.template_dirs, ZoneInfo(config.timezone))
+        index = {route.name: i for i, route in enumerate(config.routes)}
+
+        def locate(route: RouteSettings, key: str) -> str:
+            return f"{config.locate('routes', index[route.name], key)} (route {route.name!r})"
+
         try:
-            router = Router(env, config.routes)
+            router = Router(env, config.routes, locate)
         except ValueError as exc:
-            problems.extend(f"{config.path}: {line}" for line in str(exc).splitlines())
+            problems.extend(str(exc).splitlines())
         try:
-            renderer = Renderer(env, config.routes)
+            renderer = Renderer(env, config.routes, locate)
         except ValueError as exc:
-            problems.extend(f"{config.path}: {line}" for line in str(exc).splitlines())
+            problems.extend(f"{config.path}: {line}" if line.startswith("template ") else line
+                            for line in str(exc).splitlines())
         for route in config.routes:
             for pattern in route.match.source:
                 if not any(ch in pattern for ch in "*?[") and pattern not in config.sources:
-                    problems.append(f"{config.path}: route {route.name!r} matches source "
-                                    f"{pattern!r}, which is not under sources:")
+                    problems.append(f"{locate(route, 'match')}: source {pattern!r} is not "
+                                    "under sources:")
         if problems:
             raise ConfigError(problems)
         return cls(sources, router, renderer)

@@ -6,7 +6,7 @@ reported by ``pumble-bridge check`` rather than by the first order of the day.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import jinja2
@@ -27,6 +27,13 @@ class RenderedMessage:
 
 
 FALLBACK_TEMPLATE = "generic.j2"
+
+# Where a route's key is, for error messages: "config.yaml:12: routes[0].when (route 'big')".
+Locate = Callable[[RouteSettings, str], str]
+
+
+def name_route(route: RouteSettings, key: str) -> str:
+    return f"route {route.name!r}: {key}"
 # Pumble documents no limit; messages past this are cut cleanly, with a marker, so a giant order
 # is still readable and never refused.
 MAX_TEXT = 12_000
@@ -41,7 +48,9 @@ def template_for(event_type: str) -> str:
 class Renderer:
     """The compiled templates of every route, and every template file, compiled once."""
 
-    def __init__(self, env: jinja2.Environment, routes: Iterable[RouteSettings]):
+    def __init__(self, env: jinja2.Environment, routes: Iterable[RouteSettings],
+                 locate: Locate = name_route):
+        """Compile everything; ValueError lists each problem, placed by ``locate``."""
         self._env = env
         self._channels: dict[str, jinja2.Template] = {}
         self._bodies: dict[str, jinja2.Template] = {}
@@ -53,19 +62,21 @@ class Renderer:
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(_syntax(f"template {name!r}", exc))
         for route in routes:
-            where = f"route {route.name!r}"
-            try:
-                self._channels[route.name] = env.from_string(route.channel)
-                if route.text is not None:
-                    self._bodies[route.name] = env.from_string(route.text)
-                elif route.template is not None:
-                    self._bodies[route.name] = env.get_template(route.template)
-            except jinja2.TemplateNotFound as exc:
-                searched = ", ".join(env.loader.searchpath)
-                problems.append(f"{where}: template {exc.name!r} not found "
-                                f"(searched {searched})")
-            except jinja2.TemplateSyntaxError as exc:
-                problems.append(_syntax(where, exc))
+            for key, compile_it, into in (
+                ("channel", lambda r: env.from_string(r.channel), self._channels),
+                ("text", lambda r: env.from_string(r.text), self._bodies),
+                ("template", lambda r: env.get_template(r.template), self._bodies),
+            ):
+                if getattr(route, key) is None:
+                    continue
+                try:
+                    into[route.name] = compile_it(route)
+                except jinja2.TemplateNotFound as exc:
+                    searched = ", ".join(env.loader.searchpath)
+                    problems.append(f"{locate(route, key)}: template {exc.name!r} not found "
+                                    f"(searched {searched})")
+                except jinja2.TemplateSyntaxError as exc:
+                    problems.append(_syntax(locate(route, key), exc))
         if FALLBACK_TEMPLATE not in self._files and len(self._bodies) < len(self._channels):
             problems.append(f"the fallback template {FALLBACK_TEMPLATE} is missing")
         if problems:

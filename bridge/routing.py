@@ -19,12 +19,14 @@ import jinja2
 from bridge import sandbox
 from bridge.config import RouteSettings
 from bridge.events import Event
+from bridge.render import Locate, name_route
 
 log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, env: jinja2.Environment, routes: Sequence[RouteSettings]):
+    def __init__(self, env: jinja2.Environment, routes: Sequence[RouteSettings],
+                 locate: Locate = name_route):
         """Compile every ``when``; ValueError lists each one that does not compile."""
         self.routes = list(routes)
         self._conditions: dict[str, Callable[..., Any]] = {}
@@ -36,7 +38,7 @@ class Router:
                 self._conditions[route.name] = env.compile_expression(
                     route.when, undefined_to_none=False)
             except jinja2.TemplateSyntaxError as exc:
-                problems.append(f"route {route.name!r}: when: {exc.message}")
+                problems.append(f"{locate(route, 'when')}: {exc.message}")
         if problems:
             raise ValueError("\n".join(problems))
 

@@ -14,9 +14,25 @@ def test_check_fails_with_every_reason(write_config, capsys):
     ])
     assert main(["check", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "route 'a': template 'missing.j2' not found" in err
-    assert "route 'b': template syntax error" in err
-    assert "route 'b' matches source 'shopp', which is not under sources:" in err
+    lines = path.read_text().splitlines()
+
+    def line_of(text: str) -> int:
+        return next(i for i, line in enumerate(lines, 1) if text in line)
+
+    assert (f"{path}:{line_of('template: missing.j2')}: routes[0].template (route 'a'): "
+            "template 'missing.j2' not found") in err
+    assert (f"{path}:{line_of('text:')}: routes[1].text (route 'b'): template syntax "
+            "error") in err
+    assert (f"{path}:{line_of('match:')}: routes[1].match (route 'b'): source 'shopp' is not "
+            "under sources:") in err
+
+
+def test_a_when_that_does_not_compile_is_placed_on_its_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  s: {type: shopify, secret: x}\nroutes:\n  - name: big\n"
+                    "    channel: orders\n    when: order.total >=\n")
+    assert main(["--config", str(path), "check"]) == 2
+    assert f"{path}:6: routes[0].when (route 'big'): " in capsys.readouterr().err
 
 
 def test_unknown_source_type_is_reported(tmp_path, capsys):

@@ -97,8 +97,8 @@ def test_unknown_template_and_bad_syntax_are_reported_at_load():
             route(name="b", template=None, text="{% if %}"),
         ])
     message = str(caught.value)
-    assert "route 'a': template 'nope.j2' not found" in message
-    assert "route 'b': template syntax error" in message
+    assert "route 'a': template: template 'nope.j2' not found" in message
+    assert "route 'b': text: template syntax error" in message
 
 
 def test_one_template_renders_shopify_and_woocommerce_orders_alike():
