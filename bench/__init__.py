@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run each module with ``.venv/bin/python -m bench.<name>``."""
