@@ -8,6 +8,7 @@ render       show what a payload file would become, route by route, without send
 routes test  the same for an event made of a few fields (--set order.total=600)
 pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
+dlq          the dead letters: list, show, retry, purge
 send-sample  POST a signed sample Shopify order to a running receiver
 """
 
@@ -21,15 +22,16 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
 
 from bridge import samples
+from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_tools import add_tools_commands, check_online
 from bridge.config import Config, ConfigError, config_path, data_dir, load_config
-from bridge.redis_embedded import EmbeddedRedis, EmbeddedRedisError
+from bridge.redis_embedded import EmbeddedRedisError, redis_url
 
 log = logging.getLogger("bridge")
 
@@ -89,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = command("worker", cmd_worker, "run the delivery worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--maintenance-interval", type=int, default=None, metavar="SECONDS",
+                        help="how often this worker looks for jobs of dead workers "
+                             "(default 30)")
 
     check = command("check", cmd_check, "validate the config and exit non-zero on any error")
     check.add_argument("--online", action="store_true",
@@ -113,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="apply the next N writes, then close the connection unanswered")
 
     add_pumble_commands(commands, common)
+    add_dlq_commands(commands, common)
     add_tools_commands(commands, common)
 
     sample = command("send-sample", cmd_send_sample,
@@ -132,18 +138,8 @@ def _port(args: argparse.Namespace) -> int:
     return getattr(args, "port", None) or int(os.environ.get("PORT") or DEFAULT_PORT)
 
 
-@contextlib.contextmanager
-def _redis_url(config: Config) -> Iterator[str]:
-    """The configured Redis, or the embedded one (started here, stopped on exit)."""
-    if config.redis.url:
-        yield config.redis.url
-        return
-    embedded = EmbeddedRedis(data_dir())
-    url = embedded.start()
-    try:
-        yield url
-    finally:
-        embedded.stop()
+def _redis_url(config: Config) -> contextlib.AbstractContextManager[str]:
+    return redis_url(config.redis.url, data_dir())
 
 
 def _stop_on_signal(stop: threading.Event) -> None:
@@ -195,7 +191,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CommandError("no Pumble API key: set pumble.api_key in the config or "
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
     with _redis_url(config) as redis_url:
-        run_worker(config, redis_url, burst=args.burst)
+        options = {"maintenance_interval": args.maintenance_interval} \
+            if args.maintenance_interval else {}
+        run_worker(config, redis_url, burst=args.burst, **options)
     return 0
 
 

@@ -103,6 +103,44 @@ class ReceiverSettings(_Model):
     dedupe_window: int = Field(3 * 24 * 3600, ge=0)
 
 
+RATE_LIMIT_KINDS = ("messages", "replies", "reactions", "channels", "requests")
+REACTION = re.compile(r"^:[a-zA-Z0-9_+\-]+:$")  # Pumble's colon form (shared/pumble-api.md §7)
+
+
+class DigestSettings(_Model):
+    # A route whose backlog is more than the message limit can post in ``window`` seconds has its
+    # waiting notifications merged into digests of at most ``max_items`` lines.
+    window: int = Field(60, ge=1)
+    max_items: int = Field(25, ge=2, le=200)
+
+
+class DeliverySettings(_Model):
+    """How the worker sends: retries, limits, digests, threads. Read by the worker at start."""
+
+    max_attempts: int = Field(5, ge=1)  # sends of one notification before it is dead-lettered
+    max_age: int = Field(24 * 3600, ge=1)  # seconds after receipt; older ones are dead-lettered
+    backoff_base: float = Field(2.0, gt=0)  # seconds; attempt n waits up to base * 2**n
+    backoff_cap: float = Field(300.0, gt=0)
+    job_timeout: int = Field(30, ge=2)  # seconds one attempt may take; a killed worker's job is
+    #                                     picked up again about this long (+10 s) later
+    # Calls a minute per Pumble account, by kind (shared/pumble-api.md §5); unnamed kinds keep
+    # Pumble's published limits.
+    rate_limits: dict[str, int] = {}
+    digest: DigestSettings = DigestSettings()
+    # Seconds a thread reply waits for its root message to appear before it is posted alone.
+    thread_wait: int = Field(120, ge=0)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_kinds(cls, limits: dict[str, int]) -> dict[str, int]:
+        for kind, per_minute in limits.items():
+            if kind not in RATE_LIMIT_KINDS:
+                raise ValueError(f"unknown kind {kind!r} (known: {', '.join(RATE_LIMIT_KINDS)})")
+            if not isinstance(per_minute, int) or per_minute < 1:
+                raise ValueError(f"{kind}: calls a minute must be a whole number >= 1")
+        return limits
+
+
 class SourceSettings(_Model):
     """One ``sources:`` entry. ``secret`` may be a list while secrets rotate: any one verifies.
     Keys beyond ``type`` and ``secret`` belong to the platform and are checked by its own
@@ -154,6 +192,22 @@ class RouteSettings(_Model):
     as_bot: bool = True
     account: str = "default"
     continue_: bool = Field(False, alias="continue")
+    # Later events of an order (checkout, dispute) reply in the thread of its first message.
+    thread: bool = False
+    # Event type globs -> a reaction added to the thread's first message, e.g.
+    # {order.fulfilled: ":white_check_mark:"}.
+    reactions: dict[str, str] = {}
+    create_channel: bool = False  # create a missing channel (public) and send again
+    digest: bool = True  # merge a backlog into digest messages rather than fall behind
+
+    @field_validator("reactions")
+    @classmethod
+    def _colon_form(cls, reactions: dict[str, str]) -> dict[str, str]:
+        for pattern, reaction in reactions.items():
+            if not isinstance(reaction, str) or not REACTION.match(reaction):
+                raise ValueError(f"{pattern}: reaction {reaction!r} must be in colon form, "
+                                 "e.g. ':white_check_mark:'")
+        return reactions
 
     @model_validator(mode="after")
     def _one_body(self) -> RouteSettings:
@@ -167,6 +221,7 @@ class Config(_Model):
     pumble: PumbleSettings = PumbleSettings()
     redis: RedisSettings = RedisSettings()
     receiver: ReceiverSettings = ReceiverSettings()
+    delivery: DeliverySettings = DeliverySettings()
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
     templates_dir: Path | None = None

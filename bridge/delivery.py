@@ -1,12 +1,27 @@
 """The job the worker runs: send one notification to Pumble, then decide what a failure means.
 
-- Sent: the job's result is Pumble's message id and channel id.
-- Certainly not applied (5xx, refused connection, 429): sent again later with exponential
-  backoff and full jitter, at least the server's Retry-After; the job is failed after
-  MAX_ATTEMPTS.
-- Refused for good (key, validation, unknown channel) or ambiguous (maybe applied): the job fails
-  at once and is kept in RQ's failed-job registry with the reason, since sending it again blindly
-  could post twice.
+Each run of the job (an *attempt*, recorded in the job's meta) goes through these steps:
+
+1. **Too old?** Past ``delivery.max_age`` after receipt it is dead-lettered.
+2. **Digest.** If its route's backlog is longer than the rate limit can post in the digest
+   window, this job sends one digest for the oldest waiting ones (bridge.digest); a job already
+   in another's digest ends there.
+3. **Thread.** A reply (route ``thread: true``) waits while its conversation's first message is
+   expected but not yet posted, and at most ``delivery.thread_wait`` seconds for one that was
+   never announced; then it is posted alone and becomes the thread's first message.
+4. **Look before sending again.** If an earlier attempt may have posted (an ambiguous failure:
+   timeout after sending, connection dropped before the answer, or a worker killed mid-send),
+   the channel's newest page is searched first; a message with the same text posted since that
+   attempt counts as this one (see ``find_posted``).
+5. **Send** after taking a slot from the rate limiter shared by every worker, once.
+   ``create_channel: true`` creates a channel Pumble does not know and sends again.
+6. **React** to the thread's first message when the route maps this event type to a reaction.
+
+Failures: 5xx, 429, refused connections, timeouts and ambiguous answers are tried again with
+exponential backoff and full jitter (at least the server's Retry-After), up to
+``delivery.max_attempts`` sends; everything else Pumble refuses (key, validation, unknown
+channel) is dead-lettered at once with its reason. Waiting (for a thread root, for a rate-limit
+slot) is not an attempt.
 """
 
 from __future__ import annotations
@@ -14,26 +29,54 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from rq import Retry, get_current_job
+from rq.job import Job
 
 from bridge.config import Config, config_path, load_config
+from bridge.digest import digest_text
 from bridge.notification import Notification
-from bridge.pumble import AuthError, PumbleClient, PumbleError, RateLimitedError
+from bridge.pumble import (
+    AmbiguousError,
+    AuthError,
+    MessageRef,
+    NotFoundError,
+    PumbleClient,
+    PumbleError,
+    PumbleValidationError,
+    RateLimitedError,
+)
+from bridge.queue import NotificationQueue
+from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, RateLimitTimeout
+from bridge.threads import Root
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5
-BACKOFF_BASE = 2.0  # seconds
-BACKOFF_CAP = 300.0
+WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
+MAX_RETURNED_RETRIES = 10**6  # our own attempt count and max age bound the retries, not rq's
+CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
+
+
+class DeadLetter(Exception):
+    """This notification will not be sent again automatically; the message is the reason."""
 
 
 class Deliverer:
-    """What a worker process needs to send: its config and one Pumble client per account."""
+    """What a worker process needs to send: its config, one Pumble client per account, and the
+    Redis-backed shared state (rate limits, thread roots, digests)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, connection: redis.Redis):
         self.config = config
+        self.settings = config.delivery
+        self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+        limits = {**DEFAULT_LIMITS, **{kind: Limit(per_minute)
+                                       for kind, per_minute in self.settings.rate_limits.items()}}
+        self.limits = limits
+        self.limiter = RateLimiter(connection, config.redis.queue, limits)
         self._clients: dict[str, PumbleClient] = {}
 
     def client(self, account: str) -> PumbleClient:
@@ -49,6 +92,19 @@ class Deliverer:
                 read_timeout=pumble.read_timeout)
         return self._clients[account]
 
+    @property
+    def digest_threshold(self) -> int:
+        """A backlog longer than this is more than the message limit posts in the window."""
+        per_minute = self.limits["messages"].per_minute
+        return max(1, per_minute * self.settings.digest.window // 60)
+
+    @property
+    def max_slot_wait(self) -> float:
+        """How long a job may wait for a rate-limit slot and still finish its send in time."""
+        pumble = self.config.pumble
+        return max(0.0, self.settings.job_timeout - pumble.connect_timeout
+                   - pumble.read_timeout - 2)
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
@@ -58,42 +114,221 @@ class Deliverer:
 _deliverer: Deliverer | None = None
 
 
-def configure(config: Config) -> Deliverer:
+def configure(config: Config, connection: redis.Redis) -> Deliverer:
     """Set the config this process delivers with (the worker does it at start-up)."""
     global _deliverer
     if _deliverer is not None:
         _deliverer.close()
-    _deliverer = Deliverer(config)
+    _deliverer = Deliverer(config, connection)
     return _deliverer
 
 
-def deliver(payload: dict[str, Any]) -> dict[str, str] | Retry:
-    notification = Notification.from_payload(payload)
-    deliverer = _deliverer or configure(load_config(config_path(None)))
-    try:
-        client = deliverer.client(notification.account)
-        ref = client.send_message(notification.channel, notification.text,
-                                  as_bot=notification.as_bot)
-    except PumbleError as exc:
-        if not exc.retryable:
-            raise
-        return _retry_later(exc)
-    log.info("delivered event %s (route %s) to #%s as message %s", notification.event_id,
-             notification.route, notification.channel, ref.id)
-    return {"message_id": ref.id, "channel_id": ref.channel_id}
-
-
-def _retry_later(error: PumbleError) -> Retry:
+def deliver(payload: dict[str, Any]) -> dict[str, Any] | Retry:
+    """The RQ job. Returns Pumble's ids for the record, or a Retry to run again later."""
     job = get_current_job()
-    attempt = (job.number_of_retries or 0) + 1 if job else MAX_ATTEMPTS
-    if job is None or attempt >= MAX_ATTEMPTS:
-        raise error
-    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))  # full jitter
-    if isinstance(error, RateLimitedError) and error.retry_after is not None:
-        delay = max(delay, error.retry_after + 1)  # rq's scheduler works in whole seconds
-    job.meta["last_error"] = str(error)
-    job.save_meta()
-    log.warning("job %s: %s; attempt %d of %d in %ds", job.id, error, attempt + 1,
-                MAX_ATTEMPTS, math.ceil(delay))
-    # A returned Retry is rq's way to choose the delay per attempt (rq-notes §1).
-    return Retry(max=MAX_ATTEMPTS - 1, interval=max(1, math.ceil(delay)))
+    if job is None:
+        raise RuntimeError("deliver() runs inside an RQ job")
+    deliverer = _deliverer or configure(load_config(config_path(None)), job.connection)
+    return Attempt(deliverer, job, Notification.from_payload(payload)).run()
+
+
+@dataclass
+class Attempt:
+    deliverer: Deliverer
+    job: Job
+    notification: Notification
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.job.meta
+
+    def run(self) -> dict[str, Any] | Retry:
+        try:
+            try:
+                return self._run()
+            except PumbleError as exc:
+                if exc.retryable or isinstance(exc, AmbiguousError):
+                    return self._later(exc)
+                raise DeadLetter(f"refused by Pumble: {type(exc).__name__}: {exc}") from None
+        except DeadLetter as exc:
+            self._dead(str(exc))
+            raise
+        except RateLimitTimeout as exc:
+            log.info("job %s (route %s): %s; trying again shortly", self.job.id,
+                     self.notification.route, exc)
+            return self._wait(max(1, math.ceil(exc.retry_after)))
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def _run(self) -> dict[str, Any] | Retry:
+        n = self.notification
+        d = self.deliverer
+        age = time.time() - n.received_at
+        if n.received_at and age > d.settings.max_age:
+            raise DeadLetter(f"not delivered within delivery.max_age ({d.settings.max_age} s)")
+
+        claim = d.queue.backlog.claim(n, self.job.id, d.digest_threshold,
+                                      d.settings.digest.max_items)
+        if claim.owner:
+            log.info("job %s (route %s): delivered in job %s's digest", self.job.id, n.route,
+                     claim.owner)
+            return {"in_digest_of": claim.owner}
+        members = self._members(claim.members)
+        text = digest_text([n, *members]) if members else n.text
+
+        root: Root | None = None
+        if n.reply and n.thread_key:
+            known = d.queue.roots.get(n)
+            if known is True or (known is None and age < d.settings.thread_wait):
+                return self._wait(WAIT_INTERVAL)
+            root = known if isinstance(known, Root) else None
+
+        sent = self.meta.get("sent")
+        ref = MessageRef(**sent) if sent else self._send(text, root)
+        if not root:
+            for member in (n, *members):  # the first message about each becomes its root
+                d.queue.roots.claim(member, ref.id, ref.channel_id)
+        if n.reaction and not self.meta.get("reacted"):
+            self._react(root or d.queue.roots.get(n), ref)
+        result: dict[str, Any] = {"message_id": ref.id, "channel_id": ref.channel_id}
+        if members:
+            result["digest"] = len(members) + 1
+        log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
+                 n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "")
+        return result
+
+    def _members(self, job_ids: tuple[str, ...]) -> list[Notification]:
+        if not job_ids:
+            return []
+        jobs = Job.fetch_many(list(job_ids), connection=self.job.connection,
+                              serializer=self.job.serializer)
+        # A member whose job has vanished (purged by hand) is left out, not guessed.
+        return [Notification.from_payload(job.args[0]) for job in jobs if job is not None]
+
+    def _send(self, text: str, root: Root | None) -> MessageRef:
+        n = self.notification
+        d = self.deliverer
+        client = d.client(n.account)
+        maybe_sent_at = self.meta.get("maybe_sent_at")
+        if maybe_sent_at:
+            if root:  # replies are not listed in the channel: nothing to look at
+                raise DeadLetter("an earlier attempt may have posted this reply (no answer "
+                                 "from Pumble) and replies cannot be looked up; check the "
+                                 "thread, then `pumble-bridge dlq retry` if it is missing")
+            d.limiter.acquire(n.account, "requests", max_wait=d.max_slot_wait)
+            found = find_posted(client, n.channel, text, maybe_sent_at)
+            if found:
+                log.info("job %s: an earlier attempt did post it (message %s): not sending "
+                         "again", self.job.id, found.id)
+                return self._sent(found)
+
+        attempts = int(self.meta.get("attempts", 0))
+        if attempts >= d.settings.max_attempts:
+            raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
+        kind = "replies" if root else "messages"
+        d.limiter.acquire(n.account, kind, max_wait=d.max_slot_wait)
+        self.meta.update(attempts=attempts + 1, maybe_sent_at=time.time())
+        self.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
+        try:
+            ref = self._post(client, text, root)
+        except NotFoundError:
+            if not n.create_channel or root:
+                raise
+            self._create_channel(client)
+            ref = self._post(client, text, root)
+        except AmbiguousError:
+            raise  # maybe_sent_at stays: the next attempt looks first
+        except PumbleError:
+            self.meta.pop("maybe_sent_at", None)  # certainly not posted
+            raise
+        return self._sent(ref)
+
+    def _post(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
+        n = self.notification
+        if root:
+            return client.send_reply(root.message_id, text, channel_id=root.channel_id,
+                                     as_bot=n.as_bot)
+        return client.send_message(n.channel, text, as_bot=n.as_bot)
+
+    def _create_channel(self, client: PumbleClient) -> None:
+        n = self.notification
+        self.deliverer.limiter.acquire(n.account, "channels",
+                                       max_wait=self.deliverer.max_slot_wait)
+        try:
+            client.create_channel(n.channel)
+            log.info("created channel #%s (route %s: create_channel)", n.channel, n.route)
+        except PumbleValidationError:
+            pass  # another worker created it a moment ago: the name is taken
+        self.deliverer.limiter.acquire(n.account, "messages",
+                                       max_wait=self.deliverer.max_slot_wait)
+
+    def _sent(self, ref: MessageRef) -> MessageRef:
+        self.meta.pop("maybe_sent_at", None)
+        self.meta["sent"] = {"id": ref.id, "channel_id": ref.channel_id}
+        self.job.save_meta()
+        return ref
+
+    def _react(self, target: Root | bool | None, ref: MessageRef) -> None:
+        n = self.notification
+        message_id, channel_id = (target.message_id, target.channel_id) if isinstance(
+            target, Root) else (ref.id, ref.channel_id)
+        self.deliverer.limiter.acquire(n.account, "reactions",
+                                       max_wait=self.deliverer.max_slot_wait)
+        self.deliverer.client(n.account).add_reaction(message_id, n.reaction,
+                                                      channel_id=channel_id)
+        self.meta["reacted"] = True
+        self.job.save_meta()
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _later(self, error: PumbleError) -> Retry:
+        """Run again after a backoff, or dead-letter once attempts run out."""
+        settings = self.deliverer.settings
+        attempts = int(self.meta.get("attempts", 0))
+        self.meta["last_error"] = f"{type(error).__name__}: {error}"
+        if attempts >= settings.max_attempts:
+            raise DeadLetter(f"gave up after {attempts} attempts: {self.meta['last_error']}")
+        delay = random.uniform(0, min(settings.backoff_cap,
+                                      settings.backoff_base * 2**attempts))  # full jitter
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after + 1)  # rq's scheduler works in whole seconds
+        self.job.save_meta()
+        log.warning("job %s (route %s): %s; attempt %d of %d in %ds", self.job.id,
+                    self.notification.route, self.meta["last_error"], attempts + 1,
+                    settings.max_attempts, math.ceil(delay))
+        return self._wait(max(1, math.ceil(delay)))
+
+    def _wait(self, seconds: int) -> Retry:
+        # A returned Retry is rq's way to choose the delay per run (rq-notes §1); its own count
+        # is not ours, so it is set out of reach.
+        return Retry(max=MAX_RETURNED_RETRIES, interval=seconds)
+
+    def _dead(self, reason: str) -> None:
+        """Record why; rq keeps the job in its failed-job registry (the dead letters)."""
+        n = self.notification
+        self.meta["dead_reason"] = reason
+        self.job.retries_left = 0  # not rq's crash-retry either: this is final
+        self.job.save_meta()
+        queue = self.deliverer.queue
+        queue.keep_event(n.source, n.event_id)
+        if n.starts_thread and not self.meta.get("sent"):
+            queue.roots.give_up(n)  # replies waiting for this one go out alone
+        log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
+                  n.route, reason)
+
+
+def find_posted(client: PumbleClient, channel: str, text: str, since: float) -> MessageRef | None:
+    """A message in the channel's newest page with the same text (whitespace aside), posted no
+    earlier than ``since`` (less clock skew): the earlier attempt's post, if it was made.
+
+    Every message the bridge renders carries its event's own reference (order number, amount,
+    customer), so two different notifications practically never have the same text within the
+    same few minutes."""
+    wanted = " ".join(text.split())
+    page = client.list_messages(channel, limit=100)
+    for message in page.messages:
+        if message.timestamp_milli and message.timestamp_milli / 1000 < since - CLOCK_SKEW:
+            break  # newest first: the rest are older still
+        if " ".join(message.text.split()) == wanted:
+            return MessageRef(message.id, message.channel_id)
+    return None

@@ -101,6 +101,7 @@ class Order:
 @dataclass(frozen=True)
 class Refund:
     amount: Decimal | None = None
+    order_id: str = ""  # the refunded order's id, when the platform says
     currency: str = ""
     reason: str = ""
 
@@ -147,3 +148,24 @@ class Event:
     payment: Payment | None = None
     product: Product | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+# Events that open a conversation: the first message about an order, checkout or dispute.
+THREAD_STARTERS = frozenset({ORDER_CREATED, CHECKOUT_CREATED, CHECKOUT_ABANDONED,
+                             DISPUTE_CREATED})
+
+
+def thread_key(event: Event) -> str:
+    """Which conversation an event belongs to (``order:1234``), or "" for none.
+
+    Every event about one order shares a key, so later ones can reply in the first one's
+    thread; checkouts and disputes have their own."""
+    if event.type.startswith("checkout.") and event.order and event.order.id:
+        return f"checkout:{event.order.id}"
+    if event.type.startswith("dispute.") and event.payment and event.payment.id:
+        return f"dispute:{event.payment.id}"
+    if event.order and event.order.id:
+        return f"order:{event.order.id}"
+    if event.refund and event.refund.order_id:
+        return f"order:{event.refund.order_id}"
+    return ""

@@ -74,6 +74,9 @@ Control endpoints under ``/_fake/`` are not Pumble's and need no key:
   unless ``bot_member``) or sets an existing one's bot membership; answers its listChannels
   entry ``{channel, users}``;
 - ``GET|POST|DELETE /_fake/faults``: read, merge in, or clear the faults; answers them;
+- ``GET /_fake/stats``: ``{requests, rate_limited, failed, dropped}``: API requests that reached
+  the fault stage (key accepted) and how many each fault refused or dropped, since start or the
+  last reset or clear of the faults;
 - ``POST /_fake/reset``: no messages, only the start-up channels (bot membership restored), no
   faults.
 Malformed control requests answer 400 ``{"error": ...}``.
@@ -305,6 +308,12 @@ def create_fake_pumble(
         elif request.method == "DELETE":
             plan.clear()
         return jsonify(plan.current().as_json())
+
+    @app.get("/_fake/stats")
+    def control_stats():
+        counts = plan.counts
+        return jsonify({name: counts[name] for name in
+                        ("requests", "rate_limited", "failed", "dropped")})
 
     @app.post("/_fake/reset")
     def control_reset():

@@ -11,7 +11,7 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -291,6 +291,8 @@ class FaultPlan:
         self._faults = replace(faults) if faults else Faults()
         self._clock = clock
         self._seen: dict[str, deque[float]] = {}  # per key: when its admitted requests came
+        # What the faults did, for tests and benches: requests seen, and answers refused.
+        self.counts: Counter[str] = Counter()
 
     def current(self) -> Faults:
         with self._lock:
@@ -305,6 +307,7 @@ class FaultPlan:
         with self._lock:
             self._faults = Faults()
             self._seen.clear()
+            self.counts.clear()
 
     def delay(self) -> float:
         with self._lock:
@@ -314,6 +317,7 @@ class FaultPlan:
         """The answer to give instead of handling this request, if a fault says so."""
         with self._lock:
             faults = self._faults
+            self.counts["requests"] += 1
             if faults.rate_limit_per_minute is not None:
                 now = self._clock()
                 seen = self._seen.setdefault(key, deque())
@@ -323,11 +327,13 @@ class FaultPlan:
                     wait = faults.rate_limit_retry_after or max(
                         1, math.ceil(seen[-faults.rate_limit_per_minute]
                                      + RATE_WINDOW_SECONDS - now))
+                    self.counts["rate_limited"] += 1
                     return ApiError({"error": "Too many requests"}, 429,
                                     {"Retry-After": str(wait)})
                 seen.append(now)
             if faults.fail_next_count > 0:
                 faults.fail_next_count -= 1
+                self.counts["failed"] += 1
                 return legacy_error("Service unavailable", faults.fail_next_status)
             return None
 
@@ -337,4 +343,5 @@ class FaultPlan:
             if self._faults.drop_next <= 0:
                 return False
             self._faults.drop_next -= 1
+            self.counts["dropped"] += 1
             return True

@@ -6,7 +6,7 @@ from its own config at send time, so no secret is ever stored in Redis.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -21,10 +21,23 @@ class Notification:
     as_bot: bool = True
     account: str = "default"
     received_at: float = 0.0  # unix time the receiver accepted the webhook
+    thread_key: str = ""  # the conversation it belongs to (``order:1234``), see events.thread_key
+    starts_thread: bool = False  # the first message about its order/checkout/dispute
+    reply: bool = False  # post in the thread of the conversation's first message (route thread:)
+    reaction: str = ""  # add to the thread's first message (route reactions:)
+    create_channel: bool = False  # create the channel if Pumble does not know it
+    digest: bool = True  # may be merged into a digest when the route falls behind
+
+    @property
+    def summary(self) -> str:
+        """The message's first line: what a digest lists for it."""
+        return self.text.strip().split("\n", 1)[0]
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Notification:
-        return cls(**payload)
+        # Jobs outlive deploys: a field this version does not know is dropped, not fatal.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in payload.items() if k in known})

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from bridge import sandbox
 from bridge.config import Config, ConfigError, RouteSettings
-from bridge.events import Event
+from bridge.events import THREAD_STARTERS, Event, thread_key
 from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
 from bridge.routing import Router
@@ -77,6 +78,7 @@ class Pipeline:
 
     def dispatch(self, event: Event, received_at: float) -> Dispatch:
         result = Dispatch()
+        conversation = thread_key(event)
         for route in self.router.match(event):
             try:
                 message = self.renderer.render(route, event)
@@ -94,5 +96,12 @@ class Pipeline:
                 as_bot=route.as_bot,
                 account=route.account,
                 received_at=received_at,
+                thread_key=conversation,
+                starts_thread=event.type in THREAD_STARTERS,
+                reply=route.thread and event.type not in THREAD_STARTERS,
+                reaction=next((reaction for pattern, reaction in route.reactions.items()
+                               if fnmatchcase(event.type, pattern)), ""),
+                create_channel=route.create_channel,
+                digest=route.digest,
             ))
         return result

@@ -8,20 +8,27 @@ the first exists (rq-notes §3; a plain ``job_id=`` would run it twice).
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
-from rq import Queue
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
+from bridge.config import DeliverySettings
+from bridge.digest import Backlog
 from bridge.notification import Notification
+from bridge.threads import ThreadRoots
 
 DELIVER = "bridge.delivery.deliver"
-JOB_TIMEOUT = 30  # seconds; well above the client's worst case (3 s connect + 10 s read)
 RESULT_TTL = 24 * 3600  # a delivered job is kept a day: the window in which re-deliveries dedupe
-FAILURE_TTL = 30 * 24 * 3600  # failed jobs stay a month for inspection and retry
+FAILURE_TTL = 30 * 24 * 3600  # dead letters stay a month for inspection and retry
+# The job's own failures are decided by bridge.delivery; this net only catches a worker that
+# died mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times.
+CRASH_RETRIES = Retry(max=3, interval=[5, 30, 120])
 
 
 def connect(url: str, *, patient: bool = False) -> redis.Redis:
@@ -31,7 +38,7 @@ def connect(url: str, *, patient: bool = False) -> redis.Redis:
     if patient:
         return redis.Redis.from_url(
             url,
-            retry=Retry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
+            retry=RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=30,
         )
@@ -39,7 +46,7 @@ def connect(url: str, *, patient: bool = False) -> redis.Redis:
         url,
         socket_connect_timeout=2,
         socket_timeout=5,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+        retry=RedisRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
     )
 
 
@@ -50,14 +57,22 @@ def job_id(queue: str, notification: Notification) -> str:
     return "n-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def _event_digest(source: str, event_id: str) -> str:
+    return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
+
+
 class NotificationQueue:
-    def __init__(self, connection: redis.Redis, name: str):
+    def __init__(self, connection: redis.Redis, name: str,
+                 delivery: DeliverySettings | None = None):
         self.rq = Queue(name, connection=connection, serializer=JSONSerializer)
+        self.delivery = delivery or DeliverySettings()
+        self.backlog = Backlog(connection, name, ttl=FAILURE_TTL)
+        self.roots = ThreadRoots(connection, name, ttl=FAILURE_TTL)
         self._seen_prefix = f"pumble-bridge:{name}:seen:"
+        self._event_prefix = f"pumble-bridge:{name}:event:"
 
     def _seen_key(self, source: str, event_id: str) -> str:
-        digest = hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
-        return self._seen_prefix + digest
+        return self._seen_prefix + _event_digest(source, event_id)
 
     def seen(self, source: str, event_id: str) -> bool:
         """True when this delivery was accepted before, within the dedupe window."""
@@ -73,17 +88,42 @@ class NotificationQueue:
     def enqueue(self, notification: Notification) -> bool:
         """Store the job in Redis; False when the same notification is already there.
         Raises redis.RedisError when Redis cannot be written."""
+        new_id = job_id(self.rq.name, notification)
         try:
             self.rq.enqueue(
                 DELIVER,
                 notification.to_payload(),
-                job_id=job_id(self.rq.name, notification),
+                job_id=new_id,
                 unique=True,
                 description="deliver",  # the default would copy the message text into logs
-                job_timeout=JOB_TIMEOUT,
+                job_timeout=self.delivery.job_timeout,
                 result_ttl=RESULT_TTL,
                 failure_ttl=FAILURE_TTL,
+                retry=CRASH_RETRIES,
             )
         except DuplicateJobError:
             return False
+        if notification.starts_thread:
+            self.roots.expect(notification, ttl=self.delivery.max_age)
+        self.backlog.add(notification, new_id)
         return True
+
+    # -- the original events, for dead letters ---------------------------------------------------
+
+    def _event_key(self, source: str, event_id: str) -> str:
+        return self._event_prefix + _event_digest(source, event_id)
+
+    def store_event(self, source: str, event_id: str, event_type: str, body: bytes) -> None:
+        """Keep the webhook as received while its notifications may still fail; a dead letter
+        keeps it for as long as itself (``keep_event``)."""
+        record = {"source": source, "event_id": event_id, "type": event_type,
+                  "body": body.decode("utf-8", "replace")}
+        self.rq.connection.set(self._event_key(source, event_id), json.dumps(record),
+                               ex=self.delivery.max_age + 3600)
+
+    def keep_event(self, source: str, event_id: str) -> None:
+        self.rq.connection.expire(self._event_key(source, event_id), FAILURE_TTL)
+
+    def load_event(self, source: str, event_id: str) -> dict[str, Any] | None:
+        value = self.rq.connection.get(self._event_key(source, event_id))
+        return json.loads(value) if value else None

@@ -15,6 +15,7 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -29,6 +30,21 @@ _MAX_SOCKET_PATH = 100
 
 class EmbeddedRedisError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def redis_url(configured: str | None, data_dir: Path) -> Iterator[str]:
+    """The configured Redis URL, or the embedded server's (started here if it is not already
+    running, and then stopped on exit)."""
+    if configured:
+        yield configured
+        return
+    embedded = EmbeddedRedis(data_dir)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
 
 
 class EmbeddedRedis:

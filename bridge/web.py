@@ -35,7 +35,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         pipelines.start()
         _reload_on_sighup(pipelines)
     connection = connect(redis_url)
-    queue = NotificationQueue(connection, config.redis.queue)
+    queue = NotificationQueue(connection, config.redis.queue, config.delivery)
     dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
@@ -81,6 +81,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                          source_name)
                 return answer(event, duplicate=True)
             dispatch = pipeline.dispatch(event, received_at)
+            if dispatch.notifications or dispatch.failures:
+                queue.store_event(source_name, event.id, event.type, webhook.body)
             enqueued = sum(queue.enqueue(n) for n in dispatch.notifications)
             queue.mark_seen(source_name, event.id, dedupe_window)
         except redis.RedisError as exc:

@@ -1,13 +1,21 @@
 """The delivery worker process: an RQ SimpleWorker on the notification queue.
 
-SimpleWorker runs jobs in-process: about ten times the throughput of the forking worker and it
-keeps the Pumble connection alive between sends (rq-notes §4). Shorter worker TTL and maintenance
-interval than rq's defaults let a job of a killed worker be picked up again in about two minutes
-rather than ten (rq-notes §2).
+SimpleWorker runs jobs in-process: about ten times the throughput of the forking worker, and it
+keeps the Pumble connection alive between sends (rq-notes §4; bench/worker.py measures it).
+Scale out with more worker processes, on one machine or many: they share the queue, the rate
+limits, thread roots and digests through Redis.
+
+A worker killed mid-job (SIGKILL, a lost machine) leaves its job in rq's started registry. rq
+gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_timeout + 10`` (the
+job cannot outlive its timeout, which rq enforces with SIGALRM in this very process), and
+maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the job again within
+about a minute and a half by default (rq-notes §2). SIGTERM is a warm shutdown: the current send
+finishes first.
 """
 
 from __future__ import annotations
 
+from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -15,21 +23,31 @@ from bridge import delivery
 from bridge.config import Config
 from bridge.queue import NotificationQueue, connect
 
-WORKER_TTL = 60
-MAINTENANCE_INTERVAL = 60
+WORKER_TTL = 60  # an idle worker blocks 45 s on the queue, then does its maintenance
+MAINTENANCE_INTERVAL = 30
+HEARTBEAT_GRACE = 10
 
 
-def run_worker(config: Config, redis_url: str, *, burst: bool = False) -> bool:
+class DeliveryWorker(SimpleWorker):
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        if job.timeout is None or job.timeout < 0:
+            return super().get_heartbeat_ttl(job)
+        return int(job.timeout) + HEARTBEAT_GRACE
+
+
+def run_worker(config: Config, redis_url: str, *, burst: bool = False,
+               maintenance_interval: int = MAINTENANCE_INTERVAL,
+               worker_ttl: int = WORKER_TTL) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
-    delivery.configure(config)
     connection = connect(redis_url, patient=True)
-    queue = NotificationQueue(connection, config.redis.queue)
-    worker = SimpleWorker(
+    delivery.configure(config, connection)
+    queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+    worker = DeliveryWorker(
         [queue.rq],
         connection=connection,
         serializer=JSONSerializer,
-        worker_ttl=WORKER_TTL,
-        maintenance_interval=MAINTENANCE_INTERVAL,
+        worker_ttl=worker_ttl,
+        maintenance_interval=maintenance_interval,
         log_job_description=False,
     )
     try:

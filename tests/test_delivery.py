@@ -1,113 +1,330 @@
-"""The worker's decisions, against a real Redis and a Pumble stand-in over real HTTP."""
+"""The worker's decisions, over real parts: a real Redis, real RQ workers (in-process and as
+separate processes) and the fake Pumble over HTTP, with its faults."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
+import zlib
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, jsonify, request
+import yaml
 
-from bridge import delivery
 from bridge.config import load_config
+from bridge.dlq import DeadLetters
+from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
-from bridge.queue import NotificationQueue
+from bridge.queue import NotificationQueue, connect
 from bridge.worker import run_worker
+from tests.conftest import TEST_KEY, FakePumble
+
+FAST = {"backoff_base": 0.25, "backoff_cap": 1}  # retries after 1 s (rq schedules whole seconds)
 
 
-def flaky_pumble(*failures: tuple[int, dict[str, str]]):
-    """Answers each listed (status, headers) once, in order, then accepts every message."""
-    app = Flask("flaky")
-    app.config["texts"] = []
-    pending = list(failures)
-    lock = threading.Lock()
+class Bridge:
+    """A config for the test's queue, the queue itself, and a worker to drain it."""
 
-    @app.post("/sendMessage")
-    def send():
-        with lock:
-            if pending:
-                status, headers = pending.pop(0)
-                return jsonify({"error": "try later"}), status, headers
-            app.config["texts"].append(request.json["text"])
-        return jsonify({"id": "a" * 24, "channelId": "b" * 24})
+    def __init__(self, path: Path, redis_url: str, rq_queue):
+        self.path = path
+        self.config = load_config(path, {})
+        self.redis_url = redis_url
+        self.rq = rq_queue
+        self.queue = NotificationQueue(connect(redis_url), self.config.redis.queue,
+                                       self.config.delivery)
+        self.dead = DeadLetters(self.queue)
 
-    return app
+    def enqueue(self, text: str = "order #1", **fields: Any) -> Notification:
+        notification = Notification(**{
+            "source": "shop", "event_id": f"e-{time.time_ns()}", "event_type": "order.created",
+            "route": "r", "channel": "orders", "text": text, "received_at": time.time(),
+            **fields})
+        assert self.queue.enqueue(notification)
+        return notification
 
-
-def enqueue_one(queue_name: str, redis_url: str) -> None:
-    from bridge.queue import connect
-
-    NotificationQueue(connect(redis_url), queue_name).enqueue(Notification(
-        source="shop", event_id=f"e-{time.time_ns()}", event_type="order.created", route="r",
-        channel="orders", text="order #1"))
+    def drain(self, timeout: float = 30.0) -> None:
+        """Run a burst worker until nothing is queued or scheduled (retries included)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run_worker(self.config, self.redis_url, burst=True)
+            if not self.rq.scheduled_job_registry.get_job_ids() and not len(self.rq):
+                return
+            assert time.monotonic() < deadline, "jobs still scheduled"
+            time.sleep(0.5)
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.25)  # first retry after 1 s, not up to 4
+def bridge(write_config, redis_url, queue_name, fake_pumble, rq_queue):
+    def make(delivery: dict[str, Any] | None = None, routes=None, **pumble: Any) -> Bridge:
+        path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=fake_pumble.url,
+                            routes=routes)
+        config = yaml.safe_load(path.read_text())
+        config["delivery"] = {**FAST, **(delivery or {})}
+        config["pumble"].update(pumble)
+        path.write_text(yaml.safe_dump(config))
+        return Bridge(path, redis_url, rq_queue)
+
+    return make
 
 
-@pytest.mark.parametrize("failure", [(503, {}), (429, {"Retry-After": "1"})])
-def test_transient_failure_is_sent_again_later_once(failure, write_config, redis_url,
-                                                    queue_name, rq_queue, fast_backoff):
-    app = flaky_pumble(failure)
-    with LocalServer(app) as pumble:
-        config = load_config(write_config(redis_url=redis_url, queue=queue_name,
-                                          pumble_url=pumble.url), {})
-        enqueue_one(queue_name, redis_url)
-        run_worker(config, redis_url, burst=True)
-        [job_id] = rq_queue.scheduled_job_registry.get_job_ids()
-        assert f"HTTP {failure[0]}" in rq_queue.fetch_job(job_id).meta["last_error"]
-        assert app.config["texts"] == []
-
-        time.sleep(2.2)  # rq schedules in whole seconds
-        run_worker(config, redis_url, burst=True)
-    assert app.config["texts"] == ["order #1"]
-    assert rq_queue.finished_job_registry.get_job_ids() == [job_id]
+def faults(fake: FakePumble, **changes: Any) -> None:
+    httpx.post(f"{fake.url}/_fake/faults", json=changes).raise_for_status()
 
 
-def test_ambiguous_failure_is_kept_not_resent(write_config, redis_url, queue_name, rq_queue):
-    with socket.socket() as silent:  # accepts the request, never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        path = write_config(redis_url=redis_url, queue=queue_name,
-                            pumble_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
-        text = path.read_text().replace("pumble:\n", "pumble:\n  read_timeout: 0.3\n")
-        path.write_text(text)
-        enqueue_one(queue_name, redis_url)
-        run_worker(load_config(path, {}), redis_url, burst=True)
-    [job_id] = rq_queue.failed_job_registry.get_job_ids()
-    assert "AmbiguousError" in rq_queue.fetch_job(job_id).latest_result().exc_string
-    assert rq_queue.scheduled_job_registry.get_job_ids() == []
+def stats(fake: FakePumble) -> dict[str, int]:
+    return httpx.get(f"{fake.url}/_fake/stats").json()
 
+
+def texts(fake: FakePumble, channel: str = "") -> list[str]:
+    return [m["text"] for m in fake.messages(channel)]
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+def test_5xx_is_sent_again_until_it_succeeds_once(bridge, fake_pumble, rq_queue):
+    b = bridge()
+    faults(fake_pumble, fail_next={"count": 2, "status": 503})
+    b.enqueue("order #1")
+    b.drain()
+    assert texts(fake_pumble) == ["order #1"]
+    [job_id] = rq_queue.finished_job_registry.get_job_ids()
+    job = rq_queue.fetch_job(job_id)
+    assert job.meta["attempts"] == 3
+    assert "HTTP 503" in job.meta["last_error"]
+
+
+def test_429_waits_at_least_retry_after(bridge, fake_pumble, rq_queue):
+    b = bridge({"rate_limits": {"messages": 1000, "requests": 1000}})  # let Pumble refuse
+    faults(fake_pumble, rate_limit={"per_minute": 1, "retry_after": 4})
+    b.enqueue("first")
+    b.enqueue("second")
+    run_worker(b.config, b.redis_url, burst=True)
+    assert texts(fake_pumble) == ["first"]
+    [(_job_id, due)] = rq_queue.connection.zrange(rq_queue.scheduled_job_registry.key, 0, -1,
+                                                  withscores=True)
+    assert due >= time.time() + 3  # Retry-After 4, +1 for rq's whole seconds, minus our time
+    httpx.delete(f"{fake_pumble.url}/_fake/faults")
+    b.drain()
+    assert texts(fake_pumble) == ["first", "second"]
+
+
+def test_attempts_run_out_into_the_dead_letters(bridge, fake_pumble, rq_queue):
+    b = bridge({"max_attempts": 2})
+    faults(fake_pumble, fail_next={"count": 5, "status": 502})
+    b.enqueue("never")
+    b.drain()
+    [record] = b.dead.list()
+    assert record.attempts == 2
+    assert record.reason.startswith("gave up after 2 attempts: TransientError")
+    assert stats(fake_pumble)["failed"] == 2
+    assert texts(fake_pumble) == []
+
+
+def test_too_old_is_dead_lettered_without_sending(bridge, fake_pumble):
+    b = bridge({"max_age": 60})
+    b.enqueue("stale", received_at=time.time() - 61)
+    b.drain()
+    [record] = b.dead.list()
+    assert "max_age" in record.reason
+    assert stats(fake_pumble)["requests"] == 0
+
+
+# -- permanent failures, dead letters -------------------------------------------------------------
+
+def test_unknown_channel_is_dead_lettered_at_once_then_retried_from_the_cli(
+        bridge, fake_pumble, rq_queue):
+    from tests.test_e2e import clean_env, cli
+
+    b = bridge()
+    notification = b.enqueue("to nowhere", channel="no-such-channel")
+    b.drain()
+    [record] = b.dead.list()
+    assert record.attempts == 1
+    assert "Could not find channel" in record.reason
+    assert record.notification == notification
+
+    listed = cli("--config", str(b.path), "dlq", "list", env=clean_env())
+    assert record.id in listed.stdout and "1 dead letter(s)" in listed.stdout
+    shown = cli("--config", str(b.path), "dlq", "show", record.id, env=clean_env())
+    assert "Could not find channel" in shown.stdout and "to nowhere" in shown.stdout
+
+    httpx.post(f"{fake_pumble.url}/_fake/channels", json={"name": "no-such-channel"})
+    retried = cli("--config", str(b.path), "dlq", "retry", record.id, env=clean_env())
+    assert retried.returncode == 0, retried.stderr
+    assert b.dead.list() == []
+    b.drain()
+    assert texts(fake_pumble, "no-such-channel") == ["to nowhere"]
+    assert cli("--config", str(b.path), "dlq", "retry", record.id,
+               env=clean_env()).returncode == 1
+
+
+def test_retry_gives_a_dead_letter_fresh_attempts(bridge, fake_pumble):
+    b = bridge({"max_attempts": 1})
+    faults(fake_pumble, fail_next={"count": 1, "status": 500})
+    b.enqueue("second chance")
+    b.drain()
+    [record] = b.dead.list()
+    assert b.dead.retry(record.id)
+    b.drain()
+    assert texts(fake_pumble) == ["second chance"]
+
+
+def test_purge(bridge, fake_pumble):
+    b = bridge()
+    for _ in range(3):
+        b.enqueue(channel="nowhere")
+    b.drain()
+    ids = [r.id for r in b.dead.list()]
+    assert len(ids) == 3
+    assert b.dead.purge(ids[0]) == 1
+    assert b.dead.purge() == 2
+    assert b.dead.list() == []
+
+
+def test_create_channel_makes_the_missing_channel(bridge, fake_pumble):
+    b = bridge()
+    b.enqueue("hello new channel", channel="flash-sale", create_channel=True)
+    b.drain()
+    assert texts(fake_pumble, "flash-sale") == ["hello new channel"]
+    assert b.dead.list() == []
+
+
+def test_a_dead_letter_keeps_the_webhook_it_came_from(bridge, fake_pumble):
+    b = bridge()
+    notification = b.enqueue(channel="nowhere")
+    b.queue.store_event("shop", notification.event_id, "order.created", b'{"id": 42}')
+    b.drain()
+    [record] = b.dead.list()
+    assert b.dead.get(record.id).event["body"] == '{"id": 42}'
+
+
+# -- ambiguous failures ---------------------------------------------------------------------------
+
+def test_accept_then_drop_posts_exactly_once(bridge, fake_pumble, rq_queue):
+    b = bridge()
+    faults(fake_pumble, drop_next=1)  # stored by Pumble, answer lost: the duplicate-maker
+    b.enqueue("order #77 · 12.00 EUR")
+    b.enqueue("order #78 · 13.00 EUR")
+    b.drain()
+    assert stats(fake_pumble)["dropped"] == 1
+    assert texts(fake_pumble) == ["order #77 · 12.00 EUR", "order #78 · 13.00 EUR"]
+    jobs = [rq_queue.fetch_job(i) for i in rq_queue.finished_job_registry.get_job_ids()]
+    posted = {m["id"] for m in fake_pumble.messages()}
+    assert {job.return_value()["message_id"] for job in jobs} == posted
+
+
+def test_a_maybe_sent_message_that_was_not_posted_is_sent(bridge, fake_pumble, rq_queue):
+    b = bridge()
+    b.enqueue("lost on the way")
+    [job] = rq_queue.get_jobs()
+    job.meta["maybe_sent_at"] = time.time() - 5  # as a worker killed before the request leaves
+    job.save_meta()
+    b.drain()
+    assert texts(fake_pumble) == ["lost on the way"]
+
+
+# -- threads and reactions ------------------------------------------------------------------------
+
+THREAD_ROUTES = [
+    {"name": "created", "match": {"event": ["order.created"]}, "channel": "orders",
+     "text": "🛒 order {{ order.number }} created"},
+    {"name": "later", "match": {"event": ["order.paid", "order.fulfilled"]}, "channel": "orders",
+     "text": "order {{ order.number }}: {{ event.type }}", "thread": True,
+     "reactions": {"order.fulfilled": ":white_check_mark:"}},
+]
+
+
+def test_a_thread_created_paid_fulfilled_with_a_reaction_arriving_out_of_order(
+        bridge, fake_pumble, rq_queue):
+    from bridge.samples import body_of, shopify_headers, shopify_order
+    from bridge.sources.shopify import sign
+    from bridge.web import create_app
+    from tests.conftest import TEST_SECRET
+
+    b = bridge({"thread_wait": 30}, routes=THREAD_ROUTES)
+    body = body_of(shopify_order(5005))
+    with LocalServer(create_app(b.config, b.redis_url, watch=False)) as receiver:
+        for topic in ("orders/paid", "orders/fulfilled", "orders/create"):  # out of order
+            headers = {**shopify_headers(topic, webhook_id=f"wh-{topic}"),
+                       "X-Shopify-Hmac-Sha256": sign(TEST_SECRET.encode(), body)}
+            answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
+            assert answer.status_code == 202, answer.text
+            if topic == "orders/paid":  # the reply is worked on before its root even arrives
+                run_worker(b.config, b.redis_url, burst=True)
+                assert fake_pumble.messages() == []
+    b.drain()
+    root, *replies = fake_pumble.messages()
+    assert root["text"] == "🛒 order 5005 created"
+    assert sorted(r["text"] for r in replies) == ["order 5005: order.fulfilled",
+                                                  "order 5005: order.paid"]
+    assert all(r["threadReplyInfo"]["rootId"] == root["id"] for r in replies)
+    assert [r["code"] for r in root["reactions"]] == [":white_check_mark:"]
+
+
+def test_a_reply_without_a_root_is_posted_alone_after_the_wait(bridge, fake_pumble):
+    b = bridge({"thread_wait": 0}, routes=THREAD_ROUTES)
+    b.enqueue("order 9: paid", event_type="order.paid", thread_key="order:9", reply=True)
+    b.enqueue("order 9: fulfilled", event_type="order.fulfilled", thread_key="order:9",
+              reply=True)
+    b.drain()
+    first, second = fake_pumble.messages()
+    assert first["text"] == "order 9: paid" and first["threadReplyInfo"] is None
+    assert second["threadReplyInfo"]["rootId"] == first["id"]  # the first became the root
+
+
+def test_a_reply_stops_waiting_when_its_root_is_dead_lettered(bridge, fake_pumble):
+    b = bridge({"thread_wait": 600, "max_attempts": 1})
+    faults(fake_pumble, fail_next={"count": 1, "status": 503})
+    b.enqueue("order 3 created", thread_key="order:3", starts_thread=True)
+    b.enqueue("order 3 paid", event_type="order.paid", thread_key="order:3", reply=True)
+    b.drain()
+    assert texts(fake_pumble) == ["order 3 paid"]
+    assert [r.notification.text for r in b.dead.list()] == ["order 3 created"]
+
+
+# -- digests --------------------------------------------------------------------------------------
+
+def test_a_backlog_beyond_the_limit_becomes_digests_and_loses_nothing(bridge, fake_pumble):
+    # 6 messages a minute, a 60 s window: a backlog over 6 is merged, 10 lines a digest.
+    b = bridge({"rate_limits": {"messages": 6}, "digest": {"window": 60, "max_items": 10}})
+    for number in range(1, 31):
+        b.enqueue(f"🛒 order #{number:03d}\nline two", event_id=f"e-{number}")
+    b.drain()
+    posted = texts(fake_pumble)
+    assert len(posted) < 30
+    assert stats(fake_pumble)["rate_limited"] == 0
+    lines = [line for text in posted for line in text.splitlines()]
+    for number in range(1, 31):
+        mentions = [line for line in lines if f"#{number:03d}" in line]
+        assert len(mentions) == 1, (number, posted)
+    assert any(text.startswith("📦 10 notifications (order.created)") for text in posted)
+
+
+def test_digest_off_for_a_route_sends_each_alone(bridge, fake_pumble):
+    b = bridge({"rate_limits": {"messages": 80}, "digest": {"window": 1}})
+    for number in range(5):
+        b.enqueue(f"order {number}", digest=False)
+    b.drain()
+    assert texts(fake_pumble) == [f"order {number}" for number in range(5)]
+
+
+# -- accounts -------------------------------------------------------------------------------------
 
 def test_each_route_sends_with_its_account(write_config, redis_url, queue_name, rq_queue):
-    from bridge.fake_pumble import create_fake_pumble
-    from bridge.queue import connect
-
     with LocalServer(create_fake_pumble(keys=["key-main"], channels=["orders"])) as main, \
             LocalServer(create_fake_pumble(keys=["key-eu"], channels=["orders"])) as eu:
         path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=main.url,
                             api_key="key-main")
         accounts = f"  accounts:\n    eu: {{api_key: key-eu, base_url: '{eu.url}'}}\n"
         path.write_text(path.read_text().replace("pumble:\n", "pumble:\n" + accounts))
-        config = load_config(path, {})
-        queue = NotificationQueue(connect(redis_url), queue_name)
+        b = Bridge(path, redis_url, rq_queue)
         for account in ("default", "eu"):
-            queue.enqueue(Notification(source="shop", event_id=f"e-{account}",
-                                       event_type="order.created", route=f"r-{account}",
-                                       channel="orders", text=f"via {account}",
-                                       account=account))
-        run_worker(config, redis_url, burst=True)
-
-        def texts(server):
-            return [m["text"] for m in httpx.get(f"{server.url}/_fake/messages").json()["messages"]]
-
-        assert texts(main) == ["via default"]
-        assert texts(eu) == ["via eu"]
+            b.enqueue(f"via {account}", route=f"r-{account}", account=account)
+        b.drain()
+        assert texts(FakePumble(main)) == ["via default"]
+        assert texts(FakePumble(eu)) == ["via eu"]
 
 
 def test_unknown_account_in_a_route_is_a_config_error(write_config):
@@ -116,3 +333,16 @@ def test_unknown_account_in_a_route_is_a_config_error(write_config):
     routes = [{"name": "r", "channel": "c", "text": "t", "account": "nope"}]
     with pytest.raises(ConfigError, match=r"account 'nope', which is not under pumble\.accounts"):
         load_config(write_config(routes=routes), {})
+
+
+def test_no_key_is_stored_in_redis(bridge, fake_pumble, rq_queue):
+    b = bridge()
+    b.enqueue("secret-free", channel="nowhere")
+    b.drain()
+    connection = rq_queue.connection
+    stored = b""
+    for key in connection.scan_iter(match="rq:job:*"):
+        fields = connection.hgetall(key)
+        stored += zlib.decompress(fields.pop(b"data")) + b"".join(fields.values())
+    assert b"secret-free" in stored  # the jobs were read
+    assert TEST_KEY.encode() not in stored

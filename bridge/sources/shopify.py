@@ -179,7 +179,8 @@ def _refund(payload: dict[str, Any]) -> Refund:
     total = sum(amounts, Decimal(0)) if amounts else None
     currency = next((fields.text(t.get("currency")) for t in transactions if t.get("currency")),
                     "")
-    return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")))
+    return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")),
+                  order_id=fields.text(payload.get("order_id")))
 
 
 def _admin_url(shop_domain: str, order_id: str) -> str:

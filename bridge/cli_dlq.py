@@ -1,0 +1,121 @@
+"""``pumble-bridge dlq …``: the dead letters, from the shell.
+
+list           one line each: id, when, route, channel, attempts, reason
+show ID        everything about one: the message, the reason, the webhook it came from
+retry ID|--all put back on the queue with fresh attempts (the worker sends it again)
+purge [ID]     delete one, or every dead letter
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Callable
+
+from bridge.config import config_path, data_dir, load_config
+from bridge.dlq import DeadLetterRecord, DeadLetters
+from bridge.queue import NotificationQueue, connect
+from bridge.redis_embedded import redis_url
+
+EXIT_NOT_FOUND = 1
+
+
+def add_dlq_commands(commands: argparse._SubParsersAction,
+                     common: argparse.ArgumentParser) -> None:
+    dlq = commands.add_parser("dlq", parents=[common], help="list, show, retry or purge the "
+                              "notifications that could not be delivered",
+                              description="The notifications the worker gave up on, kept with "
+                              "their reason and the webhook they came from.")
+    actions = dlq.add_subparsers(title="actions", required=True, metavar="ACTION")
+
+    def action(name: str, handler: Callable[[DeadLetters, argparse.Namespace], int],
+               help_text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(command=lambda args: _with_dead_letters(handler, args))
+        return sub
+
+    action("list", _list, "one line per dead letter")
+    show = action("show", _show, "one dead letter in full, with the webhook it came from")
+    show.add_argument("id")
+    retry = action("retry", _retry, "send again (fresh attempts)")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    purge = action("purge", _purge, "delete one dead letter, or (no ID) all of them")
+    purge.add_argument("id", nargs="?")
+
+
+def _with_dead_letters(handler: Callable[[DeadLetters, argparse.Namespace], int],
+                       args: argparse.Namespace) -> int:
+    config = load_config(config_path(getattr(args, "config", None)))
+    with redis_url(config.redis.url, data_dir()) as url:
+        connection = connect(url)
+        try:
+            return handler(DeadLetters(NotificationQueue(connection, config.redis.queue,
+                                                         config.delivery)), args)
+        finally:
+            connection.close()
+
+
+def _list(dead: DeadLetters, _args: argparse.Namespace) -> int:
+    records = dead.list()
+    for record in records:
+        when = record.failed_at.strftime("%Y-%m-%d %H:%M:%S") if record.failed_at else "-"
+        n = record.notification
+        print(f"{record.id}  {when}  {n.route}  #{n.channel}  {record.attempts} attempt(s)  "
+              f"{record.reason}")
+    print(f"{len(records)} dead letter(s)")
+    return 0
+
+
+def _show(dead: DeadLetters, args: argparse.Namespace) -> int:
+    record = dead.get(args.id)
+    if record is None:
+        return _not_found(args.id)
+    print(_describe(record))
+    return 0
+
+
+def _describe(record: DeadLetterRecord) -> str:
+    n = record.notification
+    lines = [
+        f"id:        {record.id}",
+        f"reason:    {record.reason}",
+        f"attempts:  {record.attempts}",
+        f"failed at: {record.failed_at or '-'}",
+        f"event:     {n.event_type} {n.event_id} from source {n.source}",
+        f"route:     {n.route} -> #{n.channel} (account {n.account})",
+        "message:",
+        *(f"  {line}" for line in n.text.splitlines()),
+    ]
+    if record.event is not None:
+        body = record.event.get("body", "")
+        with contextlib.suppress(ValueError):
+            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        lines += ["webhook body:", *(f"  {line}" for line in body.splitlines())]
+    else:
+        lines.append("webhook body: no longer kept")
+    return "\n".join(lines)
+
+
+def _retry(dead: DeadLetters, args: argparse.Namespace) -> int:
+    if args.all:
+        print(f"{dead.retry_all()} dead letter(s) queued again")
+        return 0
+    if not dead.retry(args.id):
+        return _not_found(args.id)
+    print(f"{args.id} queued again")
+    return 0
+
+
+def _purge(dead: DeadLetters, args: argparse.Namespace) -> int:
+    if args.id and dead.get(args.id) is None:
+        return _not_found(args.id)
+    print(f"{dead.purge(args.id)} dead letter(s) deleted")
+    return 0
+
+
+def _not_found(job_id: str) -> int:
+    print(f"pumble-bridge: no dead letter {job_id!r} (see `pumble-bridge dlq list`)")
+    return EXIT_NOT_FOUND

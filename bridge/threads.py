@@ -1,0 +1,89 @@
+"""Where each conversation's first message is: the thread roots, kept in Redis.
+
+A conversation is one order (checkout, dispute) in one channel of one Pumble account: later
+events of it reply in its first message's thread. The receiver marks a root as *expected* when it
+enqueues a conversation's first notification, so a reply that is processed first (the shop sent
+``orders/paid`` before ``orders/create``) waits for it instead of starting the thread itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import redis
+
+from bridge.notification import Notification
+
+EXPECTED = b"expected"
+ABANDONED = b"abandoned"
+
+# Compare-and-set in one step, so two workers never both take the root.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[5] then current = false end
+if current and (current ~= ARGV[3] or ARGV[4] ~= '1') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+_GIVE_UP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Root:
+    message_id: str
+    channel_id: str
+
+
+class ThreadRoots:
+    def __init__(self, connection: redis.Redis, namespace: str, ttl: int):
+        """``ttl``: seconds a root is remembered; later events of an older order start anew."""
+        self.connection = connection
+        self.ttl = ttl
+        self._prefix = f"pumble-bridge:{namespace}:thread:"
+        self._claim = connection.register_script(_CLAIM)
+        self._give_up = connection.register_script(_GIVE_UP)
+
+    def _key(self, notification: Notification) -> str:
+        parts = (notification.account, notification.channel, notification.source,
+                 notification.thread_key)
+        return self._prefix + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+    def expect(self, notification: Notification, ttl: int) -> None:
+        """The receiver enqueued this conversation's first message: replies wait for it (up to
+        ``ttl`` seconds: the root's own max age)."""
+        if notification.thread_key:
+            self.connection.set(self._key(notification), EXPECTED, ex=ttl, nx=True)
+
+    def get(self, notification: Notification) -> Root | bool | None:
+        """The root; True while one is expected but not sent; False when the expected one was
+        given up; None when none was ever announced."""
+        if not notification.thread_key:
+            return None
+        value = self.connection.get(self._key(notification))
+        if value is None or value == ABANDONED:
+            return None if value is None else False
+        if value == EXPECTED:
+            return True
+        message_id, _, channel_id = value.decode().partition(" ")
+        return Root(message_id, channel_id)
+
+    def claim(self, notification: Notification, message_id: str, channel_id: str) -> bool:
+        """Record a just-posted message as the root unless there is one already, or one is
+        expected and this is not it (an ``order.paid`` posted on a route without threads does
+        not take the place of the ``order.created`` on its way). True when it became the root."""
+        if not notification.thread_key:
+            return False
+        takes_expected = "1" if notification.starts_thread else "0"
+        return bool(self._claim(keys=[self._key(notification)],
+                                args=[f"{message_id} {channel_id}", self.ttl, EXPECTED,
+                                      takes_expected, ABANDONED]))
+
+    def give_up(self, notification: Notification) -> None:
+        """The expected root will not be sent (dead-lettered): replies stop waiting for it and
+        the first of them to be posted takes its place."""
+        if notification.thread_key:
+            self._give_up(keys=[self._key(notification)], args=[EXPECTED, ABANDONED])
