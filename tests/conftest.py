@@ -115,12 +115,17 @@ def rq_queue(redis_url: str, queue_name: str):
     connection = Redis.from_url(redis_url)
     queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
     yield queue
-    for registry in (queue.finished_job_registry, queue.failed_job_registry,
-                     queue.scheduled_job_registry):
-        for job_id in registry.get_job_ids():
-            registry.remove(job_id, delete_job=True)
-            connection.delete(f"rq:results:{job_id}")
+    registries = (queue.finished_job_registry, queue.failed_job_registry,
+                  queue.scheduled_job_registry, queue.started_job_registry)
+    ours = {job_id for registry in registries for job_id in registry.get_job_ids()}
+    ours.update(queue.get_job_ids())
+    for registry in registries:
+        connection.delete(registry.key)
+    # A job's keys (rq:job:ID, rq:results:ID, its executions) carry its id as one part.
+    for key in connection.scan_iter(match="rq:*", count=1000):
+        if not ours.isdisjoint(key.decode().split(":")):
+            connection.delete(key)
     queue.delete(delete_jobs=True)
-    for key in connection.scan_iter(match=f"pumble-bridge:{queue_name}:*"):  # dedupe markers
+    for key in connection.scan_iter(match=f"pumble-bridge:{queue_name}:*"):  # our own keys
         connection.delete(key)
     connection.close()

@@ -1,0 +1,180 @@
+"""Workers as separate processes, killed, stopped and run side by side: a real Redis, the
+receiver on a real port, ``pumble-bridge worker`` processes, the fake Pumble over HTTP."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from rq.job import JobStatus
+
+from bridge.local_server import LocalServer
+from bridge.redis_embedded import EmbeddedRedis
+from bridge.web import create_app
+from tests.conftest import signed_order
+from tests.test_delivery import Bridge, faults, stats, texts
+from tests.test_e2e import ROOT, clean_env
+
+
+def worker_process(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "worker",
+                             *extra], cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def bridge(write_config, redis_url, queue_name, fake_pumble, rq_queue):
+    def make(delivery: dict[str, Any] | None = None, **config_changes: Any) -> Bridge:
+        path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=fake_pumble.url)
+        config = yaml.safe_load(path.read_text())
+        config["delivery"] = {"backoff_base": 0.25, "backoff_cap": 1, **(delivery or {})}
+        config.update(config_changes)
+        path.write_text(yaml.safe_dump(config))
+        return Bridge(path, redis_url, rq_queue)
+
+    return make
+
+
+def started(bridge: Bridge) -> bool:
+    jobs = bridge.rq.get_jobs() + [bridge.rq.fetch_job(i) for i in
+                                   bridge.rq.started_job_registry.get_job_ids()]
+    return any(job.get_status() == JobStatus.STARTED for job in jobs if job)
+
+
+def test_a_worker_killed_mid_send_loses_nothing_and_posts_once(bridge, fake_pumble):
+    b = bridge({"job_timeout": 5})
+    faults(fake_pumble, delay=2)  # the post reaches Pumble and is applied after the kill
+    b.enqueue("order #31337")
+    worker = worker_process(b.path)
+    try:
+        wait_for(lambda: started(b), 20, "the worker to start the job")
+        time.sleep(0.5)  # inside the HTTP request now
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(5)
+    finally:
+        worker.kill()
+    wait_for(lambda: texts(fake_pumble) == ["order #31337"], 10, "the fake to apply the post")
+    httpx.delete(f"{fake_pumble.url}/_fake/faults")
+
+    # The job is left 'started' by a dead worker until its heartbeat runs out (job_timeout +
+    # 10 s); the next worker's maintenance then runs it again, and it looks before sending.
+    registry = b.rq.started_job_registry
+    wait_for(lambda: registry.get_expired_job_ids(), 30, "the dead worker's job to expire")
+    b.drain(timeout=30)
+    assert texts(fake_pumble) == ["order #31337"]
+    [job_id] = b.rq.finished_job_registry.get_job_ids()
+    assert b.rq.fetch_job(job_id).return_value()["message_id"] == fake_pumble.messages()[0]["id"]
+
+
+def test_sigterm_lets_the_current_send_finish(bridge, fake_pumble):
+    b = bridge()
+    faults(fake_pumble, delay=1.5)
+    b.enqueue("finish me")
+    worker = worker_process(b.path)
+    try:
+        wait_for(lambda: started(b), 20, "the worker to start the job")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    finally:
+        worker.kill()
+    assert texts(fake_pumble) == ["finish me"]
+    assert len(b.rq.finished_job_registry.get_job_ids()) == 1
+
+
+def test_a_burst_of_1000_orders_under_80_a_minute_posts_each_once_without_a_429(
+        bridge, fake_pumble):
+    b = bridge({"digest": {"window": 10, "max_items": 50}})
+    faults(fake_pumble, rate_limit={"per_minute": 80})
+    numbers = range(10_000, 11_000)
+    with LocalServer(create_app(b.config, b.redis_url, watch=False)) as receiver, \
+            httpx.Client(base_url=receiver.url) as client:
+        for number in numbers:
+            body, headers = signed_order(number, webhook_id=f"burst-{number}")
+            assert client.post("/webhooks/shop", content=body, headers=headers).status_code == 202
+    workers = [worker_process(b.path, "--burst") for _ in range(2)]
+    try:
+        for worker in workers:
+            assert worker.wait(180) == 0
+    finally:
+        for worker in workers:
+            worker.kill()
+    b.drain()  # anything a worker scheduled for later
+
+    posted = texts(fake_pumble, "orders")
+    seen = Counter(int(n) for text in posted for n in re.findall(r"New order #(\d+)", text))
+    assert seen == Counter(numbers)  # every order, exactly once
+    assert stats(fake_pumble)["rate_limited"] == 0
+    assert len(posted) <= 80
+    assert b.dead.list() == []
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of the test's own (append-only, as embedded) that it may stop and start."""
+
+    class Restartable:
+        def __init__(self) -> None:
+            self.server = EmbeddedRedis(tmp_path / "redis")
+            self.url = self.server.start()
+
+        def restart(self) -> None:
+            self.server.stop()
+            self.server = EmbeddedRedis(tmp_path / "redis")
+            assert self.server.start() == self.url
+
+    redis = Restartable()
+    yield redis
+    redis.server.stop()
+
+
+def own_bridge(own_redis, write_config, fake_pumble, queue_name) -> Bridge:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import connect
+
+    path = write_config(redis_url=own_redis.url, queue=queue_name, pumble_url=fake_pumble.url)
+    return Bridge(path, own_redis.url, Queue(queue_name, connection=connect(own_redis.url),
+                                             serializer=JSONSerializer))
+
+
+def test_the_worker_rides_out_a_redis_restart(own_redis, write_config, fake_pumble, queue_name):
+    b = own_bridge(own_redis, write_config, fake_pumble, queue_name)
+    worker = worker_process(b.path)
+    try:
+        b.enqueue("before the restart")
+        wait_for(lambda: texts(fake_pumble) == ["before the restart"], 20, "the first post")
+        own_redis.restart()
+        b.enqueue("after the restart")
+        wait_for(lambda: texts(fake_pumble) == ["before the restart", "after the restart"],
+                 60, "the worker to reconnect and post")
+        assert worker.poll() is None  # it did not die of the outage
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_jobs_queued_before_a_redis_restart_are_delivered_after_it(own_redis, write_config,
+                                                                  fake_pumble, queue_name):
+    b = own_bridge(own_redis, write_config, fake_pumble, queue_name)
+    for number in range(5):
+        b.enqueue(f"queued {number}")
+    own_redis.restart()
+    b.drain()
+    assert texts(fake_pumble) == [f"queued {number}" for number in range(5)]
