@@ -12,6 +12,24 @@ own with ``time.perf_counter_ns``, after a warm-up, in repeats that interleave t
 hits them alike; the median and p95 per call are reported. The garbage collector stays on, as in
 the receiver. Parsing (signature check and payload -> Event) is the sources' cost: it is done once
 before timing dispatch, and timed separately for reference.
+
+What the goal counts: ``pipeline.dispatch(event)`` on the parsed event, i.e. ``router.match``
+over all 50 routes plus, for each of the 17 routes it matches, rendering the channel and the
+message and building the Notification. The same Event is dispatched on every call; nothing is
+remembered from one event's rendering to the next (only which routes' globs match a (source,
+event type) pair, as the receiver would for every order of a shop).
+
+Results on one machine (Python 3.11, jinja2 3.1.6, 2 AMD EPYC CPUs), medians:
+
+    before (6c4ec5c)  json.loads 11.0 µs · router.match 468 µs · dispatch 1,520 µs
+                      = 138× json.loads per event, 8.2× per notification
+    after             json.loads 10.9 µs · router.match  37 µs · dispatch   389 µs
+                      = 36× json.loads per event, 2.1× per notification
+
+10x per event is out of reach for this deliberately heavy config with Jinja templates: it leaves
+~110 µs for 50 routes and 17 messages, ~6 µs a message, while a message from a shipped template
+(an import and three or four partials) takes ~45 µs and a one-line inline text 4-10 µs; routing
+alone is now ~3.4x. Per notification, the cost is well under 10x.
 """
 
 from __future__ import annotations
@@ -360,15 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     base = timings["json"].median
     ratio = timings["dispatch"].median / base
     per_notification = ratio / notifications
+    rendering = timings["dispatch"].median - timings["route"].median
     print(f"\nrouting+rendering ÷ json.loads: {ratio:,.1f}× per event, "
           f"{per_notification:,.2f}× per notification "
           f"(p95/p95: {timings['dispatch'].p95 / timings['json'].p95:,.1f}×)")
+    print(f"  routing alone (router.match) = {timings['route'].median / base:,.1f}× json.loads; "
+          f"rendering alone (dispatch - match) = {rendering / base:,.1f}×, "
+          f"{_us(rendering / notifications)} µs per notification")
     print(f"  for reference: source parse = {timings['parse'].median / base:,.1f}× json.loads; "
-          f"routing alone = {timings['route'].median / base:,.1f}× json.loads; "
           f"dispatch = {timings['dispatch'].median / timings['parse'].median:,.1f}× source parse")
-    verdict = "MEETS" if ratio < GOAL else "DOES NOT MEET"
-    print(f"goal (routing + rendering under {GOAL:g}× the parse, per event): {verdict} "
-          f"({ratio:,.1f}× {'<' if ratio < GOAL else '≥'} {GOAL:g}×)")
+    met = ratio < GOAL
+    print(f"goal (routing + rendering under {GOAL:g}× the parse, per event): "
+          f"{'MEETS' if met else 'DOES NOT MEET'} ({ratio:,.1f}× {'<' if met else '≥'} {GOAL:g}×)")
+    if not met:
+        print(f"  the budget at {GOAL:g}× is {_us(GOAL * base)} µs per event: "
+              f"{_us(GOAL * base / notifications)} µs for each of this config's {notifications} "
+              f"messages, routing included; per notification the cost is "
+              f"{per_notification:,.2f}× (see this file's docstring)")
 
     if args.profile:
         profile(pipeline, event, 300 if args.quick else 2_000, args.profile, header)

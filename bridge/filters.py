@@ -20,6 +20,8 @@ MINOR_UNITS = {
     "RWF": 0, "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
     "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
 }
+# The smallest amount of each number of minor units: 1, 0.01, 0.001.
+_QUANTUM = {places: Decimal(1).scaleb(-places) for places in {*MINOR_UNITS.values(), 2}}
 # Pumble's mention syntax (<<@USER>>, <<#CHANNEL>>) and broadcast words at the start of a word.
 # A zero-width space keeps them readable but inert; an email address is left alone.
 _MENTION_OPEN = re.compile(r"<<")
@@ -40,10 +42,10 @@ def money(amount: Any, currency: Any = "") -> str:
     if not _defined(amount) or amount == "":
         return ""
     currency = str(currency) if _defined(currency) else ""
-    places = MINOR_UNITS.get(currency.upper(), 2)
+    quantum = _QUANTUM[MINOR_UNITS.get(currency.upper(), 2)]
     try:
-        exact = Decimal(str(amount)).quantize(Decimal(1).scaleb(-places),
-                                              rounding=ROUND_HALF_EVEN)
+        number = amount if type(amount) is Decimal else Decimal(str(amount))
+        exact = number.quantize(quantum, rounding=ROUND_HALF_EVEN)
     except ArithmeticError:  # not a number, or beyond any real amount's precision
         return f"{amount} {currency}".strip()
     return f"{exact:,} {currency}".strip()
@@ -94,6 +96,8 @@ def make_datetime_filter(zone: tzinfo):
 
 def finalize(value: Any) -> Any:
     """Applied to every ``{{ … }}`` output: None blank, text escaped unless ``raw``."""
+    if type(value) is str:  # most values: checked first, as this runs for every one
+        return escape_mentions(value)
     if value is None or isinstance(value, jinja2.Undefined):
         return ""
     if isinstance(value, Raw | int | float | Decimal | bool):

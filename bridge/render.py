@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jinja2
 
@@ -27,6 +28,9 @@ class RenderedMessage:
 
 
 FALLBACK_TEMPLATE = "generic.j2"
+
+# A route's channel or text: a template, or the text itself when it has no Jinja syntax.
+Renderable = jinja2.Template | str
 
 # Where a route's key is, for error messages: "config.yaml:12: routes[0].when (route 'big')".
 Locate = Callable[[RouteSettings, str], str]
@@ -52,8 +56,8 @@ class Renderer:
                  locate: Locate = name_route):
         """Compile everything; ValueError lists each problem, placed by ``locate``."""
         self._env = env
-        self._channels: dict[str, jinja2.Template] = {}
-        self._bodies: dict[str, jinja2.Template] = {}
+        self._channels: dict[str, Renderable] = {}
+        self._bodies: dict[str, Renderable] = {}
         self._files: dict[str, jinja2.Template] = {}
         problems = []
         for name in env.list_templates(extensions=["j2"]):
@@ -63,8 +67,8 @@ class Renderer:
                 problems.append(_syntax(f"template {name!r}", exc))
         for route in routes:
             for key, compile_it, into in (
-                ("channel", lambda r: env.from_string(r.channel), self._channels),
-                ("text", lambda r: env.from_string(r.text), self._bodies),
+                ("channel", lambda r: _compile(env, r.channel), self._channels),
+                ("text", lambda r: _compile(env, r.text), self._bodies),
                 ("template", lambda r: env.get_template(r.template), self._bodies),
             ):
                 if getattr(route, key) is None:
@@ -83,12 +87,13 @@ class Renderer:
             raise ValueError("\n".join(problems))
 
     def render(self, route: RouteSettings, event: Event) -> RenderedMessage:
-        context = sandbox.context(event)
-        body = self._bodies.get(route.name) or self._files.get(
-            template_for(event.type)) or self._files[FALLBACK_TEMPLATE]
+        names = sandbox.scope(self._env, event)
+        body = self._bodies.get(route.name)
+        if body is None:  # not `or`: a text without Jinja syntax is kept as a str, maybe ""
+            body = self._files.get(template_for(event.type)) or self._files[FALLBACK_TEMPLATE]
         try:
-            channel = self._channels[route.name].render(context).strip()
-            text = body.render(context).strip()
+            channel = _render(self._channels[route.name], names).strip()
+            text = _render(body, names).strip()
         except Exception as exc:  # a template or a filter failing on this event's data
             raise RenderError(f"route {route.name!r}: {type(exc).__name__}: {exc}") from None
         if not channel:
@@ -98,6 +103,21 @@ class Renderer:
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT - len(CUT_MARKER)].rstrip() + CUT_MARKER
         return RenderedMessage(channel=channel, text=text)
+
+
+def _compile(env: jinja2.Environment, source: str) -> Renderable:
+    """A route's channel or text: compiled, or already rendered when it has no Jinja syntax at
+    all (most channel names), since it then reads the same whatever the event."""
+    template = env.from_string(source)
+    markers = (env.variable_start_string, env.block_start_string, env.comment_start_string,
+               env.line_statement_prefix, env.line_comment_prefix)
+    if any(marker and marker in source for marker in markers):
+        return template
+    return template.render()
+
+
+def _render(text: Renderable, names: dict[str, Any]) -> str:
+    return text if isinstance(text, str) else sandbox.render(text, names)
 
 
 def _syntax(where: str, exc: jinja2.TemplateSyntaxError) -> str:

@@ -7,7 +7,15 @@ import pytest
 from bridge import sandbox
 from bridge.config import shipped_templates_dir
 from bridge.events import Customer, Event, SourceRef
-from bridge.filters import ZERO_WIDTH_SPACE, and_more, escape_mentions, pluralize
+from bridge.filters import (
+    ZERO_WIDTH_SPACE,
+    Raw,
+    and_more,
+    escape_mentions,
+    finalize,
+    money,
+    pluralize,
+)
 
 
 def render(text: str, zone: str = "UTC", **context) -> str:
@@ -69,3 +77,28 @@ def test_dates_in_the_configured_zone():
 
 def test_numbers_pass_through():
     assert render("{{ n }} {{ d }}", n=3, d=Decimal("1.50")) == "3 1.50"
+
+
+@pytest.mark.parametrize(("amount", "currency", "expected"), [
+    (Decimal("12.5"), "EUR", "12.50 EUR"),
+    ("12.5", "EUR", "12.50 EUR"),
+    (12, "JPY", "12 JPY"),
+    (0.1, "KWD", "0.100 KWD"),
+    (Decimal("-0"), "", "-0.00"),
+    ("n/a", "EUR", "n/a EUR"),
+])
+def test_money_takes_decimals_numbers_and_text_alike(amount, currency, expected):
+    assert money(amount, currency) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("@here", f"@{ZERO_WIDTH_SPACE}here"),
+    (Raw("@here"), Raw("@here")),
+    (None, ""),
+    (7, 7),
+    (Decimal("1.50"), Decimal("1.50")),
+    (("@a",), f"('@{ZERO_WIDTH_SPACE}a',)"),
+])
+def test_finalize(value, expected):
+    out = finalize(value)
+    assert out == expected and type(out) is type(expected)

@@ -5,7 +5,7 @@ import pytest
 
 from bridge import sandbox
 from bridge.config import RouteSettings, shipped_templates_dir
-from bridge.events import Customer, Event, Order, SourceRef
+from bridge.events import Customer, Event, LineItem, Order, SourceRef
 from bridge.routing import Router
 
 
@@ -85,3 +85,59 @@ def test_explain_says_why_each_route_did_or_did_not_match():
     assert reasons["big"] == (False, "when is false: order.total >= 500")
     assert reasons["all"] == (True, "matched")
     assert reasons["after"] == (False, "not reached: route 'all' matched first (no continue)")
+
+
+@pytest.mark.parametrize("when", [
+    "order.__class__",
+    "order.__dataclass_fields__",
+    'order["__class__"]',
+    "order.items[0].__class__.__mro__",
+    "(order.items | map(attribute='__class__') | first).__init__",
+    "order.total.__class__.__subclasses__()",
+    "raw.clear() is none",
+])
+def test_when_cannot_reach_internals_through_event_fields(when):
+    table = router({"name": "x", "when": f"({when}) is not none and ({when}) is defined"},
+                   {"name": "rest"})
+    event = event_with_items()
+    assert names(table, event) == ["rest"]
+    assert event.raw == {"id": 1}
+
+
+def event_with_items() -> Event:
+    return event("order.created", order=Order(id="1", total=Decimal("1"),
+                                              items=(LineItem(name="Tee", sku="T-1"),)),
+                 raw={"id": 1})
+
+
+def test_conditions_share_nothing_but_the_event():
+    # One context serves all of an event's conditions: what one stores is not seen by the next.
+    table = router({"name": "a", "when": "order.total > 0", "continue": True},
+                   {"name": "b", "when": "result is defined", "continue": True},
+                   {"name": "c", "when": "order.nope.deeper > 1", "continue": True},
+                   {"name": "d", "when": "result is undefined"})
+    assert names(table, big_order("5")) == ["a", "d"]
+
+
+def test_match_is_what_explain_calls_matched():
+    table = router({"name": "eu", "match": {"source": ["shop-eu*"]}, "continue": True},
+                   {"name": "big", "when": "order.total >= 500", "continue": True},
+                   {"name": "refunds", "match": {"event": ["refund.*"]}},
+                   {"name": "vip", "when": '"vip" in customer.tags'},
+                   {"name": "orders", "match": {"event": ["order.*"]}},
+                   {"name": "rest"})
+    events = [big_order("900"), big_order("1", tags=("vip",)), big_order("10"),
+              event("refund.created"), event("refund.created", "shop-eu-1"),
+              event("order.paid", "shop-eu-2"), event("customer.created")]
+    for one in events * 2:  # twice: the second time from the remembered glob verdicts
+        explained = [d.route.name for d in table.explain(one) if d.matched]
+        assert names(table, one) == explained, one
+
+
+def test_glob_verdicts_are_per_source_and_event_type():
+    table = router({"name": "eu-orders", "match": {"source": ["shop-eu*"], "event": ["order.*"]}},
+                   {"name": "rest"})
+    for _ in range(2):
+        assert names(table, event("order.paid", "shop-eu-2")) == ["eu-orders"]
+        assert names(table, event("order.paid", "shop-us")) == ["rest"]
+        assert names(table, event("refund.created", "shop-eu-2")) == ["rest"]
