@@ -13,12 +13,14 @@ import contextlib
 import json
 from collections.abc import Callable
 
-from bridge.config import config_path, data_dir, load_config
+from bridge.config import Config, config_path, data_dir, load_config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import redis_url
 
 EXIT_NOT_FOUND = 1
+
+Handler = Callable[[DeadLetters, argparse.Namespace, Config], int]
 
 
 def add_dlq_commands(commands: argparse._SubParsersAction,
@@ -29,7 +31,7 @@ def add_dlq_commands(commands: argparse._SubParsersAction,
                               "their reason and the webhook they came from.")
     actions = dlq.add_subparsers(title="actions", required=True, metavar="ACTION")
 
-    def action(name: str, handler: Callable[[DeadLetters, argparse.Namespace], int],
+    def action(name: str, handler: Handler,
                help_text: str) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, parents=[common], help=help_text, description=help_text)
         sub.set_defaults(command=lambda args: _with_dead_letters(handler, args))
@@ -46,19 +48,18 @@ def add_dlq_commands(commands: argparse._SubParsersAction,
     purge.add_argument("id", nargs="?")
 
 
-def _with_dead_letters(handler: Callable[[DeadLetters, argparse.Namespace], int],
-                       args: argparse.Namespace) -> int:
+def _with_dead_letters(handler: Handler, args: argparse.Namespace) -> int:
     config = load_config(config_path(getattr(args, "config", None)))
     with redis_url(config.redis.url, data_dir()) as url:
         connection = connect(url)
         try:
             return handler(DeadLetters(NotificationQueue(connection, config.redis.queue,
-                                                         config.delivery)), args)
+                                                         config.delivery)), args, config)
         finally:
             connection.close()
 
 
-def _list(dead: DeadLetters, _args: argparse.Namespace) -> int:
+def _list(dead: DeadLetters, _args: argparse.Namespace, _config: Config) -> int:
     records = dead.list()
     for record in records:
         when = record.failed_at.strftime("%Y-%m-%d %H:%M:%S") if record.failed_at else "-"
@@ -69,7 +70,7 @@ def _list(dead: DeadLetters, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(dead: DeadLetters, args: argparse.Namespace) -> int:
+def _show(dead: DeadLetters, args: argparse.Namespace, _config: Config) -> int:
     record = dead.get(args.id)
     if record is None:
         return _not_found(args.id)
@@ -99,17 +100,25 @@ def _describe(record: DeadLetterRecord) -> str:
     return "\n".join(lines)
 
 
-def _retry(dead: DeadLetters, args: argparse.Namespace) -> int:
-    if args.all:
-        print(f"{dead.retry_all()} dead letter(s) queued again")
-        return 0
-    if not dead.retry(args.id):
-        return _not_found(args.id)
+def _retry(dead: DeadLetters, args: argparse.Namespace, config: Config) -> int:
+    from bridge.pipeline import Pipeline
+    from bridge.render import RenderError
+
+    pipeline = Pipeline.from_config(config)  # renders again those whose template failed
+    try:
+        if args.all:
+            print(f"{dead.retry_all(pipeline)} dead letter(s) queued again")
+            return 0
+        if not dead.retry(args.id, pipeline):
+            return _not_found(args.id)
+    except RenderError as exc:
+        print(f"pumble-bridge: still cannot render: {exc}")
+        return EXIT_NOT_FOUND
     print(f"{args.id} queued again")
     return 0
 
 
-def _purge(dead: DeadLetters, args: argparse.Namespace) -> int:
+def _purge(dead: DeadLetters, args: argparse.Namespace, _config: Config) -> int:
     if args.id and dead.get(args.id) is None:
         return _not_found(args.id)
     print(f"{dead.purge(args.id)} dead letter(s) deleted")

@@ -7,14 +7,21 @@ attempts and the webhook it came from. ``retry`` puts one back on the queue with
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from bridge.notification import Notification
-from bridge.queue import CRASH_RETRIES, NotificationQueue
+from bridge.queue import CRASH_RETRIES, DELIVER, FAILURE_TTL, NotificationQueue, job_id
+from bridge.sources import WebhookRequest
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from bridge.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,37 @@ class DeadLetters:
         job = self._job(job_id)
         return self._record(job, with_event=True) if job else None
 
-    def retry(self, job_id: str) -> bool:
-        """Back on the queue with its attempts reset; False if it is not a dead letter."""
+    def add(self, notification: Notification, reason: str) -> str:
+        """A dead letter from the start: a notification whose template failed to render. Its
+        text is made again from the stored webhook when it is retried."""
+        new_id = job_id(self.queue.rq.name, notification)
+        connection = self.queue.rq.connection
+        if Job.exists(new_id, connection=connection):
+            return new_id  # a re-delivery of a webhook already recorded
+        job = Job.create(DELIVER, args=[notification.to_payload()], connection=connection,
+                         serializer=self.queue.rq.serializer, id=new_id, description="deliver",
+                         origin=self.queue.rq.name, timeout=self.queue.delivery.job_timeout,
+                         failure_ttl=FAILURE_TTL, retry=CRASH_RETRIES,
+                         meta={"dead_reason": f"the template failed: {reason}",
+                               "unrendered": True})
+        job.ended_at = datetime.now(UTC)
+        job.set_status(JobStatus.FAILED, pipeline=None)
+        job.save()
+        self.registry.add(job, ttl=FAILURE_TTL, exc_string=reason)
+        self.queue.keep_event(notification.source, notification.event_id)
+        return new_id
+
+    def retry(self, job_id: str, pipeline: Pipeline | None = None) -> bool:
+        """Back on the queue with its attempts reset; False if it is not a dead letter.
+
+        A dead letter whose template failed is rendered again first, by ``pipeline`` (the
+        current config) from the stored webhook; RenderError if it still fails."""
         job = self._job(job_id)
         if job is None:
             return False
+        if job.meta.get("unrendered"):
+            job.args = [self._render_again(job, pipeline).to_payload()]
+            job.meta.pop("unrendered")
         for key in ("attempts", "last_error", "dead_reason", "maybe_sent_at"):
             # maybe_sent_at goes too: a person asked for it to be sent, having looked.
             job.meta.pop(key, None)
@@ -59,8 +92,29 @@ class DeadLetters:
         self.registry.requeue(job_id)
         return True
 
-    def retry_all(self) -> int:
-        return sum(self.retry(job_id) for job_id in self.ids())
+    def retry_all(self, pipeline: Pipeline | None = None) -> int:
+        """Every dead letter that can go back; one whose template still fails stays."""
+        from bridge.render import RenderError
+
+        queued = 0
+        for one in self.ids():
+            try:
+                queued += self.retry(one, pipeline)
+            except RenderError as exc:
+                log.warning("dead letter %s stays: %s", one, exc)
+        return queued
+
+    def _render_again(self, job: Job, pipeline: Pipeline | None) -> Notification:
+        from bridge.render import RenderError
+
+        notification = Notification.from_payload(job.args[0])
+        event = self.queue.load_event(notification.source, notification.event_id)
+        if pipeline is None or event is None:
+            raise RenderError(f"{job.id}: its template failed and "
+                              + ("the webhook is no longer kept" if event is None
+                                 else "no config was given to render it again"))
+        webhook = WebhookRequest.of(event.get("headers", {}), event["body"].encode())
+        return pipeline.render_again(notification, notification.source, webhook)
 
     def purge(self, job_id: str | None = None) -> int:
         """Delete one dead letter, or all of them; how many were deleted."""

@@ -18,9 +18,17 @@ from bridge.events import THREAD_STARTERS, Event, thread_key
 from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
 from bridge.routing import Router
-from bridge.sources import SOURCE_TYPES, Source, build_source
+from bridge.sources import SOURCE_TYPES, Source, WebhookRequest, build_source
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A route whose template failed for this event: the notification (no text) and why."""
+
+    notification: Notification
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class Dispatch:
     """What one event turned into: notifications to enqueue, and routes that failed to render."""
 
     notifications: list[Notification] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
 
 class Pipeline:
@@ -78,30 +86,50 @@ class Pipeline:
 
     def dispatch(self, event: Event, received_at: float) -> Dispatch:
         result = Dispatch()
-        conversation = thread_key(event)
         for route in self.router.match(event):
             try:
-                message = self.renderer.render(route, event)
+                result.notifications.append(self.notification(route, event, received_at))
             except RenderError as exc:
                 log.error("event %s: %s", event.id, exc)
-                result.failures.append(str(exc))
-                continue
-            result.notifications.append(Notification(
-                source=event.source.name,
-                event_id=event.id,
-                event_type=event.type,
-                route=route.name,
-                channel=message.channel,
-                text=message.text,
-                as_bot=route.as_bot,
-                account=route.account,
-                received_at=received_at,
-                thread_key=conversation,
-                starts_thread=event.type in THREAD_STARTERS,
-                reply=route.thread and event.type not in THREAD_STARTERS,
-                reaction=next((reaction for pattern, reaction in route.reactions.items()
-                               if fnmatchcase(event.type, pattern)), ""),
-                create_channel=route.create_channel,
-                digest=route.digest,
-            ))
+                unrendered = _notification(route, event, received_at, route.channel, "")
+                result.failures.append(Failure(unrendered, str(exc)))
         return result
+
+    def notification(self, route: RouteSettings, event: Event,
+                     received_at: float) -> Notification:
+        """One route's notification for an event; RenderError if its template fails."""
+        message = self.renderer.render(route, event)
+        return _notification(route, event, received_at, message.channel, message.text)
+
+    def render_again(self, notification: Notification, source: str,
+                     webhook: WebhookRequest) -> Notification:
+        """A dead letter whose template failed, rendered by the current config from the
+        webhook it came from. RenderError when it still fails, or its route or source is gone."""
+        route = next((r for r in self.router.routes if r.name == notification.route), None)
+        if route is None or source not in self.sources:
+            raise RenderError(f"route {notification.route!r} or source {source!r} is no longer "
+                              "in the config")
+        event = self.sources[source].parse(webhook)
+        return self.notification(route, event, notification.received_at)
+
+
+def _notification(route: RouteSettings, event: Event, received_at: float, channel: str,
+                  text: str) -> Notification:
+    return Notification(
+        source=event.source.name,
+        event_id=event.id,
+        event_type=event.type,
+        route=route.name,
+        channel=channel,
+        text=text,
+        as_bot=route.as_bot,
+        account=route.account,
+        received_at=received_at,
+        thread_key=thread_key(event),
+        starts_thread=event.type in THREAD_STARTERS,
+        reply=route.thread and event.type not in THREAD_STARTERS,
+        reaction=next((reaction for pattern, reaction in route.reactions.items()
+                       if fnmatchcase(event.type, pattern)), ""),
+        create_channel=route.create_channel,
+        digest=route.digest,
+    )

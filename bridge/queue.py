@@ -113,11 +113,12 @@ class NotificationQueue:
     def _event_key(self, source: str, event_id: str) -> str:
         return self._event_prefix + _event_digest(source, event_id)
 
-    def store_event(self, source: str, event_id: str, event_type: str, body: bytes) -> None:
-        """Keep the webhook as received while its notifications may still fail; a dead letter
-        keeps it for as long as itself (``keep_event``)."""
+    def store_event(self, source: str, event_id: str, event_type: str,
+                    headers: dict[str, str], body: bytes) -> None:
+        """Keep the webhook as received (``headers`` without secrets) while its notifications
+        may still fail; a dead letter keeps it for as long as itself (``keep_event``)."""
         record = {"source": source, "event_id": event_id, "type": event_type,
-                  "body": body.decode("utf-8", "replace")}
+                  "headers": headers, "body": body.decode("utf-8", "replace")}
         self.rq.connection.set(self._event_key(source, event_id), json.dumps(record),
                                ex=self.delivery.max_age + 3600)
 

@@ -17,6 +17,7 @@ import redis
 from flask import Flask, jsonify, request
 
 from bridge.config import Config
+from bridge.dlq import DeadLetters
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue, connect
 from bridge.reload import Reloader
@@ -36,6 +37,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         _reload_on_sighup(pipelines)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+    dead_letters = DeadLetters(queue)
     dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
@@ -82,8 +84,11 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                 return answer(event, duplicate=True)
             dispatch = pipeline.dispatch(event, received_at)
             if dispatch.notifications or dispatch.failures:
-                queue.store_event(source_name, event.id, event.type, webhook.body)
+                queue.store_event(source_name, event.id, event.type,
+                                  source.keepable_headers(webhook), webhook.body)
             enqueued = sum(queue.enqueue(n) for n in dispatch.notifications)
+            for failure in dispatch.failures:  # a template failed: a dead letter at once
+                dead_letters.add(failure.notification, failure.reason)
             queue.mark_seen(source_name, event.id, dedupe_window)
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
@@ -95,7 +100,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         # Every job already there: a re-delivery that raced the first one, or outlived the
         # dedupe marker but not the jobs.
         duplicate = bool(dispatch.notifications) and enqueued == 0
-        return answer(event, duplicate, len(dispatch.notifications), enqueued, dispatch.failures)
+        return answer(event, duplicate, len(dispatch.notifications), enqueued,
+                      [failure.reason for failure in dispatch.failures])
 
     def answer(event, duplicate: bool, notifications: int = 0, enqueued: int = 0,
                failed: list[str] | None = None):

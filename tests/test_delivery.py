@@ -194,7 +194,7 @@ def test_create_channel_makes_the_missing_channel(bridge, fake_pumble):
 def test_a_dead_letter_keeps_the_webhook_it_came_from(bridge, fake_pumble):
     b = bridge()
     notification = b.enqueue(channel="nowhere")
-    b.queue.store_event("shop", notification.event_id, "order.created", b'{"id": 42}')
+    b.queue.store_event("shop", notification.event_id, "order.created", {}, b'{"id": 42}')
     b.drain()
     [record] = b.dead.list()
     assert b.dead.get(record.id).event["body"] == '{"id": 42}'
@@ -346,3 +346,30 @@ def test_no_key_is_stored_in_redis(bridge, fake_pumble, rq_queue):
         stored += zlib.decompress(fields.pop(b"data")) + b"".join(fields.values())
     assert b"secret-free" in stored  # the jobs were read
     assert TEST_KEY.encode() not in stored
+
+
+def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
+        bridge, fake_pumble, rq_queue):
+    from bridge.web import create_app
+    from tests.conftest import signed_order
+    from tests.test_e2e import clean_env, cli
+
+    broken = [{"name": "broken", "channel": "orders", "text": "{{ order.total / 0 }}"}]
+    b = bridge(routes=broken)
+    body, headers = signed_order(6006, webhook_id="wh-broken")
+    with LocalServer(create_app(b.config, b.redis_url, watch=False)) as receiver:
+        answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
+    assert answer.status_code == 202  # the receiver stays up; the shop need not retry
+    [failure] = answer.json()["failed"]
+    assert failure.startswith("route 'broken': DivisionByZero")
+    [record] = b.dead.list()
+    assert record.reason.startswith("the template failed: route 'broken'")
+    assert "X-Shopify-Hmac-Sha256".lower() not in b.dead.get(record.id).event["headers"]
+
+    fixed = yaml.safe_load(b.path.read_text())
+    fixed["routes"][0]["text"] = "order {{ order.number }} at last"
+    b.path.write_text(yaml.safe_dump(fixed))
+    retried = cli("--config", str(b.path), "dlq", "retry", record.id, env=clean_env())
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    b.drain()
+    assert texts(fake_pumble) == ["order 6006 at last"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class WebhookRequest:
         return hashlib.sha256(self.body).hexdigest()[:32]
 
 
+_SENSITIVE = re.compile(r"signature|hmac|auth|token|secret|key|cookie", re.IGNORECASE)
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +86,13 @@ class Source(ABC):
 
     def __repr__(self) -> str:  # the secret stays out of reprs and tracebacks
         return f"<{type(self).__name__} {self.name!r}>"
+
+    def keepable_headers(self, request: WebhookRequest) -> dict[str, str]:
+        """The headers worth keeping with a stored webhook (to read it again for a dead letter):
+        none that carries a signature, a token or this source's secret."""
+        return {name: value for name, value in request.headers.items()
+                if not _SENSITIVE.search(name)
+                and not any(secret in value.encode() for secret in self._secrets)}
 
     def is_ping(self, request: WebhookRequest) -> bool:
         """A platform's set-up check (answered 200, routed nowhere); most platforms have none."""
