@@ -27,8 +27,10 @@ DELIVER = "bridge.delivery.deliver"
 RESULT_TTL = 24 * 3600  # a delivered job is kept a day: the window in which re-deliveries dedupe
 FAILURE_TTL = 30 * 24 * 3600  # dead letters stay a month for inspection and retry
 # The job's own failures are decided by bridge.delivery; this net only catches a worker that
-# died mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times.
-CRASH_RETRIES = Retry(max=3, interval=[5, 30, 120])
+# died mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times. The first
+# time at once: the job was already given up for dead, and a dead worker's scheduler lock would
+# hold a scheduled run back for another minute.
+CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 
 def connect(url: str, *, patient: bool = False) -> redis.Redis:

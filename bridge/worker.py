@@ -29,9 +29,9 @@ HEARTBEAT_GRACE = 10
 
 
 class DeliveryWorker(SimpleWorker):
-    def get_heartbeat_ttl(self, job: Job) -> int:
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
-            return super().get_heartbeat_ttl(job)
+            return super().get_heartbeat_ttl(job, working_time)
         return int(job.timeout) + HEARTBEAT_GRACE
 
 

@@ -118,7 +118,8 @@ def test_example_config_is_valid():
     example = Path(__file__).parent.parent / "config.example.yaml"
     config = load_config(example, {})
     assert config.pumble.api_key is None  # no key: `run` uses the built-in fake
-    assert [r.name for r in config.routes] == ["new-orders", "other-shop-events"]
+    assert [r.name for r in config.routes] == ["new-orders", "order-updates",
+                                               "other-shop-events"]
 
 
 def test_bare_sections_take_defaults(tmp_path):

@@ -51,7 +51,9 @@ class Bridge:
             run_worker(self.config, self.redis_url, burst=True)
             if not self.rq.scheduled_job_registry.get_job_ids() and not len(self.rq):
                 return
-            assert time.monotonic() < deadline, "jobs still scheduled"
+            scheduled = self.rq.scheduled_job_registry.get_job_ids()
+            assert time.monotonic() < deadline, f"jobs still waiting: {len(self.rq)} queued, " \
+                f"{len(scheduled)} scheduled"
             time.sleep(0.5)
 
 

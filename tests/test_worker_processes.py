@@ -3,6 +3,8 @@ receiver on a real port, ``pumble-bridge worker`` processes, the fake Pumble ove
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -26,9 +28,17 @@ from tests.test_e2e import ROOT, clean_env
 
 
 def worker_process(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    # Its own process group: the worker forks rq's scheduler, which a kill must take too.
     return subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "worker",
                              *extra], cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and the processes it forked, as when its machine dies."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -65,10 +75,8 @@ def test_a_worker_killed_mid_send_loses_nothing_and_posts_once(bridge, fake_pumb
     try:
         wait_for(lambda: started(b), 20, "the worker to start the job")
         time.sleep(0.5)  # inside the HTTP request now
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(5)
     finally:
-        worker.kill()
+        kill(worker)
     wait_for(lambda: texts(fake_pumble) == ["order #31337"], 10, "the fake to apply the post")
     httpx.delete(f"{fake_pumble.url}/_fake/faults")
 
@@ -92,7 +100,7 @@ def test_sigterm_lets_the_current_send_finish(bridge, fake_pumble):
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0
     finally:
-        worker.kill()
+        kill(worker)
     assert texts(fake_pumble) == ["finish me"]
     assert len(b.rq.finished_job_registry.get_job_ids()) == 1
 
@@ -113,7 +121,7 @@ def test_a_burst_of_1000_orders_under_80_a_minute_posts_each_once_without_a_429(
             assert worker.wait(180) == 0
     finally:
         for worker in workers:
-            worker.kill()
+            kill(worker)
     b.drain()  # anything a worker scheduled for later
 
     posted = texts(fake_pumble, "orders")
@@ -168,6 +176,7 @@ def test_the_worker_rides_out_a_redis_restart(own_redis, write_config, fake_pumb
     finally:
         worker.terminate()
         worker.wait(30)
+        kill(worker)
 
 
 def test_jobs_queued_before_a_redis_restart_are_delivered_after_it(own_redis, write_config,

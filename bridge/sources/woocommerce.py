@@ -145,7 +145,7 @@ class WooCommerceSource(Source):
         order_id = fields.text(payload.get("id"))
         number = fields.text(payload.get("number") or order_id)
         status = fields.text(payload.get("status"))
-        items = [i for i in payload.get("line_items") or [] if isinstance(i, dict)]
+        items = fields.records(payload.get("line_items"))
         subtotals = [a for a in (fields.amount(i.get("subtotal")) for i in items) if a is not None]
         paid = payload.get("date_paid_gmt") or payload.get("date_paid")
         return Order(
