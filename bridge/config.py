@@ -141,6 +141,36 @@ class DeliverySettings(_Model):
         return limits
 
 
+class AdminSettings(_Model):
+    # The admin page is off until a token is set (here or BRIDGE_ADMIN_TOKEN); it is the password.
+    token: SecretStr | None = None
+    # host:port. When set, /admin and /metrics are served only on this address (say, a private
+    # interface), and the webhooks only on the public one.
+    listen: str | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _no_token_when_empty(cls, value: Any) -> Any:
+        return _empty_is_none(value)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("is too short: use at least 16 characters (it guards the dead "
+                             "letters and the routes)")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9100)")
+        return value
+
+
 class SourceSettings(_Model):
     """One ``sources:`` entry. ``secret`` may be a list while secrets rotate: any one verifies.
     Keys beyond ``type`` and ``secret`` belong to the platform and are checked by its own
@@ -222,6 +252,7 @@ class Config(_Model):
     redis: RedisSettings = RedisSettings()
     receiver: ReceiverSettings = ReceiverSettings()
     delivery: DeliverySettings = DeliverySettings()
+    admin: AdminSettings = AdminSettings()
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
     templates_dir: Path | None = None
@@ -348,8 +379,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
 
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Documented overrides: PUMBLE_BASE_URL, REDIS_URL win; PUMBLE_API_KEY fills a gap."""
-    for section in ("pumble", "redis"):
+    """Documented overrides: PUMBLE_BASE_URL, REDIS_URL win; PUMBLE_API_KEY and
+    BRIDGE_ADMIN_TOKEN fill a gap."""
+    for section in ("pumble", "redis", "admin"):
         if data.get(section) is None:  # absent, or a bare `pumble:` line
             data[section] = {}
     pumble, redis = data["pumble"], data["redis"]
@@ -360,6 +392,9 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             pumble["api_key"] = environ["PUMBLE_API_KEY"]
     if isinstance(redis, dict) and environ.get("REDIS_URL"):
         redis["url"] = environ["REDIS_URL"]
+    admin = data["admin"]
+    if isinstance(admin, dict) and not admin.get("token") and environ.get("BRIDGE_ADMIN_TOKEN"):
+        admin["token"] = environ["BRIDGE_ADMIN_TOKEN"]
 
 
 def _interpolate(value: Any, at: tuple, environ: Mapping[str, str], problems: list[str],

@@ -16,6 +16,7 @@ import time
 import redis
 from flask import Flask, jsonify, request
 
+from bridge.activity import Activity
 from bridge.config import Config
 from bridge.dlq import DeadLetters
 from bridge.pipeline import Pipeline
@@ -38,6 +39,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery)
     dead_letters = DeadLetters(queue)
+    activity = Activity(queue)
     dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
@@ -81,6 +83,9 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             if queue.seen(source_name, event.id):
                 log.info("event %s from %s: re-delivery, already accepted", event.id,
                          source_name)
+                activity.record(event_id=event.id, source=source_name, event_type=event.type,
+                                received_at=received_at, notifications=[], failures=[],
+                                duplicate=True)
                 return answer(event, duplicate=True)
             dispatch = pipeline.dispatch(event, received_at)
             if dispatch.notifications or dispatch.failures:
@@ -90,6 +95,9 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             for failure in dispatch.failures:  # a template failed: a dead letter at once
                 dead_letters.add(failure.notification, failure.reason)
             queue.mark_seen(source_name, event.id, dedupe_window)
+            activity.record(event_id=event.id, source=source_name, event_type=event.type,
+                            received_at=received_at, notifications=dispatch.notifications,
+                            failures=[failure.reason for failure in dispatch.failures])
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                       type(exc).__name__)

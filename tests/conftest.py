@@ -7,6 +7,7 @@ a Redis the suite did not create.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,14 @@ import httpx
 import pytest
 import yaml
 
+from bridge.config import load_config
+from bridge.dlq import DeadLetters
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
+from bridge.notification import Notification
+from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import EmbeddedRedis
+from bridge.worker import run_worker
 
 TEST_KEY = "test-key-0123456789abcdef0123456789"
 TEST_SECRET = "test-webhook-secret"
@@ -129,3 +135,67 @@ def rq_queue(redis_url: str, queue_name: str):
     for key in connection.scan_iter(match=f"pumble-bridge:{queue_name}:*"):  # our own keys
         connection.delete(key)
     connection.close()
+
+
+# -- a bridge on the test's queue, and the fake's record ------------------------------------
+
+FAST = {"backoff_base": 0.25, "backoff_cap": 1}  # retries after 1 s (rq schedules whole seconds)
+
+
+class Bridge:
+    """A config for the test's queue, the queue itself, and a worker to drain it."""
+
+    def __init__(self, path: Path, redis_url: str, rq_queue):
+        self.path = path
+        self.config = load_config(path, {})
+        self.redis_url = redis_url
+        self.rq = rq_queue
+        self.queue = NotificationQueue(connect(redis_url), self.config.redis.queue,
+                                       self.config.delivery)
+        self.dead = DeadLetters(self.queue)
+
+    def enqueue(self, text: str = "order #1", **fields: Any) -> Notification:
+        notification = Notification(**{
+            "source": "shop", "event_id": f"e-{time.time_ns()}", "event_type": "order.created",
+            "route": "r", "channel": "orders", "text": text, "received_at": time.time(),
+            **fields})
+        assert self.queue.enqueue(notification)
+        return notification
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Run a burst worker until nothing is queued or scheduled (retries included)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run_worker(self.config, self.redis_url, burst=True)
+            if not self.rq.scheduled_job_registry.get_job_ids() and not len(self.rq):
+                return
+            scheduled = self.rq.scheduled_job_registry.get_job_ids()
+            assert time.monotonic() < deadline, f"jobs still waiting: {len(self.rq)} queued, " \
+                f"{len(scheduled)} scheduled"
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def bridge(write_config, redis_url, queue_name, fake_pumble, rq_queue):
+    def make(delivery: dict[str, Any] | None = None, routes=None, **pumble: Any) -> Bridge:
+        path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=fake_pumble.url,
+                            routes=routes)
+        config = yaml.safe_load(path.read_text())
+        config["delivery"] = {**FAST, **(delivery or {})}
+        config["pumble"].update(pumble)
+        path.write_text(yaml.safe_dump(config))
+        return Bridge(path, redis_url, rq_queue)
+
+    return make
+
+
+def faults(fake: FakePumble, **changes: Any) -> None:
+    httpx.post(f"{fake.url}/_fake/faults", json=changes).raise_for_status()
+
+
+def stats(fake: FakePumble) -> dict[str, int]:
+    return httpx.get(f"{fake.url}/_fake/stats").json()
+
+
+def texts(fake: FakePumble, channel: str = "") -> list[str]:
+    return [m["text"] for m in fake.messages(channel)]

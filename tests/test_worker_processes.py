@@ -12,18 +12,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from rq.job import JobStatus
 
 from bridge.local_server import LocalServer
 from bridge.redis_embedded import EmbeddedRedis
 from bridge.web import create_app
-from tests.conftest import signed_order
-from tests.test_delivery import Bridge, faults, stats, texts
+from tests.conftest import Bridge, faults, signed_order, stats, texts
 from tests.test_e2e import ROOT, clean_env
 
 
@@ -46,19 +43,6 @@ def wait_for(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-@pytest.fixture
-def bridge(write_config, redis_url, queue_name, fake_pumble, rq_queue):
-    def make(delivery: dict[str, Any] | None = None, **config_changes: Any) -> Bridge:
-        path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=fake_pumble.url)
-        config = yaml.safe_load(path.read_text())
-        config["delivery"] = {"backoff_base": 0.25, "backoff_cap": 1, **(delivery or {})}
-        config.update(config_changes)
-        path.write_text(yaml.safe_dump(config))
-        return Bridge(path, redis_url, rq_queue)
-
-    return make
 
 
 def started(bridge: Bridge) -> bool:
