@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -33,23 +34,50 @@ FAILURE_TTL = 30 * 24 * 3600  # dead letters stay a month for inspection and ret
 CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 
+# The worker rides out a Redis restart of about a minute mid-job instead of dying with the job
+# half done (rq-notes §7); the receiver gives up fast so the shop gets its 503 and retries.
+PATIENT: dict[str, Any] = {
+    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    "health_check_interval": 30,
+}
+PROMPT: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+}
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
 def connect(url: str, *, patient: bool = False) -> redis.Redis:
-    """A Redis client. ``patient`` (the worker) rides out a Redis restart of about a minute
-    mid-job instead of dying with the job half done (rq-notes §7); the receiver gives up fast
-    so the shop gets its 503 and retries."""
-    if patient:
-        return redis.Redis.from_url(
-            url,
-            retry=RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            health_check_interval=30,
-        )
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        retry=RedisRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
-    )
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or, for a Redis run under
+    Sentinel, ``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]``."""
+    options = PATIENT if patient else PROMPT
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_master(url, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
+    """The master Sentinel names for SERVICE; the client follows it through a failover. The
+    password, if any, is the master's (and the sentinels', when they have one)."""
+    from redis.sentinel import Sentinel
+
+    location, _, path = url.removeprefix(SENTINEL_SCHEME).partition("/")
+    credentials, _, hosts = location.rpartition("@")
+    password = (unquote(credentials.partition(":")[2]) or None) if credentials else None
+    service, _, db = path.partition("/")
+    try:
+        sentinels = [(host, int(port)) for host, _, port in
+                     (entry.rpartition(":") for entry in hosts.split(","))]
+    except ValueError:
+        raise ValueError(f"{SENTINEL_SCHEME}: expected HOST:PORT[,HOST:PORT…]/SERVICE[/DB], "
+                         f"got {hosts!r}") from None
+    if not service or not sentinels:
+        raise ValueError(f"{SENTINEL_SCHEME}: expected HOST:PORT[,HOST:PORT…]/SERVICE[/DB]")
+    sentinel = Sentinel(sentinels, sentinel_kwargs={"password": password, "socket_timeout": 2},
+                        password=password, **options)
+    return sentinel.master_for(service, db=int(db or 0))
 
 
 def job_id(queue: str, notification: Notification) -> str:

@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from bridge.local_server import LocalServer
 from bridge.redis_embedded import EmbeddedRedis
 from bridge.web import create_app
-from tests.conftest import Bridge, faults, signed_order, stats, texts
+from tests.conftest import Bridge, faults, free_port, signed_order, stats, texts
 from tests.test_e2e import ROOT, clean_env
 
 
@@ -171,3 +171,47 @@ def test_jobs_queued_before_a_redis_restart_are_delivered_after_it(own_redis, wr
     own_redis.restart()
     b.drain()
     assert texts(fake_pumble) == [f"queued {number}" for number in range(5)]
+
+
+def test_two_receivers_and_two_workers_share_one_redis(bridge, fake_pumble):
+    """The standard scale-out: any number of receivers and workers on one Redis. Each webhook
+    is sent to both receivers (a shop retrying through a load balancer): every order is posted
+    exactly once."""
+    b = bridge()
+    ports = [free_port(), free_port()]
+    receivers = [subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--config", str(b.path), "serve", "--port", str(port),
+         "--workers", "1", "--threads", "4"], cwd=ROOT, env=clean_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for port in ports]
+    workers = [worker_process(b.path) for _ in range(2)]
+    try:
+        for port in ports:
+            wait_for(lambda port=port: _answers(f"http://127.0.0.1:{port}/readyz"), 30,
+                     "a receiver to be ready")
+        numbers = range(20_000, 20_040)
+        for number in numbers:
+            body, headers = signed_order(number, webhook_id=f"scale-{number}")
+            answers = {httpx.post(f"http://127.0.0.1:{port}/webhooks/shop", content=body,
+                                  headers=headers).status_code for port in ports}
+            assert answers == {202, 200}  # one accepted it, the other saw a re-delivery
+        wait_for(lambda: len(texts(fake_pumble)) >= len(numbers), 60, "every order posted")
+        time.sleep(1)  # a duplicate, if any, would show up now
+        seen = Counter(int(n) for text in texts(fake_pumble)
+                       for n in re.findall(r"New order #(\d+)", text))
+        assert seen == Counter(numbers)
+    finally:
+        for process in (*receivers, *workers):
+            process.terminate()
+        for process in (*receivers, *workers):
+            try:
+                process.wait(30)
+            finally:
+                kill(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
