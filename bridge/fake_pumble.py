@@ -74,6 +74,8 @@ Control endpoints under ``/_fake/`` are not Pumble's and need no key:
   unless ``bot_member``) or sets an existing one's bot membership; answers its listChannels
   entry ``{channel, users}``;
 - ``GET|POST|DELETE /_fake/faults``: read, merge in, or clear the faults; answers them;
+- ``GET /_fake/[?channel=NAME]``: the messages as a person would see them in a channel (HTML;
+  replies indented under their root, reactions below);
 - ``GET /_fake/stats``: ``{requests, rate_limited, failed, dropped}``: API requests that reached
   the fault stage (key accepted) and how many each fault refused or dropped, since start or the
   last reset or clear of the faults;
@@ -92,7 +94,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, render_template_string, request
 
 from bridge.fake_pumble_state import (
     ADDON_BOT_ID,
@@ -309,6 +311,11 @@ def create_fake_pumble(
             plan.clear()
         return jsonify(plan.current().as_json())
 
+    @app.get("/_fake/")
+    def control_view():
+        return render_template_string(CHANNEL_VIEW, emoji=EMOJI, messages=workspace.posted(
+            request.args.get("channel", "")))
+
     @app.get("/_fake/stats")
     def control_stats():
         counts = plan.counts
@@ -376,3 +383,38 @@ def drop_connection() -> None:
     with contextlib.suppress(OSError):  # the client may be gone already
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+# A few reactions drawn as Pumble draws them; others show their code.
+EMOJI = {":white_check_mark:": "✅", ":x:": "❌", ":tada:": "🎉", ":+1:": "👍", ":grin:": "😁",
+         ":eyes:": "👀", ":package:": "📦", ":warning:": "⚠️"}
+
+# What a person sees: messages as in a chat window (autoescaped; the text is shown as sent).
+CHANNEL_VIEW = """<!doctype html>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>fake Pumble</title>
+<style>
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d1c1d; }
+header { background: #1f2a44; color: #fff; padding: 10px 16px; font-weight: 600; }
+main { max-width: 760px; margin: 0 auto; padding: 12px; }
+.msg { background: #fff; border-radius: 8px; padding: 10px 14px; margin: 8px 0;
+       box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.reply { margin-left: 36px; border-left: 3px solid #b6c2e2; }
+.who { font-weight: 700; } .when, .chan { color: #6b6f76; font-size: 13px; margin-left: 6px; }
+.text { white-space: pre-wrap; margin-top: 4px; }
+.reaction { display: inline-block; background: #eef1f8; border-radius: 10px; padding: 1px 8px;
+            margin-top: 6px; font-size: 13px; }
+</style></head><body>
+<header>fake Pumble · {{ messages | length }} message(s)</header><main>
+{% for m in messages %}
+<div class="msg{% if m.threadReplyInfo %} reply{% endif %}">
+  <span class="who">{{ "Pumble Bridge (bot)" if m.authorAppId else "Key owner" }}</span>
+  <span class="chan">#{{ m.channel }}</span><span class="when">{{ m.timestamp }}</span>
+  <div class="text">{{ m.text }}</div>
+  {% for r in m.reactions %}
+  <span class="reaction">{{ emoji.get(r.code, r.code) }}</span>
+  {% endfor %}
+</div>
+{% endfor %}
+</main></body></html>
+"""

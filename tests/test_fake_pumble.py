@@ -14,6 +14,7 @@ import pytest
 
 from bridge.fake_pumble import Faults, create_fake_pumble
 from bridge.local_server import LocalServer
+from tests.conftest import TEST_KEY
 
 KEY, OTHER_KEY = "key-one-0123456789abcdef", "key-two-0123456789abcdef"
 HEX_ID = re.compile(r"[0-9a-f]{24}")
@@ -538,3 +539,12 @@ def test_reset_clears_messages_extra_channels_and_faults(fake):
     assert fake.entry("orders")["channel"]["id"] == orders_id
     assert len(fake.entry("orders")["users"]) == 2  # the bot is back
     assert fake.control.get("/faults").json()["fail_next"]["count"] == 0
+
+
+def test_the_channel_view_shows_messages_as_sent_escaped(fake_pumble):
+    httpx.post(f"{fake_pumble.url}/sendMessage", headers={"ApiKey": TEST_KEY},
+               json={"channel": "orders", "text": "<b>Ada</b> & co", "asBot": True})
+    page = httpx.get(f"{fake_pumble.url}/_fake/", params={"channel": "orders"})
+    assert page.status_code == 200
+    assert "&lt;b&gt;Ada&lt;/b&gt; &amp; co" in page.text
+    assert "1 message(s)" in page.text
