@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = command("worker", cmd_worker, "run the delivery worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run N worker processes, restarted if one dies (default 1; "
+                             "about one per core: docs/delivery.md)")
     worker.add_argument("--maintenance-interval", type=int, default=None, metavar="SECONDS",
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
@@ -190,11 +193,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if config.pumble.api_key is None:
         raise CommandError("no Pumble API key: set pumble.api_key in the config or "
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
+    if args.processes < 1:
+        raise CommandError("--processes must be 1 or more")
     with _redis_url(config) as redis_url:
+        if args.processes > 1:
+            return _supervise_workers(args, config, redis_url)
         options = {"maintenance_interval": args.maintenance_interval} \
             if args.maintenance_interval else {}
         run_worker(config, redis_url, burst=args.burst, **options)
     return 0
+
+
+def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str) -> int:
+    """N single worker processes; one that dies is started again (in --burst mode, each runs
+    until the queue is empty). SIGTERM reaches each, which finishes its current send."""
+    command = [sys.executable, "-m", "bridge", "--config", str(config.path), "worker"]
+    if args.burst:
+        command.append("--burst")
+    if args.maintenance_interval:
+        command += ["--maintenance-interval", str(args.maintenance_interval)]
+    env = dict(os.environ, REDIS_URL=redis_url)
+    stop = threading.Event()
+    _stop_on_signal(stop)
+    children = [_spawn(command, env) for _ in range(args.processes)]
+    failed = 0
+    while not stop.wait(0.5):
+        for index, child in enumerate(children):
+            code = child.poll()
+            if code is None or (args.burst and code == 0):
+                continue
+            failed += 1
+            log.error("worker process %d exited (code %s); starting it again", child.pid, code)
+            children[index] = _spawn(command, env)
+        if args.burst and all(child.poll() == 0 for child in children):
+            return 0
+    for child in children:  # all at once, and once: a second SIGTERM cuts a send short
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        _wait_or_kill("worker", child)
+    return 1 if failed and args.burst else 0
 
 
 def cmd_fake_pumble(args: argparse.Namespace) -> int:
@@ -267,12 +305,18 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 def _terminate(name: str, child: subprocess.Popen[bytes], grace: float = 40.0) -> None:
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)  # the worker finishes its current send first
+    _wait_or_kill(name, child, grace)
+
+
+def _wait_or_kill(name: str, child: subprocess.Popen[bytes], grace: float = 40.0) -> None:
     try:
         child.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         log.warning("the %s process did not stop in %.0fs; killing it", name, grace)
-        child.kill()
-        child.wait()
+    # Its whole group: a worker forks rq's scheduler, which must not outlive it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def cmd_send_sample(args: argparse.Namespace) -> int:

@@ -215,3 +215,37 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_worker_processes_share_the_queue_and_a_dead_one_is_replaced(bridge, fake_pumble):
+    b = bridge()
+    for number in range(30):
+        b.enqueue(f"order #{number}", digest=False)
+    supervisor = worker_process(b.path, "--processes", "2")
+    try:
+        wait_for(lambda: len(texts(fake_pumble)) == 30, 60, "every message")
+        children = _children(supervisor.pid)
+        assert len(children) == 2
+        os.killpg(children[0], signal.SIGKILL)
+        wait_for(lambda: len(_children(supervisor.pid)) == 2
+                 and children[0] not in _children(supervisor.pid), 20, "a replacement")
+        b.enqueue("after the replacement")
+        wait_for(lambda: len(texts(fake_pumble)) == 31, 30, "the next message")
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+    finally:
+        kill(supervisor)
+    assert sorted(texts(fake_pumble)) == sorted([f"order #{n}" for n in range(30)]
+                                                + ["after the replacement"])
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes a supervisor started (each leads its own process group)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and os.getpgid(int(entry.name)) == int(entry.name):
+                    found.append(int(entry.name))
+    return found

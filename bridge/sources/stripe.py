@@ -99,7 +99,7 @@ class StripeSource(Source):
         order = customer = shipping = refund = payment = None
         if topic == "checkout.session.completed":
             order, customer = _order(obj, livemode), _customer(obj.get("customer_details"))
-            details = obj.get("collected_information") or {}
+            details = fields.mapping(obj.get("collected_information"))
             shipping = _shipping(obj.get("shipping_details") or details.get("shipping_details"))
         elif topic.startswith("payment_intent."):
             # A failed intent received nothing: its amount is what was asked for.
@@ -119,7 +119,7 @@ class StripeSource(Source):
             customer = _customer({"name": obj.get("customer_name"),
                                   "email": obj.get("customer_email")})
         elif topic.startswith("customer.subscription."):
-            reason = (obj.get("cancellation_details") or {}).get("reason")
+            reason = fields.mapping(obj.get("cancellation_details")).get("reason")
             payment = _payment(obj, _recurring_amount(obj), fields.text(reason))
         return Event(
             id=fields.text(payload.get("id")) or request.body_digest(),
@@ -172,9 +172,9 @@ def _money(value: Any, currency: str) -> Decimal | None:
 def _order(session: dict[str, Any], livemode: bool) -> Order:
     session_id = fields.text(session.get("id"))
     currency = fields.text(session.get("currency"))
-    metadata = session.get("metadata") or {}
+    metadata = fields.mapping(session.get("metadata"))
     number = fields.text(metadata.get("order_number")) or session_id
-    line_items = session.get("line_items") or {}  # only there when the sender expanded it
+    line_items = fields.mapping(session.get("line_items"))  # only there when the sender expanded it
     return Order(
         id=session_id,
         number=number,
@@ -188,10 +188,10 @@ def _order(session: dict[str, Any], livemode: bool) -> Order:
             LineItem(
                 name=fields.text(item.get("description")),
                 quantity=fields.integer(item.get("quantity")) or 1,
-                sku=fields.text((item.get("price") or {}).get("id")),
-                price=_money((item.get("price") or {}).get("unit_amount"), currency),
+                sku=fields.text(fields.mapping(item.get("price")).get("id")),
+                price=_money(fields.mapping(item.get("price")).get("unit_amount"), currency),
             )
-            for item in line_items.get("data") or []
+            for item in fields.records(line_items.get("data"))
             if isinstance(item, dict)
         ),
         admin_url=_admin_url(fields.text(session.get("payment_intent")), livemode),
@@ -243,9 +243,9 @@ def _refund(charge: dict[str, Any]) -> Refund:
 def _recurring_amount(subscription: dict[str, Any]) -> int | None:
     """What the subscription bills each period: the sum of its items' unit price × quantity."""
     amounts = [
-        (fields.integer((item.get("price") or {}).get("unit_amount")),
+        (fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
          fields.integer(item.get("quantity")))
-        for item in (subscription.get("items") or {}).get("data") or []
+        for item in fields.records(fields.mapping(subscription.get("items")).get("data"))
         if isinstance(item, dict)
     ]
     if not amounts or any(unit is None for unit, _ in amounts):

@@ -245,7 +245,7 @@ def _payment(payload: dict[str, Any], order: Order) -> Payment | None:
 
 def _refund(payload: dict[str, Any], order: Order) -> Refund:
     # Refund totals are negative in the order's "refunds" list; without one, all was refunded.
-    refunds = [r for r in payload.get("refunds") or [] if isinstance(r, dict)]
+    refunds = fields.records(payload.get("refunds"))
     amounts = [abs(a) for a in (fields.amount(r.get("total")) for r in refunds) if a is not None]
     reason = next((fields.text(r.get("reason")) for r in refunds if r.get("reason")), "")
     total = sum(amounts, Decimal(0)) if amounts else order.total
