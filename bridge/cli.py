@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from bridge import samples
+from bridge import logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_tools import add_tools_commands, check_online
@@ -45,10 +45,7 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "werkzeug"):  # a line per request; our own logs say what matters
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.setup()  # JSON lines unless stderr is a terminal (BRIDGE_LOG_FORMAT), secrets masked
     try:
         return args.command(args) or 0
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
@@ -134,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
 # -- helpers -----------------------------------------------------------------------------------
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(config_path(getattr(args, "config", None)))
+    config = load_config(config_path(getattr(args, "config", None)))
+    logs.redact_secrets(config)  # its keys and secrets never reach a log line
+    return config
 
 
 def _port(args: argparse.Namespace) -> int:
@@ -169,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     port = _port(args)
+    metrics.enable_multiprocess()  # before any metric: the gunicorn workers count together
     with _redis_url(config) as redis_url:
         app = create_app(config, redis_url)  # fails here, once, on a bad config
         if args.dev:
@@ -182,6 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "worker_class": "gthread",
             "accesslog": "-",
+            "logger_class": logs.gunicorn_logger_class(),  # its lines formatted like ours
+            "child_exit": metrics.gunicorn_child_exit,
         }).run()
     return 0
 
@@ -195,6 +197,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
     if args.processes < 1:
         raise CommandError("--processes must be 1 or more")
+    metrics.enable_multiprocess()  # counted with the receiver's processes, served by /metrics
     with _redis_url(config) as redis_url:
         if args.processes > 1:
             return _supervise_workers(args, config, redis_url)
@@ -258,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     Pipeline.from_config(config)  # refuse a bad config before starting anything
     port = _port(args)
+    metrics.enable_multiprocess()  # the children inherit the directory through the environment
     stop = threading.Event()
     _stop_on_signal(stop)
     with contextlib.ExitStack() as stack:

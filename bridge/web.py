@@ -14,8 +14,9 @@ import threading
 import time
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
+from bridge import logs, metrics
 from bridge.activity import Activity
 from bridge.config import Config
 from bridge.dlq import DeadLetters
@@ -32,7 +33,11 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
     SIGHUP); ``redis`` and ``receiver`` settings are read once, at start."""
-    pipelines = Reloader(config, Pipeline.from_config)
+    def build(new: Config) -> Pipeline:
+        logs.redact_secrets(new)  # a reloaded config may bring a new (rotated) secret
+        return Pipeline.from_config(new)
+
+    pipelines = Reloader(config, build)
     if watch:
         pipelines.start()
         _reload_on_sighup(pipelines)
@@ -52,6 +57,18 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     def too_large(_error: Exception):
         return error(413, f"body larger than {config.receiver.max_body_bytes} bytes")
 
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count_webhook(response):  # every answer of receive(), the 413 included
+        if request.endpoint == "receive":
+            started = g.get("started") or time.perf_counter()
+            metrics.webhook_answered(g.get("source"), g.get("event_type"),
+                                     response.status_code, time.perf_counter() - started)
+        return response
+
     @app.post("/webhooks/<source_name>")
     def receive(source_name: str):
         received_at = time.time()
@@ -59,30 +76,34 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         source = pipeline.sources.get(source_name)
         if source is None:
             return error(404, f"no source named {source_name!r} in the config")
+        g.source = source_name
+        context = {"source": source_name}
         webhook = WebhookRequest.of(request.headers, request.get_data(cache=False))
         if source.is_ping(webhook):
-            log.info("source %s: set-up ping answered", source_name)
+            log.info("source %s: set-up ping answered", source_name, extra=context)
             return jsonify({"ping": True}), 200
         try:
             source.verify(webhook)
         except SignatureError as exc:
-            log.warning("source %s: rejected: %s", source_name, exc)
+            log.warning("source %s: rejected: %s", source_name, exc, extra=context)
             return error(401, str(exc))
         if "json" not in (request.mimetype or "json"):
             return error(400, f"expected a JSON body, got Content-Type {request.mimetype}")
         try:
             event = source.parse(webhook)
         except PayloadError as exc:
-            log.warning("source %s: bad payload: %s", source_name, exc)
+            log.warning("source %s: bad payload: %s", source_name, exc, extra=context)
             return error(400, str(exc))
         except Exception:  # a payload shaped like nothing the normaliser knows: never a 500
-            log.exception("source %s: payload could not be read", source_name)
+            log.exception("source %s: payload could not be read", source_name, extra=context)
             return error(400, "the payload could not be read")
+        g.event_type = event.type
+        context.update(event_id=event.id, event_type=event.type)
 
         try:
             if queue.seen(source_name, event.id):
                 log.info("event %s from %s: re-delivery, already accepted", event.id,
-                         source_name)
+                         source_name, extra=context)
                 activity.record(event_id=event.id, source=source_name, event_type=event.type,
                                 received_at=received_at, notifications=[], failures=[],
                                 duplicate=True)
@@ -91,20 +112,25 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             if dispatch.notifications or dispatch.failures:
                 queue.store_event(source_name, event.id, event.type,
                                   source.keepable_headers(webhook), webhook.body)
-            enqueued = sum(queue.enqueue(n) for n in dispatch.notifications)
+            enqueued = 0
+            for notification in dispatch.notifications:
+                if queue.enqueue(notification):
+                    enqueued += 1
+                    metrics.enqueued(notification.route)
             for failure in dispatch.failures:  # a template failed: a dead letter at once
                 dead_letters.add(failure.notification, failure.reason)
+                metrics.dead_lettered(failure.notification.route)
             queue.mark_seen(source_name, event.id, dedupe_window)
             activity.record(event_id=event.id, source=source_name, event_type=event.type,
                             received_at=received_at, notifications=dispatch.notifications,
                             failures=[failure.reason for failure in dispatch.failures])
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
-                      type(exc).__name__)
+                      type(exc).__name__, extra=context)
             body = {"error": "cannot store the event right now; retry later"}
             return jsonify(body), 503, {"Retry-After": "5"}
         log.info("event %s %s from %s: %d notification(s), %d enqueued", event.id, event.type,
-                 source_name, len(dispatch.notifications), enqueued)
+                 source_name, len(dispatch.notifications), enqueued, extra=context)
         # Every job already there: a re-delivery that raced the first one, or outlived the
         # dedupe marker but not the jobs.
         duplicate = bool(dispatch.notifications) and enqueued == 0
@@ -128,6 +154,11 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
         return jsonify({"status": "ok", "redis": "ok", "config": str(config.path)})
+
+    @app.get("/metrics")
+    def prometheus_metrics():  # every process of this machine (bridge.metrics), and the queue
+        body, content_type = metrics.exposition(queue.rq)
+        return body, 200, {"Content-Type": content_type}
 
     app.config["reloader"] = pipelines
     return app
