@@ -86,19 +86,22 @@ class Pipeline:
 
     def dispatch(self, event: Event, received_at: float) -> Dispatch:
         result = Dispatch()
+        rendered: dict[int, str] = {}
         for route in self.router.match(event):
             try:
-                result.notifications.append(self.notification(route, event, received_at))
+                result.notifications.append(self.notification(route, event, received_at,
+                                                              rendered))
             except RenderError as exc:
                 log.error("event %s: %s", event.id, exc)
                 unrendered = _notification(route, event, received_at, route.channel, "")
                 result.failures.append(Failure(unrendered, str(exc)))
         return result
 
-    def notification(self, route: RouteSettings, event: Event,
-                     received_at: float) -> Notification:
-        """One route's notification for an event; RenderError if its template fails."""
-        message = self.renderer.render(route, event)
+    def notification(self, route: RouteSettings, event: Event, received_at: float,
+                     rendered: dict[int, str] | None = None) -> Notification:
+        """One route's notification for an event; RenderError if its template fails.
+        ``rendered``: texts already made for this event (see Renderer.render)."""
+        message = self.renderer.render(route, event, rendered)
         return _notification(route, event, received_at, message.channel, message.text)
 
     def render_again(self, notification: Notification, source: str,

@@ -86,14 +86,21 @@ class Renderer:
         if problems:
             raise ValueError("\n".join(problems))
 
-    def render(self, route: RouteSettings, event: Event) -> RenderedMessage:
+    def render(self, route: RouteSettings, event: Event,
+               rendered: dict[int, str] | None = None) -> RenderedMessage:
+        """``rendered``: texts this event already gave, by template, from other routes; one
+        dispatch renders a template that several routes share once (templates are pure)."""
         names = sandbox.scope(self._env, event)
         body = self._bodies.get(route.name)
         if body is None:  # not `or`: a text without Jinja syntax is kept as a str, maybe ""
             body = self._files.get(template_for(event.type)) or self._files[FALLBACK_TEMPLATE]
         try:
             channel = _render(self._channels[route.name], names).strip()
-            text = _render(body, names).strip()
+            text = rendered.get(id(body)) if rendered is not None else None
+            if text is None:
+                text = _render(body, names).strip()
+                if rendered is not None:
+                    rendered[id(body)] = text
         except Exception as exc:  # a template or a filter failing on this event's data
             raise RenderError(f"route {route.name!r}: {type(exc).__name__}: {exc}") from None
         if not channel:
