@@ -37,6 +37,7 @@ import redis
 from rq import Retry, get_current_job
 from rq.job import Job
 
+from bridge import metrics
 from bridge.config import Config, config_path, load_config
 from bridge.digest import digest_text
 from bridge.notification import Notification
@@ -137,10 +138,17 @@ class Attempt:
     deliverer: Deliverer
     job: Job
     notification: Notification
+    answered_at: float = 0.0  # when Pumble answered this attempt's send, if it sent
 
     @property
     def meta(self) -> dict[str, Any]:
         return self.job.meta
+
+    def context(self, **more: Any) -> dict[str, Any]:
+        """Fields for the log lines (``extra=``): one event can be followed to its message."""
+        n = self.notification
+        return {"event_id": n.event_id, "event_type": n.event_type, "source": n.source,
+                "route": n.route, "job_id": self.job.id, **more}
 
     def run(self) -> dict[str, Any] | Retry:
         try:
@@ -155,8 +163,12 @@ class Attempt:
             raise
         except RateLimitTimeout as exc:
             log.info("job %s (route %s): %s; trying again shortly", self.job.id,
-                     self.notification.route, exc)
+                     self.notification.route, exc, extra=self.context())
+            metrics.delivery(self.notification.route, "waiting")
             return self._wait(max(1, math.ceil(exc.retry_after)))
+        except Exception:
+            metrics.delivery(self.notification.route, "error")  # rq's crash retries take over
+            raise
 
     # -- the steps -------------------------------------------------------------------------------
 
@@ -171,7 +183,8 @@ class Attempt:
                                       d.settings.digest.max_items)
         if claim.owner:
             log.info("job %s (route %s): delivered in job %s's digest", self.job.id, n.route,
-                     claim.owner)
+                     claim.owner, extra=self.context())
+            metrics.delivery(n.route, "in_digest")
             return {"in_digest_of": claim.owner}
         members = self._members(claim.members)
         text = digest_text([n, *members]) if members else n.text
@@ -180,6 +193,7 @@ class Attempt:
         if n.reply and n.thread_key:
             known = d.queue.roots.get(n)
             if known is True or (known is None and age < d.settings.thread_wait):
+                metrics.delivery(n.route, "waiting")
                 return self._wait(WAIT_INTERVAL)
             root = known if isinstance(known, Root) else None
 
@@ -194,7 +208,12 @@ class Attempt:
         if members:
             result["digest"] = len(members) + 1
         log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
-                 n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "")
+                 n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
+                 extra=self.context(message_id=ref.id))
+        metrics.delivery(n.route, "sent")
+        if self.answered_at:
+            for member in (n, *members):
+                metrics.end_to_end(n.route, member.received_at, self.answered_at)
         return result
 
     def _members(self, job_ids: tuple[str, ...]) -> list[Notification]:
@@ -219,7 +238,7 @@ class Attempt:
             found = find_posted(client, n.channel, text, maybe_sent_at)
             if found:
                 log.info("job %s: an earlier attempt did post it (message %s): not sending "
-                         "again", self.job.id, found.id)
+                         "again", self.job.id, found.id, extra=self.context(message_id=found.id))
                 return self._sent(found)
 
         attempts = int(self.meta.get("attempts", 0))
@@ -241,6 +260,7 @@ class Attempt:
         except PumbleError:
             self.meta.pop("maybe_sent_at", None)  # certainly not posted
             raise
+        self.answered_at = time.time()
         return self._sent(ref)
 
     def _post(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
@@ -256,7 +276,8 @@ class Attempt:
                                        max_wait=self.deliverer.max_slot_wait)
         try:
             client.create_channel(n.channel)
-            log.info("created channel #%s (route %s: create_channel)", n.channel, n.route)
+            log.info("created channel #%s (route %s: create_channel)", n.channel, n.route,
+                     extra=self.context())
         except PumbleValidationError:
             pass  # another worker created it a moment ago: the name is taken
         self.deliverer.limiter.acquire(n.account, "messages",
@@ -295,7 +316,9 @@ class Attempt:
         self.job.save_meta()
         log.warning("job %s (route %s): %s; attempt %d of %d in %ds", self.job.id,
                     self.notification.route, self.meta["last_error"], attempts + 1,
-                    settings.max_attempts, math.ceil(delay))
+                    settings.max_attempts, math.ceil(delay), extra=self.context())
+        metrics.delivery(self.notification.route, "retry")
+        metrics.retry(self.notification.route, type(error).__name__)
         return self._wait(max(1, math.ceil(delay)))
 
     def _wait(self, seconds: int) -> Retry:
@@ -314,7 +337,9 @@ class Attempt:
         if n.starts_thread and not self.meta.get("sent"):
             queue.roots.give_up(n)  # replies waiting for this one go out alone
         log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
-                  n.route, reason)
+                  n.route, reason, extra=self.context())
+        metrics.delivery(n.route, "dead_lettered")
+        metrics.dead_lettered(n.route)
 
 
 def find_posted(client: PumbleClient, channel: str, text: str, since: float) -> MessageRef | None:

@@ -52,6 +52,8 @@ from typing import Any
 
 import redis
 
+from bridge import metrics
+
 OVERALL = "requests"
 _KIND_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MICROS = 1_000_000
@@ -217,8 +219,10 @@ class RateLimiter:
         while True:
             wait = self.try_acquire(account, kind)
             if wait <= 0:
+                metrics.ratelimit_wait(kind, waited)
                 return waited
             if max_wait is not None and waited + wait > max_wait:
+                metrics.ratelimit_wait(kind, waited)  # waited, then gave up: time lost all the same
                 raise RateLimitTimeout(account, kind, wait, waited, max_wait)
             self._sleep(wait)
             waited += wait

@@ -1,0 +1,217 @@
+"""Log lines: one JSON object a line for machines, plain text for a person; no secret written.
+
+Format: JSON when stderr is not a terminal (a service manager, a container, a file), text when
+it is; ``BRIDGE_LOG_FORMAT=json`` or ``text`` decides instead. A JSON line has ``time`` (UTC,
+ISO 8601, milliseconds), ``level``, ``logger`` and ``message``, then, where the code knows
+them, ``event_id``, ``event_type``, ``source``, ``route``, ``job_id`` and ``message_id``
+(passed with ``extra=``), and ``exception`` with the traceback. The receiver's line names the
+event's ``event_id`` and ``source``; the worker's lines name the same ``event_id`` with the
+``job_id``, the ``route`` and, once sent, Pumble's ``message_id``: filtering on one
+``event_id`` follows a webhook from receipt to the message. gunicorn's own lines (start-up,
+the access log) go through the same handler.
+
+Secrets: every value the config holds as a secret (Pumble keys, webhook signing secrets,
+source API tokens, the admin token, the Redis password) is replaced by ``[redacted]`` in any
+line, its arguments, its context fields and its traceback, should a bug or a library ever log
+one. ``redact_secrets(config)`` adds a config's secrets; the CLI calls it whenever it loads one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, SecretStr
+
+from bridge.config import Config
+
+FORMAT_ENV = "BRIDGE_LOG_FORMAT"
+FORMATS = ("json", "text")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTEXT = ("event_id", "event_type", "source", "route", "job_id", "message_id")
+MASK = "[redacted]"
+CHATTY = ("httpx", "werkzeug")  # a line per request; our own lines say what matters
+# Keys of a source's platform options that hold credentials (bigcommerce's api_token, …).
+_SECRET_OPTION = re.compile(r"token|secret|password|api_?key", re.IGNORECASE)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in CONTEXT:
+            value = getattr(record, key, None)
+            if value not in (None, ""):
+                entry[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class Redactor(logging.Filter):
+    """Replaces known secret values in everything a record will print. Install it on handlers
+    (a filter on a logger does not see records propagated from its children)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        with self._lock:
+            known = self._secrets | {s for s in secrets if s}
+            if known != self._secrets:
+                self._secrets = known
+                # Longest first: a secret containing another is masked whole.
+                self._pattern = re.compile("|".join(
+                    re.escape(s) for s in sorted(known, key=len, reverse=True)))
+
+    def redact(self, text: str) -> str:
+        pattern = self._pattern
+        return pattern.sub(MASK, text) if pattern is not None else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is None:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit: print them, masked, not a traceback
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = self.redact(message), None
+        for key in CONTEXT:
+            value = getattr(record, key, None)
+            if isinstance(value, str):
+                setattr(record, key, self.redact(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+REDACTOR = Redactor()
+
+
+def config_secrets(config: Config) -> set[str]:
+    """Every secret value in a config: its SecretStr fields wherever they are, credential-like
+    keys of the sources' platform options, and the password in the Redis URL."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, str) and _SECRET_OPTION.search(str(key)):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(config)
+    if config.redis.url:
+        try:
+            password = urlsplit(config.redis.url).password
+        except ValueError:
+            password = None
+        if password:
+            found.add(password)
+    found.discard("")
+    return found
+
+
+def redact_secrets(config: Config, redactor: Redactor = REDACTOR) -> None:
+    """From now on, mask this config's secrets in every line the handler writes."""
+    redactor.add(config_secrets(config))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
+def choose_format(stream: IO[str], environ: Mapping[str, str] = os.environ) -> str:
+    """``BRIDGE_LOG_FORMAT`` if it says json or text, else text on a terminal, else json."""
+    chosen = (environ.get(FORMAT_ENV) or "").strip().lower()
+    if chosen in FORMATS:
+        return chosen
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"
+
+
+def setup(*, stream: IO[str] | None = None, fmt: str | None = None, level: int = logging.INFO,
+          force: bool = False, redactor: Redactor = REDACTOR) -> logging.Handler | None:
+    """Log to stderr (or ``stream``) as JSON or text (``fmt``, else ``choose_format``), with
+    secrets masked. Like ``logging.basicConfig``, leaves alone a process whose logging was set
+    up by someone else (a test runner, an application embedding the bridge) unless ``force``;
+    calling it again replaces the handler it installed. Returns the handler, or None."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_bridge_handler", False)]
+    if root.handlers and not ours and not force:
+        return None
+    for handler in ours:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    fmt = fmt or choose_format(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(redactor)
+    handler._bridge_handler = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    for chatty in CHATTY:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return handler
+
+
+def gunicorn_logger_class() -> type:
+    """gunicorn's logger, sending its error and access lines to the root handler (so they are
+    formatted and masked like ours) instead of its own handlers."""
+    from gunicorn.glogging import Logger
+
+    class BridgeGunicornLogger(Logger):
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for gunicorn_log in (self.error_log, self.access_log):
+                for handler in list(gunicorn_log.handlers):
+                    if getattr(handler, "_gunicorn", False):
+                        gunicorn_log.removeHandler(handler)
+                gunicorn_log.propagate = True
+
+    return BridgeGunicornLogger

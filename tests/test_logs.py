@@ -1,0 +1,183 @@
+"""Log lines: JSON with the event's ids from receipt to Pumble's message id; secrets masked in
+every line, whatever logs them; text on a terminal, JSON elsewhere, BRIDGE_LOG_FORMAT first."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from bridge import logs
+from bridge.config import load_config
+from bridge.web import create_app
+from tests.conftest import TEST_KEY, TEST_SECRET, signed_order
+from tests.test_e2e import ROOT, clean_env
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+API_TOKEN = "bigcommerce-api-token-42"
+REDIS_PASSWORD = "redis-pass-987"
+SECRETS = (TEST_KEY, TEST_SECRET, ADMIN_TOKEN, API_TOKEN, REDIS_PASSWORD)
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logs.Redactor]]:
+    """The bridge's own handler, writing JSON into a buffer, with a redactor of its own (the
+    process-wide one keeps the secrets of every config this test session loaded)."""
+    stream, redactor = io.StringIO(), logs.Redactor()
+    root = logging.getLogger()
+    level = root.level
+    handler = logs.setup(stream=stream, fmt="json", force=True, redactor=redactor)
+    try:
+        yield stream, redactor
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_json_line_has_its_fields():
+    record = logging.LogRecord("bridge.delivery", logging.WARNING, __file__, 1,
+                               "job %s: %s", ("n-1", "ü \"quoted\""), None)
+    record.event_id, record.route, record.job_id = "evt-1", "big-orders", "n-1"
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line == {"time": line["time"], "level": "WARNING", "logger": "bridge.delivery",
+                    "message": 'job n-1: ü "quoted"', "event_id": "evt-1",
+                    "route": "big-orders", "job_id": "n-1"}
+    assert line["time"].endswith("Z") and line["time"][10] == "T"
+
+
+def test_an_event_is_followed_from_receipt_to_its_message_id(captured, bridge, fake_pumble,
+                                                             redis_url):
+    stream, _redactor = captured
+    b = bridge()
+    client = create_app(b.config, redis_url, watch=False).test_client()
+    body, headers = signed_order(8001, webhook_id="wh-followed")
+    assert client.post("/webhooks/shop", data=body, headers=headers).status_code == 202
+    b.drain()
+    [message] = fake_pumble.messages()
+
+    followed = [line for line in lines(stream) if line.get("event_id") == "wh-followed"]
+    received, delivered = followed[0], followed[-1]
+    assert received["logger"] == "bridge.web" and received["source"] == "shop"
+    assert received["event_type"] == "order.created" and received["level"] == "INFO"
+    assert delivered["logger"] == "bridge.delivery"
+    assert delivered["message_id"] == message["id"]
+    assert delivered["route"] == "new-orders" and delivered["source"] == "shop"
+    assert delivered["job_id"].startswith("n-")
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines(stream))
+
+
+def _config_with_secrets(tmp_path):
+    path = tmp_path / "secrets.yaml"
+    path.write_text(yaml.safe_dump({
+        "pumble": {"api_key": TEST_KEY},
+        "redis": {"url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6399/0"},
+        "admin": {"token": ADMIN_TOKEN},
+        "sources": {"shop": {"type": "shopify", "secret": TEST_SECRET},
+                    "bc": {"type": "bigcommerce", "secret": "bc-secret-0001",
+                           "api_token": API_TOKEN, "store_hash": "abc123"}},
+    }))
+    return path
+
+
+def _log_by_mistake(log: logging.Logger) -> None:
+    log.info("calling Pumble with key %s", TEST_KEY)
+    log.warning(f"the secret is {TEST_SECRET}")
+    log.info("%(token)s", {"token": ADMIN_TOKEN})
+    log.info("route", extra={"route": API_TOKEN})
+    log.info("wrong arguments %d", REDIS_PASSWORD)  # does not format: still masked
+    try:
+        raise RuntimeError(f"connect failed: redis://:{REDIS_PASSWORD}@host key={TEST_KEY}")
+    except RuntimeError:
+        log.exception("failed")
+
+
+def test_configured_secrets_never_reach_a_line(captured, tmp_path):
+    stream, redactor = captured
+    config = load_config(_config_with_secrets(tmp_path), {})
+    assert set(SECRETS) <= logs.config_secrets(config)
+    logs.redact_secrets(config, redactor)
+    _log_by_mistake(logging.getLogger("bridge.test"))
+    written = stream.getvalue()
+    for secret in SECRETS:
+        assert secret not in written
+    assert written.count(logs.MASK) >= len(SECRETS)
+    assert lines(stream)[-1]["exception"].startswith("Traceback")
+
+
+def test_without_the_redactor_they_would(tmp_path):
+    """The control: the same mistakes, written without the filter, do show the secrets."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger("bridge.test.unfiltered")
+    log.addHandler(handler)
+    log.propagate, log.level = False, logging.INFO
+    try:
+        _log_by_mistake(log)
+    finally:
+        log.removeHandler(handler)
+    assert all(secret in stream.getvalue() for secret in SECRETS)
+
+
+def test_the_cli_masks_its_configs_secrets_and_writes_json_off_a_terminal(tmp_path):
+    path = _config_with_secrets(tmp_path)
+    code = ("import logging, sys; from bridge.cli import main; "
+            f"code = main(['--config', {str(path)!r}, 'check']); "
+            f"logging.getLogger('bridge.oops').warning('key %s secret %s', {TEST_KEY!r}, "
+            f"{TEST_SECRET!r}); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env={k: v for k, v in clean_env().items() if k != logs.FORMAT_ENV})
+    assert done.returncode == 0, done.stderr
+    [line] = [json.loads(text) for text in done.stderr.splitlines()]
+    assert line["message"] == f"key {logs.MASK} secret {logs.MASK}"
+    assert line["logger"] == "bridge.oops" and line["level"] == "WARNING"
+
+    as_text = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, env=clean_env(BRIDGE_LOG_FORMAT="text"))
+    assert as_text.stderr.rstrip().endswith(
+        f"WARNING bridge.oops: key {logs.MASK} secret {logs.MASK}")
+    assert TEST_KEY not in as_text.stderr + done.stderr
+
+
+def test_a_worker_process_writes_json_that_names_the_message(bridge, fake_pumble, tmp_path):
+    b = bridge()
+    notification = b.enqueue("order #8002")
+    env = clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    env.pop(logs.FORMAT_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "bridge", "--config", str(b.path), "worker",
+                           "--burst"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    [message] = fake_pumble.messages()
+    written = [json.loads(text) for text in done.stderr.splitlines()]  # every line is JSON
+    [delivered] = [line for line in written if line.get("message_id")]
+    assert delivered["message_id"] == message["id"]
+    assert delivered["event_id"] == notification.event_id
+    assert TEST_KEY not in done.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "environ", "chosen"), [
+    (_Terminal(), {}, "text"),
+    (io.StringIO(), {}, "json"),
+    (_Terminal(), {"BRIDGE_LOG_FORMAT": "json"}, "json"),
+    (io.StringIO(), {"BRIDGE_LOG_FORMAT": "text"}, "text"),
+    (io.StringIO(), {"BRIDGE_LOG_FORMAT": "yaml"}, "json"),  # not a format: the default
+])
+def test_the_format_follows_the_terminal_unless_told(stream, environ, chosen):
+    assert logs.choose_format(stream, environ) == chosen
