@@ -1,0 +1,440 @@
+"""The admin page: recent events, dead letters, routes, queue depth and rate limits, in a browser.
+
+Off unless an admin token is configured (``admin.token`` or ``BRIDGE_ADMIN_TOKEN``): without one
+the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With one:
+
+- A person signs in with the token on ``/admin/login`` and gets a session cookie (HttpOnly,
+  SameSite=Strict, path ``/admin``, Secure when the request came over HTTPS) that lasts
+  ``SESSION_TTL``. The session lives in Redis (``pumble-bridge:<queue>:admin:session:…``), keyed
+  by an HMAC of its id under the token: signing out deletes it, and a new token ends every
+  session at once. A script sends ``Authorization: Bearer <token>`` instead, and may ask for
+  JSON (``Accept: application/json``). Tokens are compared with ``hmac.compare_digest``; a wrong
+  one gets a plain 401, with no hint.
+- Every POST (the dead letters' Retry and Purge buttons, sign-out) carries the session's CSRF
+  token in a hidden field, checked in constant time. A request a browser marks as cross-site
+  (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an ``Origin`` naming
+  another host) is refused with 403, login included. Bearer requests need no CSRF field: a
+  browser cannot add that header to a cross-site request.
+- Pages are server-rendered Jinja (autoescaped), with inline CSS allowed by a per-response CSP
+  nonce and nothing else (no scripts, no external assets, no framing). Bodies over
+  ``MAX_FORM_BYTES`` are refused with 413. Responses are never cached.
+- Nothing secret is shown: routes show names, matches, channels, conditions and flags; rate
+  limits show account *names* ("default" and ``pumble.accounts``), never keys. A dead letter's
+  detail view shows its text and the stored webhook (kept without signature headers), behind
+  the token like everything else.
+
+Wiring (``bridge.web.create_app``)::
+
+    from bridge.admin import admin_blueprint, rate_limiter
+    app.register_blueprint(admin_blueprint(config, queue, pipelines,
+                                           rate_limiter(config, connection)))
+
+The blueprint needs nothing from the app (no ``secret_key``, its own templates), so it can as
+well be registered on a second Flask app served on ``admin.listen``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import jinja2
+import redis
+from flask import Blueprint, Response, abort, g, jsonify, redirect, request, url_for
+
+from bridge.activity import Activity
+from bridge.config import Config
+from bridge.dlq import DeadLetterRecord, DeadLetters
+from bridge.pipeline import Pipeline
+from bridge.queue import NotificationQueue
+from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
+from bridge.reload import Reloader
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "pumble_bridge_admin"
+SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
+MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
+RECENT_EVENTS = 50
+TEMPLATES = Path(__file__).resolve().parent / "admin_templates"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is echoed
+    "retried": "{count} dead letter(s) back on the queue.",
+    "purged": "{count} dead letter(s) deleted.",
+    "gone": "That dead letter is no longer there.",
+}
+
+
+def rate_limiter(config: Config, connection: redis.Redis) -> RateLimiter:
+    """The limiter the workers use (same namespace and limits), to read its state."""
+    limits = {**DEFAULT_LIMITS, **{kind: Limit(per_minute)
+                                   for kind, per_minute in config.delivery.rate_limits.items()}}
+    return RateLimiter(connection, config.redis.queue, limits)
+
+
+def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloader[Pipeline],
+                    limiter: RateLimiter, *, url_prefix: str = "/admin") -> Blueprint:
+    """The admin pages under ``url_prefix``, guarded by ``config.admin.token`` (read once: a new
+    token takes a restart). Routes, sources, accounts and the time zone follow ``pipelines``, the
+    receiver's live config."""
+    bp = Blueprint("admin", __name__, url_prefix=url_prefix)
+    if config.admin.token is None:
+        return bp  # off: no routes, every /admin URL is a 404
+    token = config.admin.token.get_secret_value().encode()
+    sessions = _Sessions(queue.rq.connection, queue.rq.name, token)
+    activity = Activity(queue)
+    letters = DeadLetters(queue)
+    env = _environment()
+
+    # -- guards ------------------------------------------------------------------------------
+
+    @bp.before_request
+    def guard():
+        request.max_content_length = MAX_FORM_BYTES
+        request.max_form_memory_size = MAX_FORM_BYTES
+        if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+            return page("message.html", 413, title="Too large",
+                        text="That request is larger than the admin page accepts.")
+        if request.method not in ("GET", "HEAD") and _cross_site():
+            log.warning("admin: cross-site %s %s refused", request.method, request.path)
+            return page("message.html", 403, title="Refused",
+                        text="This request did not come from the admin page.")
+        g.admin_bearer, g.admin_csrf = False, None
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, given = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not _same(given.strip().encode(), token):
+                log.warning("admin: wrong bearer token from %s", request.remote_addr)
+                return unauthorized()
+            g.admin_bearer = True
+        else:
+            g.admin_csrf = sessions.csrf(request.cookies.get(SESSION_COOKIE, ""))
+        if request.endpoint in ("admin.login", "admin.login_form"):
+            return None
+        if not g.admin_bearer and g.admin_csrf is None:
+            return unauthorized()
+        if request.method == "POST" and not g.admin_bearer:
+            given = request.form.get("csrf", "")
+            if not _same(given.encode(), g.admin_csrf.encode()):
+                log.warning("admin: POST %s without a valid CSRF token refused", request.path)
+                return page("message.html", 403, title="Refused",
+                            text="This form has expired. Go back, reload the page and try again.")
+        return None
+
+    @bp.after_request
+    def headers(response: Response) -> Response:
+        nonce = g.get("admin_nonce", "")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; "
+            + (f"style-src 'nonce-{nonce}'; " if nonce else "")
+            + "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would null Origin
+        response.vary.update(("Cookie", "Authorization"))
+        return response
+
+    @bp.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError):
+        log.error("admin: Redis error: %s", type(exc).__name__)
+        return page("message.html", 503, title="Redis unavailable",
+                    text="Redis cannot be reached right now; try again in a moment.")
+
+    def unauthorized():
+        if wants_json():
+            return jsonify({"error": "unauthorized"}), 401
+        return page("login.html", 401, title="Sign in", failed=False,
+                    next=_safe_next(request.full_path if request.method == "GET" else "",
+                                    bp.url_prefix or ""))
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def page(template: str, status: int = 200, **data: Any):
+        g.admin_nonce = secrets.token_urlsafe(16)
+        csrf = g.get("admin_csrf")
+        html = env.get_template(template).render(
+            **{"tab": "", "title": "Admin", **data}, nonce=g.admin_nonce, csrf=csrf,
+            signed_in=csrf is not None, url_for=url_for)
+        return Response(html, status, mimetype="text/html")
+
+    def respond(template: str, data: dict[str, Any], status: int = 200, **extra: Any):
+        """JSON for a script that asks for it, else the page; the same data either way."""
+        if wants_json():
+            return jsonify(data), status
+        return page(template, status, **data, **extra)
+
+    def wants_json() -> bool:
+        accept = request.accept_mimetypes
+        return accept.best_match(["text/html", "application/json"]) == "application/json"
+
+    def zone() -> tzinfo:
+        return ZoneInfo(pipelines.config.timezone)
+
+    def done(code: str, count: int = 0, status: int = 200):
+        if g.admin_bearer:
+            return jsonify({code: count}), status
+        return redirect(url_for("admin.dead_letters", done=code, count=count), 303)
+
+    # -- sign in and out ---------------------------------------------------------------------
+
+    @bp.get("/login")
+    def login_form():
+        if g.admin_bearer or g.admin_csrf is not None:
+            return redirect(url_for("admin.events"), 303)
+        return page("login.html", title="Sign in", failed=False,
+                    next=_safe_next(request.args.get("next", ""), bp.url_prefix or ""))
+
+    @bp.post("/login")
+    def login():
+        given = request.form.get("token", "")
+        target = _safe_next(request.form.get("next", ""), bp.url_prefix or "")
+        if not _same(given.encode(), token):
+            log.warning("admin: wrong token from %s", request.remote_addr)
+            return page("login.html", 401, title="Sign in", failed=True, next=target)
+        sessions.delete(request.cookies.get(SESSION_COOKIE, ""))  # signing in again: a new one
+        session_id = sessions.create()
+        response = redirect(target or url_for("admin.events"), 303)
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL,
+                            path=bp.url_prefix or "/", secure=request.is_secure, httponly=True,
+                            samesite="Strict")
+        log.info("admin: signed in from %s", request.remote_addr)
+        return response
+
+    @bp.post("/logout")
+    def logout():
+        sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
+        response = redirect(url_for("admin.login_form"), 303)
+        response.delete_cookie(SESSION_COOKIE, path=bp.url_prefix or "/", httponly=True,
+                               samesite="Strict", secure=request.is_secure)
+        return response
+
+    # -- pages -------------------------------------------------------------------------------
+
+    @bp.get("")
+    @bp.get("/")
+    def events():
+        limit = min(max(request.args.get("limit", RECENT_EVENTS, type=int) or 1, 1), 500)
+        data = {"events": [_event(event, zone()) for event in activity.recent(limit)]}
+        return respond("events.html", data, title="Recent events", tab="events")
+
+    @bp.get("/dead-letters")
+    def dead_letters():
+        records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
+        data = {"dead_letters": [_dead_letter(record, zone()) for record in records]}
+        code = request.args.get("done", "")
+        notice = _NOTICES.get(code, "").format(count=request.args.get("count", 0, type=int))
+        return respond("dead_letters.html", data, title="Dead letters", tab="dead",
+                       notice=notice, error="")
+
+    @bp.get("/dead-letters/<job_id>")
+    def dead_letter(job_id: str):
+        record = letters.get(job_id) if _JOB_ID.match(job_id) else None
+        if record is None:
+            abort(404)
+        data = {"dead_letter": _dead_letter(record, zone(), full=True)}
+        return respond("dead_letter.html", data, title="Dead letter", tab="dead")
+
+    @bp.post("/dead-letters/<job_id>/retry")
+    def retry(job_id: str):
+        return retried(lambda: int(_JOB_ID.match(job_id) is not None and letters.retry(
+            job_id, pipelines.current)), single=True)
+
+    @bp.post("/dead-letters/retry-all")
+    def retry_all():
+        return retried(lambda: letters.retry_all(pipelines.current))
+
+    def retried(action: Callable[[], int], single: bool = False):
+        from bridge.render import RenderError
+
+        try:
+            count = action()
+        except RenderError as exc:  # its template still fails with the current config
+            if g.admin_bearer:
+                return jsonify({"error": str(exc)}), 409
+            records = letters.list()
+            return page("dead_letters.html", 409, title="Dead letters", tab="dead", notice="",
+                        error=f"Not retried: {exc}",
+                        dead_letters=[_dead_letter(r, zone()) for r in records])
+        log.info("admin: %d dead letter(s) retried", count)
+        return done("gone" if single and not count else "retried", count,
+                    404 if single and not count else 200)
+
+    @bp.post("/dead-letters/<job_id>/purge")
+    def purge(job_id: str):
+        count = letters.purge(job_id) if _JOB_ID.match(job_id) else 0
+        log.info("admin: %d dead letter(s) purged", count)
+        return done("purged" if count else "gone", count, 200 if count else 404)
+
+    @bp.post("/dead-letters/purge-all")
+    def purge_all():
+        if request.form.get("confirm") != "yes":
+            if g.admin_bearer:
+                return jsonify({"error": "purge-all needs confirm=yes"}), 400
+            return redirect(url_for("admin.dead_letters"), 303)
+        count = letters.purge()
+        log.info("admin: all %d dead letter(s) purged", count)
+        return done("purged", count)
+
+    @bp.get("/routes")
+    def routes():
+        current = pipelines.config
+        data = {
+            "routes": [_route(route) for route in pipelines.current.router.routes],
+            "sources": [{"name": name, "type": source.type}
+                        for name, source in current.sources.items()],
+        }
+        return respond("routes.html", data, title="Routes", tab="routes")
+
+    @bp.get("/queue")
+    def queue_page():
+        rq = queue.rq
+        depth = {"queued": rq.count, "scheduled": rq.scheduled_job_registry.count,
+                 "started": rq.started_job_registry.count,
+                 "deferred": rq.deferred_job_registry.count,
+                 "failed": rq.failed_job_registry.count,
+                 "finished": rq.finished_job_registry.count}
+        accounts = ["default", *pipelines.config.pumble.accounts]
+        data = {"queue": rq.name, "depth": depth,
+                "rate_limits": {account: limiter.state(account) for account in accounts}}
+        return respond("queue.html", data, title="Queue", tab="queue")
+
+    return bp
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+class _Sessions:
+    """Signed-in browsers: a random id in the cookie; in Redis, under an HMAC of it keyed by the
+    token (a new token orphans every session), the session's CSRF token, for SESSION_TTL."""
+
+    def __init__(self, connection: redis.Redis, namespace: str, token: bytes):
+        self.connection = connection
+        self._prefix = f"pumble-bridge:{namespace}:admin:session:"
+        self._key = hmac.new(token, b"pumble-bridge admin session", hashlib.sha256).digest()
+
+    def _redis_key(self, session_id: str) -> str:
+        digest = hmac.new(self._key, session_id.encode(), hashlib.sha256).hexdigest()
+        return self._prefix + digest
+
+    def create(self) -> str:
+        session_id = secrets.token_urlsafe(32)
+        self.connection.set(self._redis_key(session_id), secrets.token_urlsafe(32),
+                            ex=SESSION_TTL)
+        return session_id
+
+    def csrf(self, session_id: str) -> str | None:
+        """The session's CSRF token, or None when there is no such (live) session."""
+        if not session_id or len(session_id) > 100:
+            return None
+        value = self.connection.get(self._redis_key(session_id))
+        return value.decode() if value else None
+
+    def delete(self, session_id: str) -> None:
+        if session_id and len(session_id) <= 100:
+            self.connection.delete(self._redis_key(session_id))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def _same(given: bytes, expected: bytes) -> bool:
+    return hmac.compare_digest(given, expected)
+
+
+def _cross_site() -> bool:
+    """True for a request a browser says came from another site. Sec-Fetch-Site, where sent, is
+    the browser's own verdict (a page cannot forge it); otherwise Origin, where sent, must name
+    this host."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not a browser, or an old one: the CSRF token still has to match
+    return origin == "null" or urlsplit(origin).netloc != request.host
+
+
+def _safe_next(target: str, prefix: str) -> str:
+    """A place under the admin pages to go back to after signing in, or ''."""
+    target = target.rstrip("?")
+    parts = urlsplit(target)
+    if (parts.scheme or parts.netloc or not target.startswith(prefix + "/")
+            or target.startswith("//") or "\\" in target
+            or parts.path.startswith(prefix + "/log")):
+        return ""
+    return target
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env
+
+
+def _when(value: datetime | float | None, zone: tzinfo) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, UTC)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _event(event: Any, zone: tzinfo) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id, "source": event.source, "type": event.type,
+        "received_at": event.received_at, "received": _when(event.received_at, zone),
+        "duplicate": event.duplicate, "failures": list(event.failures),
+        "deliveries": [{"route": d.route, "channel": d.channel, "job_id": d.job_id,
+                        "state": d.state, "message_id": d.message_id,
+                        "in_digest_of": d.in_digest_of, "error": d.error}
+                       for d in event.deliveries],
+    }
+
+
+def _dead_letter(record: DeadLetterRecord, zone: tzinfo, full: bool = False) -> dict[str, Any]:
+    n = record.notification
+    data: dict[str, Any] = {
+        "id": record.id, "failed": _when(record.failed_at, zone),
+        "failed_at": record.failed_at.isoformat() if record.failed_at else None,
+        "source": n.source, "event_id": n.event_id, "event_type": n.event_type,
+        "route": n.route, "channel": n.channel, "account": n.account,
+        "attempts": record.attempts, "reason": record.reason,
+    }
+    if full:
+        event = record.event or {}
+        body = event.get("body")
+        with contextlib.suppress(ValueError):  # not JSON after all: shown as received
+            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False) if body else body
+        data.update(text=n.text, reply=n.reply, as_bot=n.as_bot,
+                    webhook={"headers": event.get("headers", {}), "body": body}
+                    if record.event else None)
+    return data
+
+
+def _route(route: Any) -> dict[str, Any]:
+    return {
+        "name": route.name, "source": list(route.match.source), "event": list(route.match.event),
+        "channel": route.channel, "when": route.when or "",
+        "template": route.template or ("inline text" if route.text is not None else "default"),
+        "account": route.account, "thread": route.thread, "digest": route.digest,
+        "continue": route.continue_, "create_channel": route.create_channel,
+        "as_bot": route.as_bot, "reactions": dict(route.reactions),
+    }
