@@ -65,15 +65,16 @@ own: files of other programs in it would be summed in, and removed by that wipe.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ParamSpec
 
 import redis
 
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     from rq import Queue
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".lock"
@@ -213,6 +215,25 @@ class _Metrics:
 
 _metrics: _Metrics | None = None
 _metrics_lock = threading.Lock()
+_failed = False
+
+
+def _never_raises(record: Callable[P, None]) -> Callable[P, None]:
+    """Counting must never fail a webhook or a send (a metrics directory deleted under a
+    running process, a full disk): the failure is logged once and the count is lost."""
+
+    @functools.wraps(record)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        global _failed
+        try:
+            record(*args, **kwargs)
+        except Exception:
+            if not _failed:
+                _failed = True
+                log.exception("metrics: cannot record %s; further failures are not logged",
+                              record.__name__)
+
+    return guarded
 
 
 def _m() -> _Metrics:
@@ -224,6 +245,7 @@ def _m() -> _Metrics:
     return _metrics
 
 
+@_never_raises
 def webhook_answered(source: str | None, event_type: str | None, status: int,
                      seconds: float) -> None:
     """One webhook answered with ``status`` after ``seconds``. ``source`` only when the config
@@ -252,10 +274,12 @@ def _type_label(event_type: str | None) -> str:
     return event_type if _TYPE_LABEL.match(event_type) else "other"
 
 
+@_never_raises
 def enqueued(route: str) -> None:
     _m().enqueued.labels(route).inc()
 
 
+@_never_raises
 def delivery(route: str, outcome: str) -> None:
     """How one run of a delivery job ended (one of ``DELIVERY_OUTCOMES``)."""
     if outcome not in DELIVERY_OUTCOMES:
@@ -263,18 +287,22 @@ def delivery(route: str, outcome: str) -> None:
     _m().deliveries.labels(route, outcome).inc()
 
 
+@_never_raises
 def retry(route: str, error: str) -> None:
     _m().retries.labels(route, error).inc()
 
 
+@_never_raises
 def dead_lettered(route: str) -> None:
     _m().dead_lettered.labels(route).inc()
 
 
+@_never_raises
 def ratelimit_wait(kind: str, seconds: float) -> None:
     _m().ratelimit_wait.labels(kind).observe(max(0.0, seconds))
 
 
+@_never_raises
 def end_to_end(route: str, received_at: float, answered_at: float) -> None:
     """A send Pumble answered at ``answered_at`` for a webhook accepted at ``received_at``."""
     if received_at > 0:

@@ -156,6 +156,21 @@ def test_receiver_outcomes_keep_labels_bounded(bridge, redis_url):
     assert stranger not in client.get("/metrics").get_data(as_text=True)
 
 
+def test_a_failure_to_count_never_fails_a_webhook_or_a_send(bridge, fake_pumble, redis_url,
+                                                           monkeypatch):
+    def broken():
+        raise OSError("the metrics directory is gone")
+
+    monkeypatch.setattr(metrics, "_m", broken)
+    b = bridge()
+    client = create_app(b.config, redis_url, watch=False).test_client()
+    body, headers = signed_order(5004)
+    assert client.post("/webhooks/shop", data=body, headers=headers).status_code == 202
+    b.drain()
+    assert len(fake_pumble.messages()) == 1
+    assert b.rq.finished_job_registry.get_job_ids()
+
+
 def test_the_scrape_answers_when_redis_is_down(write_config, fake_pumble):
     down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     path = write_config(redis_url=down, pumble_url=fake_pumble.url)
