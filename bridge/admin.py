@@ -58,7 +58,7 @@ from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue
-from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
+from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.reload import Reloader
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,8 @@ _NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is 
 
 def rate_limiter(config: Config, connection: redis.Redis) -> RateLimiter:
     """The limiter the workers use (same namespace and limits), to read its state."""
-    limits = {**DEFAULT_LIMITS, **{kind: Limit(per_minute)
-                                   for kind, per_minute in config.delivery.rate_limits.items()}}
-    return RateLimiter(connection, config.redis.queue, limits)
+    return RateLimiter(connection, config.redis.queue,
+                       limits_per_minute(config.delivery.rate_limits))
 
 
 def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloader[Pipeline],

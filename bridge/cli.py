@@ -172,12 +172,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with _redis_url(config) as redis_url:
         app = create_app(config, redis_url)  # fails here, once, on a bad config
         if args.dev:
+            if config.admin.listen:
+                raise CommandError("--dev serves one address: admin.listen needs gunicorn "
+                                   "(leave out --dev)")
             app.run(host=args.host, port=port, threaded=True)
             return 0
         from bridge.gunicorn_app import GunicornApp
 
+        # With admin.listen, a second address for the admin page and /metrics only.
+        binds = [f"{args.host}:{port}", *([config.admin.listen] if config.admin.listen else [])]
         GunicornApp(lambda: create_app(config, redis_url), {
-            "bind": f"{args.host}:{port}",
+            "bind": binds,
             "workers": args.workers,
             "threads": args.threads,
             "worker_class": "gthread",

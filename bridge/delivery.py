@@ -52,7 +52,7 @@ from bridge.pumble import (
     RateLimitedError,
 )
 from bridge.queue import NotificationQueue
-from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, RateLimitTimeout
+from bridge.ratelimit import RateLimiter, RateLimitTimeout, limits_per_minute
 from bridge.threads import Root
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,8 @@ class Deliverer:
         self.config = config
         self.settings = config.delivery
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
-        limits = {**DEFAULT_LIMITS, **{kind: Limit(per_minute)
-                                       for kind, per_minute in self.settings.rate_limits.items()}}
-        self.limits = limits
-        self.limiter = RateLimiter(connection, config.redis.queue, limits)
+        self.limits = limits_per_minute(self.settings.rate_limits)
+        self.limiter = RateLimiter(connection, config.redis.queue, self.limits)
         self._clients: dict[str, PumbleClient] = {}
 
     def client(self, account: str) -> PumbleClient:

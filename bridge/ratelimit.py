@@ -141,6 +141,12 @@ DEFAULT_LIMITS: Mapping[str, Limit] = MappingProxyType({
 })
 
 
+def limits_per_minute(overrides: Mapping[str, int]) -> dict[str, Limit]:
+    """Pumble's published limits, with the configured ones (``delivery.rate_limits``) instead."""
+    return {**DEFAULT_LIMITS, **{kind: Limit(per_minute) for kind, per_minute in
+                                 overrides.items()}}
+
+
 class RateLimitTimeout(TimeoutError):
     """No slot would be free within ``max_wait``; nothing was taken."""
 

@@ -18,6 +18,7 @@ from flask import Flask, g, jsonify, request
 
 from bridge import logs, metrics
 from bridge.activity import Activity
+from bridge.admin import admin_blueprint, rate_limiter
 from bridge.config import Config
 from bridge.dlq import DeadLetters
 from bridge.pipeline import Pipeline
@@ -49,6 +50,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     app = Flask("bridge")
     app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
+    if config.admin.listen:
+        _split_listeners(app, int(config.admin.listen.rpartition(":")[2]))
 
     def error(status: int, message: str):
         return jsonify({"error": message}), status
@@ -160,8 +163,37 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         body, content_type = metrics.exposition(queue.rq)
         return body, 200, {"Content-Type": content_type}
 
+    app.register_blueprint(admin_blueprint(config, queue, pipelines,
+                                           rate_limiter(config, connection)))
     app.config["reloader"] = pipelines
     return app
+
+
+PRIVATE_PATHS = ("/admin", "/metrics")
+EVERYWHERE = ("/healthz", "/readyz")
+
+
+def _split_listeners(app: Flask, admin_port: int) -> None:
+    """With ``admin.listen``: the admin page and /metrics only on that address, the webhooks
+    only on the public one. Told apart by the socket the connection came in on, never by the
+    Host header (which the caller writes)."""
+
+    @app.before_request
+    def only_where_it_belongs():
+        if request.path in EVERYWHERE:
+            return None
+        on_admin_listener = _local_port(request.environ) == admin_port
+        if request.path.startswith(PRIVATE_PATHS) != on_admin_listener:
+            return jsonify({"error": "Not found"}), 404
+        return None
+
+
+def _local_port(environ: dict) -> int | None:
+    connection = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    try:
+        return connection.getsockname()[1] if connection is not None else None
+    except OSError:
+        return None
 
 
 def _reload_on_sighup(reloader: Reloader) -> None:

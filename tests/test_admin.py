@@ -12,7 +12,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bridge.admin import SESSION_COOKIE, admin_blueprint, rate_limiter
+from bridge.admin import SESSION_COOKIE
 from bridge.web import create_app
 from tests.conftest import TEST_KEY, TEST_SECRET, Bridge, signed_order
 
@@ -59,12 +59,8 @@ def admin_config(b: Bridge, *, token: str | None = TOKEN) -> Bridge:
 
 
 def admin_app(b: Bridge) -> Flask:
-    """What bridge.web.create_app makes, with the admin blueprint registered."""
-    app = create_app(b.config, b.redis_url, watch=False)
-    connection = b.queue.rq.connection
-    app.register_blueprint(admin_blueprint(b.config, b.queue, app.config["reloader"],
-                                           rate_limiter(b.config, connection)))
-    return app
+    """The receiver, as served: create_app registers the admin pages."""
+    return create_app(b.config, b.redis_url, watch=False)
 
 
 @pytest.fixture
