@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +28,15 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
                           text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+# The bridge processes tests start keep their metric files here, not in the working tree.
+TEST_METRICS_DIR = tempfile.mkdtemp(prefix="pumble-bridge-test-metrics-")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment minus anything that would override the test's config."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("REDIS_URL", "PUMBLE_API_KEY", "PUMBLE_BASE_URL", "BRIDGE_CONFIG", "PORT")}
-    return {**env, **extra}
+    return {**env, "PROMETHEUS_MULTIPROC_DIR": TEST_METRICS_DIR, **extra}
 
 
 @pytest.fixture
