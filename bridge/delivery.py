@@ -284,7 +284,11 @@ class Attempt:
     def _sent(self, ref: MessageRef) -> MessageRef:
         self.meta.pop("maybe_sent_at", None)
         self.meta["sent"] = {"id": ref.id, "channel_id": ref.channel_id}
-        self.job.save_meta()
+        if self.notification.reaction:
+            # A reaction still to add may fail and bring this job back: it must not post
+            # again. Without one, the job's result records the message (and a crash before
+            # that leaves "maybe sent", which looks first), so one Redis write is saved.
+            self.job.save_meta()
         return ref
 
     def _react(self, target: Root | bool | None, ref: MessageRef) -> None:

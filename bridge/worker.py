@@ -15,6 +15,8 @@ finishes first.
 
 from __future__ import annotations
 
+import logging
+
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
@@ -22,6 +24,8 @@ from rq.worker import SimpleWorker
 from bridge import delivery
 from bridge.config import Config
 from bridge.queue import NotificationQueue, connect
+
+log = logging.getLogger(__name__)
 
 WORKER_TTL = 60  # an idle worker blocks 45 s on the queue, then does its maintenance
 MAINTENANCE_INTERVAL = 30
@@ -51,6 +55,10 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
         log_job_description=False,
     )
     try:
-        return worker.work(burst=burst, with_scheduler=True)
+        # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with
+        # its event's ids; rq's warnings and errors still show.
+        log.info("worker %s on queue %s (Redis %s)", worker.name, queue.rq.name,
+                 redis_url.rpartition("@")[2])
+        return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     finally:
         connection.close()
