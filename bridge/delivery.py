@@ -39,7 +39,7 @@ from rq.job import Job
 
 from bridge import metrics
 from bridge.config import Config, config_path, load_config
-from bridge.digest import digest_text
+from bridge.digest import Claim, digest_text
 from bridge.notification import Notification
 from bridge.pumble import (
     AmbiguousError,
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
 MAX_RETURNED_RETRIES = 10**6  # our own attempt count and max age bound the retries, not rq's
 CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
+# Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
+# a request our client gave up on.
+LATE_WRITE = 10
+LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel is searched for an earlier post
 
 
 class DeadLetter(Exception):
@@ -176,16 +180,9 @@ class Attempt:
         age = time.time() - n.received_at
         if n.received_at and age > d.settings.max_age:
             raise DeadLetter(f"not delivered within delivery.max_age ({d.settings.max_age} s)")
-
-        claim = d.queue.backlog.claim(n, self.job.id, d.digest_threshold,
-                                      d.settings.digest.max_items)
-        if claim.owner:
-            log.info("job %s (route %s): delivered in job %s's digest", self.job.id, n.route,
-                     claim.owner, extra=self.context())
-            metrics.delivery(n.route, "in_digest")
-            return {"in_digest_of": claim.owner}
-        members = self._members(claim.members)
-        text = digest_text([n, *members]) if members else n.text
+        owner = d.queue.backlog.taken_by(n, self.job.id)
+        if owner:
+            return self._in_digest(owner)
 
         root: Root | None = None
         if n.reply and n.thread_key:
@@ -196,7 +193,25 @@ class Attempt:
             root = known if isinstance(known, Root) else None
 
         sent = self.meta.get("sent")
-        ref = MessageRef(**sent) if sent else self._send(text, root)
+        if sent:  # an earlier run posted it; a later step (the reaction) is what is left
+            ref, members = MessageRef(**sent), self._claim().members
+        else:
+            early = self._too_early_to_look()
+            if early:
+                return self._wait(early)
+            attempts = int(self.meta.get("attempts", 0))
+            if attempts >= d.settings.max_attempts:
+                raise DeadLetter(f"gave up after {attempts} attempts: "
+                                 f"{self.meta.get('last_error')}")
+            # The slot first: a job waiting for one stays in its route's backlog, where it
+            # counts toward a digest.
+            d.limiter.acquire(n.account, "replies" if root else "messages",
+                              max_wait=d.max_slot_wait)
+            claim = self._claim()
+            if claim.owner:  # taken into a digest while this one waited for its slot
+                return self._in_digest(claim.owner)
+            members = self._members(claim.members)
+            ref = self._send(digest_text([n, *members]) if members else n.text, root)
         if not root:
             for member in (n, *members):  # the first message about each becomes its root
                 d.queue.roots.claim(member, ref.id, ref.channel_id)
@@ -214,6 +229,27 @@ class Attempt:
                 metrics.end_to_end(n.route, member.received_at, self.answered_at)
         return result
 
+    def _claim(self) -> Claim:
+        d = self.deliverer
+        return d.queue.backlog.claim(self.notification, self.job.id, d.digest_threshold,
+                                     d.settings.digest.max_items)
+
+    def _in_digest(self, owner: str) -> dict[str, Any]:
+        log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
+                 self.notification.route, owner, extra=self.context())
+        metrics.delivery(self.notification.route, "in_digest")
+        return {"in_digest_of": owner}
+
+    def _too_early_to_look(self) -> int:
+        """Seconds until an earlier attempt's post, if Pumble applies it late (after our
+        timeout), would be in the channel: looking sooner could miss it and post twice."""
+        maybe_sent_at = self.meta.get("maybe_sent_at")
+        if not maybe_sent_at:
+            return 0
+        pumble = self.deliverer.config.pumble
+        look_at = maybe_sent_at + pumble.connect_timeout + pumble.read_timeout + LATE_WRITE
+        return max(0, math.ceil(look_at - time.time()))
+
     def _members(self, job_ids: tuple[str, ...]) -> list[Notification]:
         if not job_ids:
             return []
@@ -223,6 +259,7 @@ class Attempt:
         return [Notification.from_payload(job.args[0]) for job in jobs if job is not None]
 
     def _send(self, text: str, root: Root | None) -> MessageRef:
+        """Post once, with the slot already taken; first look for an earlier attempt's post."""
         n = self.notification
         d = self.deliverer
         client = d.client(n.account)
@@ -240,10 +277,6 @@ class Attempt:
                 return self._sent(found)
 
         attempts = int(self.meta.get("attempts", 0))
-        if attempts >= d.settings.max_attempts:
-            raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
-        kind = "replies" if root else "messages"
-        d.limiter.acquire(n.account, kind, max_wait=d.max_slot_wait)
         self.meta.update(attempts=attempts + 1, maybe_sent_at=time.time())
         self.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
         try:
@@ -284,11 +317,9 @@ class Attempt:
     def _sent(self, ref: MessageRef) -> MessageRef:
         self.meta.pop("maybe_sent_at", None)
         self.meta["sent"] = {"id": ref.id, "channel_id": ref.channel_id}
-        if self.notification.reaction:
-            # A reaction still to add may fail and bring this job back: it must not post
-            # again. Without one, the job's result records the message (and a crash before
-            # that leaves "maybe sent", which looks first), so one Redis write is saved.
-            self.job.save_meta()
+        # At once: a worker killed before rq records the job as done must not leave it to a
+        # look in the channel, which a busy channel can outrun.
+        self.job.save_meta()
         return ref
 
     def _react(self, target: Root | bool | None, ref: MessageRef) -> None:
@@ -345,17 +376,26 @@ class Attempt:
 
 
 def find_posted(client: PumbleClient, channel: str, text: str, since: float) -> MessageRef | None:
-    """A message in the channel's newest page with the same text (whitespace aside), posted no
-    earlier than ``since`` (less clock skew): the earlier attempt's post, if it was made.
+    """A message in the channel with the same text (whitespace aside), posted no earlier than
+    ``since`` (less clock skew): the earlier attempt's post, if it was made. Pages back until
+    the messages are older than that; a channel too busy to reach that far within
+    ``LOOK_BACK_PAGES`` cannot be checked, and the notification becomes a dead letter rather
+    than risk a second post.
 
     Every message the bridge renders carries its event's own reference (order number, amount,
     customer), so two different notifications practically never have the same text within the
     same few minutes."""
     wanted = " ".join(text.split())
-    page = client.list_messages(channel, limit=100)
-    for message in page.messages:
-        if message.timestamp_milli and message.timestamp_milli / 1000 < since - CLOCK_SKEW:
-            break  # newest first: the rest are older still
+    oldest = since - CLOCK_SKEW
+    seen = 0
+    for message in client.iter_messages(channel, limit=100, max_pages=LOOK_BACK_PAGES):
+        seen += 1
+        if message.timestamp_milli and message.timestamp_milli / 1000 < oldest:
+            return None  # newest first: the rest are older still
         if " ".join(message.text.split()) == wanted:
             return MessageRef(message.id, message.channel_id)
+    if seen >= LOOK_BACK_PAGES * 100:
+        raise DeadLetter(f"an earlier attempt may have posted this (no answer from Pumble) and "
+                         f"#{channel} has had more than {seen} messages since: check it, then "
+                         "`pumble-bridge dlq retry` if it is missing")
     return None

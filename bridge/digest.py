@@ -67,6 +67,14 @@ class Backlog:
             (pipeline or self.connection).zadd(self._key(notification),
                                                {job_id: notification.received_at})
 
+    def taken_by(self, notification: Notification, job_id: str) -> str:
+        """The job whose digest took this one in, or "" (a cheap look, before any slot is
+        taken: a job in a digest needs none)."""
+        if not notification.digest or notification.reply:
+            return ""
+        owner = self.connection.get(self._prefix + "in-digest:" + job_id)
+        return owner.decode() if owner else ""
+
     def waiting(self, notification: Notification) -> int:
         return int(self.connection.zcard(self._key(notification)))
 

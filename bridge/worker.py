@@ -16,8 +16,12 @@ finishes first.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
+import redis
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -37,6 +41,45 @@ class DeliveryWorker(SimpleWorker):
         if job.timeout is None or job.timeout < 0:
             return super().get_heartbeat_ttl(job, working_time)
         return int(job.timeout) + HEARTBEAT_GRACE
+
+    def run_maintenance_tasks(self) -> None:
+        for queue in self.queues:
+            release_dead_scheduler_lock(self.connection, queue.name)
+        super().run_maintenance_tasks()
+
+
+# Delete the lock only if it still names the dead scheduler (another may have taken it since).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
+    """rq's scheduler (which moves due retries back onto the queue) holds a lock for a minute
+    after its process dies, SIGKILLed with its worker; retries wait all that time. A scheduler
+    of this machine whose process is gone gives its lock up at once. True if one was released.
+    (Schedulers of other machines cannot be checked from here: their locks run out by themselves.)
+    """
+    key = RQScheduler.get_locking_key(queue)
+    holder = connection.get(key)
+    if holder is None:
+        return False
+    hostname, pid = connection.hmget(f"rq:scheduler:{holder.decode()}", "hostname", "pid")
+    if hostname is None or pid is None or hostname.decode() != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return False  # alive
+    except ProcessLookupError:
+        pass
+    except (PermissionError, ValueError):
+        return False
+    released = bool(connection.eval(_RELEASE, 1, key, holder))
+    if released:
+        log.info("released the scheduler lock of queue %s held by dead process %s", queue,
+                 int(pid))
+    return released
 
 
 def run_worker(config: Config, redis_url: str, *, burst: bool = False,
@@ -59,6 +102,7 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
         # its event's ids; rq's warnings and errors still show.
         log.info("worker %s on queue %s (Redis %s)", worker.name, queue.rq.name,
                  redis_url.rpartition("@")[2])
+        release_dead_scheduler_lock(connection, queue.rq.name)  # before taking it over
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     finally:
         connection.close()

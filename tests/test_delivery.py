@@ -10,6 +10,7 @@ import httpx
 import pytest
 import yaml
 
+from bridge import delivery
 from bridge.config import load_config
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
@@ -137,7 +138,14 @@ def test_a_dead_letter_keeps_the_webhook_it_came_from(bridge, fake_pumble):
 
 # -- ambiguous failures ---------------------------------------------------------------------------
 
-def test_accept_then_drop_posts_exactly_once(bridge, fake_pumble, rq_queue):
+@pytest.fixture
+def look_soon(monkeypatch):
+    """Look for an unanswered post 1 s past the client's timeouts, not 10 (Pumble applying a
+    request late is simulated with the fake's delay where it matters)."""
+    monkeypatch.setattr(delivery, "LATE_WRITE", 1)
+
+
+def test_accept_then_drop_posts_exactly_once(bridge, fake_pumble, rq_queue, look_soon):
     b = bridge()
     faults(fake_pumble, drop_next=1)  # stored by Pumble, answer lost: the duplicate-maker
     b.enqueue("order #77 · 12.00 EUR")
@@ -158,6 +166,32 @@ def test_a_maybe_sent_message_that_was_not_posted_is_sent(bridge, fake_pumble, r
     job.save_meta()
     b.drain()
     assert texts(fake_pumble) == ["lost on the way"]
+
+
+def test_the_look_pages_back_through_a_busy_channel(bridge, fake_pumble, look_soon):
+    b = bridge(read_timeout=1, connect_timeout=1)
+    faults(fake_pumble, drop_next=1)
+    b.enqueue("order #4000 · 40.00 EUR")
+    run_worker(b.config, b.redis_url, burst=True)  # posted, answer lost: scheduled again
+    for number in range(150):  # the channel moves on before the retry looks
+        httpx.post(f"{fake_pumble.url}/sendMessage", headers={"ApiKey": TEST_KEY},
+                   json={"channel": "orders", "text": f"other {number}", "asBot": True})
+    b.drain()
+    assert texts(fake_pumble).count("order #4000 · 40.00 EUR") == 1
+
+
+def test_a_post_pumble_applies_after_the_timeout_is_not_doubled(bridge, fake_pumble,
+                                                                  monkeypatch):
+    monkeypatch.setattr(delivery, "LATE_WRITE", 2)  # look 1 + 1 + 2 s after sending
+    b = bridge(read_timeout=1, connect_timeout=1)
+    faults(fake_pumble, delay=3.5)  # applied 3.5 s after sending; the client gives up at 1 s
+    b.enqueue("order #4001 · 41.00 EUR")
+    sent_at = time.monotonic()
+    run_worker(b.config, b.redis_url, burst=True)
+    httpx.delete(f"{fake_pumble.url}/_fake/faults")
+    b.drain()
+    time.sleep(max(0.0, sent_at + 4 - time.monotonic()))  # the late write has landed by now
+    assert texts(fake_pumble) == ["order #4001 · 41.00 EUR"]
 
 
 # -- threads and reactions ------------------------------------------------------------------------
@@ -235,6 +269,30 @@ def test_a_backlog_beyond_the_limit_becomes_digests_and_loses_nothing(bridge, fa
         mentions = [line for line in lines if f"#{number:03d}" in line]
         assert len(mentions) == 1, (number, posted)
     assert any(text.startswith("📦 10 notifications (order.created)") for text in posted)
+
+
+def test_a_steady_stream_faster_than_the_limit_becomes_digests(bridge, fake_pumble,
+                                                                monkeypatch):
+    """Jobs that wait for a rate-limit slot stay in their route's backlog, so a stream that
+    outruns the limit is merged (not only a burst that arrives all at once)."""
+    from bridge.ratelimit import Limit, limits_per_minute
+
+    monkeypatch.setattr(delivery, "limits_per_minute", lambda overrides: {
+        kind: Limit(limit.per_minute, window=2) for kind, limit in
+        limits_per_minute(overrides).items()})  # 2 messages in any 2 (+1) s
+    # job_timeout 5 leaves no time to wait for a slot inside a job: it is rescheduled instead.
+    b = bridge({"rate_limits": {"messages": 2}, "job_timeout": 5,
+                "digest": {"window": 60, "max_items": 10}}, read_timeout=1, connect_timeout=1)
+    for number in range(12):
+        b.enqueue(f"🛒 order #{number:03d}", event_id=f"stream-{number}")
+        run_worker(b.config, b.redis_url, burst=True)
+    b.drain()
+    posted = texts(fake_pumble)
+    lines = [line for text in posted for line in text.splitlines()]
+    for number in range(12):
+        assert sum(f"#{number:03d}" in line for line in lines) == 1, posted
+    assert len(posted) < 12
+    assert any(text.startswith("📦") for text in posted)
 
 
 def test_digest_off_for_a_route_sends_each_alone(bridge, fake_pumble):
