@@ -121,7 +121,8 @@ def page_of_100(directory: Path, redis_url: str, fake_url: str) -> int:
 
 
 def steady_stream(directory: Path, redis_url: str, fake_url: str) -> int:
-    """Digests sent for 200 notifications arriving at 20/s on one route (Pumble's 80/min)."""
+    """Digests sent for 200 notifications arriving at 20/s on one route (Pumble's 80/min),
+    once the limit lets the next message out."""
     _, queue, path = setup(directory, redis_url, fake_url, "repro-digest", {"job_timeout": 10})
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PUMBLE_API_KEY",
                                                              "PUMBLE_BASE_URL", "BRIDGE_CONFIG")}
@@ -134,7 +135,13 @@ def steady_stream(directory: Path, redis_url: str, fake_url: str) -> int:
         for number in range(200):
             enqueue(queue, f"steady order #{number}")
             time.sleep(0.05)
-        time.sleep(3)
+        # Pumble's limit allows the first 80 at once; the next slot frees a minute after the
+        # first post, and from then on the waiting ones go out merged.
+        deadline = time.monotonic() + 75
+        while time.monotonic() < deadline and not any(
+                m["text"].startswith("📦") for m in
+                httpx.get(f"{fake_url}/_fake/messages").json()["messages"]):
+            time.sleep(1)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
