@@ -1,0 +1,212 @@
+"""Burst: 5,000 orders in 10 seconds against a Pumble that allows 80 messages a minute: how long
+until every order is visible in the channel, how many messages it took, and no 429.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.burst             # about 3.5 min
+    .venv/bin/python -m bench.burst --quick     # 1,000 orders in 2 s: about 1.5 min
+    .venv/bin/python -m bench.burst --orders 10000 --seconds 20
+
+What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
+(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default) with the bridge's default
+delivery settings (Pumble's published limits: 80 messages a minute; digests over 60 s of at most
+25 lines); the fake Pumble with ``--rate-limit 80`` (it answers 429 past 80 requests in any
+sliding minute). The route renders the shipped ``order_created.j2``.
+
+The sender posts the orders open loop, evenly over the burst (500 a second by default: order i
+is due at i/500 s and a pool of 64 threads sends it then, whatever the answers before it). An
+order is *visible* when a message in the channel shows it: its own message ("🛒 New order #N ·
+…"), or a line of a digest ("• 🛒 New order #N · …"); the fake records when it stored each message
+(bench/stack.py), so "time until every order is visible" is the last such moment, counted from
+the first order's due time. Checked: every order visible exactly once (not twice: alone and in a
+digest), every webhook answered 202, and the fake's ``GET /_fake/stats`` ``rate_limited`` is 0.
+
+Baseline: the floor the limit itself sets. With 25 lines a digest, N orders need at least
+ceil(N/25) messages; at 80 messages in any 60 s, message k cannot be sent before
+floor((k-1)/80) × 60 s, and the last cannot be sent before the last order arrived. The ratio
+is the measured time (and messages) over that floor.
+
+Every run also appends its summary to bench/results/burst_history.jsonl, and the report lists
+them all: a rare failure (an order shown twice) stays on record after a clean run.
+
+Times are only reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: benchmark this working tree's bridge package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import stack
+
+PER_MINUTE = 80  # the fake's limit, and the bridge's default messages limit
+MAX_ITEMS = 25  # the bridge's default digest.max_items
+
+
+def floor_of(orders: int, burst_seconds: float, per_minute: int = PER_MINUTE,
+             max_items: int = MAX_ITEMS) -> dict[str, float]:
+    """The fewest messages, and the earliest the last one can be sent: not before the last
+    order arrives, nor before the limit lets the last message go."""
+    messages = math.ceil(orders / max_items)
+    return {"messages": messages,
+            "seconds": max(burst_seconds, 60.0 * ((messages - 1) // per_minute))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 orders in 2 s")
+    parser.add_argument("--orders", type=int, help="orders in the burst (default 5000)")
+    parser.add_argument("--seconds", type=float, help="length of the burst (default 10)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="give up waiting for the channel after this many seconds")
+    args = parser.parse_args(argv)
+    orders = args.orders or (1_000 if args.quick else 5_000)
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+
+    began = time.perf_counter()
+    folder = stack.new_folder("bench-burst-")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+        store = stack.Store(folder)
+        cleanup.callback(store.close)
+        fake = stack.Fake(folder, rate_limit=PER_MINUTE)
+        cleanup.callback(fake.stop)
+        config = stack.write_config(folder, fake.url, limiter_off=False)
+        receiver = stack.Receiver(store, config)
+        cleanup.callback(receiver.stop)
+        worker = stack.Worker(store, config, 1)
+        cleanup.callback(worker.stop)
+        collector = stack.Collector(fake, interval=0.5)
+        cleanup.callback(collector.stop)
+        shop = stack.Shop(receiver.url)
+        cleanup.callback(shop.close)
+        info = stack.machine(store.version)
+        header = (f"burst benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+                  f"{' · --quick' if args.quick else ''}\nmachine: {stack.machine_line(info)}")
+        print(header)
+        print(f"bridge:  {stack.PACKAGE_ROOT / 'bridge'}")
+        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, default delivery settings: "
+              f"{PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) · embedded redis-server "
+              f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "
+              f"(faults: {fake.faults().get('rate_limit')})")
+        print(f"burst:   {orders:,} signed 5,000-byte orders over {seconds:g} s "
+              f"({orders / seconds:,.0f}/s, open loop)", flush=True)
+
+        numbers = range(1_000_001, 1_000_001 + orders)
+        prepared = shop.prepare(numbers, f"burst-{stack.run_id()}")
+        with stack.LoadMeter() as load:
+            sent = shop.paced(prepared, orders / seconds)
+            t0 = min(s.due for s in sent)
+            sent_for = max(s.sent for s in sent) - t0
+            print(f"  sent {len(sent):,} in {sent_for:.1f} s; waiting for the channel",
+                  flush=True)
+            deadline = time.monotonic() + args.timeout
+            last_report = time.monotonic()
+            wanted = set(numbers)
+            while time.monotonic() < deadline:
+                collector.poll()
+                visible = len(wanted & collector.first_seen.keys())
+                if visible == orders:
+                    break
+                if time.monotonic() - last_report > 15:
+                    last_report = time.monotonic()
+                    print(f"  {time.time() - t0:6.0f} s: {visible:,} of {orders:,} visible in "
+                          f"{len(collector.messages)} messages", flush=True)
+                time.sleep(0.5)
+            collector.poll()
+        stats = fake.stats()
+        seen = collector.first_seen
+        visible = [n for n in numbers if n in seen]
+        complete = len(visible) == orders
+        all_visible_s = (max(seen[n] for n in visible) - t0) if visible else float("nan")
+        messages = [(round(stored - t0, 3), count) for stored, count in collector.messages]
+        digests = [count for _, count in messages if count > 1]
+        acks = [s.acked - s.due for s in sent]
+        statuses = stack.answer_counts(sent)
+        repeated = sorted(set(collector.repeated))
+        repeats = collector.repeats()
+        retried = sum(s.attempts > 1 for s in sent)
+        evidence = ""
+        if repeated or len(visible) < orders:
+            evidence = str(stack.keep_evidence("burst", fake, [
+                worker.service, receiver.service, fake.service]).relative_to(
+                    stack.BENCH_DIR.parent))
+    floor = floor_of(orders, seconds)
+    result = {
+        "benchmark": "burst", "when": datetime.datetime.now().astimezone().isoformat(),
+        "quick": args.quick, "machine": info, "header": header,
+        "settings": {"orders": orders, "burst_seconds": seconds, "per_minute": PER_MINUTE,
+                     "digest_max_items": MAX_ITEMS, "worker_processes": 1,
+                     "body_bytes": stack.BODY_BYTES},
+        "sent_over_s": round(sent_for, 2), "statuses": statuses,
+        "ack": {"p50_ms": round(1000 * stack.percentile(acks, 50), 1),
+                "p99_ms": round(1000 * stack.percentile(acks, 99), 1),
+                "max_ms": round(1000 * max(acks), 1)},
+        "complete": complete, "visible": len(visible), "missing": orders - len(visible),
+        "posted_twice": len(repeated), "repeats": repeats, "evidence": evidence,
+        "resent_after_no_answer": retried, "all_visible_s": round(all_visible_s, 1),
+        "messages": len(messages), "digests": len(digests),
+        "orders_in_digests": sum(digests), "single_messages": len(messages) - len(digests),
+        "largest_digest": max(digests, default=0),
+        "messages_without_order": collector.others,
+        "fake_stats": stats, "rate_limited": stats.get("rate_limited"),
+        "floor": floor,
+        "time_ratio": round(all_visible_s / floor["seconds"], 2) if floor["seconds"] else None,
+        "messages_ratio": round(len(messages) / floor["messages"], 2),
+        "timeline": messages,  # (stored since the first order was due, orders in the message)
+        "load": load.result.as_json(),
+        "took_s": round(time.perf_counter() - began, 1),
+    }
+    problems = []
+    if not complete:
+        problems.append(f"{orders - len(visible)} orders never visible")
+    if repeated:
+        problems.append(f"{len(repeated)} order(s) shown twice (e.g. #{repeated[0]}; "
+                        f"evidence in {evidence})")
+    if stats.get("rate_limited"):
+        problems.append(f"{stats['rate_limited']} requests answered 429")
+    if not stack.answers_ok(statuses):
+        problems.append(f"answers {statuses}")
+    result["problems"] = problems
+
+    print(f"\n  {'':<44} {'time to all visible':>20} {'messages':>9} {'429s':>5}")
+    print(f"  {'floor: ⌈N/25⌉ messages, 80 a minute [baseline]':<44} "
+          f"{floor['seconds']:>18.0f} s {floor['messages']:>9} {0:>5}")
+    print(f"  {'the bridge':<44} {all_visible_s:>18.1f} s {len(messages):>9} "
+          f"{stats.get('rate_limited', '?'):>5}")
+    ratio = f"{result['time_ratio']:.2f}×" if result["time_ratio"] else "—"
+    print(f"  {'ratio to the floor':<44} {ratio:>20} {result['messages_ratio']:>8.2f}×")
+    print(f"  {len(digests)} digests carried {sum(digests):,} orders (largest "
+          f"{max(digests, default=0)}), {len(messages) - len(digests)} orders went alone; acks p50 "
+          f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms; sent over "
+          f"{sent_for:.1f} s; others {load.result.others_cores:.2f} cores")
+    for repeat in repeats:
+        print(f"  order #{repeat['order']} is shown by:")
+        for m in repeat["messages"]:
+            print(f"    message {m['index']} at {m['stored'] - t0:.1f} s ({m['orders_in_it']} "
+                  f"order(s)): {m['first_line']}")
+    print("  checks: " + ("; ".join(problems) if problems else
+                          f"all {orders:,} orders visible once, every webhook 202, no 429"))
+    path = stack.write_result("burst", result)
+    with open(stack.RESULTS_DIR / "burst_history.jsonl", "a", encoding="utf-8") as history:
+        history.write(json.dumps({k: result[k] for k in (
+            "when", "quick", "all_visible_s", "messages", "digests", "single_messages",
+            "rate_limited", "posted_twice", "missing", "problems", "evidence")} | {
+            "orders": orders, "burst_seconds": seconds, "tree": info.get("tree", "?")}) + "\n")
+    print(f"results: {path}")
+    print(f"(took {time.perf_counter() - began:.1f} s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
