@@ -60,12 +60,10 @@ class Backlog:
         return (self._prefix + "backlog:"
                 + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
 
-    def add(self, notification: Notification, job_id: str,
-            pipeline: redis.client.Pipeline | None = None) -> None:
+    def add(self, notification: Notification, job_id: str) -> None:
         """Count a just-enqueued notification into its route's backlog."""
         if notification.digest and not notification.reply:
-            (pipeline or self.connection).zadd(self._key(notification),
-                                               {job_id: notification.received_at})
+            self.connection.zadd(self._key(notification), {job_id: notification.received_at})
 
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
@@ -74,9 +72,6 @@ class Backlog:
             return ""
         owner = self.connection.get(self._prefix + "in-digest:" + job_id)
         return owner.decode() if owner else ""
-
-    def waiting(self, notification: Notification) -> int:
-        return int(self.connection.zcard(self._key(notification)))
 
     def claim(self, notification: Notification, job_id: str, threshold: int,
               max_items: int) -> Claim:
