@@ -66,7 +66,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -86,6 +85,7 @@ import rq
 import yaml
 
 import bridge
+from bench.stack import child_env, free_port
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue
 from bridge.redis_embedded import EmbeddedRedis
@@ -95,13 +95,9 @@ API_KEY = "bench-key-not-real-0123456789abcdef"
 CHANNEL = "bench"
 SINK_THREADS = 8
 SINK_URL_PATH = "/sendMessage"
-PACKAGE_ROOT = Path(bridge.__file__).resolve().parent.parent  # the tree being benchmarked
 BRIDGE_DIR = str(Path(bridge.__file__).resolve().parent)
 PROFILE_FILE = Path(__file__).resolve().parent / "results" / "worker_profile.txt"
 TOKEN = re.compile(r"\[bench ([0-9a-z]+-[0-9]+)\]")
-# Environment that would point a worker elsewhere than the temp config says.
-FOREIGN_ENV = ("BRIDGE_CONFIG", "PUMBLE_API_KEY", "PUMBLE_BASE_URL", "REDIS_URL",
-               "BRIDGE_DATA_DIR", "PYTHONPATH")
 
 
 # --- the messages ---------------------------------------------------------------------------
@@ -166,19 +162,6 @@ def serve_fake(port: int) -> None:
         "accesslog": None,
         "loglevel": "warning",
     }).run()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
-    env["PYTHONPATH"] = str(PACKAGE_ROOT)  # the children run the same tree as this process
-    env.update(extra)
-    return env
 
 
 class Sink:

@@ -124,9 +124,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                 dead_letters.add(failure.notification, failure.reason)
                 metrics.dead_lettered(failure.notification.route)
             queue.mark_seen(source_name, event.id, dedupe_window)
+            failed = [failure.reason for failure in dispatch.failures]
             activity.record(event_id=event.id, source=source_name, event_type=event.type,
                             received_at=received_at, notifications=dispatch.notifications,
-                            failures=[failure.reason for failure in dispatch.failures])
+                            failures=failed)
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                       type(exc).__name__, extra=context)
@@ -137,8 +138,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         # Every job already there: a re-delivery that raced the first one, or outlived the
         # dedupe marker but not the jobs.
         duplicate = bool(dispatch.notifications) and enqueued == 0
-        return answer(event, duplicate, len(dispatch.notifications), enqueued,
-                      [failure.reason for failure in dispatch.failures])
+        return answer(event, duplicate, len(dispatch.notifications), enqueued, failed)
 
     def answer(event, duplicate: bool, notifications: int = 0, enqueued: int = 0,
                failed: list[str] | None = None):
