@@ -28,8 +28,9 @@ with its load balancer would):
   - ``hmac+rpush``: the same, plus the HMAC-SHA256 check of the body and one RPUSH of it;
   - ``hmac+rq``: the same, plus one plain RQ ``Queue.enqueue`` of the body (JSON serializer, as
     the bridge's; no job id, no options);
-  - ``bridge``: ``python -m bridge --config CFG serve`` itself: verify, dedupe, route, render,
-    store the event, enqueue durably, mark seen, record activity, count metrics, log.
+  - ``bridge``: ``python -m bridge --config CFG serve`` itself: verify, parse, route, render,
+    then one atomic step (dedupe, store the event, enqueue durably, mark seen, record activity),
+    count metrics, log.
   The three reference apps are served by the real ``serve`` command too: a child process
   (``--serve-app CASE``) replaces ``bridge.web.create_app`` with the reference app and calls
   ``bridge.cli.main``, so gunicorn's settings cannot drift from the receiver's.
@@ -49,9 +50,9 @@ with its load balancer would):
   the ``--serve-app`` child (which then runs the real ``serve``), two ways:
   - stage timers, for bare, hmac+rq and the bridge: thin wrappers around gunicorn's
     ``ThreadWorker.handle`` (one request: parse, the app, the answer, the access log), Flask's
-    ``wsgi_app``, the view and each stage of the receiver (verify, parse, seen, dispatch,
-    store_event, enqueue and rq's ``Queue.enqueue`` in it, mark_seen, activity, metrics, the
-    log line, the answer, every redis-py call), adding the thread's own CPU time
+    ``wsgi_app``, the view and each stage of the receiver (verify, parse, dispatch, the
+    activity line, accept and in it the job's fields and the script call, metrics, the log
+    line, the answer, every redis-py call), adding the thread's own CPU time
     (``time.thread_time_ns``: CPU, not time spent waiting for the GIL or for Redis); about
     0.3 µs a wrapped call, so the stages keep their true sizes. This is the summary table.
   - cProfile of the bridge, one profiler per gunicorn thread with the same CPU clock, merged:
@@ -265,12 +266,10 @@ STAGE_TARGETS = (
     ("parse", "bridge.sources.shopify:ShopifySource.parse"),
     ("seen", "bridge.queue:NotificationQueue.seen"),
     ("dispatch", "bridge.pipeline:Pipeline.dispatch"),
-    ("store_event", "bridge.queue:NotificationQueue.store_event"),
-    ("enqueue", "bridge.queue:NotificationQueue.enqueue"),
-    ("rq enqueue", "rq.queue:Queue.enqueue"),
-    ("thread root", "bridge.threads:ThreadRoots.expect"),
-    ("backlog", "bridge.digest:Backlog.add"),
-    ("mark_seen", "bridge.queue:NotificationQueue.mark_seen"),
+    ("activity entry", "bridge.activity:Activity.entry"),
+    ("accept", "bridge.queue:NotificationQueue.accept"),
+    ("job fields", "bridge.queue:NotificationQueue._job_fields"),
+    ("accept script", "redis.commands.core:Script.__call__"),
     ("activity", "bridge.activity:Activity.record"),
     ("dead letter", "bridge.dlq:DeadLetters.add"),
     ("metrics: answered", "bridge.metrics:webhook_answered"),
@@ -525,23 +524,24 @@ def stage_rows(totals: dict[str, list[int]], case: str) -> list[tuple[str, float
     rows.append(("  the view" if case == "bridge" else "  the view (the case's own work)", view,
                  calls("view")))
     if case == "bridge":
-        children = ("verify", "parse", "seen", "dispatch", "store_event", "enqueue", "mark_seen",
+        children = ("verify", "parse", "seen", "dispatch", "activity entry", "accept",
                     "activity", "dead letter", "metrics: enqueued", "log line", "answer")
         names = {"verify": "verify: HMAC of the body", "parse": "parse: JSON -> Event",
-                 "seen": "dedupe: seen? (EXISTS)", "dispatch": "route + render order_created.j2",
-                 "store_event": "store the webhook (SET, 5 KB)",
-                 "enqueue": "enqueue the notification", "mark_seen": "mark seen (SET EX)",
-                 "activity": "activity record (LPUSH + LTRIM)",
+                 "seen": "dedupe: seen? (EXISTS; only with a failed template)",
+                 "dispatch": "route + render order_created.j2",
+                 "activity entry": "the admin page's activity line (JSON)",
+                 "accept": "accept: dedupe, store the webhook, the job, its root and backlog, "
+                           "mark seen, the activity line (one Lua script)",
+                 "activity": "activity record of a duplicate (none here)",
                  "dead letter": "dead letters (none here)",
                  "metrics: enqueued": "metrics: enqueued", "log line": "the event's log line",
                  "answer": "the answer (jsonify)"}
         for child in children:
             if child in totals:
                 rows.append((f"    {names[child]}", us(child), calls(child)))
-                if child == "enqueue":
-                    for inner, text in (("rq enqueue", "rq Queue.enqueue (unique job)"),
-                                        ("thread root", "thread root (SET)"),
-                                        ("backlog", "digest backlog (ZADD)")):
+                if child == "accept":
+                    for inner, text in (("job fields", "the job's hash fields (rq's Job)"),
+                                        ("accept script", "the script call (EVALSHA)")):
                         if inner in totals:
                             rows.append((f"      of which {text}", us(inner), calls(inner)))
         rows.append(("    the rest of the view (glue, request.headers, ...)",

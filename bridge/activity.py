@@ -1,8 +1,9 @@
 """The recent webhooks and what became of each: the admin page's first table.
 
-The receiver records every accepted event (a capped list in Redis, newest first) with the jobs
-it enqueued; reading it joins each job's state from rq (queued, scheduled for a retry, sent with
-Pumble's message id, in a digest, dead-lettered with the reason).
+The receiver records every event (a capped list in Redis, newest first) with the jobs it
+enqueued, in the same step as it enqueues them (``NotificationQueue.accept``); reading it joins
+each job's state from rq (queued, scheduled for a retry, sent with Pumble's message id, in a
+digest, dead-lettered with the reason).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import redis
 from rq.job import Job
 
 from bridge.notification import Notification
-from bridge.queue import NotificationQueue, job_id
+from bridge.queue import ListEntry, NotificationQueue, job_id
 
 KEEP = 500  # events remembered
 
@@ -52,18 +53,24 @@ class Activity:
     def connection(self) -> redis.Redis:
         return self.queue.rq.connection
 
-    def record(self, *, event_id: str, source: str, event_type: str, received_at: float,
-               notifications: list[Notification], failures: list[str],
-               duplicate: bool = False) -> None:
+    def entry(self, *, event_id: str, source: str, event_type: str, received_at: float,
+              notifications: list[Notification], failures: list[str],
+              duplicate: bool = False) -> ListEntry:
+        """The event's line, for the queue to push as it accepts the event."""
         entry = {
             "event_id": event_id, "source": source, "type": event_type,
             "received_at": received_at, "duplicate": duplicate, "failures": failures,
             "notifications": [{"route": n.route, "channel": n.channel,
                                "job_id": job_id(self.queue.rq.name, n)} for n in notifications],
         }
+        return ListEntry(self._key, json.dumps(entry), self.keep)
+
+    def record(self, **event: Any) -> None:
+        """Push an event's line now (a re-delivery's, which the queue did not accept)."""
+        line = self.entry(**event)
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.lpush(self._key, json.dumps(entry))
-            pipe.ltrim(self._key, 0, self.keep - 1)
+            pipe.lpush(line.key, line.entry)
+            pipe.ltrim(line.key, 0, line.keep - 1)
             pipe.execute()
 
     def recent(self, limit: int = 50) -> list[EventActivity]:

@@ -55,15 +55,14 @@ class Backlog:
         self._prefix = f"pumble-bridge:{namespace}:"
         self._claim = connection.register_script(_CLAIM)
 
-    def _key(self, notification: Notification) -> str:
+    def key(self, notification: Notification) -> str:
+        """The backlog of the notification's route, "" for one that is never in a digest. The
+        queue adds each new job of it (scored by ``received_at``) as it enqueues it."""
+        if not notification.digest or notification.reply:
+            return ""
         parts = (notification.account, notification.channel, notification.route)
         return (self._prefix + "backlog:"
                 + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
-
-    def add(self, notification: Notification, job_id: str) -> None:
-        """Count a just-enqueued notification into its route's backlog."""
-        if notification.digest and not notification.reply:
-            self.connection.zadd(self._key(notification), {job_id: notification.received_at})
 
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
@@ -79,7 +78,7 @@ class Backlog:
         ``max_items - 1`` of them with it. Asked again by the same job, answers the same."""
         if not notification.digest or notification.reply:
             return Claim()
-        answer = self._claim(keys=[self._key(notification), self._prefix + "digest:" + job_id],
+        answer = self._claim(keys=[self.key(notification), self._prefix + "digest:" + job_id],
                              args=[job_id, threshold, max_items - 1, self.ttl,
                                    self._prefix + "in-digest:"])
         kind = answer[0].decode()

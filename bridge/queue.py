@@ -1,14 +1,23 @@
 """Put notifications on the RQ queue durably, once each. The only module that knows RQ's keys.
 
-A notification's job id is derived from (queue, source, delivery id, route), and jobs are
-enqueued with ``unique=True``: a shop re-delivering the same webhook cannot make a second job while
-the first exists (rq-notes §3; a plain ``job_id=`` would run it twice).
+A notification's job id is derived from (queue, source, delivery id, route), and a job is written
+only if none with its id exists: a shop re-delivering the same webhook cannot make a second job
+while the first exists (rq-notes §3; a plain ``job_id=`` would run it twice).
+
+A webhook is accepted in one step (``accept``): one Lua script checks its delivery id against
+the dedupe window, keeps the webhook, writes each notification's job (rq's own hash fields, made
+by rq's Job; the same check-and-write as rq's ``unique=True`` enqueue) with its thread root and
+digest backlog entries, marks the delivery seen and records it for the admin page. One round
+trip instead of eight, and atomic: a crash leaves all of it or none, so a platform's retry never
+finds a seen marker without its jobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,13 +25,12 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
 from bridge.config import DeliverySettings
 from bridge.digest import Backlog
 from bridge.notification import Notification
-from bridge.threads import ThreadRoots
+from bridge.threads import EXPECTED, ThreadRoots
 
 DELIVER = "bridge.delivery.deliver"
 RESULT_TTL = 24 * 3600  # a delivered job is kept a day: the window in which re-deliveries dedupe
@@ -91,6 +99,73 @@ def _event_digest(source: str, event_id: str) -> str:
     return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
 
 
+# KEYS: 1 seen marker, 2 stored webhook, 3 the rq queue, 4 rq's set of queues, 5 the activity
+# list; then per notification: its job, its thread root ('' for none), its backlog ('' for none).
+# ARGV: 1 dedupe window (0: none), 2 webhook record ('' : none), 3 its ttl, 4 activity entry
+# ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker; then per
+# notification: job id, root ttl, backlog score, number of job fields, fields and values.
+# Returns {0} for a delivery seen before, else {1, then 1 (written) or 0 (job already there)
+# per notification}.
+_ACCEPT = """
+local window = tonumber(ARGV[1])
+if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+local written = {1}
+local at = 8
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local job, root, backlog = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
+  local id, root_ttl, score = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local first = at + 4
+  at = first + 2 * tonumber(ARGV[at + 3])
+  if redis.call('EXISTS', job) == 1 then
+    written[#written + 1] = 0
+  else
+    redis.call('HSET', job, unpack(ARGV, first, at - 1))
+    redis.call('RPUSH', KEYS[3], id)
+    redis.call('SADD', KEYS[4], KEYS[3])
+    if root ~= '' then redis.call('SET', root, ARGV[7], 'EX', root_ttl, 'NX') end
+    if backlog ~= '' then redis.call('ZADD', backlog, score, id) end
+    written[#written + 1] = 1
+  end
+end
+if window > 0 then redis.call('SET', KEYS[1], 1, 'EX', window) end
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
+return written
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    """A webhook as accepted: kept while its notifications may still fail (a dead letter shows
+    it, and a failed template is rendered again from it)."""
+
+    source: str
+    event_id: str
+    event_type: str
+    headers: dict[str, str]  # without secrets (Source.keepable_headers)
+    body: bytes
+    dead_letters: bool = False  # some of its notifications are dead letters already
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """A line for a capped Redis list (the activity record), pushed by ``accept`` when the
+    delivery is not one seen before."""
+
+    key: str
+    entry: str
+    keep: int
+
+
+@dataclass(frozen=True)
+class Accepted:
+    duplicate: bool  # the delivery id was seen within the dedupe window: nothing was written
+    written: tuple[bool, ...] = ()  # per notification: False when its job was already there
+
+
 class NotificationQueue:
     def __init__(self, connection: redis.Redis, name: str,
                  delivery: DeliverySettings | None = None):
@@ -100,6 +175,7 @@ class NotificationQueue:
         self.roots = ThreadRoots(connection, name, ttl=FAILURE_TTL)
         self._seen_prefix = f"pumble-bridge:{name}:seen:"
         self._event_prefix = f"pumble-bridge:{name}:event:"
+        self._accept = connection.register_script(_ACCEPT)
 
     def _seen_key(self, source: str, event_id: str) -> str:
         return self._seen_prefix + _event_digest(source, event_id)
@@ -108,49 +184,72 @@ class NotificationQueue:
         """True when this delivery was accepted before, within the dedupe window."""
         return bool(self.rq.connection.exists(self._seen_key(source, event_id)))
 
-    def mark_seen(self, source: str, event_id: str, window: int) -> None:
-        """Remember an accepted delivery. Written only after its jobs are stored, so a failure
-        in between makes the platform's retry enqueue again (the jobs' unique ids dedupe it),
-        never lose it."""
-        if window > 0:
-            self.rq.connection.set(self._seen_key(source, event_id), 1, ex=window)
+    def accept(self, notifications: Sequence[Notification], *, received: Received | None = None,
+               dedupe_window: int = 0, activity: ListEntry | None = None) -> Accepted:
+        """Store a webhook's notifications as jobs, in one atomic step with what comes with
+        them: with ``received``, the webhook itself (while any of its notifications may fail)
+        and, with a ``dedupe_window`` (seconds), the check that its delivery id is new and the
+        marker that makes a re-delivery within the window a duplicate; the ``activity`` line.
+        Raises redis.RedisError when Redis cannot be written (then nothing was)."""
+        seen_key = event_key = record = ""
+        record_ttl = 0
+        if received is not None:
+            seen_key = self._seen_key(received.source, received.event_id)
+            event_key = self._event_key(received.source, received.event_id)
+        if received is not None and (notifications or received.dead_letters):
+            record = json.dumps({"source": received.source, "event_id": received.event_id,
+                                 "type": received.event_type, "headers": received.headers,
+                                 "body": received.body.decode("utf-8", "replace")})
+            # A dead letter keeps its webhook as long as itself (keep_event).
+            record_ttl = FAILURE_TTL if received.dead_letters else self.delivery.max_age + 3600
+        keys: list[str] = [seen_key, event_key, self.rq.key, self.rq.redis_queues_keys,
+                           activity.key if activity else ""]
+        args: list[Any] = [dedupe_window if received is not None else 0, record, record_ttl,
+                           activity.entry if activity else "", activity.keep if activity else 0,
+                           len(notifications), EXPECTED]
+        for notification in notifications:
+            new_id = job_id(self.rq.name, notification)
+            root = self.roots.key(notification) if notification.starts_thread else ""
+            keys += [self.rq.job_class.key_for(new_id), root,
+                     self.backlog.key(notification)]
+            fields = self._job_fields(new_id, notification)
+            args += [new_id, self.delivery.max_age, notification.received_at, len(fields) // 2,
+                     *fields]
+        answer = self._accept(keys=keys, args=args)
+        if not answer[0]:
+            return Accepted(duplicate=True)
+        return Accepted(duplicate=False, written=tuple(bool(flag) for flag in answer[1:]))
 
     def enqueue(self, notification: Notification) -> bool:
-        """Store the job in Redis; False when the same notification is already there.
+        """Store one notification's job; False when the same notification is already there.
         Raises redis.RedisError when Redis cannot be written."""
-        new_id = job_id(self.rq.name, notification)
-        try:
-            self.rq.enqueue(
-                DELIVER,
-                notification.to_payload(),
-                job_id=new_id,
-                unique=True,
-                description="deliver",  # the default would copy the message text into logs
-                job_timeout=self.delivery.job_timeout,
-                result_ttl=RESULT_TTL,
-                failure_ttl=FAILURE_TTL,
-                retry=CRASH_RETRIES,
-            )
-        except DuplicateJobError:
-            return False
-        if notification.starts_thread:
-            self.roots.expect(notification, ttl=self.delivery.max_age)
-        self.backlog.add(notification, new_id)
-        return True
+        return self.accept([notification]).written[0]
+
+    def _job_fields(self, new_id: str, notification: Notification) -> list[Any]:
+        """The job's hash as rq's own unique enqueue writes it (rq.scripts): rq makes the Job
+        and its fields, the accept script only stores them. rq is pinned to a minor version and
+        tests/test_queue.py compares the two field by field."""
+        job = self.rq.create_job(
+            DELIVER,
+            args=(notification.to_payload(),),
+            job_id=new_id,
+            description="deliver",  # the default would copy the message text into logs
+            timeout=self.delivery.job_timeout,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            retry=CRASH_RETRIES,
+        )
+        self.rq._prepare_for_queue(job)  # origin, enqueued_at, status: what enqueue sets
+        fields: list[Any] = []
+        for name, value in job.to_dict().items():
+            if value is not None:
+                fields += [name, value if isinstance(value, bytes | str) else str(value)]
+        return fields
 
     # -- the original events, for dead letters ---------------------------------------------------
 
     def _event_key(self, source: str, event_id: str) -> str:
         return self._event_prefix + _event_digest(source, event_id)
-
-    def store_event(self, source: str, event_id: str, event_type: str,
-                    headers: dict[str, str], body: bytes) -> None:
-        """Keep the webhook as received (``headers`` without secrets) while its notifications
-        may still fail; a dead letter keeps it for as long as itself (``keep_event``)."""
-        record = {"source": source, "event_id": event_id, "type": event_type,
-                  "headers": headers, "body": body.decode("utf-8", "replace")}
-        self.rq.connection.set(self._event_key(source, event_id), json.dumps(record),
-                               ex=self.delivery.max_age + 3600)
 
     def keep_event(self, source: str, event_id: str) -> None:
         self.rq.connection.expire(self._event_key(source, event_id), FAILURE_TTL)

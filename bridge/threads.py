@@ -47,23 +47,22 @@ class ThreadRoots:
         self._claim = connection.register_script(_CLAIM)
         self._give_up = connection.register_script(_GIVE_UP)
 
-    def _key(self, notification: Notification) -> str:
+    def key(self, notification: Notification) -> str:
+        """Where the conversation's root is kept; "" for a notification outside any. The queue
+        sets it to EXPECTED (NX) as it enqueues the conversation's first message, so replies
+        wait for it."""
+        if not notification.thread_key:
+            return ""
         parts = (notification.account, notification.channel, notification.source,
                  notification.thread_key)
         return self._prefix + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-    def expect(self, notification: Notification, ttl: int) -> None:
-        """The receiver enqueued this conversation's first message: replies wait for it (up to
-        ``ttl`` seconds: the root's own max age)."""
-        if notification.thread_key:
-            self.connection.set(self._key(notification), EXPECTED, ex=ttl, nx=True)
 
     def get(self, notification: Notification) -> Root | bool | None:
         """The root; True while one is expected but not sent; False when the expected one was
         given up; None when none was ever announced."""
         if not notification.thread_key:
             return None
-        value = self.connection.get(self._key(notification))
+        value = self.connection.get(self.key(notification))
         if value is None or value == ABANDONED:
             return None if value is None else False
         if value == EXPECTED:
@@ -78,7 +77,7 @@ class ThreadRoots:
         if not notification.thread_key:
             return False
         takes_expected = "1" if notification.starts_thread else "0"
-        return bool(self._claim(keys=[self._key(notification)],
+        return bool(self._claim(keys=[self.key(notification)],
                                 args=[f"{message_id} {channel_id}", self.ttl, EXPECTED,
                                       takes_expected, ABANDONED]))
 
@@ -86,4 +85,4 @@ class ThreadRoots:
         """The expected root will not be sent (dead-lettered): replies stop waiting for it and
         the first of them to be posted takes its place."""
         if notification.thread_key:
-            self._give_up(keys=[self._key(notification)], args=[EXPECTED, ABANDONED])
+            self._give_up(keys=[self.key(notification)], args=[EXPECTED, ABANDONED])

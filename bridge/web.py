@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import redis
 from flask import Flask, g, jsonify, request
@@ -22,7 +23,7 @@ from bridge.admin import admin_blueprint, rate_limiter
 from bridge.config import Config
 from bridge.dlq import DeadLetters
 from bridge.pipeline import Pipeline
-from bridge.queue import NotificationQueue, connect
+from bridge.queue import NotificationQueue, Received, connect
 from bridge.reload import Reloader
 from bridge.sources import PayloadError, SignatureError, WebhookRequest
 
@@ -103,36 +104,45 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         g.event_type = event.type
         context.update(event_id=event.id, event_type=event.type)
 
-        try:
-            if queue.seen(source_name, event.id):
-                log.info("event %s from %s: re-delivery, already accepted", event.id,
-                         source_name, extra=context)
-                activity.record(event_id=event.id, source=source_name, event_type=event.type,
-                                received_at=received_at, notifications=[], failures=[],
-                                duplicate=True)
-                return answer(event, duplicate=True)
-            dispatch = pipeline.dispatch(event, received_at)
-            if dispatch.notifications or dispatch.failures:
-                queue.store_event(source_name, event.id, event.type,
-                                  source.keepable_headers(webhook), webhook.body)
-            enqueued = 0
-            for notification in dispatch.notifications:
-                if queue.enqueue(notification):
-                    enqueued += 1
-                    metrics.enqueued(notification.route)
-            for failure in dispatch.failures:  # a template failed: a dead letter at once
-                dead_letters.add(failure.notification, failure.reason)
-                metrics.dead_lettered(failure.notification.route)
-            queue.mark_seen(source_name, event.id, dedupe_window)
-            failed = [failure.reason for failure in dispatch.failures]
+        received = Received(source_name, event.id, event.type, source.keepable_headers(webhook),
+                            webhook.body, dead_letters=False)
+
+        def redelivery():
+            log.info("event %s from %s: re-delivery, already accepted", event.id, source_name,
+                     extra=context)
             activity.record(event_id=event.id, source=source_name, event_type=event.type,
-                            received_at=received_at, notifications=dispatch.notifications,
-                            failures=failed)
+                            received_at=received_at, notifications=[], failures=[],
+                            duplicate=True)
+            return answer(event, duplicate=True)
+
+        dispatch = pipeline.dispatch(event, received_at)
+        failed = [failure.reason for failure in dispatch.failures]
+        try:
+            if dispatch.failures:
+                # Rare (a template failed). Its dead letters are written first, so no crash can
+                # leave the delivery marked seen without them; writing one twice is a no-op.
+                if queue.seen(source_name, event.id):
+                    return redelivery()
+                for failure in dispatch.failures:
+                    dead_letters.add(failure.notification, failure.reason)
+                    metrics.dead_lettered(failure.notification.route)
+                received = replace(received, dead_letters=True)
+            accepted = queue.accept(
+                dispatch.notifications, received=received, dedupe_window=dedupe_window,
+                activity=activity.entry(event_id=event.id, source=source_name,
+                                        event_type=event.type, received_at=received_at,
+                                        notifications=dispatch.notifications, failures=failed))
+            if accepted.duplicate:
+                return redelivery()
         except redis.RedisError as exc:
             log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                       type(exc).__name__, extra=context)
             body = {"error": "cannot store the event right now; retry later"}
             return jsonify(body), 503, {"Retry-After": "5"}
+        for notification, written in zip(dispatch.notifications, accepted.written, strict=True):
+            if written:
+                metrics.enqueued(notification.route)
+        enqueued = sum(accepted.written)
         log.info("event %s %s from %s: %d notification(s), %d enqueued", event.id, event.type,
                  source_name, len(dispatch.notifications), enqueued, extra=context)
         # Every job already there: a re-delivery that raced the first one, or outlived the

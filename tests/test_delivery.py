@@ -14,6 +14,8 @@ from bridge import delivery
 from bridge.config import load_config
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
+from bridge.notification import Notification
+from bridge.queue import Received
 from bridge.worker import run_worker
 from tests.conftest import TEST_KEY, Bridge, FakePumble, faults, stats, texts
 
@@ -129,8 +131,11 @@ def test_create_channel_makes_the_missing_channel(bridge, fake_pumble):
 
 def test_a_dead_letter_keeps_the_webhook_it_came_from(bridge, fake_pumble):
     b = bridge()
-    notification = b.enqueue(channel="nowhere")
-    b.queue.store_event("shop", notification.event_id, "order.created", {}, b'{"id": 42}')
+    notification = Notification(source="shop", event_id="e-kept", event_type="order.created",
+                                route="r", channel="nowhere", text="order #1",
+                                received_at=time.time())
+    received = Received("shop", "e-kept", "order.created", {}, b'{"id": 42}')
+    assert b.queue.accept([notification], received=received).written == (True,)
     b.drain()
     [record] = b.dead.list()
     assert b.dead.get(record.id).event["body"] == '{"id": 42}'

@@ -1,0 +1,152 @@
+"""The receiver's one-step accept (bridge.queue.accept) on a real Redis: the jobs it writes are
+rq's own, and a delivery is written whole, once."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from rq.job import Job
+
+from bridge.activity import Activity
+from bridge.notification import Notification
+from bridge.queue import (
+    CRASH_RETRIES,
+    DELIVER,
+    FAILURE_TTL,
+    RESULT_TTL,
+    NotificationQueue,
+    Received,
+    connect,
+    job_id,
+)
+from bridge.threads import EXPECTED
+
+WINDOW = 600
+
+
+@pytest.fixture
+def queue(redis_url, queue_name, rq_queue) -> NotificationQueue:
+    return NotificationQueue(connect(redis_url), queue_name)
+
+
+def order(event_id: str = "e-1", route: str = "orders", **fields) -> Notification:
+    return Notification(**{"source": "shop", "event_id": event_id, "event_type": "order.created",
+                           "route": route, "channel": "orders", "text": "🛒 order #1001",
+                           "received_at": time.time(), "thread_key": "order:1001",
+                           "starts_thread": True, **fields})
+
+
+def received(event_id: str = "e-1", **fields) -> Received:
+    return Received(**{"source": "shop", "event_id": event_id, "event_type": "order.created",
+                       "headers": {"X-Shopify-Topic": "orders/create"}, "body": b'{"id": 1}',
+                       **fields})
+
+
+def job_hash(queue: NotificationQueue, new_id: str) -> dict[bytes, bytes]:
+    return queue.rq.connection.hgetall(Job.key_for(new_id))
+
+
+def test_the_job_is_the_one_rqs_own_unique_enqueue_writes(queue):
+    """rq is pinned to a minor version; this says when a new one changes what a job holds."""
+    notification = order()
+    assert queue.enqueue(notification)
+    ours = job_hash(queue, job_id(queue.rq.name, notification))
+
+    reference = order(event_id="e-rq")
+    rq_id = job_id(queue.rq.name, reference)
+    queue.rq.enqueue(DELIVER, reference.to_payload(), job_id=rq_id, unique=True,
+                     description="deliver", job_timeout=queue.delivery.job_timeout,
+                     result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=CRASH_RETRIES)
+    theirs = job_hash(queue, rq_id)
+
+    assert ours.keys() == theirs.keys()
+    differs = {k for k in ours if ours[k] != theirs[k]}
+    assert differs <= {b"created_at", b"enqueued_at", b"data"}  # when, and the payload itself
+    job = Job.fetch(job_id(queue.rq.name, notification), connection=queue.rq.connection,
+                    serializer=queue.rq.serializer)
+    assert list(job.args) == [notification.to_payload()] and job.func_name == DELIVER
+    assert job.get_status() == "queued" and job.retries_left == 3 and job.origin == queue.rq.name
+    assert queue.rq.get_job_ids() == [job.id, rq_id]
+    assert queue.rq.key.encode() in queue.rq.connection.smembers("rq:queues")
+
+
+def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue, redis_url):
+    first, paid = order(), order(route="paid", reply=True, starts_thread=False)
+    activity = Activity(queue)
+    line = activity.entry(event_id="e-1", source="shop", event_type="order.created",
+                          received_at=1.0, notifications=[first, paid], failures=[])
+    accepted = queue.accept([first, paid], received=received(), dedupe_window=WINDOW,
+                            activity=line)
+    assert not accepted.duplicate and accepted.written == (True, True)
+
+    connection = queue.rq.connection
+    assert len(queue.rq) == 2
+    assert queue.seen("shop", "e-1")
+    assert 0 < connection.ttl(queue._seen_key("shop", "e-1")) <= WINDOW
+    stored = queue.load_event("shop", "e-1")
+    assert stored["body"] == '{"id": 1}' and stored["headers"] == {"X-Shopify-Topic":
+                                                                   "orders/create"}
+    assert connection.ttl(queue._event_key("shop", "e-1")) > queue.delivery.max_age
+    assert connection.get(queue.roots.key(first)) == EXPECTED
+    # The first message is in its route's backlog; the reply is never in a digest.
+    assert connection.zrange(queue.backlog.key(first), 0, -1) == [
+        job_id(queue.rq.name, first).encode()]
+    assert queue.backlog.key(paid) == ""
+    [recorded] = activity.recent()
+    assert [d.route for d in recorded.deliveries] == ["orders", "paid"]
+
+    again = queue.accept([first, paid], received=received(), dedupe_window=WINDOW,
+                         activity=line)
+    assert again.duplicate and again.written == ()
+    assert len(queue.rq) == 2 and len(activity.recent()) == 1
+
+
+def test_a_job_already_there_is_not_written_again_nor_counted_twice(queue):
+    """Past the dedupe window (or without one) the jobs' own ids still dedupe; a job that was
+    sent and left its backlog must not come back into it."""
+    first = order()
+    assert queue.accept([first], received=received()).written == (True,)
+    backlog = queue.backlog.key(first)
+    queue.rq.connection.delete(backlog)  # as the worker's claim does once it sends
+    queue.rq.connection.delete(queue.roots.key(first))
+
+    second = order(route="also")
+    assert queue.accept([first, second], received=received()).written == (False, True)
+    assert queue.rq.connection.zcard(backlog) == 0
+    assert queue.rq.connection.zrange(queue.backlog.key(second), 0, -1) == [
+        job_id(queue.rq.name, second).encode()]
+    assert queue.rq.connection.get(queue.roots.key(first)) == EXPECTED  # by the new one
+    assert len(queue.rq) == 2
+
+
+def test_a_thread_root_already_posted_is_not_made_expected_again(queue):
+    first = order()
+    queue.rq.connection.set(queue.roots.key(first), "m-1 c-1")
+    assert queue.enqueue(first)
+    assert queue.rq.connection.get(queue.roots.key(first)) == b"m-1 c-1"
+
+
+def test_an_event_no_route_wanted_is_marked_seen_but_not_kept(queue):
+    accepted = queue.accept([], received=received("e-none"), dedupe_window=WINDOW)
+    assert not accepted.duplicate and accepted.written == ()
+    assert queue.seen("shop", "e-none") and queue.load_event("shop", "e-none") is None
+
+
+def test_a_webhook_with_dead_letters_is_kept_as_long_as_they_are(queue):
+    queue.accept([], received=received("e-dead", dead_letters=True), dedupe_window=WINDOW)
+    ttl = queue.rq.connection.ttl(queue._event_key("shop", "e-dead"))
+    assert FAILURE_TTL - 60 < ttl <= FAILURE_TTL
+
+
+def test_without_a_dedupe_window_every_delivery_is_new(queue):
+    queue.accept([], received=received("e-0"), dedupe_window=0)
+    assert not queue.seen("shop", "e-0")
+    assert not queue.accept([], received=received("e-0"), dedupe_window=0).duplicate
+
+
+def test_redis_down_raises_a_redis_error(queue_name):
+    down = NotificationQueue(connect("redis://127.0.0.1:1/0"), queue_name)
+    with pytest.raises(redis.ConnectionError):
+        down.accept([order()], received=received(), dedupe_window=WINDOW)
