@@ -818,6 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-what-if", action="store_true",
                         help="skip the what-if variants of the bridge (access log off, other "
                              "worker/thread counts)")
+    parser.add_argument("--workers", type=int,
+                        help="gunicorn workers of every case (default: serve's own)")
+    parser.add_argument("--threads", type=int,
+                        help="threads per gunicorn worker of every case (default: serve's own)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")
@@ -855,12 +859,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis:   embedded redis-server {store.version} (unix socket, AOF everysec), "
               "emptied after every run", flush=True)
 
+        serve_args = [*(["--workers", str(args.workers)] if args.workers else []),
+                      *(["--threads", str(args.threads)] if args.threads else [])]
         servers: dict[str, stack.Receiver] = {}
         for case in CASES:
             command = None if case == "bridge" else [
                 sys.executable, "-m", "bench.receiver", "--serve-app", case, "--"]
             servers[case] = stack.Receiver(store, config, case.replace("+", "-"),
-                                           command=command)
+                                           command=command, serve_args=serve_args)
             cleanup.callback(servers[case].stop)
         print("servers: " + ", ".join(f"{case} :{s.port} (workers {len(s.workers())})"
                                       for case, s in servers.items()), flush=True)

@@ -6,7 +6,7 @@ from its own config at send time, so no secret is ever stored in Redis.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -34,10 +34,14 @@ class Notification:
         return self.text.strip().split("\n", 1)[0]
 
     def to_payload(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field (all plain values here), at five
+        # times the cost, on the receiver's path.
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Notification:
         # Jobs outlive deploys: a field this version does not know is dropped, not fatal.
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in payload.items() if k in known})
+        return cls(**{k: v for k, v in payload.items() if k in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in fields(Notification))

@@ -8,6 +8,7 @@ shop keeps the event and retries.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -154,7 +155,9 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                failed: list[str] | None = None):
         body = {"event_id": event.id, "type": event.type, "duplicate": duplicate,
                 "notifications": notifications, "enqueued": enqueued, "failed": failed or []}
-        return jsonify(body), 200 if duplicate else 202
+        # Not jsonify: its provider (sorting, app lookups) costs twice as much, on every webhook.
+        return app.response_class(json.dumps(body), 200 if duplicate else 202,
+                                  mimetype="application/json")
 
     @app.get("/healthz")
     def healthz():

@@ -4,10 +4,12 @@ rq's own, and a delivery is written whole, once."""
 from __future__ import annotations
 
 import time
+import zlib
 
 import pytest
 import redis
 from rq.job import Job
+from rq.utils import utcparse
 
 from bridge.activity import Activity
 from bridge.notification import Notification
@@ -54,16 +56,19 @@ def test_the_job_is_the_one_rqs_own_unique_enqueue_writes(queue):
     assert queue.enqueue(notification)
     ours = job_hash(queue, job_id(queue.rq.name, notification))
 
-    reference = order(event_id="e-rq")
-    rq_id = job_id(queue.rq.name, reference)
-    queue.rq.enqueue(DELIVER, reference.to_payload(), job_id=rq_id, unique=True,
+    rq_id = "n-by-rq"
+    queue.rq.enqueue(DELIVER, notification.to_payload(), job_id=rq_id, unique=True,
                      description="deliver", job_timeout=queue.delivery.job_timeout,
                      result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=CRASH_RETRIES)
     theirs = job_hash(queue, rq_id)
 
     assert ours.keys() == theirs.keys()
     differs = {k for k in ours if ours[k] != theirs[k]}
-    assert differs <= {b"created_at", b"enqueued_at", b"data"}  # when, and the payload itself
+    assert differs <= {b"created_at", b"enqueued_at", b"data"}
+    assert zlib.decompress(ours[b"data"]) == zlib.decompress(theirs[b"data"])
+    assert abs(utcparse(ours[b"created_at"].decode()) - utcparse(theirs[b"created_at"].decode())
+               ).total_seconds() < 5
+    assert ours[b"created_at"] == ours[b"enqueued_at"]
     job = Job.fetch(job_id(queue.rq.name, notification), connection=queue.rq.connection,
                     serializer=queue.rq.serializer)
     assert list(job.args) == [notification.to_payload()] and job.func_name == DELIVER
