@@ -52,7 +52,7 @@ with its load balancer would):
     ``ThreadWorker.handle`` (one request: parse, the app, the answer, the access log), Flask's
     ``wsgi_app``, the view and each stage of the receiver (verify, parse, dispatch, the
     activity line, accept and in it the job's fields and the script call, metrics, the log
-    line, the answer, every redis-py call), adding the thread's own CPU time
+    line, every redis-py call), adding the thread's own CPU time
     (``time.thread_time_ns``: CPU, not time spent waiting for the GIL or for Redis); about
     0.3 µs a wrapped call, so the stages keep their true sizes. This is the summary table.
   - cProfile of the bridge, one profiler per gunicorn thread with the same CPU clock, merged:
@@ -274,7 +274,6 @@ STAGE_TARGETS = (
     ("dead letter", "bridge.dlq:DeadLetters.add"),
     ("metrics: answered", "bridge.metrics:webhook_answered"),
     ("metrics: enqueued", "bridge.metrics:enqueued"),
-    ("answer", "bridge.web:jsonify"),
     ("redis call", "redis.client:Redis.execute_command"),
     ("redis call", "redis.client:Pipeline.execute"),
 )
@@ -525,7 +524,7 @@ def stage_rows(totals: dict[str, list[int]], case: str) -> list[tuple[str, float
                  calls("view")))
     if case == "bridge":
         children = ("verify", "parse", "seen", "dispatch", "activity entry", "accept",
-                    "activity", "dead letter", "metrics: enqueued", "log line", "answer")
+                    "activity", "dead letter", "metrics: enqueued", "log line")
         names = {"verify": "verify: HMAC of the body", "parse": "parse: JSON -> Event",
                  "seen": "dedupe: seen? (EXISTS; only with a failed template)",
                  "dispatch": "route + render order_created.j2",
@@ -534,8 +533,7 @@ def stage_rows(totals: dict[str, list[int]], case: str) -> list[tuple[str, float
                            "mark seen, the activity line (one Lua script)",
                  "activity": "activity record of a duplicate (none here)",
                  "dead letter": "dead letters (none here)",
-                 "metrics: enqueued": "metrics: enqueued", "log line": "the event's log line",
-                 "answer": "the answer (jsonify)"}
+                 "metrics: enqueued": "metrics: enqueued", "log line": "the event's log line"}
         for child in children:
             if child in totals:
                 rows.append((f"    {names[child]}", us(child), calls(child)))
@@ -544,7 +542,7 @@ def stage_rows(totals: dict[str, list[int]], case: str) -> list[tuple[str, float
                                         ("accept script", "the script call (EVALSHA)")):
                         if inner in totals:
                             rows.append((f"      of which {text}", us(inner), calls(inner)))
-        rows.append(("    the rest of the view (glue, request.headers, ...)",
+        rows.append(("    the rest of the view (glue, request.headers, the answer, ...)",
                      view - sum(us(c) for c in children), 0.0))
     if "redis call" in totals:
         rows.append(("Redis client calls, within the above (redis-py CPU; calls = round trips)",

@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -427,10 +428,10 @@ def receiver_notes(data: dict[str, Any]) -> str:
         f"half of it, i.e. roughly {2 * goal['connections'] / (goal['p99_goal_ms'] / 1000):,.0f}"
         " req/s: the latency goal is the throughput goal again. At 1 and 8 connections "
         "(below saturation) the table shows the unloaded ack time.")
-    rpush = (f" ({rpush_row['rps'] / bare['rps']:.2f}× here)" if rpush_row else "")
+    rpush = (f", {rpush_row['rps'] / bare['rps']:.2f}× here" if rpush_row else "")
     lines.append(
         "- **What would reach the goal, and why it is not done.** Only a receiver that does "
-        "less: verify, dedupe and one RPUSH of the raw webhook (the HMAC + RPUSH reference"
+        "less: verify, dedupe and one RPUSH of the raw webhook (as the HMAC + RPUSH reference"
         f"{rpush}), with parsing, routing, rendering and job creation moved to a consumer in "
         "the worker processes. That moves ~0.4 ms of CPU a webhook from the receiver, which "
         f"already takes {bridge_row['rps']:,.0f} webhooks a second on these 2 cores (a busy "
@@ -689,6 +690,22 @@ def memory_section(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def soak_summary() -> str:
+    """Reliability is the soak's (bench/soak.py): its latest full run, as SOAK.md records it."""
+    path = stack.PACKAGE_ROOT / "SOAK.md"
+    text = path.read_text("utf-8") if path.exists() else ""
+    found = re.search(r"\| `bench\.soak[^`]*` on (\w+) \| ([\d,]+) \|.*?\| (\d+) \|[^|]*\|[^|]*\|"
+                      r"[^|]*\| `(lost: [^`]+)` \|", text)
+    if not found:
+        return ""
+    commit, events, faults, printed = found.groups()
+    return (f"**Reliability under faults** is measured by the soak, `python -m bench.soak` "
+            f"({events} webhooks from every platform while workers, receivers and Redis are "
+            "killed and Pumble fails, stalls, throttles and drops): latest full run, on "
+            f"{commit}, `{printed}`, with {faults} faults; the figures, the faults and the bugs "
+            "earlier runs found are in [SOAK.md](SOAK.md). A 1,000-event version runs in CI.\n")
+
+
 def write_report(run: dict[str, Any] | None) -> Path:
     receiver, e2e = load_json("receiver"), load_json("end_to_end")
     burst, memory = load_json("burst"), load_json("memory")
@@ -725,6 +742,11 @@ def write_report(run: dict[str, Any] | None) -> Path:
                "/proc/stat, hypervisor steal included) and reports it as *others' cores*; "
                "compare the ratios measured within one run, and treat absolute numbers as "
                "this machine's on that day.\n")
+    out.append("Install what the benchmarks need beyond the tests: `.venv/bin/pip install -e "
+               "'.[bench]'` (matplotlib) and Debian's `wrk` (`apt-get install wrk`).\n")
+    soak = soak_summary()
+    if soak:
+        out.append(soak)
     out.append("## The machine\n")
     out.append(machine_section(info) + trees_section(
         {"receiver": receiver, "end_to_end": e2e, "burst": burst, "memory": memory}))

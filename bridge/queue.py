@@ -210,21 +210,22 @@ class NotificationQueue:
         marker that makes a re-delivery within the window a duplicate; the ``activity`` line.
         Raises redis.RedisError when Redis cannot be written (then nothing was)."""
         seen_key = event_key = record = ""
-        record_ttl = 0
+        record_ttl = window = 0
         if received is not None:
             seen_key = self._seen_key(received.source, received.event_id)
             event_key = self._event_key(received.source, received.event_id)
-        if received is not None and (notifications or received.dead_letters):
-            record = json.dumps({"source": received.source, "event_id": received.event_id,
-                                 "type": received.event_type, "headers": received.headers,
-                                 "body": received.body.decode("utf-8", "replace")})
-            # A dead letter keeps its webhook as long as itself (keep_event).
-            record_ttl = FAILURE_TTL if received.dead_letters else self.delivery.max_age + 3600
+            window = dedupe_window
+            if notifications or received.dead_letters:  # else nothing may need it again
+                record = json.dumps({"source": received.source, "event_id": received.event_id,
+                                     "type": received.event_type, "headers": received.headers,
+                                     "body": received.body.decode("utf-8", "replace")})
+                # A dead letter keeps its webhook as long as itself (keep_event).
+                record_ttl = (FAILURE_TTL if received.dead_letters
+                              else self.delivery.max_age + 3600)
         keys: list[str] = [seen_key, event_key, self.rq.key, self.rq.redis_queues_keys,
                            activity.key if activity else ""]
-        args: list[Any] = [dedupe_window if received is not None else 0, record, record_ttl,
-                           activity.entry if activity else "", activity.keep if activity else 0,
-                           len(notifications), EXPECTED]
+        args: list[Any] = [window, record, record_ttl, activity.entry if activity else "",
+                           activity.keep if activity else 0, len(notifications), EXPECTED]
         for notification in notifications:
             new_id = job_id(self.rq.name, notification)
             root = self.roots.key(notification) if notification.starts_thread else ""
