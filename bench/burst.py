@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up waiting for the channel after this many seconds")
     args = parser.parse_args(argv)
+    stack.unwind_on_sigterm()
     orders = args.orders or (1_000 if args.quick else 5_000)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
 

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-processes", type=int, default=2,
                         help="pumble-bridge worker --processes N (default 2)")
     args = parser.parse_args(argv)
+    stack.unwind_on_sigterm()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     seconds = args.seconds or (10.0 if args.quick else 60.0)
     baseline_seconds = args.baseline_seconds or (5.0 if args.quick else 15.0)

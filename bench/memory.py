@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="events (default 10000)")
     parser.add_argument("--steps", type=int, default=4, help="readings after the warm-up")
     args = parser.parse_args(argv)
+    stack.unwind_on_sigterm()
     events = args.events or (2_000 if args.quick else 10_000)
     steps = max(1, args.steps)
 

@@ -821,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int,
                         help="threads per gunicorn worker of every case (default: serve's own)")
     args = parser.parse_args(argv)
+    stack.unwind_on_sigterm()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")
     concurrencies = sorted({int(n) for n in args.concurrency.split(",") if n.strip()})

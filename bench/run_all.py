@@ -64,10 +64,15 @@ def run_one(name: str, extra: list[str], quick: bool) -> dict[str, Any]:
                                    stderr=subprocess.STDOUT, text=True, encoding="utf-8",
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            out.write(line)
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                out.write(line)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the benchmark stops its own services
+            process.terminate()
+            process.wait(timeout=60)
+            raise
         code = process.wait()
     return {"name": name, "command": " ".join(["python", *command[1:]]), "exit": code,
             "took_s": round(time.perf_counter() - started, 1), "load": load.result.as_json(),
@@ -849,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: BENCHMARKS.md and the plots from bench/results/")
     args = parser.parse_args(argv)
+    stack.unwind_on_sigterm()
     names = list(BENCHMARKS)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]

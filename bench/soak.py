@@ -106,6 +106,7 @@ import redis
 
 from bench.soak_cluster import QUEUE, Cluster
 from bench.soak_events import Factory, Webhook
+from bench.stack import unwind_on_sigterm
 
 KINDS = ("kill-worker", "kill-receiver", "restart-redis", "pumble-5xx", "pumble-timeouts",
          "pumble-429", "pumble-drop")
@@ -614,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     changes = {k: v for k, v in {"events": args.events, "rate": args.rate, "seed": args.seed,
                                  "messages_per_minute": args.messages_per_minute,
                                  "duplicates": args.duplicates, "forged": args.forged,

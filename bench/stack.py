@@ -782,6 +782,15 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (``kill``, a CI timeout, run_all passing it on) unwinds like Ctrl-C, so the
+    benchmark's cleanup stops every service it started instead of leaving them running."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def new_folder(prefix: str) -> Path:
     import tempfile
 

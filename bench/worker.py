@@ -85,7 +85,7 @@ import rq
 import yaml
 
 import bridge
-from bench.stack import child_env, free_port
+from bench.stack import child_env, free_port, unwind_on_sigterm
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue
 from bridge.redis_embedded import EmbeddedRedis
@@ -778,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--fork-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     if args.serve_fake:
         serve_fake(args.serve_fake)
         return 0
