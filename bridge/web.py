@@ -13,7 +13,6 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import replace
 
 import redis
 from flask import Flask, g, jsonify, request
@@ -105,9 +104,6 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         g.event_type = event.type
         context.update(event_id=event.id, event_type=event.type)
 
-        received = Received(source_name, event.id, event.type, source.keepable_headers(webhook),
-                            webhook.body, dead_letters=False)
-
         def redelivery():
             log.info("event %s from %s: re-delivery, already accepted", event.id, source_name,
                      extra=context)
@@ -118,6 +114,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
         dispatch = pipeline.dispatch(event, received_at)
         failed = [failure.reason for failure in dispatch.failures]
+        received = Received(source_name, event.id, event.type, source.keepable_headers(webhook),
+                            webhook.body, dead_letters=bool(dispatch.failures))
         try:
             if dispatch.failures:
                 # Rare (a template failed). Its dead letters are written first, so no crash can
@@ -127,7 +125,6 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                 for failure in dispatch.failures:
                     dead_letters.add(failure.notification, failure.reason)
                     metrics.dead_lettered(failure.notification.route)
-                received = replace(received, dead_letters=True)
             accepted = queue.accept(
                 dispatch.notifications, received=received, dedupe_window=dedupe_window,
                 activity=activity.entry(event_id=event.id, source=source_name,

@@ -15,7 +15,7 @@ from bridge.config import load_config
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
-from bridge.queue import Received
+from bridge.queue import FAILURE_TTL, Received
 from bridge.worker import run_worker
 from tests.conftest import TEST_KEY, Bridge, FakePumble, faults, stats, texts
 
@@ -357,11 +357,16 @@ def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
     body, headers = signed_order(6006, webhook_id="wh-broken")
     with LocalServer(create_app(b.config, b.redis_url, watch=False)) as receiver:
         answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
+        again = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
     assert answer.status_code == 202  # the receiver stays up; the shop need not retry
     [failure] = answer.json()["failed"]
     assert failure.startswith("route 'broken': DivisionByZero")
-    [record] = b.dead.list()
+    assert again.status_code == 200 and again.json()["duplicate"]
+    [record] = b.dead.list()  # one, not one a delivery
     assert record.reason.startswith("the template failed: route 'broken'")
+    # Its webhook is kept as long as the dead letter, to render it again from.
+    event_ttl = rq_queue.connection.ttl(b.queue._event_key("shop", record.notification.event_id))
+    assert event_ttl > FAILURE_TTL - 60
     assert "X-Shopify-Hmac-Sha256".lower() not in b.dead.get(record.id).event["headers"]
 
     fixed = yaml.safe_load(b.path.read_text())

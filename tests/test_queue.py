@@ -77,7 +77,7 @@ def test_the_job_is_the_one_rqs_own_unique_enqueue_writes(queue):
     assert queue.rq.key.encode() in queue.rq.connection.smembers("rq:queues")
 
 
-def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue, redis_url):
+def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue):
     first, paid = order(), order(route="paid", reply=True, starts_thread=False)
     activity = Activity(queue)
     line = activity.entry(event_id="e-1", source="shop", event_type="order.created",
