@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from bridge.config import RATE_LIMIT_KINDS
 from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, RateLimitTimeout
 from tests.conftest import TEST_KEY
 
@@ -66,6 +67,8 @@ def test_limit_validation():
             Limit(5, window=bad)
     assert {k: v.per_minute for k, v in DEFAULT_LIMITS.items()} == {
         "messages": 80, "replies": 80, "reactions": 60, "channels": 60, "requests": 1000}
+    # The kinds a config may set (delivery.rate_limits) are exactly the ones with a default.
+    assert set(DEFAULT_LIMITS) == set(RATE_LIMIT_KINDS)
 
 
 def test_limiter_validation(connection: redis.Redis, make):
