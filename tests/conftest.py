@@ -6,10 +6,11 @@ a Redis the suite did not create.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,18 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
+    """Look at ``condition`` every 0.1 s until it holds; an HTTP error (a server still starting)
+    counts as not yet. After ``timeout`` seconds the test fails, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if condition():
+                return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def free_port() -> int:

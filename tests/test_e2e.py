@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import yaml
 from bridge.config import load_config
 from bridge.local_server import LocalServer
 from bridge.web import create_app
-from tests.conftest import TEST_KEY, free_port, signed_order
+from tests.conftest import TEST_KEY, free_port, signed_order, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +115,8 @@ def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_qu
          "--port", str(port), "--fake-pumble-port", str(fake_port)],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
+                   "serve to be ready")
         sample = cli("--config", str(config_path), "send-sample", "--url",
                      f"http://127.0.0.1:{port}", env=env)
         assert sample.returncode == 0, sample.stdout + sample.stderr
@@ -125,7 +125,7 @@ def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_qu
         def posted():
             return httpx.get(f"http://127.0.0.1:{fake_port}/_fake/messages").json()["messages"]
 
-        _wait_until(lambda: len(posted()) == 1)
+        wait_until(lambda: len(posted()) == 1, "the sample to be posted")
         [message] = posted()
         assert message["channel"] == "orders"
         assert "New order #" in message["text"]
@@ -140,19 +140,6 @@ def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_qu
         assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # stopped cleanly
 
 
-def _wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
-
-
 def test_fake_pumble_command_serves_alone():
     port = free_port()
     fake = subprocess.Popen(
@@ -161,7 +148,7 @@ def test_fake_pumble_command_serves_alone():
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: httpx.get(f"{url}/_fake/messages").status_code == 200)
+        wait_until(lambda: httpx.get(f"{url}/_fake/messages").status_code == 200, "the fake")
         refused = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k2"},
                              json={"channel": "flash-sale", "text": "hi"})
         sent = httpx.post(f"{url}/sendMessage", headers={"ApiKey": "k1"},

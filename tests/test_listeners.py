@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import yaml
 
-from tests.conftest import free_port, signed_order
+from tests.conftest import free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
 
 
@@ -28,13 +27,8 @@ def test_admin_and_metrics_only_on_the_admin_address(bridge, tmp_path):
          "--workers", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=clean_env(BRIDGE_DATA_DIR=str(tmp_path)), start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{private}/healthz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{private}/healthz").status_code == 200,
+                   "serve to start")
 
         def status(port: int, path: str, **kwargs) -> int:
             method = "POST" if "content" in kwargs else "GET"

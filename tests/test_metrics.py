@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge import metrics
 from bridge.web import create_app
 from bridge.worker import run_worker
-from tests.conftest import TEST_KEY, faults, free_port, signed_order
+from tests.conftest import TEST_KEY, faults, free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -257,18 +256,6 @@ def test_metrics_must_be_set_up_before_prometheus_client_is_imported():
 
 # -- serve under gunicorn, a worker process beside it: one machine's totals ------------------------
 
-def _wait_until(condition, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def served(tmp_path, write_config, redis_url, queue_name, fake_pumble, rq_queue):
     """``pumble-bridge serve --workers 2`` on a free port, its data (and so its metrics
@@ -283,7 +270,7 @@ def served(tmp_path, write_config, redis_url, queue_name, fake_pumble, rq_queue)
          "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="serve")
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve")
         yield url, config, env, tmp_path / "data" / "metrics", serve, tmp_path / "serve.log"
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -354,8 +341,8 @@ def test_a_dead_gunicorn_worker_is_forgotten_but_its_counts_stay(served):
     live = directory / f"gauge_livesum_{pid}.db"
     live.write_bytes(counter.read_bytes())
     os.kill(pid, signal.SIGKILL)
-    _wait_until(lambda: not live.exists(), what="gunicorn's child_exit hook")
+    wait_until(lambda: not live.exists(), "gunicorn's child_exit hook")
     assert counter.exists()
-    _wait_until(lambda: value(scrape_url(url), "pumble_bridge_events_received_total",
-                              source="shop", type="order.created", outcome="accepted") == 1,
-                what="a scrape after the worker was replaced")
+    wait_until(lambda: value(scrape_url(url), "pumble_bridge_events_received_total",
+                             source="shop", type="order.created", outcome="accepted") == 1,
+               "a scrape after the worker was replaced")

@@ -21,7 +21,7 @@ from rq.job import JobStatus
 from bridge.local_server import LocalServer
 from bridge.redis_embedded import EmbeddedRedis
 from bridge.web import create_app
-from tests.conftest import Bridge, faults, free_port, signed_order, stats, texts
+from tests.conftest import Bridge, faults, free_port, signed_order, stats, texts, wait_until
 from tests.test_e2e import ROOT, clean_env
 
 
@@ -39,13 +39,6 @@ def kill(worker: subprocess.Popen[bytes]) -> None:
     worker.wait(10)
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def started(bridge: Bridge) -> bool:
     jobs = bridge.rq.get_jobs() + [bridge.rq.fetch_job(i) for i in
                                    bridge.rq.started_job_registry.get_job_ids()]
@@ -58,17 +51,17 @@ def test_a_worker_killed_mid_send_loses_nothing_and_posts_once(bridge, fake_pumb
     b.enqueue("order #31337")
     worker = worker_process(b.path)
     try:
-        wait_for(lambda: started(b), 20, "the worker to start the job")
+        wait_until(lambda: started(b), "the worker to start the job", 20)
         time.sleep(0.5)  # inside the HTTP request now
     finally:
         kill(worker)
-    wait_for(lambda: texts(fake_pumble) == ["order #31337"], 10, "the fake to apply the post")
+    wait_until(lambda: texts(fake_pumble) == ["order #31337"], "the fake to apply the post", 10)
     httpx.delete(f"{fake_pumble.url}/_fake/faults")
 
     # The job is left 'started' by a dead worker until its heartbeat runs out (job_timeout +
     # 10 s); the next worker's maintenance then runs it again, and it looks before sending.
     registry = b.rq.started_job_registry
-    wait_for(lambda: registry.get_expired_job_ids(), 30, "the dead worker's job to expire")
+    wait_until(lambda: registry.get_expired_job_ids(), "the dead worker's job to expire", 30)
     # The look for the earlier post waits out Pumble's late writes (a scheduled run), and the
     # dead worker's scheduler lock is released at once (bridge.worker), not after a minute.
     b.drain(timeout=45)
@@ -83,7 +76,7 @@ def test_sigterm_lets_the_current_send_finish(bridge, fake_pumble):
     b.enqueue("finish me")
     worker = worker_process(b.path)
     try:
-        wait_for(lambda: started(b), 20, "the worker to start the job")
+        wait_until(lambda: started(b), "the worker to start the job", 20)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0
     finally:
@@ -154,11 +147,11 @@ def test_the_worker_rides_out_a_redis_restart(own_redis, write_config, fake_pumb
     worker = worker_process(b.path)
     try:
         b.enqueue("before the restart")
-        wait_for(lambda: texts(fake_pumble) == ["before the restart"], 20, "the first post")
+        wait_until(lambda: texts(fake_pumble) == ["before the restart"], "the first post", 20)
         own_redis.restart()
         b.enqueue("after the restart")
-        wait_for(lambda: texts(fake_pumble) == ["before the restart", "after the restart"],
-                 60, "the worker to reconnect and post")
+        wait_until(lambda: texts(fake_pumble) == ["before the restart", "after the restart"],
+                   "the worker to reconnect and post", 60)
         assert worker.poll() is None  # it did not die of the outage
     finally:
         worker.terminate()
@@ -190,15 +183,15 @@ def test_two_receivers_and_two_workers_share_one_redis(bridge, fake_pumble):
     workers = [worker_process(b.path) for _ in range(2)]
     try:
         for port in ports:
-            wait_for(lambda port=port: _answers(f"http://127.0.0.1:{port}/readyz"), 30,
-                     "a receiver to be ready")
+            wait_until(lambda port=port: _answers(f"http://127.0.0.1:{port}/readyz"),
+                       "a receiver to be ready", 30)
         numbers = range(20_000, 20_040)
         for number in numbers:
             body, headers = signed_order(number, webhook_id=f"scale-{number}")
             answers = {httpx.post(f"http://127.0.0.1:{port}/webhooks/shop", content=body,
                                   headers=headers).status_code for port in ports}
             assert answers == {202, 200}  # one accepted it, the other saw a re-delivery
-        wait_for(lambda: len(texts(fake_pumble)) >= len(numbers), 60, "every order posted")
+        wait_until(lambda: len(texts(fake_pumble)) >= len(numbers), "every order posted", 60)
         time.sleep(1)  # a duplicate, if any, would show up now
         seen = Counter(int(n) for text in texts(fake_pumble)
                        for n in re.findall(r"New order #(\d+)", text))
@@ -226,14 +219,14 @@ def test_worker_processes_share_the_queue_and_a_dead_one_is_replaced(bridge, fak
         b.enqueue(f"order #{number}", digest=False)
     supervisor = worker_process(b.path, "--processes", "2")
     try:
-        wait_for(lambda: len(texts(fake_pumble)) == 30, 60, "every message")
+        wait_until(lambda: len(texts(fake_pumble)) == 30, "every message", 60)
         children = _children(supervisor.pid)
         assert len(children) == 2
         os.killpg(children[0], signal.SIGKILL)
-        wait_for(lambda: len(_children(supervisor.pid)) == 2
-                 and children[0] not in _children(supervisor.pid), 20, "a replacement")
+        wait_until(lambda: len(_children(supervisor.pid)) == 2
+                   and children[0] not in _children(supervisor.pid), "a replacement", 20)
         b.enqueue("after the replacement")
-        wait_for(lambda: len(texts(fake_pumble)) == 31, 30, "the next message")
+        wait_until(lambda: len(texts(fake_pumble)) == 31, "the next message", 30)
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0
     finally:
