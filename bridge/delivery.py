@@ -194,7 +194,7 @@ class Attempt:
 
         sent = self.meta.get("sent")
         if sent:  # an earlier run posted it; a later step (the reaction) is what is left
-            ref, members = MessageRef(**sent), self._claim().members
+            ref, members = MessageRef(**sent), self._members(self._claim().members)
         else:
             early = self._too_early_to_look()
             if early:

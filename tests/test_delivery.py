@@ -15,7 +15,7 @@ from bridge.config import load_config
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
-from bridge.queue import FAILURE_TTL, Received
+from bridge.queue import FAILURE_TTL, Received, job_id
 from bridge.worker import run_worker
 from tests.conftest import TEST_KEY, Bridge, FakePumble, faults, stats, texts
 
@@ -274,6 +274,26 @@ def test_a_backlog_beyond_the_limit_becomes_digests_and_loses_nothing(bridge, fa
         mentions = [line for line in lines if f"#{number:03d}" in line]
         assert len(mentions) == 1, (number, posted)
     assert any(text.startswith("📦 10 notifications (order.created)") for text in posted)
+
+
+def test_a_digest_run_again_after_its_post_ends_without_posting_again(bridge, fake_pumble,
+                                                                       rq_queue):
+    """A digest's job whose post is recorded (a worker killed right after it, or a reaction
+    left to retry) runs again: it ends with its members, and posts nothing more."""
+    b = bridge()
+    first, *others = [b.enqueue(f"order #{number}", event_id=f"dg-{number}")
+                      for number in range(3)]
+    owner = job_id(b.queue.rq.name, first)
+    assert len(b.queue.backlog.claim(first, owner, threshold=1, max_items=10).members) == 2
+    job = rq_queue.fetch_job(owner)
+    job.meta["sent"] = {"id": "m-earlier", "channel_id": "c-orders"}  # as _sent records it
+    job.save_meta()
+    b.drain()
+    assert texts(fake_pumble) == []
+    assert rq_queue.fetch_job(owner).return_value() == {
+        "message_id": "m-earlier", "channel_id": "c-orders", "digest": 3}
+    assert all(rq_queue.fetch_job(job_id(b.queue.rq.name, n)).return_value() == {
+        "in_digest_of": owner} for n in others)
 
 
 def test_a_steady_stream_faster_than_the_limit_becomes_digests(bridge, fake_pumble,
