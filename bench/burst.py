@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
-        header = (f"burst benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-                  f"{' · --quick' if args.quick else ''}\nmachine: {stack.machine_line(info)}")
-        print(header)
-        print(f"bridge:  {stack.PACKAGE_ROOT / 'bridge'}")
+        header = stack.print_header("burst", args.quick, stack.machine_line(info))
         print(f"stack:   serve (gunicorn 2×4) · worker (1 process, default delivery settings: "
               f"{PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) · embedded redis-server "
               f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "

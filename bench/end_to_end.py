@@ -223,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
-        header = (f"end_to_end benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-                  f"{' · --quick' if args.quick else ''}\nmachine: {stack.machine_line(info)}")
-        print(header)
-        print(f"bridge:  {stack.PACKAGE_ROOT / 'bridge'}")
+        header = stack.print_header("end_to_end", args.quick, stack.machine_line(info))
         print(f"stack:   serve (gunicorn 2×4) :{receiver.port} · worker --processes "
               f"{args.worker_processes} · embedded redis-server {store.version} · fake Pumble "
               f":{fake.port} (rate limit off; the bridge's limiter lifted)")

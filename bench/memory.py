@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         bare_shop = stack.Shop(bare.url, connections=SENDERS)
         cleanup.callback(bare_shop.close)
         info = stack.machine(store.version)
-        header = (f"memory benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-                  f"{' · --quick' if args.quick else ''}\nmachine: {stack.machine_line(info)}")
-        print(header)
-        print(f"bridge:  {stack.PACKAGE_ROOT / 'bridge'}")
+        header = stack.print_header("memory", args.quick, stack.machine_line(info))
         print(f"stack:   serve (gunicorn 2×4) · worker (1 process) · embedded redis-server "
               f"{store.version} · fake Pumble (rate limit off) · bare Flask under the same serve")
         print(f"events:  {events:,} signed 5,000-byte orders, {SENDERS} senders, {steps} steps "

@@ -848,10 +848,7 @@ def main(argv: list[str] | None = None) -> int:
             "signature": _lua_string(stack.sign(body)),
         }, "utf-8")
         info = stack.machine(store.version)
-        header = (f"receiver benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-                  f"{' · --quick' if args.quick else ''}\nmachine: {stack.machine_line(info)}")
-        print(header)
-        print(f"bridge:  {stack.PACKAGE_ROOT / 'bridge'}")
+        header = stack.print_header("receiver", args.quick, stack.machine_line(info))
         print(f"load:    wrk, {len(body):,}-byte signed Shopify orders/create, a new "
               f"X-Shopify-Webhook-Id every request; {concurrencies} connections, "
               f"{seconds:g} s a run, {repeats} repeat(s), cases rotated")

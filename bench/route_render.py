@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import io
 import json
@@ -58,7 +57,7 @@ if __package__ in (None, ""):  # run as a file: benchmark this working tree's br
 import jinja2
 import yaml
 
-import bridge
+from bench import stack
 from bridge import samples
 from bridge.config import load_config
 from bridge.events import Event
@@ -269,21 +268,11 @@ def measure(cases: dict[str, tuple[Callable[[Any], object], Any]], repeats: int,
 
 # --- report ---------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"Python {platform.python_version()} ({platform.python_implementation()}) · "
-            f"{platform.platform()} · {os.cpu_count()} CPUs ({usable} usable, {_cpu_model()}) · "
-            f"jinja2 {jinja2.__version__}")
+            f"{platform.platform()} · {os.cpu_count()} CPUs ({usable} usable, "
+            f"{stack.cpu_model()}) · jinja2 {jinja2.__version__}")
 
 
 def _us(ns: float) -> str:
@@ -352,10 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     }, repeats, block_seconds, max_calls)
 
     cfg = config.routes
-    header = (f"route_render benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-              f"{' · --quick' if args.quick else ''}\nmachine: {machine()}")
-    print(header)
-    print(f"bridge:  {Path(bridge.__file__).parent}")
+    header = stack.print_header("route_render", args.quick, machine())
     print(f"config:  {len(cfg)} routes ({sum(r.continue_ for r in cfg)} with continue, "
           f"{sum(r.when is not None for r in cfg)} with when, "
           f"{sum(r.text is not None for r in cfg)} inline text, "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import hashlib
 import hmac
 import importlib.metadata
@@ -750,6 +751,15 @@ def machine(redis_version: str = "") -> dict[str, Any]:
                                 "rq", "httpx", "prometheus_client"),
                      "redis-server": redis_version or "-", "wrk": wrk_version()},
     }
+
+
+def print_header(benchmark: str, quick: bool, machine_text: str) -> str:
+    """A benchmark's first lines (printed, and kept with its results): what, when, where."""
+    text = (f"{benchmark} benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+            f"{' · --quick' if quick else ''}\nmachine: {machine_text}")
+    print(text)
+    print(f"bridge:  {PACKAGE_ROOT / 'bridge'}")
+    return text
 
 
 def machine_line(info: dict[str, Any]) -> str:

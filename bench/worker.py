@@ -56,7 +56,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import datetime
 import io
 import os
 import platform
@@ -85,7 +84,14 @@ import rq
 import yaml
 
 import bridge
-from bench.stack import child_env, free_port, unwind_on_sigterm
+from bench.stack import (
+    child_env,
+    cpu_model,
+    free_port,
+    machine_busy,
+    print_header,
+    unwind_on_sigterm,
+)
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue
 from bridge.redis_embedded import EmbeddedRedis
@@ -292,16 +298,6 @@ class Run:
     @property
     def rate_with_startup(self) -> float:
         return self.jobs / self.wall if self.wall > 0 else 0.0
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine was busy (all CPUs, hypervisor steal included; /proc/stat;
-    0 where there is none)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 @dataclasses.dataclass
@@ -699,18 +695,10 @@ def profile_worker(sink: Sink, store: Store, config: Path, jobs: int, out: Path,
 
 # --- report -------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine(store: Store) -> str:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"Python {platform.python_version()} · {platform.platform()} · {os.cpu_count()} CPUs "
-            f"({usable} usable, {_cpu_model()})\n         rq {rq.__version__} · redis-py "
+            f"({usable} usable, {cpu_model()})\n         rq {rq.__version__} · redis-py "
             f"{redis.__version__} · httpx {httpx.__version__} · gunicorn {gunicorn.__version__}"
             f" · redis-server {store.version}")
 
@@ -802,10 +790,7 @@ def main(argv: list[str] | None = None) -> int:
             sink = Sink(folder)
             stack.callback(sink.stop)
             config = write_config(folder, sink, store)
-            header = (f"worker benchmark · {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-                      f"{' · --quick' if args.quick else ''}\nmachine: {machine(store)}")
-            print(header)
-            print(f"bridge:  {Path(bridge.__file__).parent}")
+            header = print_header("worker", args.quick, machine(store))
             print(f"sink:    fake Pumble under gunicorn, 1 process × {SINK_THREADS} threads "
                   f"(gthread), {sink.url}, rate limit off")
             print(f"redis:   {store.where}, queue {store.queue_name}")
