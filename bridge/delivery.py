@@ -280,12 +280,7 @@ class Attempt:
         self.meta.update(attempts=attempts + 1, maybe_sent_at=time.time())
         self.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
         try:
-            ref = self._post(client, text, root)
-        except NotFoundError:
-            if not n.create_channel or root:
-                raise
-            self._create_channel(client)
-            ref = self._post(client, text, root)
+            ref = self._post_or_create(client, text, root)
         except AmbiguousError:
             raise  # maybe_sent_at stays: the next attempt looks first
         except PumbleError:
@@ -293,6 +288,16 @@ class Attempt:
             raise
         self.answered_at = time.time()
         return self._sent(ref)
+
+    def _post_or_create(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
+        """Post; with ``create_channel``, create a channel Pumble does not know and post again."""
+        try:
+            return self._post(client, text, root)
+        except NotFoundError:
+            if not self.notification.create_channel or root:
+                raise
+            self._create_channel(client)
+            return self._post(client, text, root)
 
     def _post(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
         n = self.notification
