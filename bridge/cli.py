@@ -29,8 +29,8 @@ import httpx
 from bridge import logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_pumble import add_pumble_commands
-from bridge.cli_tools import add_tools_commands, check_online
-from bridge.config import Config, ConfigError, config_path, data_dir, load_config
+from bridge.cli_tools import add_tools_commands, check_online, command_config
+from bridge.config import Config, ConfigError, data_dir
 from bridge.redis_embedded import EmbeddedRedisError, redis_url
 
 log = logging.getLogger("bridge")
@@ -130,12 +130,6 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _config(args: argparse.Namespace) -> Config:
-    config = load_config(config_path(getattr(args, "config", None)))
-    logs.redact_secrets(config)  # its keys and secrets never reach a log line
-    return config
-
-
 def _port(args: argparse.Namespace) -> int:
     return getattr(args, "port", None) or int(os.environ.get("PORT") or DEFAULT_PORT)
 
@@ -154,7 +148,7 @@ def _stop_on_signal(stop: threading.Event) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from bridge.pipeline import Pipeline
 
-    config = _config(args)
+    config = command_config(args)
     Pipeline.from_config(config)
     print(f"{config.path}: OK ({len(config.sources)} source(s), {len(config.routes)} route(s))")
     if config.pumble.api_key is None:
@@ -166,7 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.web import create_app
 
-    config = _config(args)
+    config = command_config(args)
     port = _port(args)
     metrics.enable_multiprocess()  # before any metric: the gunicorn workers count together
     with _redis_url(config) as redis_url:
@@ -196,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from bridge.worker import run_worker
 
-    config = _config(args)
+    config = command_config(args)
     if config.pumble.api_key is None:
         raise CommandError("no Pumble API key: set pumble.api_key in the config or "
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
@@ -263,7 +257,7 @@ def cmd_fake_pumble(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.pipeline import Pipeline
 
-    config = _config(args)
+    config = command_config(args)
     Pipeline.from_config(config)  # refuse a bad config before starting anything
     port = _port(args)
     metrics.enable_multiprocess()  # the children inherit the directory through the environment
@@ -331,7 +325,7 @@ def _wait_or_kill(name: str, child: subprocess.Popen[bytes], grace: float = 40.0
 def cmd_send_sample(args: argparse.Namespace) -> int:
     from bridge.sources.shopify import sign
 
-    config = _config(args)
+    config = command_config(args)
     shopify = [name for name, s in config.sources.items() if s.type == "shopify"]
     name = args.source or (shopify[0] if shopify else "")
     if name not in config.sources or config.sources[name].type != "shopify":

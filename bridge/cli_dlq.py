@@ -13,7 +13,8 @@ import contextlib
 import json
 from collections.abc import Callable
 
-from bridge.config import Config, config_path, data_dir, load_config
+from bridge.cli_tools import command_config
+from bridge.config import Config, data_dir
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import redis_url
@@ -49,7 +50,7 @@ def add_dlq_commands(commands: argparse._SubParsersAction,
 
 
 def _with_dead_letters(handler: Handler, args: argparse.Namespace) -> int:
-    config = load_config(config_path(getattr(args, "config", None)))
+    config = command_config(args)
     with redis_url(config.redis.url, data_dir()) as url:
         connection = connect(url)
         try:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from bridge import logs
 from bridge.config import DEFAULT_PUMBLE_BASE_URL, ConfigError, config_path, load_config
 from bridge.pumble import Message, PumbleClient, PumbleError
 
@@ -83,12 +84,15 @@ def _client(args: argparse.Namespace) -> PumbleClient:
     base_url = args.base_url or os.environ.get("PUMBLE_BASE_URL", "")
     path = config_path(getattr(args, "config", None))
     if (not key or not base_url) and (path.exists() or getattr(args, "config", None)):
-        pumble = load_config(path).pumble  # ConfigError is reported by the caller
+        config = load_config(path)  # ConfigError is reported by the caller
+        logs.redact_secrets(config)
+        pumble = config.pumble
         key = key or (pumble.api_key.get_secret_value() if pumble.api_key else "")
         base_url = base_url or pumble.base_url
     if not key:
         raise ConfigError(["no Pumble API key: set PUMBLE_API_KEY or pumble.api_key in the "
                            "config (make one in Pumble with /api-keys generate)"])
+    logs.REDACTOR.add([key])  # from the environment, it is in no config
     return PumbleClient(key, base_url or DEFAULT_PUMBLE_BASE_URL)
 
 

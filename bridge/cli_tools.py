@@ -22,6 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from bridge import logs
 from bridge.config import Config, RouteSettings, config_path, load_config
 from bridge.events import Customer, Event, Order, Payment, Product, Refund, Shipping, SourceRef
 from bridge.pipeline import Pipeline
@@ -86,14 +87,18 @@ def _error(message: str) -> Exception:
     return CommandError(message)
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(config_path(getattr(args, "config", None)))
+def command_config(args: argparse.Namespace) -> Config:
+    """The config a command names (``--config``, else the default path), its keys and secrets
+    masked in every log line from now on. Every subcommand loads its config through here."""
+    config = load_config(config_path(getattr(args, "config", None)))
+    logs.redact_secrets(config)
+    return config
 
 
 # -- render ------------------------------------------------------------------------------------
 
 def cmd_render(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = command_config(args)
     pipeline = Pipeline.from_config(config)
     source = pipeline.sources.get(args.source)
     if source is None:
@@ -156,7 +161,7 @@ def _read_payload(path: str) -> bytes:
 # -- routes test -------------------------------------------------------------------------------
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = command_config(args)
     pipeline = Pipeline.from_config(config)
     if not config.sources:
         raise _error(f"no sources in {config.path}")

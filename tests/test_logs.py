@@ -129,10 +129,11 @@ def test_without_the_redactor_they_would(tmp_path):
     assert all(secret in stream.getvalue() for secret in SECRETS)
 
 
-def test_the_cli_masks_its_configs_secrets_and_writes_json_off_a_terminal(tmp_path):
+@pytest.mark.parametrize("command", [["check"], ["routes", "test", "--type", "order.paid"]])
+def test_the_cli_masks_its_configs_secrets_and_writes_json_off_a_terminal(tmp_path, command):
     path = _config_with_secrets(tmp_path)
     code = ("import logging, sys; from bridge.cli import main; "
-            f"code = main(['--config', {str(path)!r}, 'check']); "
+            f"code = main(['--config', {str(path)!r}, *{command!r}]); "
             f"logging.getLogger('bridge.oops').warning('key %s secret %s', {TEST_KEY!r}, "
             f"{TEST_SECRET!r}); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
