@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 
 import httpx
+import redis
 
 from bridge import logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
         print(f"pumble-bridge: {exc}", file=sys.stderr)
         return 2
+    except redis.ConnectionError as exc:  # redis-py's message names host and port, no password
+        print(f"pumble-bridge: cannot connect to Redis: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

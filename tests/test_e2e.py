@@ -163,3 +163,13 @@ def test_fake_pumble_command_serves_alone():
         output = fake.communicate(timeout=10)[0]
     assert fake.returncode == 0
     assert "[fake-pumble] #flash-sale: hi" in output
+
+
+def test_redis_out_of_reach_is_one_clear_line_not_a_traceback(write_config):
+    path = write_config()
+    done = cli("--config", str(path), "dlq", "list",
+               env=clean_env(REDIS_URL="redis://:hunter2-secret@127.0.0.1:1/0"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("pumble-bridge: cannot connect to Redis: ")
+    assert "127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2-secret" not in done.stderr
