@@ -29,8 +29,9 @@ Wiring (``bridge.web.create_app``)::
     app.register_blueprint(admin_blueprint(config, queue, pipelines,
                                            rate_limiter(config, connection)))
 
-The blueprint needs nothing from the app (no ``secret_key``, its own templates), so it can as
-well be registered on a second Flask app served on ``admin.listen``.
+The blueprint needs nothing from the app (no ``secret_key``, its own templates). With
+``admin.listen`` the same app serves it, on that address only (bridge.web tells the listeners
+apart by the socket a request came in on).
 """
 
 from __future__ import annotations
@@ -228,10 +229,13 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         data = {"events": [_event(event, zone()) for event in activity.recent(limit)]}
         return respond("events.html", data, title="Recent events", tab="events")
 
+    def newest_first() -> list[dict[str, Any]]:
+        records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
+        return [_dead_letter(record, zone()) for record in records]
+
     @bp.get("/dead-letters")
     def dead_letters():
-        records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
-        data = {"dead_letters": [_dead_letter(record, zone()) for record in records]}
+        data = {"dead_letters": newest_first()}
         code = request.args.get("done", "")
         notice = _NOTICES.get(code, "").format(count=request.args.get("count", 0, type=int))
         return respond("dead_letters.html", data, title="Dead letters", tab="dead",
@@ -262,10 +266,8 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         except RenderError as exc:  # its template still fails with the current config
             if g.admin_bearer:
                 return jsonify({"error": str(exc)}), 409
-            records = letters.list()
             return page("dead_letters.html", 409, title="Dead letters", tab="dead", notice="",
-                        error=f"Not retried: {exc}",
-                        dead_letters=[_dead_letter(r, zone()) for r in records])
+                        error=f"Not retried: {exc}", dead_letters=newest_first())
         log.info("admin: %d dead letter(s) retried", count)
         return done("gone" if single and not count else "retried", count,
                     404 if single and not count else 200)
