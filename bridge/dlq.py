@@ -51,13 +51,14 @@ class DeadLetters:
         job = self._job(job_id)
         return self._record(job, with_event=True) if job else None
 
-    def add(self, notification: Notification, reason: str) -> str:
+    def add(self, notification: Notification, reason: str) -> bool:
         """A dead letter from the start: a notification whose template failed to render. Its
-        text is made again from the stored webhook when it is retried."""
+        text is made again from the stored webhook (which the receiver keeps as long as dead
+        letters) when it is retried. False when it was there already."""
         new_id = job_id(self.queue.rq.name, notification)
         connection = self.queue.rq.connection
         if Job.exists(new_id, connection=connection):
-            return new_id  # a re-delivery of a webhook already recorded
+            return False  # a re-delivery of a webhook already recorded
         job = Job.create(DELIVER, args=[notification.to_payload()], connection=connection,
                          serializer=self.queue.rq.serializer, id=new_id, description="deliver",
                          origin=self.queue.rq.name, timeout=self.queue.delivery.job_timeout,
@@ -68,8 +69,7 @@ class DeadLetters:
         job.set_status(JobStatus.FAILED, pipeline=None)
         job.save()
         self.registry.add(job, ttl=FAILURE_TTL, exc_string=reason)
-        self.queue.keep_event(notification.source, notification.event_id)
-        return new_id
+        return True
 
     def retry(self, job_id: str, pipeline: Pipeline | None = None) -> bool:
         """Back on the queue with its attempts reset; False if it is not a dead letter.

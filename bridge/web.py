@@ -34,7 +34,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything.
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
-    SIGHUP); ``redis`` and ``receiver`` settings are read once, at start."""
+    SIGHUP); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
+    start."""
     def build(new: Config) -> Pipeline:
         logs.redact_secrets(new)  # a reloaded config may bring a new (rotated) secret
         return Pipeline.from_config(new)
@@ -123,8 +124,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                 if queue.seen(source_name, event.id):
                     return redelivery()
                 for failure in dispatch.failures:
-                    dead_letters.add(failure.notification, failure.reason)
-                    metrics.dead_lettered(failure.notification.route)
+                    if dead_letters.add(failure.notification, failure.reason):
+                        metrics.dead_lettered(failure.notification.route)
             accepted = queue.accept(
                 dispatch.notifications, received=received, dedupe_window=dedupe_window,
                 activity=activity.entry(event_id=event.id, source=source_name,
