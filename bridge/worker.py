@@ -27,7 +27,7 @@ from rq.worker import SimpleWorker
 
 from bridge import delivery
 from bridge.config import Config
-from bridge.queue import NotificationQueue, connect
+from bridge.queue import connect
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                worker_ttl: int = WORKER_TTL) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
     connection = connect(redis_url, patient=True)
-    delivery.configure(config, connection)
-    queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+    queue = delivery.configure(config, connection).queue
     worker = DeliveryWorker(
         [queue.rq],
         connection=connection,
