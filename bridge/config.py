@@ -115,7 +115,8 @@ class DigestSettings(_Model):
 
 
 class DeliverySettings(_Model):
-    """How the worker sends: retries, limits, digests, threads. Read by the worker at start."""
+    """How the worker sends: retries, limits, digests, threads. Read at start by the worker,
+    and by the receiver (a job's timeout, how long a webhook is kept)."""
 
     max_attempts: int = Field(5, ge=1)  # sends of one notification before it is dead-lettered
     max_age: int = Field(24 * 3600, ge=1)  # seconds after receipt; older ones are dead-lettered

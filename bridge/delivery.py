@@ -11,8 +11,9 @@ Each run of the job (an *attempt*, recorded in the job's meta) goes through thes
    never announced; then it is posted alone and becomes the thread's first message.
 4. **Look before sending again.** If an earlier attempt may have posted (an ambiguous failure:
    timeout after sending, connection dropped before the answer, or a worker killed mid-send),
-   the channel's newest page is searched first; a message with the same text posted since that
-   attempt counts as this one (see ``find_posted``).
+   the channel is searched first, once a late write would have landed, back to that attempt
+   (up to ``LOOK_BACK_PAGES`` pages); a message with the same text posted since that attempt
+   counts as this one (see ``find_posted``).
 5. **Send** after taking a slot from the rate limiter shared by every worker, once.
    ``create_channel: true`` creates a channel Pumble does not know and sends again.
 6. **React** to the thread's first message when the route maps this event type to a reaction.
@@ -97,7 +98,7 @@ class Deliverer:
 
     @property
     def digest_threshold(self) -> int:
-        """A backlog longer than this is more than the message limit posts in the window."""
+        """Others waiting that make a digest: as many as the message limit posts in the window."""
         per_minute = self.limits["messages"].per_minute
         return max(1, per_minute * self.settings.digest.window // 60)
 

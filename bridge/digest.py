@@ -74,7 +74,7 @@ class Backlog:
 
     def claim(self, notification: Notification, job_id: str, threshold: int,
               max_items: int) -> Claim:
-        """Take this job out of its backlog and, if more than ``threshold`` others wait, up to
+        """Take this job out of its backlog and, if at least ``threshold`` others wait, up to
         ``max_items - 1`` of them with it. Asked again by the same job, answers the same."""
         if not notification.digest or notification.reply:
             return Claim()

@@ -63,8 +63,10 @@ class ThreadRoots:
         if not notification.thread_key:
             return None
         value = self.connection.get(self.key(notification))
-        if value is None or value == ABANDONED:
-            return None if value is None else False
+        if value is None:
+            return None
+        if value == ABANDONED:
+            return False
         if value == EXPECTED:
             return True
         message_id, _, channel_id = value.decode().partition(" ")

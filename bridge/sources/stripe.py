@@ -192,7 +192,6 @@ def _order(session: dict[str, Any], livemode: bool) -> Order:
                 price=_money(fields.mapping(item.get("price")).get("unit_amount"), currency),
             )
             for item in fields.records(line_items.get("data"))
-            if isinstance(item, dict)
         ),
         admin_url=_admin_url(fields.text(session.get("payment_intent")), livemode),
     )
@@ -246,7 +245,6 @@ def _recurring_amount(subscription: dict[str, Any]) -> int | None:
         (fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
          fields.integer(item.get("quantity")))
         for item in fields.records(fields.mapping(subscription.get("items")).get("data"))
-        if isinstance(item, dict)
     ]
     if not amounts or any(unit is None for unit, _ in amounts):
         return None  # metered or tiered prices have no fixed amount
