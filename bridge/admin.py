@@ -36,10 +36,8 @@ apart by the socket a request came in on).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -420,13 +418,9 @@ def _dead_letter(record: DeadLetterRecord, zone: tzinfo, full: bool = False) -> 
         "attempts": record.attempts, "reason": record.reason,
     }
     if full:
-        event = record.event or {}
-        body = event.get("body")
-        with contextlib.suppress(ValueError):  # not JSON after all: shown as received
-            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False) if body else body
         data.update(text=n.text, reply=n.reply, as_bot=n.as_bot,
-                    webhook={"headers": event.get("headers", {}), "body": body}
-                    if record.event else None)
+                    webhook={"headers": record.event.get("headers", {}),
+                             "body": record.webhook_body} if record.event else None)
     return data
 
 

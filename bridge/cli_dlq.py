@@ -9,8 +9,6 @@ purge [ID]     delete one, or every dead letter
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 from collections.abc import Callable
 
 from bridge.cli_tools import command_config
@@ -91,11 +89,8 @@ def _describe(record: DeadLetterRecord) -> str:
         "message:",
         *(f"  {line}" for line in n.text.splitlines()),
     ]
-    if record.event is not None:
-        body = record.event.get("body", "")
-        with contextlib.suppress(ValueError):
-            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-        lines += ["webhook body:", *(f"  {line}" for line in body.splitlines())]
+    if record.webhook_body is not None:
+        lines += ["webhook body:", *(f"  {line}" for line in record.webhook_body.splitlines())]
     else:
         lines.append("webhook body: no longer kept")
     return "\n".join(lines)

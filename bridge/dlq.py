@@ -7,6 +7,8 @@ attempts and the webhook it came from. ``retry`` puts one back on the queue with
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +34,16 @@ class DeadLetterRecord:
     attempts: int
     failed_at: datetime | None
     event: dict[str, Any] | None  # the webhook as received, while it is kept
+
+    @property
+    def webhook_body(self) -> str | None:
+        """The kept webhook's body for a person: JSON indented, anything else as received."""
+        if self.event is None:
+            return None
+        body = self.event.get("body") or ""
+        with contextlib.suppress(ValueError):
+            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False) if body else body
+        return body
 
 
 class DeadLetters:
