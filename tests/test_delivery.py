@@ -389,6 +389,10 @@ def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
     assert event_ttl > FAILURE_TTL - 60
     assert "X-Shopify-Hmac-Sha256".lower() not in b.dead.get(record.id).event["headers"]
 
+    shown = cli("--config", str(b.path), "dlq", "show", record.id, env=clean_env())
+    assert shown.returncode == 0, shown.stderr
+    assert "webhook body:\n  {\n" in shown.stdout and '    "order_number": 6006' in shown.stdout
+
     fixed = yaml.safe_load(b.path.read_text())
     fixed["routes"][0]["text"] = "order {{ order.number }} at last"
     b.path.write_text(yaml.safe_dump(fixed))
