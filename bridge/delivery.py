@@ -200,10 +200,7 @@ class Attempt:
             early = self._too_early_to_look()
             if early:
                 return self._wait(early)
-            attempts = int(self.meta.get("attempts", 0))
-            if attempts >= d.settings.max_attempts:
-                raise DeadLetter(f"gave up after {attempts} attempts: "
-                                 f"{self.meta.get('last_error')}")
+            self._give_up_when_spent()
             # The slot first: a job waiting for one stays in its route's backlog, where it
             # counts toward a digest.
             d.limiter.acquire(n.account, "replies" if root else "messages",
@@ -229,6 +226,12 @@ class Attempt:
             for member in (n, *members):
                 metrics.end_to_end(n.route, member.received_at, self.answered_at)
         return result
+
+    def _give_up_when_spent(self) -> None:
+        """Checked after a failed send and again before the next (a re-run after a crash)."""
+        attempts = int(self.meta.get("attempts", 0))
+        if attempts >= self.deliverer.settings.max_attempts:
+            raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
 
     def _claim(self) -> Claim:
         d = self.deliverer
@@ -346,8 +349,7 @@ class Attempt:
         settings = self.deliverer.settings
         attempts = int(self.meta.get("attempts", 0))
         self.meta["last_error"] = f"{type(error).__name__}: {error}"
-        if attempts >= settings.max_attempts:
-            raise DeadLetter(f"gave up after {attempts} attempts: {self.meta['last_error']}")
+        self._give_up_when_spent()
         delay = random.uniform(0, min(settings.backoff_cap,
                                       settings.backoff_base * 2**attempts))  # full jitter
         if isinstance(error, RateLimitedError) and error.retry_after is not None:

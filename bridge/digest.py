@@ -58,7 +58,7 @@ class Backlog:
     def key(self, notification: Notification) -> str:
         """The backlog of the notification's route, "" for one that is never in a digest. The
         queue adds each new job of it (scored by ``received_at``) as it enqueues it."""
-        if not notification.digest or notification.reply:
+        if not _digestible(notification):
             return ""
         parts = (notification.account, notification.channel, notification.route)
         return (self._prefix + "backlog:"
@@ -67,7 +67,7 @@ class Backlog:
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
         taken: a job in a digest needs none)."""
-        if not notification.digest or notification.reply:
+        if not _digestible(notification):
             return ""
         owner = self.connection.get(self._prefix + "in-digest:" + job_id)
         return owner.decode() if owner else ""
@@ -76,7 +76,7 @@ class Backlog:
               max_items: int) -> Claim:
         """Take this job out of its backlog and, if at least ``threshold`` others wait, up to
         ``max_items - 1`` of them with it. Asked again by the same job, answers the same."""
-        if not notification.digest or notification.reply:
+        if not _digestible(notification):
             return Claim()
         answer = self._claim(keys=[self.key(notification), self._prefix + "digest:" + job_id],
                              args=[job_id, threshold, max_items - 1, self.ttl,
@@ -87,6 +87,11 @@ class Backlog:
         if kind == "taken":
             return Claim(owner=answer[1].decode())
         return Claim()
+
+
+def _digestible(notification: Notification) -> bool:
+    """Replies belong in their thread, never in a digest; a route may turn digests off."""
+    return notification.digest and not notification.reply
 
 
 def digest_text(notifications: Sequence[Notification]) -> str:
