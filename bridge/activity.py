@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 from rq.job import Job
 
@@ -63,7 +64,7 @@ class Activity:
             "notifications": [{"route": n.route, "channel": n.channel,
                                "job_id": job_id(self.queue.rq.name, n)} for n in notifications],
         }
-        return ListEntry(self._key, json.dumps(entry), self.keep)
+        return ListEntry(self._key, orjson.dumps(entry), self.keep)
 
     def record(self, **event: Any) -> None:
         """Push an event's line now (a re-delivery's, which the queue did not accept)."""

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import BaseModel, SecretStr
 
 from bridge.config import Config
@@ -62,7 +63,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # an int past 64 bits in a context field: still a line
+            return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class Redactor(logging.Filter):

@@ -55,6 +55,13 @@ def test_a_json_line_has_its_fields():
     assert line["time"].endswith("Z") and line["time"][10] == "T"
 
 
+@pytest.mark.parametrize("value", [2**70, object()])
+def test_a_context_value_json_cannot_hold_still_makes_a_line(value):
+    record = logging.LogRecord("bridge.web", logging.INFO, __file__, 1, "odd", (), None)
+    record.event_id = value
+    assert json.loads(logs.JsonFormatter().format(record))["event_id"] in (2**70, str(value))
+
+
 def test_an_event_is_followed_from_receipt_to_its_message_id(captured, bridge, fake_pumble,
                                                              redis_url):
     stream, _redactor = captured

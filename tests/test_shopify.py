@@ -95,9 +95,18 @@ def test_unknown_topic_keeps_the_platform_name(source):
     assert event.order is None
 
 
-def test_body_that_is_not_json_is_a_payload_error(source):
+@pytest.mark.parametrize("body", [b"not json", b'{"id": NaN}', b'{"id": Infinity}',
+                                  b'{"note": "\\ud800"}', b'{"id": 1} trailing'])
+def test_body_that_is_not_json_is_a_payload_error(source, body):
     with pytest.raises(PayloadError, match="not valid JSON"):
-        source.parse(signed(b"not json"))
+        source.parse(signed(body))
+
+
+def test_an_integer_past_64_bits_is_still_read():
+    """JSON numbers have no size limit; the parser reads a huge one (as a float) rather than
+    refusing an authentic webhook for it."""
+    assert WebhookRequest.of({}, b'{"id": 1, "total": 123456789012345678901234567890}').json() == {
+        "id": 1, "total": 1.2345678901234568e29}
 
 
 def test_refund_sums_its_transactions(source):

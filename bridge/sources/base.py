@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from bridge.config import SourceSettings
@@ -50,8 +50,8 @@ class WebhookRequest:
 
     def json(self) -> dict[str, Any]:
         try:
-            payload = json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            payload = orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise PayloadError("body is JSON but not an object")
