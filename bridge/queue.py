@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +188,7 @@ class NotificationQueue:
         self._event_prefix = f"pumble-bridge:{name}:event:"
         self._accept = connection.register_script(_ACCEPT)
         self._job_template: list[Any] | None = None
+        self._per_thread = threading.local()
 
     def _seen_key(self, source: str, event_id: str) -> str:
         return self._seen_prefix + _event_digest(source, event_id)
@@ -227,10 +229,22 @@ class NotificationQueue:
             fields = self._job_fields(new_id, notification)
             args += [new_id, self.delivery.max_age, notification.received_at, len(fields) // 2,
                      *fields]
-        answer = self._accept(keys=keys, args=args)
+        answer = self._accept(keys=keys, args=args, client=self._thread_client())
         if not answer[0]:
             return Accepted(duplicate=True)
         return Accepted(duplicate=False, written=tuple(bool(flag) for flag in answer[1:]))
+
+    def _thread_client(self) -> redis.Redis:
+        """This thread's own client for ``accept``, holding one of the pool's connections for
+        the thread's life: the pool's checkout of a connection for each command (a lock, and a
+        poll for stale data) was a sixth of the receiver's Redis cost. The connection goes back
+        to the pool when the thread ends; a failed command disconnects it, so no reply is ever
+        read stale."""
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            client = self._per_thread.client = redis.Redis(
+                connection_pool=self.rq.connection.connection_pool, single_connection_client=True)
+        return client
 
     def enqueue(self, notification: Notification) -> bool:
         """Store one notification's job; False when the same notification is already there.

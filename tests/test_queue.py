@@ -4,6 +4,7 @@ rq's own, and a delivery is written whole, once."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 
@@ -157,3 +158,31 @@ def test_redis_down_raises_a_redis_error(queue_name):
     down = NotificationQueue(connect("redis://127.0.0.1:1/0"), queue_name)
     with pytest.raises(redis.ConnectionError):
         down.accept([order()], received=received(), dedupe_window=WINDOW)
+
+
+def test_each_thread_accepts_on_a_connection_it_gives_back_when_it_ends(queue):
+    pool = queue.rq.connection.connection_pool
+
+    def accept(event_id: str) -> None:
+        assert not queue.accept([order(event_id)], received=received(event_id),
+                                dedupe_window=WINDOW).duplicate
+
+    in_use = len(pool._in_use_connections)
+    threads = [threading.Thread(target=accept, args=(f"e-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(pool._in_use_connections) == in_use  # none kept by a thread that ended
+    assert len(queue.rq.get_job_ids()) == 4
+
+
+def test_a_thread_whose_connection_was_cut_accepts_again(queue):
+    """The thread's connection killed server-side between two webhooks: the next accept
+    reconnects (the client's retry) instead of failing or reading a stale reply."""
+    queue.accept([order("e-1")], received=received("e-1"), dedupe_window=WINDOW)
+    mine = queue._thread_client().client_id()
+    queue.rq.connection.client_kill_filter(_id=mine)
+    assert queue.accept([order("e-2")], received=received("e-2"),
+                        dedupe_window=WINDOW).written == (True,)
+    assert queue._thread_client().client_id() != mine
