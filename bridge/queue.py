@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import orjson
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
@@ -229,7 +230,12 @@ class NotificationQueue:
             fields = self._job_fields(new_id, notification)
             args += [new_id, self.delivery.max_age, notification.received_at, len(fields) // 2,
                      *fields]
-        answer = self._accept(keys=keys, args=args, client=self._thread_client())
+        client = self._thread_client()
+        try:  # not through the Script object: it copies every argument twice, for nothing here
+            answer = client.evalsha(self._accept.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted (or other) Redis: load it, once
+            client.script_load(_ACCEPT)
+            answer = client.evalsha(self._accept.sha, len(keys), *keys, *args)
         if not answer[0]:
             return Accepted(duplicate=True)
         return Accepted(duplicate=False, written=tuple(bool(flag) for flag in answer[1:]))

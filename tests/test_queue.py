@@ -25,6 +25,7 @@ from bridge.queue import (
     connect,
     job_id,
 )
+from bridge.redis_embedded import EmbeddedRedis
 from bridge.threads import EXPECTED
 
 WINDOW = 600
@@ -186,3 +187,17 @@ def test_a_thread_whose_connection_was_cut_accepts_again(queue):
     assert queue.accept([order("e-2")], received=received("e-2"),
                         dedupe_window=WINDOW).written == (True,)
     assert queue._thread_client().client_id() != mine
+
+
+def test_a_redis_that_lost_the_script_is_given_it_again(tmp_path, queue_name):
+    """A restarted Redis has no scripts: the accept loads its own and goes on. (A Redis of the
+    test's own: flushing the script cache of a shared one would touch other users' scripts.)"""
+    own = EmbeddedRedis(tmp_path)
+    try:
+        queue = NotificationQueue(connect(own.start()), queue_name)
+        assert queue.accept([order("e-1")], received=received("e-1")).written == (True,)
+        queue.rq.connection.script_flush()
+        assert queue.accept([order("e-2")], received=received("e-2")).written == (True,)
+        assert len(queue.rq.get_job_ids()) == 2
+    finally:
+        own.stop()
