@@ -59,8 +59,9 @@ with its load balancer would):
     function-level detail, inflated for call-heavy code (redis-py).
   Raw stats and the report go to bench/results/receiver_profile*; the summary into
   results/receiver.json (and BENCHMARKS.md).
-- What-ifs (``--no-what-if`` skips them): the bridge with one setting changed (gunicorn's access
-  log off; 2 workers × 2 threads; 4 × 1), at 32 connections, interleaved with bare and the
+- What-ifs (``--no-what-if`` skips them): the bridge with one thing changed (gunicorn's access
+  log off; without its per-event log line and its metrics, which is no setting but shows what
+  they cost; 2 workers × 2 threads; 4 × 1), at 32 connections, interleaved with bare and the
   bridge as shipped.
 
 Times are only reported, never asserted.
@@ -109,9 +110,11 @@ PLAIN_QUEUE = "bench-plain"
 PROFILE_ENV = "BENCH_RECEIVER_PROFILE_DIR"
 PROFILE_TEXT = stack.RESULTS_DIR / "receiver_profile.txt"
 ACCESS_LOG_ENV = "BENCH_RECEIVER_NO_ACCESS_LOG"
+NO_EXTRAS_ENV = "BENCH_RECEIVER_NO_EXTRAS"
 # What-if variants of the bridge, at GOAL_CONNECTIONS: (environment, extra `serve` arguments).
 WHAT_IF: dict[str, tuple[dict[str, str], list[str]]] = {
     "bridge, access log off": ({ACCESS_LOG_ENV: "1"}, []),
+    "bridge, without its event log line and metrics": ({NO_EXTRAS_ENV: "1"}, []),
     "bridge, 2 workers × 2 threads": ({}, ["--threads", "2"]),
     "bridge, 4 workers × 1 thread": ({}, ["--workers", "4", "--threads", "1"]),
 }
@@ -384,6 +387,13 @@ def serve_app(case: str, cli_args: list[str]) -> int:
             self.cfg.set("accesslog", None)
 
         GunicornApp.load_config = load_config
+    if os.environ.get(NO_EXTRAS_ENV):  # what the budget would be without either (not a setting)
+        import logging
+
+        from bridge import metrics
+
+        logging.getLogger("bridge.web").setLevel(logging.WARNING)
+        metrics.webhook_answered = metrics.enqueued = lambda *_args, **_kwargs: None
     return cli_main(cli_args)
 
 
