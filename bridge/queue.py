@@ -161,7 +161,7 @@ class ListEntry:
     delivery is not one seen before."""
 
     key: str
-    entry: str
+    entry: bytes  # JSON
     keep: int
 
 
@@ -212,9 +212,10 @@ class NotificationQueue:
             event_key = self._event_key(received.source, received.event_id)
             window = dedupe_window
             if notifications or received.dead_letters:  # else nothing may need it again
-                record = orjson.dumps({"source": received.source, "event_id": received.event_id,
-                                     "type": received.event_type, "headers": received.headers,
-                                     "body": received.body.decode("utf-8", "replace")})
+                record = orjson.dumps({"source": received.source,
+                                       "event_id": received.event_id,
+                                       "type": received.event_type, "headers": received.headers,
+                                       "body": received.body.decode("utf-8", "replace")})
                 # A dead letter keeps its webhook as long as itself (keep_event).
                 record_ttl = (FAILURE_TTL if received.dead_letters
                               else self.delivery.max_age + 3600)
