@@ -17,7 +17,7 @@ from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import redis_url
 
-EXIT_NOT_FOUND = 1
+EXIT_FAILED = 1  # no such dead letter, or one whose template still fails
 
 Handler = Callable[[DeadLetters, argparse.Namespace, Config], int]
 
@@ -109,7 +109,7 @@ def _retry(dead: DeadLetters, args: argparse.Namespace, config: Config) -> int:
             return _not_found(args.id)
     except RenderError as exc:
         print(f"pumble-bridge: still cannot render: {exc}")
-        return EXIT_NOT_FOUND
+        return EXIT_FAILED
     print(f"{args.id} queued again")
     return 0
 
@@ -123,4 +123,4 @@ def _purge(dead: DeadLetters, args: argparse.Namespace, _config: Config) -> int:
 
 def _not_found(job_id: str) -> int:
     print(f"pumble-bridge: no dead letter {job_id!r} (see `pumble-bridge dlq list`)")
-    return EXIT_NOT_FOUND
+    return EXIT_FAILED
