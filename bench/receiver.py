@@ -272,7 +272,7 @@ STAGE_TARGETS = (
     ("activity entry", "bridge.activity:Activity.entry"),
     ("accept", "bridge.queue:NotificationQueue.accept"),
     ("job fields", "bridge.queue:NotificationQueue._job_fields"),
-    ("accept script", "redis.commands.core:Script.__call__"),
+    ("accept script", "redis.commands.core:ScriptCommands.evalsha"),
     ("activity", "bridge.activity:Activity.record"),
     ("dead letter", "bridge.dlq:DeadLetters.add"),
     ("metrics: answered", "bridge.metrics:webhook_answered"),
