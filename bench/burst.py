@@ -39,7 +39,6 @@ import contextlib
 import datetime
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,18 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        store = stack.Store(folder)
-        cleanup.callback(store.close)
-        fake = stack.Fake(folder, rate_limit=PER_MINUTE)
-        cleanup.callback(fake.stop)
-        config = stack.write_config(folder, fake.url, limiter_off=False)
-        receiver = stack.Receiver(store, config)
-        cleanup.callback(receiver.stop)
-        worker = stack.Worker(store, config, 1)
-        cleanup.callback(worker.stop)
-        collector = stack.Collector(fake, interval=0.5)
-        cleanup.callback(collector.stop)
+        store, fake, _config, receiver, worker, collector = stack.one_box(
+            cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -163,13 +162,7 @@ def print_table(results: list[dict[str, Any]], baselines: dict[int, dict[str, An
         e = r["end_to_end"]
         ratio = f"{e['p50_ms'] / base['end_to_end']['p50_ms']:.1f}×" if base else "—"
         ratio99 = f"{e['p99_ms'] / base['end_to_end']['p99_ms']:.1f}×" if base else "—"
-        bad = []
-        if r["missing"]:
-            bad.append(f"{r['missing']} MISSING")
-        if r["posted_twice"]:
-            bad.append(f"{r['posted_twice']} POSTED TWICE")
-        if not stack.answers_ok(r["statuses"]):
-            bad.append(f"answers {r['statuses']}")
+        bad = checks_failed(r)
         label = f"bridge at {r['rate']}/s"
         print(f"  {label:<30} "
               f"{r['events']:>7,} {r['achieved_rate']:>7} {e['p50_ms']:>8.1f} {e['p90_ms']:>8.1f}"
@@ -183,6 +176,18 @@ def print_table(results: list[dict[str, Any]], baselines: dict[int, dict[str, An
         print(f"  {'':<30} CPU ms per event: {cpu}; sender lag max {r['send_lag_max_ms']:.1f} ms")
     print("  (latency from the moment each webhook was due to be sent until the fake stored its "
           "message; others: cores busy with work outside this benchmark)")
+
+
+def checks_failed(result: dict[str, Any]) -> list[str]:
+    """What went wrong with one rate's orders: missing, posted twice, answered other than 202."""
+    failed = []
+    if result["missing"]:
+        failed.append(f"{result['missing']} missing")
+    if result["posted_twice"]:
+        failed.append(f"{result['posted_twice']} posted twice")
+    if not stack.answers_ok(result["statuses"]):
+        failed.append(f"answers {result['statuses']}")
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,18 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     baselines: dict[int, dict[str, Any]] = {}
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        store = stack.Store(folder)
-        cleanup.callback(store.close)
-        fake = stack.Fake(folder)
-        cleanup.callback(fake.stop)
-        config = stack.write_config(folder, fake.url, limiter_off=True)
-        receiver = stack.Receiver(store, config)
-        cleanup.callback(receiver.stop)
-        worker = stack.Worker(store, config, args.worker_processes)
-        cleanup.callback(worker.stop)
-        collector = stack.Collector(fake)
-        cleanup.callback(collector.stop)
+        store, fake, _config, receiver, worker, collector = stack.one_box(
+            cleanup, folder, limiter_off=True, worker_processes=args.worker_processes)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)

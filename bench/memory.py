@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,21 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     readings: list[dict[str, Any]] = []
     problems: list[str] = []
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        store = stack.Store(folder)
-        cleanup.callback(store.close)
-        fake = stack.Fake(folder)
-        cleanup.callback(fake.stop)
-        config = stack.write_config(folder, fake.url, limiter_off=True)
-        receiver = stack.Receiver(store, config)
-        cleanup.callback(receiver.stop)
+        store, _fake, config, receiver, worker, collector = stack.one_box(
+            cleanup, folder, limiter_off=True)
         bare = stack.Receiver(store, config, "bare", command=[
             sys.executable, "-m", "bench.receiver", "--serve-app", "bare", "--"])
         cleanup.callback(bare.stop)
-        worker = stack.Worker(store, config, 1)
-        cleanup.callback(worker.stop)
-        collector = stack.Collector(fake)
-        cleanup.callback(collector.stop)
         shop = stack.Shop(receiver.url, connections=SENDERS)
         cleanup.callback(shop.close)
         bare_shop = stack.Shop(bare.url, connections=SENDERS)

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -504,6 +504,37 @@ class Worker:
 
     def stop(self) -> None:
         self.service.stop(grace=45)
+
+
+class OneBox(NamedTuple):
+    """The bridge on one machine, as the end-to-end benchmarks run it."""
+
+    store: Store
+    fake: Fake
+    config: Path
+    receiver: Receiver
+    worker: Worker
+    collector: Collector
+
+
+def one_box(cleanup: contextlib.ExitStack, folder: Path, *, limiter_off: bool,
+            fake_rate_limit: int | None = None, worker_processes: int = 1,
+            collect_every: float = 0.25) -> OneBox:
+    """Redis, the fake Pumble, ``serve`` and ``worker`` on the bench config, and a collector of
+    what the fake stores; ``cleanup`` stops each in reverse order and removes ``folder`` last."""
+    cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+    store = Store(folder)
+    cleanup.callback(store.close)
+    fake = Fake(folder, rate_limit=fake_rate_limit)
+    cleanup.callback(fake.stop)
+    config = write_config(folder, fake.url, limiter_off=limiter_off)
+    receiver = Receiver(store, config)
+    cleanup.callback(receiver.stop)
+    worker = Worker(store, config, worker_processes)
+    cleanup.callback(worker.stop)
+    collector = Collector(fake, interval=collect_every)
+    cleanup.callback(collector.stop)
+    return OneBox(store, fake, config, receiver, worker, collector)
 
 
 # --- sending webhooks -----------------------------------------------------------------------------
