@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import stack
+from bench import end_to_end, stack
 
 ROOT = stack.BENCH_DIR.parent
 REPORT = ROOT / "BENCHMARKS.md"
@@ -110,6 +110,14 @@ def _plain_log_axis(axis: Any) -> None:
     axis.set_minor_formatter(FuncFormatter(minor))
 
 
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_receiver(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -149,9 +157,7 @@ def plot_receiver(data: dict[str, Any], path: Path) -> None:
     right.legend(fontsize=7)
     fig.suptitle(f"Receiver: signed 5 KB Shopify orders, wrk on loopback "
                  f"({'--quick, ' if data['quick'] else ''}{data['when'][:16]})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_end_to_end(data: dict[str, Any], path: Path) -> None:
@@ -191,9 +197,7 @@ def plot_end_to_end(data: dict[str, Any], path: Path) -> None:
     axes[-1, 0].set_xlabel("seconds since the first webhook was due")
     fig.suptitle(f"End to end: webhook sent → message stored by the fake Pumble "
                  f"({'--quick, ' if data['quick'] else ''}{data['when'][:16]})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_burst(data: dict[str, Any], path: Path) -> None:
@@ -228,9 +232,7 @@ def plot_burst(data: dict[str, Any], path: Path) -> None:
                  f"{s['per_minute']} messages/min: all visible after {data['all_visible_s']:.0f} s"
                  f" in {data['messages']} messages, {data['rate_limited']} × 429"
                  f"{' (--quick)' if data['quick'] else ''}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -524,13 +526,7 @@ def end_to_end_section(data: dict[str, Any]) -> str:
                        f"{base['load']['others_cores']:.2f} | |")
         ratio = (f"{e['p50_ms'] / b['p50_ms']:,.1f}× / {e['p99_ms'] / b['p99_ms']:,.1f}×"
                  if b else "—")
-        checks = []
-        if r["missing"]:
-            checks.append(f"{r['missing']} missing")
-        if r["posted_twice"]:
-            checks.append(f"{r['posted_twice']} posted twice")
-        if not stack.answers_ok(r["statuses"]):
-            checks.append(f"answers {r['statuses']}")
+        checks = end_to_end.checks_failed(r)
         cpu = r["cpu_ms_per_event"]
         out.append(f"| **{r['rate']}/s** | {r['events']:,} | {r['achieved_rate']} | "
                    f"**{e['p50_ms']:,.1f}** | {e['p90_ms']:,.1f} | **{e['p99_ms']:,.1f}** | "
