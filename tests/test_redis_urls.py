@@ -11,14 +11,14 @@ import pytest
 
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue, connect
-from bridge.redis_embedded import _executable
+from bridge.redis_embedded import server_executable
 from tests.conftest import free_port
 
 
 @pytest.fixture
 def sentinel(tmp_path: Path):
     """A Redis on a TCP port and one Sentinel watching it as "shop-redis"."""
-    binary = _executable()
+    binary = server_executable()
     master_port, sentinel_port = free_port(), free_port()
     master = subprocess.Popen([binary, "--port", str(master_port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
