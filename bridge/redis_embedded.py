@@ -77,6 +77,9 @@ class EmbeddedRedis:
         """Start the server, or reuse the one already serving this data directory; return its
         URL."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Customers' names and addresses are in the AOF: for this user's eyes only, also in a
+        # folder made by an earlier release (0755, files 0644).
+        self.dir.chmod(0o700)
         with open(self.dir / "start.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two processes starting at once: one server
             if self._answers():
@@ -89,6 +92,7 @@ class EmbeddedRedis:
                 [server_executable(), str(config)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to us; we stop it last, cleanly
+                umask=0o077,  # its AOF, log and dumps: 0600
             )
             deadline = time.monotonic() + timeout
             while not self._answers():

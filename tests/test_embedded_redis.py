@@ -61,6 +61,23 @@ def test_server_is_configured_for_queues(tmp_path):
         embedded.stop()
 
 
+def test_data_is_readable_by_this_user_only(tmp_path):
+    (tmp_path / "redis").mkdir(mode=0o755)  # as an earlier release left it
+    embedded = EmbeddedRedis(tmp_path)
+    try:
+        server = Redis.from_url(embedded.start())
+        server.set("customer", "Ada Lovelace, 12 Analytical Row")
+        server.bgrewriteaof()  # a new base file and a new incremental one
+    finally:
+        embedded.stop()
+    written = [path for path in embedded.dir.rglob("*") if path.is_file()
+               and path.name not in ("redis.conf", "start.lock")]
+    assert {path.name for path in written} >= {"redis.log", "appendonly.aof.manifest"}
+    assert embedded.dir.stat().st_mode & 0o777 == 0o700
+    assert {path.name: path.stat().st_mode & 0o777 for path in written} == {
+        path.name: 0o600 for path in written}
+
+
 def test_long_data_dir_falls_back_to_a_short_socket_path(tmp_path):
     deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 5)
     embedded = EmbeddedRedis(deep)
