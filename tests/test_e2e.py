@@ -136,7 +136,7 @@ def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_qu
     assert "BUILT-IN FAKE PUMBLE" in output
     assert "[fake-pumble] #orders: 🛒 New order #" in output
     if not os.environ.get("REDIS_URL"):
-        assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
+        assert (tmp_path / "data" / "redis" / "appendonlydir" / "appendonly.aof.manifest").exists()
         assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # stopped cleanly
 
 
