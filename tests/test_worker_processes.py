@@ -85,6 +85,70 @@ def test_sigterm_lets_the_current_send_finish(bridge, fake_pumble):
     assert len(b.rq.finished_job_registry.get_job_ids()) == 1
 
 
+def listening_worker(bridge: Bridge) -> str:
+    """The name of the one worker on the test's queue, once it waits for jobs (its signal
+    handlers are in place by then) and its pub/sub listener is up."""
+    from rq.worker import Worker, WorkerStatus
+
+    names: list[str] = []
+
+    def up() -> bool:
+        workers = Worker.all(queue=bridge.rq)
+        names[:] = [w.name for w in workers]
+        channels = [w.pubsub_channel_name for w in workers]
+        return bool(workers) and all(w.get_state() == WorkerStatus.IDLE for w in workers) \
+            and all(n == 1 for _, n in bridge.rq.connection.pubsub_numsub(*channels))
+
+    wait_until(up, "the worker to listen", 20)
+    [name] = names
+    return name
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "rq shutdown command"])
+def test_an_idle_worker_stops_within_5_s(bridge, stop):
+    """SIGTERM (a supervisor, `run`), SIGINT (Ctrl-C) or rq's own shutdown command, which comes
+    through the worker's pub/sub listener: whatever the redis-py release, gone within 5 s."""
+    from rq.command import send_shutdown_command
+
+    b = bridge()
+    worker = worker_process(b.path)
+    try:
+        name = listening_worker(b)
+        asked = time.monotonic()
+        if stop == "rq shutdown command":
+            send_shutdown_command(b.rq.connection, name)
+        else:
+            worker.send_signal(getattr(signal, stop))
+        assert worker.wait(30) == 0
+        assert time.monotonic() - asked < 5
+    finally:
+        kill(worker)
+
+
+def test_the_pubsub_listener_stops_when_asked(redis_url, queue_name):
+    """rq's teardown (unsubscribe) leaves no listener thread nor subscription behind, and waits
+    about a second, not the 60 s rq's own listener may block on redis-py 8.2."""
+    from rq import Queue
+
+    from bridge.queue import connect
+    from bridge.worker import PUBSUB_POLL, DeliveryWorker
+
+    connection = connect(redis_url)
+    worker = DeliveryWorker([Queue(queue_name, connection=connection)], connection=connection)
+    worker.subscribe()
+    try:
+        wait_until(lambda: connection.pubsub_numsub(worker.pubsub_channel_name)[0][1] == 1,
+                   "the listener to subscribe", 10)
+        asked = time.monotonic()
+        worker.unsubscribe()
+        assert not worker.pubsub_thread.is_alive()
+        assert time.monotonic() - asked < PUBSUB_POLL + 1
+        wait_until(lambda: connection.pubsub_numsub(worker.pubsub_channel_name)[0][1] == 0,
+                   "the listener's connection to close", 2)
+    finally:
+        connection.close()
+
+
 def test_a_burst_of_1000_orders_under_80_a_minute_posts_each_once_without_a_429(
         bridge, fake_pumble):
     b = bridge({"digest": {"window": 10, "max_items": 50}})
