@@ -26,6 +26,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from bridge import delivery
+from bridge.clock import Clock
 from bridge.config import Config
 from bridge.queue import connect
 
@@ -108,10 +109,11 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
 
 def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                maintenance_interval: int = MAINTENANCE_INTERVAL,
-               worker_ttl: int = WORKER_TTL) -> bool:
-    """Work the queue until stopped (or, with ``burst``, until it is empty)."""
+               worker_ttl: int = WORKER_TTL, clock: Clock | None = None) -> bool:
+    """Work the queue until stopped (or, with ``burst``, until it is empty). Deliveries go by
+    ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
     connection = connect(redis_url, patient=True)
-    queue = delivery.configure(config, connection).queue
+    queue = delivery.configure(config, connection, clock).queue
     worker = DeliveryWorker(
         [queue.rq],
         connection=connection,
