@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from rq import Retry, get_current_job
 from rq.job import Job
 
 from bridge import metrics
+from bridge.clock import Clock
 from bridge.config import Config, config_path, load_config
 from bridge.digest import Claim, digest_text
 from bridge.notification import Notification
@@ -72,15 +72,16 @@ class DeadLetter(Exception):
 
 
 class Deliverer:
-    """What a worker process needs to send: its config, one Pumble client per account, and the
-    Redis-backed shared state (rate limits, thread roots, digests)."""
+    """What a worker process needs to send: its config, one Pumble client per account, the
+    Redis-backed shared state (rate limits, thread roots, digests) and the clock it goes by."""
 
-    def __init__(self, config: Config, connection: redis.Redis):
+    def __init__(self, config: Config, connection: redis.Redis, clock: Clock):
         self.config = config
         self.settings = config.delivery
+        self.clock = clock
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
         self.limits = limits_per_minute(self.settings.rate_limits)
-        self.limiter = RateLimiter(connection, config.redis.queue, self.limits)
+        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock)
         self._clients: dict[str, PumbleClient] = {}
 
     def client(self, account: str) -> PumbleClient:
@@ -118,12 +119,12 @@ class Deliverer:
 _deliverer: Deliverer | None = None
 
 
-def configure(config: Config, connection: redis.Redis) -> Deliverer:
-    """Set the config this process delivers with (the worker does it at start-up)."""
+def configure(config: Config, connection: redis.Redis, clock: Clock | None = None) -> Deliverer:
+    """Set the config (and clock) this process delivers with (the worker does it at start-up)."""
     global _deliverer
     if _deliverer is not None:
         _deliverer.close()
-    _deliverer = Deliverer(config, connection)
+    _deliverer = Deliverer(config, connection, clock or Clock())
     return _deliverer
 
 
@@ -178,7 +179,7 @@ class Attempt:
     def _run(self) -> dict[str, Any] | Retry:
         n = self.notification
         d = self.deliverer
-        age = time.time() - n.received_at
+        age = d.clock.time() - n.received_at
         if n.received_at and age > d.settings.max_age:
             raise DeadLetter(f"not delivered within delivery.max_age ({d.settings.max_age} s)")
         owner = d.queue.backlog.taken_by(n, self.job.id)
@@ -252,7 +253,7 @@ class Attempt:
             return 0
         pumble = self.deliverer.config.pumble
         look_at = maybe_sent_at + pumble.connect_timeout + pumble.read_timeout + LATE_WRITE
-        return max(0, math.ceil(look_at - time.time()))
+        return max(0, math.ceil(look_at - self.deliverer.clock.time()))
 
     def _members(self, job_ids: tuple[str, ...]) -> list[Notification]:
         if not job_ids:
@@ -281,7 +282,7 @@ class Attempt:
                 return self._sent(found)
 
         attempts = int(self.meta.get("attempts", 0))
-        self.meta.update(attempts=attempts + 1, maybe_sent_at=time.time())
+        self.meta.update(attempts=attempts + 1, maybe_sent_at=d.clock.time())
         self.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
         try:
             ref = self._post_or_create(client, text, root)
@@ -290,7 +291,7 @@ class Attempt:
         except PumbleError:
             self.meta.pop("maybe_sent_at", None)  # certainly not posted
             raise
-        self.answered_at = time.time()
+        self.answered_at = d.clock.time()
         return self._sent(ref)
 
     def _post_or_create(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:

@@ -19,7 +19,7 @@ How it is enforced
   room, adds the slot to both: atomically, so concurrent workers can never both take the last
   slot, and a refusal charges neither bucket.
 - The clock is Redis's ``TIME``, read inside the script: all workers share one clock, whatever
-  their own clocks say.
+  their own clocks say. (A test's clock, moved on, shifts it by its offset: bridge.clock.)
 - Keys expire (``PEXPIRE`` effective window) whenever a slot is added, so an idle account leaves
   nothing behind.
 
@@ -44,8 +44,7 @@ import hashlib
 import math
 import re
 import secrets
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 import redis
 
 from bridge import metrics
+from bridge.clock import Clock
 
 OVERALL = "requests"
 _KIND_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -62,10 +62,11 @@ _MICROS = 1_000_000
 # (and may be removed one day), hence the pcall.
 _ACQUIRE_LUA = """
 -- KEYS: the buckets to take one slot from (the kind's, then the overall one unless it is the
--- kind). ARGV: for each key its limit and its window in microseconds; then a random suffix.
+-- kind). ARGV: for each key its limit and its window in microseconds; then the clock's offset
+-- in microseconds; then a random suffix.
 pcall(redis.replicate_commands)
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV - 1])
 local wait = 0
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[2 * i - 1])
@@ -93,9 +94,10 @@ return 0
 """
 
 _STATE_LUA = """
--- KEYS: buckets; ARGV: for each key its limit and window in microseconds. Read-only.
+-- KEYS: buckets; ARGV: for each key its limit and window in microseconds; then the clock's
+-- offset in microseconds. Read-only.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV])
 local out = {}
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[2 * i - 1])
@@ -167,12 +169,12 @@ class RateLimiter:
 
     ``limits`` names the kinds; when it has a ``"requests"`` entry, every call of any kind also
     takes a slot from that overall bucket. ``margin`` seconds are added to every window (see the
-    module docstring). ``sleep`` is what ``acquire`` waits with (injectable for tests).
+    module docstring). ``acquire`` waits with ``clock``, whose offset shifts Redis's time.
     """
 
     def __init__(self, connection: redis.Redis, namespace: str,
                  limits: Mapping[str, Limit] = DEFAULT_LIMITS, *, margin: float = 1.0,
-                 sleep: Callable[[float], Any] = time.sleep):
+                 clock: Clock | None = None):
         if not namespace:
             raise ValueError("namespace must not be empty")
         if (isinstance(margin, bool) or not isinstance(margin, int | float)
@@ -189,7 +191,7 @@ class RateLimiter:
         self.namespace = namespace
         self.limits: Mapping[str, Limit] = MappingProxyType(dict(limits))
         self.margin = float(margin)
-        self._sleep = sleep
+        self.clock = clock or Clock()
         self._acquire = connection.register_script(_ACQUIRE_LUA)
         self._state = connection.register_script(_STATE_LUA)
 
@@ -210,11 +212,11 @@ class RateLimiter:
         longer of the two buckets' waits), and nothing was taken from either bucket.
         """
         keys, args = self._buckets(account, self._kinds(kind))
-        waited = self._acquire(keys=keys, args=[*args, secrets.token_hex(8)])
+        waited = self._acquire(keys=keys, args=[*args, self._offset(), secrets.token_hex(8)])
         return int(waited) / _MICROS
 
     def acquire(self, account: str, kind: str, *, max_wait: float | None = None) -> float:
-        """Wait (with ``sleep``) until a slot is taken; return the seconds slept.
+        """Wait (with the clock) until a slot is taken; return the seconds slept.
 
         Raises ``RateLimitTimeout``, having taken nothing, as soon as the next free slot is
         further away than the rest of ``max_wait`` (``max_wait=0``: never sleep).
@@ -230,7 +232,7 @@ class RateLimiter:
             if max_wait is not None and waited + wait > max_wait:
                 metrics.ratelimit_wait(kind, waited)  # waited, then gave up: time lost all the same
                 raise RateLimitTimeout(account, kind, wait, waited, max_wait)
-            self._sleep(wait)
+            self.clock.sleep(wait)
             waited += wait
 
     def state(self, account: str) -> dict[str, dict[str, Any]]:
@@ -242,12 +244,15 @@ class RateLimiter:
         """
         kinds = list(self.limits)
         keys, args = self._buckets(account, kinds)
-        reply = self._state(keys=keys, args=args)
+        reply = self._state(keys=keys, args=[*args, self._offset()])
         return {kind: {"used": int(reply[2 * i]),
                        "limit": self.limits[kind].per_minute,
                        "window": self.window(kind),
                        "wait": int(reply[2 * i + 1]) / _MICROS}
                 for i, kind in enumerate(kinds)}
+
+    def _offset(self) -> int:
+        return round(self.clock.offset * _MICROS)
 
     def _limit(self, kind: str) -> Limit:
         try:

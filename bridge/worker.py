@@ -9,8 +9,8 @@ A worker killed mid-job (SIGKILL, a lost machine) leaves its job in rq's started
 gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_timeout + 10`` (the
 job cannot outlive its timeout, which rq enforces with SIGALRM in this very process), and
 maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the job again within
-about a minute and a half by default (rq-notes §2). SIGTERM is a warm shutdown: the current send
-finishes first.
+about a minute and a half by default (rq-notes §2). SIGTERM (or Ctrl-C) is a warm shutdown: the
+current send finishes first, then the worker is gone within a couple of seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from bridge import delivery
+from bridge.clock import Clock
 from bridge.config import Config
 from bridge.queue import connect
 
@@ -34,9 +35,33 @@ log = logging.getLogger(__name__)
 WORKER_TTL = 60  # an idle worker blocks 45 s on the queue, then does its maintenance
 MAINTENANCE_INTERVAL = 30
 HEARTBEAT_GRACE = 10
+# Seconds rq's pub/sub listener (the thread that hears rq's commands, such as shutdown) blocks
+# between looks at its stop flag.
+PUBSUB_POLL = 0.2
 
 
 class DeliveryWorker(SimpleWorker):
+    # rq's teardown stops its pub/sub listener, whose thread wakes only every 60 s, and since
+    # redis-py 8.2 that stop waits for the thread with no time limit. These two keep the stop
+    # within PUBSUB_POLL s on every redis-py release.
+    def subscribe(self) -> None:
+        """rq's subscribe, with a listener that looks at its stop flag every ``PUBSUB_POLL`` s.
+        The one private name, rq's handler that retries after a lost connection, is checked by
+        tests/test_worker_processes.py."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL, daemon=True,
+            exception_handler=self._pubsub_exception_handler)
+
+    def unsubscribe(self) -> None:
+        """Stop the listener; its thread closes its own connection as it ends. (rq's also closes
+        it from here, which races with the thread's close before redis-py 8.2.)"""
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()  # its answer wakes the thread at once, as a rule
+            self.pubsub_thread.stop()  # redis-py 8.2 waits here for the thread; older, not
+            self.pubsub_thread.join(PUBSUB_POLL + 1)
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
             return super().get_heartbeat_ttl(job, working_time)
@@ -84,10 +109,11 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
 
 def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                maintenance_interval: int = MAINTENANCE_INTERVAL,
-               worker_ttl: int = WORKER_TTL) -> bool:
-    """Work the queue until stopped (or, with ``burst``, until it is empty)."""
+               worker_ttl: int = WORKER_TTL, clock: Clock | None = None) -> bool:
+    """Work the queue until stopped (or, with ``burst``, until it is empty). Deliveries go by
+    ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
     connection = connect(redis_url, patient=True)
-    queue = delivery.configure(config, connection).queue
+    queue = delivery.configure(config, connection, clock).queue
     worker = DeliveryWorker(
         [queue.rq],
         connection=connection,

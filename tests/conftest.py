@@ -7,6 +7,7 @@ a Redis the suite did not create.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import uuid
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from bridge.clock import Clock
 from bridge.config import load_config
 from bridge.dlq import DeadLetters
 from bridge.fake_pumble import create_fake_pumble
@@ -48,14 +50,16 @@ def queue_name() -> str:
 
 
 class FakePumble:
-    """The fake Pumble on a real port, read back over HTTP like any client would."""
+    """The fake Pumble on a real port, read back over HTTP like any client would (one client:
+    making one costs 50 ms, most of it loading the CA certificates)."""
 
-    def __init__(self, server: LocalServer):
+    def __init__(self, server: LocalServer, http: httpx.Client):
         self.server = server
         self.url = server.url
+        self.http = http
 
     def messages(self, channel: str = "") -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/_fake/messages", params={"channel": channel})
+        response = self.http.get(f"{self.url}/_fake/messages", params={"channel": channel})
         response.raise_for_status()
         return response.json()["messages"]
 
@@ -63,8 +67,8 @@ class FakePumble:
 @pytest.fixture
 def fake_pumble() -> Iterator[FakePumble]:
     app = create_fake_pumble(keys=[TEST_KEY], channels=["orders"])
-    with LocalServer(app) as server:
-        yield FakePumble(server)
+    with LocalServer(app) as server, httpx.Client() as http:
+        yield FakePumble(server, http)
 
 
 @pytest.fixture
@@ -150,19 +154,36 @@ def rq_queue(redis_url: str, queue_name: str):
     connection.close()
 
 
+class MovedClock(Clock):
+    """A clock the test moves on: sleeping moves it at once. Records each sleep (its length,
+    and the time it began)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleeps: list[float] = []
+        self.slept_at: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.slept_at.append(self.time())
+        self.offset += seconds
+
+
 # -- a bridge on the test's queue, and the fake's record ------------------------------------
 
 FAST = {"backoff_base": 0.25, "backoff_cap": 1}  # retries after 1 s (rq schedules whole seconds)
 
 
 class Bridge:
-    """A config for the test's queue, the queue itself, and a worker to drain it."""
+    """A config for the test's queue, the queue itself, and workers to drain it that go by the
+    test's clock."""
 
     def __init__(self, path: Path, redis_url: str, rq_queue):
         self.path = path
         self.config = load_config(path, {})
         self.redis_url = redis_url
         self.rq = rq_queue
+        self.clock = MovedClock()
         self.queue = NotificationQueue(connect(redis_url), self.config.redis.queue,
                                        self.config.delivery)
         self.dead = DeadLetters(self.queue)
@@ -170,22 +191,38 @@ class Bridge:
     def enqueue(self, text: str = "order #1", **fields: Any) -> Notification:
         notification = Notification(**{
             "source": "shop", "event_id": f"e-{time.time_ns()}", "event_type": "order.created",
-            "route": "r", "channel": "orders", "text": text, "received_at": time.time(),
+            "route": "r", "channel": "orders", "text": text, "received_at": self.clock.time(),
             **fields})
         assert self.queue.enqueue(notification)
         return notification
 
-    def drain(self, timeout: float = 30.0) -> None:
-        """Run a burst worker until nothing is queued or scheduled (retries included)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            run_worker(self.config, self.redis_url, burst=True)
-            if not self.rq.scheduled_job_registry.get_job_ids() and not len(self.rq):
+    def work(self) -> None:
+        """One burst worker: it works the queue until it is empty."""
+        run_worker(self.config, self.redis_url, burst=True, clock=self.clock)
+
+    def move_on(self, seconds: float) -> None:
+        """Move the clock on, and rq's with it: its scheduled jobs (retries, waits) and the
+        heartbeats of its started ones come ``seconds`` nearer (rq keeps those times as the
+        scores of its registries, by the system's clock)."""
+        self.clock.sleep(seconds)
+        connection = self.rq.connection
+        for registry in (self.rq.scheduled_job_registry, self.rq.started_job_registry):
+            for member, score in connection.zrange(registry.key, 0, -1, withscores=True):
+                connection.zadd(registry.key, {member: score - seconds}, xx=True)
+
+    def drain(self, rounds: int = 100) -> None:
+        """Run burst workers until nothing is queued or scheduled; between them the clock is
+        moved on to the next scheduled job's time (retries included): nothing sleeps."""
+        registry = self.rq.scheduled_job_registry
+        for _ in range(rounds):
+            self.work()
+            [*upcoming] = self.rq.connection.zrange(registry.key, 0, 0, withscores=True)
+            if not upcoming and not len(self.rq):
                 return
-            scheduled = self.rq.scheduled_job_registry.get_job_ids()
-            assert time.monotonic() < deadline, f"jobs still waiting: {len(self.rq)} queued, " \
-                f"{len(scheduled)} scheduled"
-            time.sleep(0.5)
+            if upcoming:  # due once its score is at most rq's time, in whole seconds
+                self.move_on(max(0.0, upcoming[0][1] - math.floor(time.time())))
+        raise AssertionError(f"jobs still waiting after {rounds} workers: {len(self.rq)} "
+                             f"queued, {len(registry.get_job_ids())} scheduled")
 
 
 @pytest.fixture
@@ -203,11 +240,11 @@ def bridge(write_config, redis_url, queue_name, fake_pumble, rq_queue):
 
 
 def faults(fake: FakePumble, **changes: Any) -> None:
-    httpx.post(f"{fake.url}/_fake/faults", json=changes).raise_for_status()
+    fake.http.post(f"{fake.url}/_fake/faults", json=changes).raise_for_status()
 
 
 def stats(fake: FakePumble) -> dict[str, int]:
-    return httpx.get(f"{fake.url}/_fake/stats").json()
+    return fake.http.get(f"{fake.url}/_fake/stats").json()
 
 
 def texts(fake: FakePumble, channel: str = "") -> list[str]:

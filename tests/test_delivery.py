@@ -16,8 +16,7 @@ from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
 from bridge.queue import FAILURE_TTL, Received, job_id
-from bridge.worker import run_worker
-from tests.conftest import TEST_KEY, Bridge, FakePumble, faults, stats, texts
+from tests.conftest import TEST_KEY, Bridge, FakePumble, faults, stats, texts, wait_until
 
 # -- retries --------------------------------------------------------------------------------------
 
@@ -38,7 +37,7 @@ def test_429_waits_at_least_retry_after(bridge, fake_pumble, rq_queue):
     faults(fake_pumble, rate_limit={"per_minute": 1, "retry_after": 4})
     b.enqueue("first")
     b.enqueue("second")
-    run_worker(b.config, b.redis_url, burst=True)
+    b.work()
     assert texts(fake_pumble) == ["first"]
     [(_job_id, due)] = rq_queue.connection.zrange(rq_queue.scheduled_job_registry.key, 0, -1,
                                                   withscores=True)
@@ -62,7 +61,7 @@ def test_attempts_run_out_into_the_dead_letters(bridge, fake_pumble, rq_queue):
 
 def test_too_old_is_dead_lettered_without_sending(bridge, fake_pumble):
     b = bridge({"max_age": 60})
-    b.enqueue("stale", received_at=time.time() - 61)
+    b.enqueue("stale", received_at=b.clock.time() - 61)
     b.drain()
     [record] = b.dead.list()
     assert "max_age" in record.reason
@@ -143,14 +142,7 @@ def test_a_dead_letter_keeps_the_webhook_it_came_from(bridge, fake_pumble):
 
 # -- ambiguous failures ---------------------------------------------------------------------------
 
-@pytest.fixture
-def look_soon(monkeypatch):
-    """Look for an unanswered post 1 s past the client's timeouts, not 10 (Pumble applying a
-    request late is simulated with the fake's delay where it matters)."""
-    monkeypatch.setattr(delivery, "LATE_WRITE", 1)
-
-
-def test_accept_then_drop_posts_exactly_once(bridge, fake_pumble, rq_queue, look_soon):
+def test_accept_then_drop_posts_exactly_once(bridge, fake_pumble, rq_queue):
     b = bridge()
     faults(fake_pumble, drop_next=1)  # stored by Pumble, answer lost: the duplicate-maker
     b.enqueue("order #77 · 12.00 EUR")
@@ -167,36 +159,38 @@ def test_a_maybe_sent_message_that_was_not_posted_is_sent(bridge, fake_pumble, r
     b = bridge()
     b.enqueue("lost on the way")
     [job] = rq_queue.get_jobs()
-    job.meta["maybe_sent_at"] = time.time() - 5  # as a worker killed before the request leaves
+    job.meta["maybe_sent_at"] = b.clock.time() - 5  # as a worker killed before it sent
     job.save_meta()
     b.drain()
     assert texts(fake_pumble) == ["lost on the way"]
 
 
-def test_the_look_pages_back_through_a_busy_channel(bridge, fake_pumble, look_soon):
+def test_the_look_pages_back_through_a_busy_channel(bridge, fake_pumble):
     b = bridge(read_timeout=1, connect_timeout=1)
     faults(fake_pumble, drop_next=1)
     b.enqueue("order #4000 · 40.00 EUR")
-    run_worker(b.config, b.redis_url, burst=True)  # posted, answer lost: scheduled again
+    b.work()  # posted, answer lost: scheduled again
     for number in range(150):  # the channel moves on before the retry looks
-        httpx.post(f"{fake_pumble.url}/sendMessage", headers={"ApiKey": TEST_KEY},
-                   json={"channel": "orders", "text": f"other {number}", "asBot": True})
+        fake_pumble.http.post(f"{fake_pumble.url}/sendMessage", headers={"ApiKey": TEST_KEY},
+                              json={"channel": "orders", "text": f"other {number}",
+                                    "asBot": True})
     b.drain()
     assert texts(fake_pumble).count("order #4000 · 40.00 EUR") == 1
 
 
-def test_a_post_pumble_applies_after_the_timeout_is_not_doubled(bridge, fake_pumble,
-                                                                  monkeypatch):
-    monkeypatch.setattr(delivery, "LATE_WRITE", 2)  # look 1 + 1 + 2 s after sending
-    b = bridge(read_timeout=1, connect_timeout=1)
-    faults(fake_pumble, delay=3.5)  # applied 3.5 s after sending; the client gives up at 1 s
+def test_a_post_pumble_applies_after_the_timeout_is_not_doubled(bridge, fake_pumble):
+    b = bridge(read_timeout=0.3, connect_timeout=0.3)
+    faults(fake_pumble, delay=0.8)  # applied 0.8 s after sending; the client gives up at 0.3 s
     b.enqueue("order #4001 · 41.00 EUR")
-    sent_at = time.monotonic()
-    run_worker(b.config, b.redis_url, burst=True)
+    sent_at = time.time()
+    b.work()
     httpx.delete(f"{fake_pumble.url}/_fake/faults")
+    # Pumble applies it within the time a late write is given ...
+    wait_until(lambda: texts(fake_pumble) == ["order #4001 · 41.00 EUR"], "the late write", 5)
     b.drain()
-    time.sleep(max(0.0, sent_at + 4 - time.monotonic()))  # the late write has landed by now
     assert texts(fake_pumble) == ["order #4001 · 41.00 EUR"]
+    # ... which the look waited for, past the client's timeouts.
+    assert b.clock.time() >= sent_at + 0.3 + 0.3 + delivery.LATE_WRITE
 
 
 # -- threads and reactions ------------------------------------------------------------------------
@@ -226,7 +220,7 @@ def test_a_thread_created_paid_fulfilled_with_a_reaction_arriving_out_of_order(
             answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
             assert answer.status_code == 202, answer.text
             if topic == "orders/paid":  # the reply is worked on before its root even arrives
-                run_worker(b.config, b.redis_url, burst=True)
+                b.work()
                 assert fake_pumble.messages() == []
     b.drain()
     root, *replies = fake_pumble.messages()
@@ -310,7 +304,7 @@ def test_a_steady_stream_faster_than_the_limit_becomes_digests(bridge, fake_pumb
                 "digest": {"window": 60, "max_items": 10}}, read_timeout=1, connect_timeout=1)
     for number in range(12):
         b.enqueue(f"🛒 order #{number:03d}", event_id=f"stream-{number}")
-        run_worker(b.config, b.redis_url, burst=True)
+        b.work()
     b.drain()
     posted = texts(fake_pumble)
     lines = [line for text in posted for line in text.splitlines()]
@@ -332,7 +326,8 @@ def test_digest_off_for_a_route_sends_each_alone(bridge, fake_pumble):
 
 def test_each_route_sends_with_its_account(write_config, redis_url, queue_name, rq_queue):
     with LocalServer(create_fake_pumble(keys=["key-main"], channels=["orders"])) as main, \
-            LocalServer(create_fake_pumble(keys=["key-eu"], channels=["orders"])) as eu:
+            LocalServer(create_fake_pumble(keys=["key-eu"], channels=["orders"])) as eu, \
+            httpx.Client() as http:
         path = write_config(redis_url=redis_url, queue=queue_name, pumble_url=main.url,
                             api_key="key-main")
         accounts = f"  accounts:\n    eu: {{api_key: key-eu, base_url: '{eu.url}'}}\n"
@@ -341,8 +336,8 @@ def test_each_route_sends_with_its_account(write_config, redis_url, queue_name, 
         for account in ("default", "eu"):
             b.enqueue(f"via {account}", route=f"r-{account}", account=account)
         b.drain()
-        assert texts(FakePumble(main)) == ["via default"]
-        assert texts(FakePumble(eu)) == ["via eu"]
+        assert texts(FakePumble(main, http)) == ["via default"]
+        assert texts(FakePumble(eu, http)) == ["via eu"]
 
 
 def test_unknown_account_in_a_route_is_a_config_error(write_config):

@@ -16,7 +16,7 @@ import redis
 
 from bridge.config import RATE_LIMIT_KINDS
 from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, RateLimitTimeout
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, MovedClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,21 +40,6 @@ def make(connection: redis.Redis, queue_name: str):
 
 def used(limiter: RateLimiter, account: str) -> dict[str, int]:
     return {kind: bucket["used"] for kind, bucket in limiter.state(account).items()}
-
-
-class Sleeps:
-    """A fake sleep that records what it was asked (and when), sleeping for real only if told."""
-
-    def __init__(self, real: bool = False):
-        self.calls: list[float] = []
-        self.at: list[float] = []
-        self.real = real
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.at.append(time.monotonic())
-        if self.real:
-            time.sleep(seconds)
 
 
 def test_limit_validation():
@@ -161,37 +146,37 @@ def test_members_are_unique_per_slot(connection: redis.Redis, make):
 
 
 def test_acquire_takes_a_free_slot_without_sleeping(make):
-    sleeps = Sleeps()
-    limiter = make({"messages": Limit(2)}, sleep=sleeps)
+    clock = MovedClock()
+    limiter = make({"messages": Limit(2)}, clock=clock)
     assert limiter.acquire("acme", "messages") == 0.0
     assert limiter.acquire("acme", "messages", max_wait=0) == 0.0
-    assert sleeps.calls == []
+    assert clock.sleeps == []
 
 
 def test_acquire_sleeps_until_the_oldest_slot_leaves_the_window(make):
-    sleeps = Sleeps(real=True)
-    limiter = make({"messages": Limit(2, window=0.4), "requests": Limit(100)}, margin=0.1,
-                   sleep=sleeps)
-    before_first = time.monotonic()
+    clock = MovedClock()  # the windows go by Redis's time moved on by the clock's sleeps
+    limiter = make({"messages": Limit(2, window=40), "requests": Limit(100)}, margin=10,
+                   clock=clock)
+    before_first = clock.time()
     assert limiter.try_acquire("acme", "messages") == 0.0
-    after_first = time.monotonic()
-    time.sleep(0.2)
+    after_first = clock.time()
+    clock.sleep(20)
     assert limiter.try_acquire("acme", "messages") == 0.0
-    before_acquire = time.monotonic()
-    waited = limiter.acquire("acme", "messages", max_wait=5)
-    assert sleeps.calls, "acquire took a slot that was not free"
-    # the first sleep lasts until the first slot is window + margin = 0.5 s old
+    before_acquire = clock.time()
+    waited = limiter.acquire("acme", "messages", max_wait=500)
+    assert clock.sleeps[1:], "acquire took a slot that was not free"
+    # the first sleep lasts until the first slot is window + margin = 50 s old
     slack = 0.005
-    assert before_first + 0.5 - sleeps.at[0] - slack <= sleeps.calls[0]
-    assert sleeps.calls[0] <= after_first + 0.5 - before_acquire + slack
-    assert waited == pytest.approx(sum(sleeps.calls))
+    assert before_first + 50 - clock.slept_at[1] - slack <= clock.sleeps[1]
+    assert clock.sleeps[1] <= after_first + 50 - before_acquire + slack
+    assert waited == pytest.approx(sum(clock.sleeps[1:]))
     # the first slot left the window, the second is still in it, and the new one came in
     assert used(limiter, "acme") == {"messages": 2, "requests": 3}
 
 
 def test_acquire_raises_beyond_max_wait_and_takes_nothing(make):
-    sleeps = Sleeps()
-    limiter = make({"messages": Limit(1), "requests": Limit(100)}, sleep=sleeps)
+    clock = MovedClock()
+    limiter = make({"messages": Limit(1), "requests": Limit(100)}, clock=clock)
     assert limiter.acquire("acme", "messages") == 0.0
     for max_wait in (0, 1.0, 30.0):
         with pytest.raises(RateLimitTimeout) as raised:
@@ -199,7 +184,7 @@ def test_acquire_raises_beyond_max_wait_and_takes_nothing(make):
         assert raised.value.kind == "messages" and raised.value.account == "acme"
         assert 55 < raised.value.retry_after <= 61
         assert raised.value.waited == 0.0
-    assert sleeps.calls == []
+    assert clock.sleeps == []
     assert used(limiter, "acme") == {"messages": 1, "requests": 1}
 
 

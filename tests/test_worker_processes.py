@@ -21,6 +21,7 @@ from rq.job import JobStatus
 from bridge.local_server import LocalServer
 from bridge.redis_embedded import EmbeddedRedis
 from bridge.web import create_app
+from bridge.worker import HEARTBEAT_GRACE
 from tests.conftest import Bridge, faults, free_port, signed_order, stats, texts, wait_until
 from tests.test_e2e import ROOT, clean_env
 
@@ -61,10 +62,12 @@ def test_a_worker_killed_mid_send_loses_nothing_and_posts_once(bridge, fake_pumb
     # The job is left 'started' by a dead worker until its heartbeat runs out (job_timeout +
     # 10 s); the next worker's maintenance then runs it again, and it looks before sending.
     registry = b.rq.started_job_registry
-    wait_until(lambda: registry.get_expired_job_ids(), "the dead worker's job to expire", 30)
+    assert registry.get_expired_job_ids() == []
+    b.move_on(b.config.delivery.job_timeout + HEARTBEAT_GRACE)
+    assert registry.get_expired_job_ids()
     # The look for the earlier post waits out Pumble's late writes (a scheduled run), and the
     # dead worker's scheduler lock is released at once (bridge.worker), not after a minute.
-    b.drain(timeout=45)
+    b.drain()
     assert texts(fake_pumble) == ["order #31337"]
     [job_id] = b.rq.finished_job_registry.get_job_ids()
     assert b.rq.fetch_job(job_id).return_value()["message_id"] == fake_pumble.messages()[0]["id"]
@@ -83,6 +86,70 @@ def test_sigterm_lets_the_current_send_finish(bridge, fake_pumble):
         kill(worker)
     assert texts(fake_pumble) == ["finish me"]
     assert len(b.rq.finished_job_registry.get_job_ids()) == 1
+
+
+def listening_worker(bridge: Bridge) -> str:
+    """The name of the one worker on the test's queue, once it waits for jobs (its signal
+    handlers are in place by then) and its pub/sub listener is up."""
+    from rq.worker import Worker, WorkerStatus
+
+    names: list[str] = []
+
+    def up() -> bool:
+        workers = Worker.all(queue=bridge.rq)
+        names[:] = [w.name for w in workers]
+        channels = [w.pubsub_channel_name for w in workers]
+        return bool(workers) and all(w.get_state() == WorkerStatus.IDLE for w in workers) \
+            and all(n == 1 for _, n in bridge.rq.connection.pubsub_numsub(*channels))
+
+    wait_until(up, "the worker to listen", 20)
+    [name] = names
+    return name
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "rq shutdown command"])
+def test_an_idle_worker_stops_within_5_s(bridge, stop):
+    """SIGTERM (a supervisor, `run`), SIGINT (Ctrl-C) or rq's own shutdown command, which comes
+    through the worker's pub/sub listener: whatever the redis-py release, gone within 5 s."""
+    from rq.command import send_shutdown_command
+
+    b = bridge()
+    worker = worker_process(b.path)
+    try:
+        name = listening_worker(b)
+        asked = time.monotonic()
+        if stop == "rq shutdown command":
+            send_shutdown_command(b.rq.connection, name)
+        else:
+            worker.send_signal(getattr(signal, stop))
+        assert worker.wait(30) == 0
+        assert time.monotonic() - asked < 5
+    finally:
+        kill(worker)
+
+
+def test_the_pubsub_listener_stops_when_asked(redis_url, queue_name):
+    """rq's teardown (unsubscribe) leaves no listener thread nor subscription behind, and waits
+    about a second, not the 60 s rq's own listener may block on redis-py 8.2."""
+    from rq import Queue
+
+    from bridge.queue import connect
+    from bridge.worker import PUBSUB_POLL, DeliveryWorker
+
+    connection = connect(redis_url)
+    worker = DeliveryWorker([Queue(queue_name, connection=connection)], connection=connection)
+    worker.subscribe()
+    try:
+        wait_until(lambda: connection.pubsub_numsub(worker.pubsub_channel_name)[0][1] == 1,
+                   "the listener to subscribe", 10)
+        asked = time.monotonic()
+        worker.unsubscribe()
+        assert not worker.pubsub_thread.is_alive()
+        assert time.monotonic() - asked < PUBSUB_POLL + 1
+        wait_until(lambda: connection.pubsub_numsub(worker.pubsub_channel_name)[0][1] == 0,
+                   "the listener's connection to close", 2)
+    finally:
+        connection.close()
 
 
 def test_a_burst_of_1000_orders_under_80_a_minute_posts_each_once_without_a_429(
