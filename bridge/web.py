@@ -34,16 +34,14 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything.
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
-    SIGHUP); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
+    SIGHUP), from the first request on (bridge.reload; under gunicorn its master watches
+    instead); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
     start."""
     def build(new: Config) -> Pipeline:
         logs.redact_secrets(new)  # a reloaded config may bring a new (rotated) secret
         return Pipeline.from_config(new)
 
     pipelines = Reloader(config, build)
-    if watch:
-        pipelines.start()
-        _reload_on_sighup(pipelines)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery)
     dead_letters = DeadLetters(queue)
@@ -52,6 +50,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     app = Flask("bridge")
     app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
+    if watch:
+        _reload_on_sighup(pipelines)
+        # Watching starts with the first request: never in a gunicorn master, which forks.
+        app.before_request(pipelines.start)
     if config.admin.listen:
         _split_listeners(app, int(config.admin.listen.rpartition(":")[2]))
 
@@ -167,7 +169,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             connection.ping()
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
-        return jsonify({"status": "ok", "redis": "ok", "config": str(config.path)})
+        status = {"status": "ok", "redis": "ok", "config": str(config.path)}
+        if pipelines.refused:  # still ready: the last valid config serves
+            status["config_refused"] = pipelines.refused
+        return jsonify(status)
 
     @app.get("/metrics")
     def prometheus_metrics():  # every process of this machine (bridge.metrics), and the queue
