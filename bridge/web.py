@@ -15,7 +15,7 @@ import time
 
 import orjson
 import redis
-from flask import Flask, g, jsonify, request
+from flask import Flask, abort, g, jsonify, request
 
 from bridge import logs, metrics
 from bridge.activity import Activity
@@ -49,7 +49,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
-    app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
+    max_body = config.receiver.max_body_bytes
+    # One byte past the limit: Werkzeug stops reading a chunked body (no Content-Length) at
+    # its limit without a word, so a body that reaches it is cut, never known to be too long.
+    app.config["MAX_CONTENT_LENGTH"] = max_body + 1
     if watch:
         _reload_on_sighup(pipelines)
         # Watching starts with the first request: never in a gunicorn master, which forks.
@@ -62,7 +65,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     @app.errorhandler(413)
     def too_large(_error: Exception):
-        return error(413, f"body larger than {config.receiver.max_body_bytes} bytes")
+        return error(413, f"body larger than {max_body} bytes")
 
     @app.before_request
     def start_clock():
@@ -85,7 +88,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             return error(404, f"no source named {source_name!r} in the config")
         g.source = source_name
         context = {"source": source_name}
-        webhook = WebhookRequest.of(request.headers, request.get_data(cache=False))
+        body = request.get_data(cache=False)
+        if len(body) > max_body:
+            abort(413)
+        webhook = WebhookRequest.of(request.headers, body)
         if source.is_ping(webhook):
             log.info("source %s: set-up ping answered", source_name, extra=context)
             return jsonify({"ping": True}), 200
