@@ -43,7 +43,7 @@ class Reloader(Generic[T]):
         fresh = all(mtime / 1e9 <= config.loaded_at for _, mtime, _ in stamp)
         self._stamp = stamp if fresh else ()
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # one check at a time: the watcher, or the caller
+        self._lock = threading.Lock()  # one check (or watcher start) at a time
         self._watcher: threading.Thread | None = None
         self._watch_here = True
         metrics.config_valid(True)
