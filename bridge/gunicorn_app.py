@@ -12,7 +12,6 @@ startup config.
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -63,13 +62,14 @@ class GunicornApp(BaseApplication):
 
 
 class _ConfigWatchingArbiter(Arbiter):
-    """gunicorn's master loop, which also looks at the config on each turn: a change counts as
-    a SIGHUP (unless one is already queued, which looks at the config itself)."""
+    """gunicorn's master, which also looks at the config on each turn of its loop: a change is
+    handled as a SIGHUP."""
 
     app: GunicornApp
 
-    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        signals = super().wait_for_signals(timeout)
-        if signal.SIGHUP not in signals and self.app.pipelines.reload_if_changed():
-            signals.append(signal.SIGHUP)
-        return signals
+    def murder_workers(self) -> None:
+        # The one hook called on every turn of the loop (about once a second) in every gunicorn
+        # version this supports (23 and older have no wait_for_signals).
+        super().murder_workers()
+        if self.app.pipelines.reload_if_changed():
+            self.handle_hup()
