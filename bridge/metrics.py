@@ -26,6 +26,10 @@ Counted where it happens (each process records its own; see "Several processes" 
   (``messages``, ``replies``, ``reactions``, ``channels``, ``requests``), 0 when one was free.
 - ``end_to_end_seconds{route}``: histogram, from the receiver accepting the webhook to
   Pumble's answer to the send (each notification of a digest counts).
+- ``config_valid``: gauge, 1 while the receiver's config file and templates as they are on disk
+  are in force, 0 once a change to them was refused (the last valid config serves; the log
+  and ``/readyz`` say why). Set by the process that checks the files: gunicorn's master under
+  ``serve`` (the most recent value wins across processes).
 
 Read from Redis when scraped (one round trip of O(1)/O(log n) commands; the scrape still
 answers when Redis does not, with ``redis_up 0`` and without these):
@@ -179,6 +183,7 @@ class _Metrics:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
+            Gauge,
             Histogram,
             disable_created_metrics,
         )
@@ -211,6 +216,9 @@ class _Metrics:
             PREFIX + "end_to_end_seconds", "Time from the receiver accepting a webhook to "
             "Pumble's answer to its message.", ["route"], buckets=END_TO_END_BUCKETS,
             registry=r)
+        self.config_valid = Gauge(
+            PREFIX + "config_valid", "1 while the config file as it is on disk is in force, 0 "
+            "once a change to it was refused.", multiprocess_mode="mostrecent", registry=r)
 
 
 _metrics: _Metrics | None = None
@@ -307,6 +315,11 @@ def end_to_end(route: str, received_at: float, answered_at: float) -> None:
     """A send Pumble answered at ``answered_at`` for a webhook accepted at ``received_at``."""
     if received_at > 0:
         _m().end_to_end.labels(route).observe(max(0.0, answered_at - received_at))
+
+
+@_never_raises
+def config_valid(valid: bool) -> None:
+    _m().config_valid.set(1 if valid else 0)
 
 
 # -- the scrape ----------------------------------------------------------------------------------

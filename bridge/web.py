@@ -15,7 +15,7 @@ import time
 
 import orjson
 import redis
-from flask import Flask, g, jsonify, request
+from flask import Flask, abort, g, jsonify, request
 
 from bridge import logs, metrics
 from bridge.activity import Activity
@@ -34,16 +34,14 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything.
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
-    SIGHUP); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
+    SIGHUP), from the first request on (bridge.reload; under gunicorn its master watches
+    instead); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
     start."""
     def build(new: Config) -> Pipeline:
         logs.redact_secrets(new)  # a reloaded config may bring a new (rotated) secret
         return Pipeline.from_config(new)
 
     pipelines = Reloader(config, build)
-    if watch:
-        pipelines.start()
-        _reload_on_sighup(pipelines)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery)
     dead_letters = DeadLetters(queue)
@@ -51,7 +49,14 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     dedupe_window = config.receiver.dedupe_window
 
     app = Flask("bridge")
-    app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
+    max_body = config.receiver.max_body_bytes
+    # One byte past the limit: Werkzeug stops reading a chunked body (no Content-Length) at
+    # its limit without a word, so a body that reaches it is cut, never known to be too long.
+    app.config["MAX_CONTENT_LENGTH"] = max_body + 1
+    if watch:
+        _reload_on_sighup(pipelines)
+        # Watching starts with the first request: never in a gunicorn master, which forks.
+        app.before_request(pipelines.start)
     if config.admin.listen:
         _split_listeners(app, int(config.admin.listen.rpartition(":")[2]))
 
@@ -60,7 +65,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     @app.errorhandler(413)
     def too_large(_error: Exception):
-        return error(413, f"body larger than {config.receiver.max_body_bytes} bytes")
+        return error(413, f"body larger than {max_body} bytes")
 
     @app.before_request
     def start_clock():
@@ -83,7 +88,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             return error(404, f"no source named {source_name!r} in the config")
         g.source = source_name
         context = {"source": source_name}
-        webhook = WebhookRequest.of(request.headers, request.get_data(cache=False))
+        body = request.get_data(cache=False)
+        if len(body) > max_body:
+            abort(413)
+        webhook = WebhookRequest.of(request.headers, body)
         if source.is_ping(webhook):
             log.info("source %s: set-up ping answered", source_name, extra=context)
             return jsonify({"ping": True}), 200
@@ -167,7 +175,10 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
             connection.ping()
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
-        return jsonify({"status": "ok", "redis": "ok", "config": str(config.path)})
+        status = {"status": "ok", "redis": "ok", "config": str(config.path)}
+        if pipelines.refused:  # still ready: the last valid config serves
+            status["config_refused"] = pipelines.refused
+        return jsonify(status)
 
     @app.get("/metrics")
     def prometheus_metrics():  # every process of this machine (bridge.metrics), and the queue

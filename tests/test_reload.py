@@ -11,12 +11,18 @@ from bridge.pipeline import Pipeline
 from bridge.reload import Reloader
 from bridge.web import create_app
 from tests.conftest import signed_order
+from tests.test_metrics import parse, value
 
 
 def bump(path) -> None:
     """Make sure the change is seen even on a file system with coarse timestamps."""
     later = time.time() + 2
     os.utime(path, (later, later))
+
+
+def config_valid(client) -> float:
+    return value(parse(client.get("/metrics").get_data(as_text=True)),
+                 "pumble_bridge_config_valid")
 
 
 def channel_of(client, rq_queue, webhook_id: str) -> str:
@@ -37,19 +43,48 @@ def test_a_valid_change_is_put_in_force(write_config, redis_url, queue_name, rq_
     assert channel_of(client, rq_queue, "w-2") == "sales"
 
 
-def test_an_invalid_change_is_refused_and_the_old_config_stays(write_config, redis_url,
-                                                                queue_name, rq_queue, caplog):
+def test_an_invalid_change_is_refused_and_reported(write_config, redis_url, queue_name,
+                                                   rq_queue, caplog):
     path = write_config(redis_url=redis_url, queue=queue_name)
     app = create_app(load_config(path, {}), redis_url, watch=False)
     client, reloader = app.test_client(), app.config["reloader"]
+    valid = path.read_text()
 
-    path.write_text(path.read_text().replace("channel: orders", "chanel: orders"))
+    path.write_text(valid.replace("channel: orders", "chanel: orders"))
     bump(path)
     with caplog.at_level(logging.ERROR):
-        assert not reloader.reload_if_changed()
-    assert "is not valid; keeping the one in force" in caplog.text
-    assert "did you mean 'channel'" in caplog.text
+        assert reloader.reload_if_changed()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bridge.reload"]
+    assert "\n" not in line and "the last valid config stays in force" in line
+    assert "did you mean 'channel'" in line
     assert channel_of(client, rq_queue, "w-3") == "orders"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200  # the last valid config serves: still ready
+    assert "did you mean 'channel'" in ready.json["config_refused"]
+    assert config_valid(client) == 0
+
+    path.write_text(valid)
+    bump(path)
+    assert reloader.reload_if_changed()
+    assert "config_refused" not in client.get("/readyz").json
+    assert config_valid(client) == 1
+
+
+def test_the_last_valid_config_wins_not_the_startup_one(write_config, redis_url, queue_name,
+                                                        rq_queue):
+    path = write_config(redis_url=redis_url, queue=queue_name)
+    app = create_app(load_config(path, {}), redis_url, watch=False)
+    client, reloader = app.test_client(), app.config["reloader"]
+    path.write_text(path.read_text().replace("channel: orders", "channel: sales"))
+    bump(path)
+    assert reloader.reload_if_changed()
+    path.write_text(path.read_text().replace("template: order_created.j2",
+                                             "template: no_such_template.j2"))
+    bump(path)
+    assert reloader.reload_if_changed()
+    assert "no_such_template.j2" in reloader.refused
+    assert channel_of(client, rq_queue, "w-4") == "sales"
+    assert not reloader.reload_if_changed()  # the same refused file: not read again
 
 
 def test_a_template_change_is_picked_up(tmp_path, write_config):
@@ -85,6 +120,7 @@ def test_sighup_reloads(write_config, redis_url):
     app = create_app(load_config(path, {}), redis_url)  # watches, and handles SIGHUP
     reloader = app.config["reloader"]
     reloader._interval = 3600  # only the signal can wake it within the test
+    assert app.test_client().get("/healthz").status_code == 200  # starts the watcher
     reloader.check_now()  # let the thread settle into its long wait
     time.sleep(0.1)
     path.write_text(path.read_text().replace("channel: orders", "channel: sales"))

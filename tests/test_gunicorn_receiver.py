@@ -1,0 +1,166 @@
+"""The receiver as `pumble-bridge serve` runs it (gunicorn, its master and a worker process),
+over real HTTP: the last valid config survives SIGHUP and a worker's death; a body over
+receiver.max_body_bytes is refused whether or not it is chunked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bridge.sources.shopify import sign
+from tests.conftest import TEST_SECRET, free_port, signed_order, wait_until
+from tests.test_e2e import ROOT, clean_env
+from tests.test_metrics import parse, value
+from tests.test_reload import bump
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def workers(self) -> set[int]:
+        pid = self.process.pid
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+    def replaced(self, old: set[int]) -> bool:
+        """Every worker of ``old`` gone, and a new one serving."""
+        now = self.workers()
+        return bool(now) and not now & old and self.ready().status_code == 200
+
+    def ready(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/readyz", headers={"Connection": "close"})
+
+
+@pytest.fixture
+def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Served, Path]]:
+    """`pumble-bridge serve --workers 1` on a free port (one worker: every request meets it)."""
+    config = write_config(redis_url=redis_url, queue=queue_name)
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "1",
+             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+            env=clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), start_new_session=True)
+    served = Served(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_until(lambda: served.ready().status_code == 200, "serve to start")
+        yield served, config
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def channel_of(served: Served, rq_queue, number: int) -> str:
+    """The channel the served config routes a new order to (the job it enqueued says)."""
+    body, headers = signed_order(number, webhook_id=f"w-{time.time_ns()}")
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body,
+                          headers={**headers, "Connection": "close"})
+    assert response.status_code == 202, response.text
+    return rq_queue.get_jobs()[-1].args[0]["channel"]
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+    bump(path)
+
+
+def test_sighup_and_a_new_worker_serve_the_last_valid_config(serve, rq_queue):
+    served, config = serve
+    assert channel_of(served, rq_queue, 1) == "orders"
+
+    edit(config, "channel: orders", "channel: sales")  # v2, valid
+    wait_until(lambda: channel_of(served, rq_queue, 2) == "sales", "v2 in force")
+
+    workers = served.workers()
+    edit(config, "channel: sales", "chanel: sales")  # v3, invalid
+    wait_until(lambda: "config_refused" in served.ready().json(), "v3 refused")
+    wait_until(lambda: served.replaced(workers), "the workers restarted")
+    assert "did you mean 'channel'" in served.ready().json()["config_refused"]
+    assert channel_of(served, rq_queue, 3) == "sales"
+    metrics = parse(httpx.get(f"{served.url}/metrics").text)
+    assert value(metrics, "pumble_bridge_config_valid") == 0
+
+    workers = served.workers()
+    served.process.send_signal(signal.SIGHUP)  # what `systemctl reload` does
+    wait_until(lambda: served.replaced(workers), "new workers after SIGHUP")
+    assert channel_of(served, rq_queue, 4) == "sales"
+    assert "config_refused" in served.ready().json()
+
+    workers = served.workers()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: served.replaced(workers), "a worker in place of the killed one")
+    assert channel_of(served, rq_queue, 5) == "sales"
+    assert "config_refused" in served.ready().json()
+
+    refusals = [line for line in served.log.read_text().splitlines()
+                if "changed but is not valid" in line]
+    assert len(refusals) == 1, refusals  # the master looked, once; no worker read the file
+
+    workers = served.workers()
+    edit(config, "chanel: sales", "channel: shipping")  # fixed: in force, no longer reported
+    wait_until(lambda: served.replaced(workers), "the workers restarted")
+    assert channel_of(served, rq_queue, 6) == "shipping"
+    assert "config_refused" not in served.ready().json()
+
+
+# -- bodies over receiver.max_body_bytes (1 MiB by default) ---------------------------------------
+
+LIMIT = 1024 * 1024
+
+
+def post_chunked(served: Served, size: int, signed: int) -> int:
+    """POST a Shopify order padded with spaces to ``size`` bytes, chunked (no Content-Length),
+    its signature over the first ``signed`` bytes; the answer's status. Stops sending once the
+    answer came (a refused body is never read to its end)."""
+    body, headers = signed_order(7001, webhook_id=f"w-{time.time_ns()}")
+    body = body.ljust(size)
+    headers["X-Shopify-Hmac-Sha256"] = sign(TEST_SECRET.encode(), body[:signed])
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(("POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\n"
+                            "Transfer-Encoding: chunked\r\n"
+                            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                            + "\r\n").encode())
+        with contextlib.suppress(OSError):  # a server that stopped reading: the answer counts
+            for start in range(0, size, 65536):
+                if select.select([connection], [], [], 0)[0]:
+                    break  # answered already
+                piece = body[start:start + 65536]
+                connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
+                connection.sendall(b"0\r\n\r\n")
+        status_line = connection.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+def test_a_body_over_the_limit_is_413_chunked_or_not(serve, rq_queue):
+    served, _config = serve
+    assert post_chunked(served, LIMIT, LIMIT) == 202  # at the limit: read whole, accepted
+    assert post_chunked(served, LIMIT + 1, LIMIT + 1) == 413
+    # Signed over the first MiB only: Werkzeug used to cut the body there and accept it.
+    assert post_chunked(served, 2 * LIMIT, LIMIT) == 413
+    assert post_chunked(served, 100 * LIMIT, 100 * LIMIT) == 413  # used to be 401
+    assert len(rq_queue.get_jobs()) == 1
+
+    body, headers = signed_order(7002)
+    for size, status in ((LIMIT, 202), (LIMIT + 1, 413)):  # with a Content-Length
+        padded = body.ljust(size)
+        signed = {**headers, "X-Shopify-Hmac-Sha256": sign(TEST_SECRET.encode(), padded),
+                  "X-Shopify-Webhook-Id": f"w-{size}"}
+        response = httpx.post(f"{served.url}/webhooks/shop", content=padded, headers=signed)
+        assert response.status_code == status, response.text
