@@ -13,20 +13,22 @@ or Pumble reported a problem, 2 a config or usage error (as the rest of the CLI)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import sys
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from bridge import logs
-from bridge.config import Config, RouteSettings, config_path, load_config
+from bridge.config import Config, RouteSettings, config_path, data_dir, load_config
 from bridge.events import Customer, Event, Order, Payment, Product, Refund, Shipping, SourceRef
 from bridge.pipeline import Pipeline
 from bridge.pumble import PumbleClient, PumbleError, normalize_channel_name
+from bridge.redis_embedded import redis_url
 from bridge.render import RenderError
 from bridge.sources import PayloadError, Source, WebhookRequest
 
@@ -87,12 +89,27 @@ def _error(message: str) -> Exception:
     return CommandError(message)
 
 
-def command_config(args: argparse.Namespace) -> Config:
+def command_config(args: argparse.Namespace, sections: Collection[str] | None = None) -> Config:
     """The config a command names (``--config``, else the default path), its keys and secrets
-    masked in every log line from now on. Every subcommand loads its config through here."""
-    config = load_config(config_path(getattr(args, "config", None)))
+    masked in every log line from now on. Every subcommand loads its config through here;
+    ``sections``: only those it needs (see ``load_config``)."""
+    config = load_config(config_path(getattr(args, "config", None)), sections=sections)
     logs.redact_secrets(config)
     return config
+
+
+@contextlib.contextmanager
+def command_redis(config: Config, command: str) -> Iterator[str]:
+    """The Redis URL a command uses: the configured one, else the embedded server's, whose data
+    dir is said on stderr (a command run with another data dir would see an empty Redis)."""
+    if config.redis.url:
+        yield config.redis.url
+        return
+    directory = data_dir(config_file=config.path)
+    print(f"pumble-bridge {command}: embedded Redis, data in {directory} "
+          "(BRIDGE_DATA_DIR, else beside the config file)", file=sys.stderr, flush=True)
+    with redis_url(None, directory) as url:
+        yield url
 
 
 # -- render ------------------------------------------------------------------------------------
