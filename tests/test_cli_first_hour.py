@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 import yaml
 
@@ -15,7 +18,7 @@ from bridge.cli import DEFAULT_PORT, main
 from bridge.config import data_dir, load_config
 from bridge.local_server import LocalServer
 from bridge.web import create_app
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, free_port, wait_until
 from tests.test_e2e import ROOT, clean_env
 
 UNSET_SECRET = "${FIRST_HOUR_UNSET_SECRET}"  # a webhook secret's variable nobody sets
@@ -142,3 +145,96 @@ def test_the_env_example_names_the_variables_the_procfile_needs():
     assert env["BRIDGE_CONFIG"] == "config.yaml" and env["PORT"] == str(DEFAULT_PORT)
     deploying = (ROOT / "docs" / "deploying.md").read_text()
     assert "cp config.example.yaml config.yaml" in deploying and "cp .env.example .env" in deploying
+
+
+def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
+    """The README's first hour: `run` says where to look and that it is ready; a second `run`
+    in its data dir, or on its ports, is refused in one line; `send-sample --lifecycle` (to the
+    port PORT names) posts an order with its payment, fulfilment and refund as replies in its
+    thread and a check mark on it."""
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "config.example.yaml").read_text())
+    port, fake_port = free_port(), free_port()
+    log = tmp_path / "run.log"
+
+    def run(*flags: str, **env: str):
+        return subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "run",
+                                 *flags], cwd=ROOT, env=clean_env(**env), stdout=log.open("a"),
+                                stderr=subprocess.STDOUT, text=True)
+
+    def refused(*flags: str, **env: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "bridge", "--config", str(config), "run",
+                               *flags], cwd=ROOT, env=clean_env(**env), capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        return done.stderr
+
+    first = run("--port", str(port), "--fake-pumble-port", str(fake_port))
+    try:
+        wait_until(lambda: "ready: try" in log.read_text(), "run to say it is ready")
+        lines = log.read_text().splitlines()
+        assert f"  here, and shown as a channel at http://127.0.0.1:{fake_port}/_fake/" in lines
+        assert lines[-1] == (f"ready: try `pumble-bridge --config {config} send-sample "
+                             f"--url http://127.0.0.1:{port}`")
+
+        data = tmp_path / ".pumble-bridge"
+        assert refused("--port", str(free_port())) == (
+            f"pumble-bridge: another `pumble-bridge run` is using {data}: stop it first, or "
+            "give this one its own BRIDGE_DATA_DIR\n")
+        other_dir = {"BRIDGE_DATA_DIR": str(tmp_path / "other")}
+        assert refused("--port", str(port), **other_dir).endswith(
+            "): choose another port with --port\n")
+        assert refused("--port", str(free_port()), "--fake-pumble-port", str(fake_port),
+                       **other_dir).endswith("): choose another port with --fake-pumble-port\n")
+
+        sample = subprocess.run([sys.executable, "-m", "bridge", "--config", str(config),
+                                 "send-sample", "--lifecycle"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, env=clean_env(PORT=str(port)))
+        assert sample.returncode == 0, sample.stdout + sample.stderr
+        assert [line.split(" (")[1].split(",")[0] for line in sample.stdout.splitlines()] == \
+            list(samples.LIFECYCLE)
+
+        def posted() -> list[dict]:
+            return httpx.get(f"http://127.0.0.1:{fake_port}/_fake/messages").json()["messages"]
+
+        wait_until(lambda: len(posted()) == 4 and posted()[0]["reactions"], "the four messages")
+        root, *replies = posted()
+        assert root["text"].startswith("🛒 New order #")
+        assert [r["code"] for r in root["reactions"]] == [":white_check_mark:"]
+        assert [reply["text"].split(" #")[0].split(" · ")[0] for reply in replies] == [
+            "💰 Order paid", "🚚 Order fulfilled", "💸 Refund"]
+        assert all(reply["threadReplyInfo"]["rootId"] == root["id"] for reply in replies)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert first.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("command", "then"), [
+    (["worker"], "retrying (Ctrl-C to stop)"),
+    (["serve", "--dev"], "webhooks are answered 503 until it does"),
+])
+def test_redis_out_of_reach_is_said_within_seconds(command, then, write_config, tmp_path):
+    """Not silence while the worker's connection retries (minutes), nor a receiver that starts
+    as if all were well: one line naming the Redis (not its password) and what happens next."""
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        redis_port = closed.getsockname()[1]
+    said = tmp_path / "stderr"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--config", str(write_config()), *command,
+         *(["--port", str(free_port())] if command[0] == "serve" else [])],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=said.open("w"), env=clean_env(
+            REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{redis_port}/0",
+            BRIDGE_LOG_FORMAT="text"))
+    try:
+        wait_until(lambda: "does not answer" in said.read_text(), "the warning", timeout=5)
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started < 5
+    [line] = [line for line in said.read_text().splitlines() if "does not answer" in line]
+    assert f"WARNING bridge: Redis at redis://127.0.0.1:{redis_port}/0 does not answer (" in line
+    assert line.endswith(then)
+    assert "hunter2-secret" not in said.read_text()
