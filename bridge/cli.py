@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import importlib.metadata
 import logging
 import os
 import signal
@@ -34,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bridge import logs, metrics, samples
+from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
@@ -62,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.command(args) or 0
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
-        print(f"pumble-bridge: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a config's problems: one a line, each marked
+            print(f"pumble-bridge: {line}", file=sys.stderr)
         return 2
     except redis.ConnectionError as exc:  # redis-py's message names host and port, no password
         print(f"pumble-bridge: cannot connect to Redis: {exc}", file=sys.stderr)
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pumble-bridge", parents=[common],
                      description="E-commerce webhooks to Pumble messages.")
     parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {importlib.metadata.version('pumble-bridge')}")
+                        version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(name: str, handler, help_text: str, description: str = "",

@@ -100,15 +100,15 @@ def command_config(args: argparse.Namespace, sections: Collection[str] | None = 
 
 @contextlib.contextmanager
 def command_redis(config: Config, command: str) -> Iterator[str]:
-    """The Redis URL a command uses: the configured one, else the embedded server's, whose data
-    dir is said on stderr (a command run with another data dir would see an empty Redis)."""
+    """The Redis URL a command uses: the configured one, else the embedded server's, said on
+    stderr with its data dir (a command run with another data dir would see an empty Redis)."""
     if config.redis.url:
         yield config.redis.url
         return
     directory = data_dir(config_file=config.path)
-    print(f"pumble-bridge {command}: embedded Redis, data in {directory} "
-          "(BRIDGE_DATA_DIR, else beside the config file)", file=sys.stderr, flush=True)
     with redis_url(None, directory) as url:
+        print(f"pumble-bridge {command}: embedded Redis at {url}, data in {directory} "
+              "(BRIDGE_DATA_DIR, else beside the config file)", file=sys.stderr, flush=True)
         yield url
 
 

@@ -68,8 +68,11 @@ def test_dlq_list_from_elsewhere_uses_the_configs_data_dir_says_so_and_logs_noth
                           timeout=60, env=clean_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0 dead letter(s)\n"
-    assert done.stderr == (f"pumble-bridge dlq: embedded Redis, data in {conf / '.pumble-bridge'}"
-                           " (BRIDGE_DATA_DIR, else beside the config file)\n")
+    data = conf / ".pumble-bridge"
+    said, socket_url = done.stderr, done.stderr.split(" ")[5].rstrip(",")  # the one line
+    assert said == (f"pumble-bridge dlq: embedded Redis at {socket_url}, data in {data} "
+                    "(BRIDGE_DATA_DIR, else beside the config file)\n")
+    assert socket_url.startswith("unix://") and socket_url.endswith(".sock")
     assert (conf / ".pumble-bridge" / "redis").is_dir()
     assert not (elsewhere / ".pumble-bridge").exists()
 
