@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def listen_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=int, default=None,
+        sub.add_argument("--port", type=_port_number, default=None,
                          help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
 
     run = command("run", cmd_run, "run the receiver and the worker together", service=True,
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                   "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
                   "the worker after its current send, the fake Pumble and Redis.")
     listen_flags(run)
-    run.add_argument("--fake-pumble-port", type=int, default=0,
+    run.add_argument("--fake-pumble-port", type=_port_number, default=0,
                      help="port of the built-in fake Pumble, used when no API key is set "
                           "(default: the receiver's port + 1)")
 
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server",
                    service=True)
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    fake.add_argument("--port", type=int, default=DEFAULT_FAKE_PUMBLE_PORT,
+    fake.add_argument("--port", type=_port_number, default=DEFAULT_FAKE_PUMBLE_PORT,
                       help="port to listen on")
     fake.add_argument("--key", action="append", default=[],
                       help="an accepted API key (repeatable; none: any non-empty key)")
@@ -185,7 +185,19 @@ def _parser() -> argparse.ArgumentParser:
 # -- helpers -----------------------------------------------------------------------------------
 
 def _port(args: argparse.Namespace) -> int:
-    return getattr(args, "port", None) or int(os.environ.get("PORT") or DEFAULT_PORT)
+    if getattr(args, "port", None):
+        return args.port
+    try:
+        return _port_number(os.environ.get("PORT") or str(DEFAULT_PORT))
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"PORT: {exc}") from None
+
+
+def _port_number(text: str) -> int:
+    """A TCP port, for argparse (which prints the reason on one line) and for PORT."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
 
 
 def _stop_on_signal(stop: threading.Event) -> None:
@@ -203,7 +215,10 @@ def _enable_metrics(config: Config) -> None:
 def _port_free(host: str, port: int, flag: str) -> None:
     """Refuse, naming the flag to change, a port another program listens on (rather than let
     gunicorn or werkzeug fail with lines about a port the user never chose)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}: {exc.strerror}") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
         try:
