@@ -9,7 +9,7 @@ routes test  the same for an event made of a few fields (--set order.total=600)
 pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
 dlq          the dead letters: list, show, retry, purge
-send-sample  POST a signed sample Shopify order to a running receiver
+send-sample  POST a signed sample Shopify webhook (or one order's life) to a running receiver
 """
 
 from __future__ import annotations
@@ -445,7 +445,7 @@ def _watch(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event,
 
 def _local_url(host: str, port: int) -> str:
     """The receiver's URL as seen from this machine (an any-address listens here too)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 

@@ -1,6 +1,7 @@
 """Realistic sample webhooks, for ``pumble-bridge send-sample``, tests and benchmarks.
 
-The files under examples/shopify/ are these payloads for order 1001 (a test keeps them equal).
+The files under docs/examples/shopify/ are these payloads for order 1001 (a test keeps them
+equal).
 """
 
 from __future__ import annotations
