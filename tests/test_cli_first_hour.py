@@ -176,9 +176,12 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
     try:
         wait_until(lambda: "ready: try" in log.read_text(), "run to say it is ready")
         lines = log.read_text().splitlines()
-        assert f"  here, and shown as a channel at http://127.0.0.1:{fake_port}/_fake/" in lines
-        assert lines[-1] == (f"ready: try `pumble-bridge --config {config} send-sample "
-                             f"--url http://127.0.0.1:{port}`")
+        ready = next(at for at, line in enumerate(lines) if line.startswith("ready: try"))
+        assert lines[ready - 3:ready + 1] == [  # the banner's end, then the ready line
+            f"  here, and shown as a channel at http://127.0.0.1:{fake_port}/_fake/",
+            "  Nothing reaches a real Pumble.", "!" * 78,
+            f"ready: try `pumble-bridge --config {config} send-sample --url "
+            f"http://127.0.0.1:{port}`"]
 
         data = tmp_path / ".pumble-bridge"
         assert refused("--port", str(free_port())) == (
