@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import logging
 import sys
 import typing
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -31,6 +32,8 @@ from bridge.pumble import PumbleClient, PumbleError, normalize_channel_name
 from bridge.redis_embedded import redis_url
 from bridge.render import RenderError
 from bridge.sources import PayloadError, Source, WebhookRequest
+
+log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 
@@ -107,8 +110,12 @@ def command_redis(config: Config, command: str) -> Iterator[str]:
         return
     directory = data_dir(config_file=config.path)
     with redis_url(None, directory) as url:
-        print(f"pumble-bridge {command}: embedded Redis at {url}, data in {directory} "
-              "(BRIDGE_DATA_DIR, else beside the config file)", file=sys.stderr, flush=True)
+        said = (f"embedded Redis at {url}, data in {directory} (BRIDGE_DATA_DIR, else beside "
+                "the config file)")
+        if log.isEnabledFor(logging.INFO):  # a long-running command: a line of its log
+            log.info("%s", said)
+        else:  # a one-shot command, which logs nothing else
+            print(f"pumble-bridge {command}: {said}", file=sys.stderr, flush=True)
         yield url
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from bridge import samples
+from bridge import __version__, samples
 from bridge.cli import DEFAULT_PORT, main
 from bridge.config import data_dir, load_config
 from bridge.local_server import LocalServer
@@ -34,7 +34,7 @@ def no_environment(monkeypatch):
 def test_version_and_every_default_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert capsys.readouterr().out.strip() == "pumble-bridge 0.1.0"
+    assert capsys.readouterr().out.strip() == f"pumble-bridge {__version__}"
     with pytest.raises(SystemExit):
         main(["fake-pumble", "--help"])
     fake_help = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
