@@ -78,7 +78,7 @@ def test_dlq_list_from_elsewhere_uses_the_configs_data_dir_says_so_and_logs_noth
 
 
 def test_pumble_and_dlq_list_need_no_webhook_secret(tmp_path, fake_pumble, redis_url,
-                                                    queue_name, monkeypatch, capsys):
+                                                    queue_name, capsys):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "pumble": {"base_url": fake_pumble.url, "api_key": TEST_KEY},
@@ -160,11 +160,6 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
     port, fake_port = free_port(), free_port()
     log = tmp_path / "run.log"
 
-    def run(*flags: str, **env: str):
-        return subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "run",
-                                 *flags], cwd=ROOT, env=clean_env(**env), stdout=log.open("a"),
-                                stderr=subprocess.STDOUT, text=True)
-
     def refused(*flags: str, **env: str) -> str:
         done = subprocess.run([sys.executable, "-m", "bridge", "--config", str(config), "run",
                                *flags], cwd=ROOT, env=clean_env(**env), capture_output=True,
@@ -172,7 +167,11 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
         assert done.returncode == 2, done.stderr
         return done.stderr
 
-    first = run("--port", str(port), "--fake-pumble-port", str(fake_port))
+    with log.open("w") as output:
+        first = subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "run",
+                                  "--port", str(port), "--fake-pumble-port", str(fake_port)],
+                                 cwd=ROOT, env=clean_env(), stdout=output,
+                                 stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: "ready: try" in log.read_text(), "run to say it is ready")
         lines = log.read_text().splitlines()
