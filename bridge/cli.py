@@ -9,35 +9,44 @@ routes test  the same for an event made of a few fields (--set order.total=600)
 pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
 dlq          the dead letters: list, show, retry, purge
-send-sample  POST a signed sample Shopify order to a running receiver
+send-sample  POST a signed sample Shopify webhook (or one order's life) to a running receiver
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from bridge import logs, metrics, samples
+from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_pumble import add_pumble_commands
-from bridge.cli_tools import add_tools_commands, check_online, command_config
+from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
 from bridge.config import Config, ConfigError, data_dir
-from bridge.redis_embedded import EmbeddedRedisError, redis_url
+from bridge.queue import connect
+from bridge.redis_embedded import EmbeddedRedisError
 
 log = logging.getLogger("bridge")
 
 DEFAULT_PORT = 8000
+DEFAULT_FAKE_PUMBLE_PORT = 8025
 FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
+RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
 
 
 class CommandError(Exception):
@@ -46,11 +55,14 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.setup()  # JSON lines unless stderr is a terminal (BRIDGE_LOG_FORMAT), secrets masked
+    # JSON lines unless stderr is a terminal (BRIDGE_LOG_FORMAT), secrets masked. A one-shot
+    # command prints its result; only the long-running ones log their INFO lines.
+    logs.setup(level=getattr(args, "log_level", logging.WARNING))
     try:
         return args.command(args) or 0
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
-        print(f"pumble-bridge: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a config's problems: one a line, each marked
+            print(f"pumble-bridge: {line}", file=sys.stderr)
         return 2
     except redis.ConnectionError as exc:  # redis-py's message names host and port, no password
         print(f"pumble-bridge: cannot connect to Redis: {exc}", file=sys.stderr)
@@ -59,42 +71,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _DefaultsInHelp(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already says it or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text
+                or action.default in (None, [], "", argparse.SUPPRESS)
+                or action.default is False):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the defaults in its help; its subcommands' parsers are too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsInHelp)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="config file (default: $BRIDGE_CONFIG, else ./config.yaml)")
-    parser = argparse.ArgumentParser(prog="pumble-bridge", parents=[common],
-                                     description="E-commerce webhooks to Pumble messages.")
+    parser = _Parser(prog="pumble-bridge", parents=[common],
+                     description="E-commerce webhooks to Pumble messages.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
-        sub.set_defaults(command=handler)
+    def command(name: str, handler, help_text: str, description: str = "",
+                service: bool = False) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text,
+                                  description=description or help_text)
+        sub.set_defaults(command=handler, **({"log_level": logging.INFO} if service else {}))
         return sub
 
     def listen_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=int, default=None,
+        sub.add_argument("--port", type=_port_number, default=None,
                          help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
 
-    run = command("run", cmd_run, "run the receiver and the worker together")
+    run = command("run", cmd_run, "run the receiver and the worker together", service=True,
+                  description="Start, in this order: the embedded Redis (when no Redis URL is "
+                  "configured), a fake Pumble (when no Pumble API key is), the receiver "
+                  "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
+                  "the worker after its current send, the fake Pumble and Redis.")
     listen_flags(run)
-    run.add_argument("--fake-pumble-port", type=int, default=0,
+    run.add_argument("--fake-pumble-port", type=_port_number, default=0,
                      help="port of the built-in fake Pumble, used when no API key is set "
                           "(default: the receiver's port + 1)")
 
-    serve = command("serve", cmd_serve, "run the webhook receiver")
+    serve = command("serve", cmd_serve, "run the webhook receiver", service=True)
     listen_flags(serve)
     serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     serve.add_argument("--dev", action="store_true",
                        help="Flask's development server instead of gunicorn")
 
-    worker = command("worker", cmd_worker, "run the delivery worker")
+    worker = command("worker", cmd_worker, "run the delivery worker", service=True)
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--processes", type=int, default=1, metavar="N",
-                        help="run N worker processes, restarted if one dies (default 1; "
-                             "about one per core: docs/delivery.md)")
+                        help="run N worker processes, restarted if one dies (about one per "
+                             "core: docs/delivery.md)")
     worker.add_argument("--maintenance-interval", type=int, default=None, metavar="SECONDS",
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
@@ -103,9 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--online", action="store_true",
                        help="also ask Pumble: does the key work, does every route's channel exist")
 
-    fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8025)
+    fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server",
+                   service=True)
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=_port_number, default=DEFAULT_FAKE_PUMBLE_PORT,
+                      help="port to listen on")
     fake.add_argument("--key", action="append", default=[],
                       help="an accepted API key (repeatable; none: any non-empty key)")
     fake.add_argument("--channel", action="append", default=[],
@@ -115,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="answer 429 with Retry-After past this many requests a minute a key")
     faults.add_argument("--fail-next", type=int, default=0, metavar="N",
                         help="the next N requests fail with --fail-status")
-    faults.add_argument("--fail-status", type=int, default=503)
+    faults.add_argument("--fail-status", type=int, default=503,
+                        help="the status of the --fail-next failures")
     faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
                         help="wait this long before handling each request")
     faults.add_argument("--drop-next", type=int, default=0, metavar="N",
@@ -126,25 +169,94 @@ def _parser() -> argparse.ArgumentParser:
     add_tools_commands(commands, common)
 
     sample = command("send-sample", cmd_send_sample,
-                     "POST a signed sample Shopify order to a running receiver")
-    sample.add_argument("--url", help="receiver base URL (default: http://127.0.0.1:$PORT)")
+                     "POST a signed sample Shopify webhook to a running receiver")
+    sample.add_argument("--url", help="receiver base URL (default: http://127.0.0.1:$PORT, "
+                                      f"else port {DEFAULT_PORT})")
     sample.add_argument("--source", help="source name (default: the first shopify source)")
+    what = sample.add_mutually_exclusive_group()
+    what.add_argument("--topic", choices=samples.TOPICS, default=samples.TOPICS[0],
+                      help="the Shopify topic of the sample")
+    what.add_argument("--lifecycle", action="store_true",
+                      help=f"one order's life, in order: {', '.join(samples.LIFECYCLE)} (the "
+                           "example config threads the later ones under the order)")
     return parser
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 def _port(args: argparse.Namespace) -> int:
-    return getattr(args, "port", None) or int(os.environ.get("PORT") or DEFAULT_PORT)
+    if getattr(args, "port", None):
+        return args.port
+    try:
+        return _port_number(os.environ.get("PORT") or str(DEFAULT_PORT))
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"PORT: {exc}") from None
 
 
-def _redis_url(config: Config) -> contextlib.AbstractContextManager[str]:
-    return redis_url(config.redis.url, data_dir())
+def _port_number(text: str) -> int:
+    """A TCP port, for argparse (which prints the reason on one line) and for PORT."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
 
 
 def _stop_on_signal(stop: threading.Event) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+
+
+def _enable_metrics(config: Config) -> None:
+    """Count into the metrics directory beside the embedded Redis's data (unless
+    PROMETHEUS_MULTIPROC_DIR names one), before anything records a metric."""
+    os.environ.setdefault(metrics.ENV, str(data_dir(config_file=config.path) / "metrics"))
+    metrics.enable_multiprocess()
+
+
+def _port_free(host: str, port: int, flag: str) -> None:
+    """Refuse, naming the flag to change, a port another program listens on (rather than let
+    gunicorn or werkzeug fail with lines about a port the user never chose)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}: {exc.strerror}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror}): choose "
+                               f"another port with {flag}") from None
+
+
+def _shown(url: str) -> str:
+    """A Redis URL without its credentials."""
+    scheme, separator, rest = url.partition("://")
+    return f"{scheme}{separator}{rest.rpartition('@')[2]}"
+
+
+def _redis_problem(url: str) -> str:
+    """Why Redis at ``url`` does not answer one quick try (at most a few seconds), or ""."""
+    connection = connect(url)
+    connection.set_retry(Retry(NoBackoff(), 0))
+    try:
+        connection.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # names host and port only
+        return str(exc)
+    finally:
+        connection.close()
+    return ""
+
+
+def _hold_run_lock(stack: contextlib.ExitStack, directory: Path) -> None:
+    """One `run` per data dir: a second would share the first's Redis and queue unnoticed. The
+    lock goes with the process, however it ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = stack.enter_context((directory / RUN_LOCK).open("w"))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CommandError(f"another `pumble-bridge run` is using {directory}: stop it first, "
+                           "or give this one its own BRIDGE_DATA_DIR") from None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -155,10 +267,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = command_config(args)
     Pipeline.from_config(config)
     print(f"{config.path}: OK ({len(config.sources)} source(s), {len(config.routes)} route(s))")
+    _warn_short_secrets(config)
     if config.pumble.api_key is None:
         print("note: no Pumble API key (pumble.api_key / PUMBLE_API_KEY): "
               "`run` will post to the built-in fake Pumble")
     return check_online(config) if args.online else 0
+
+
+def _warn_short_secrets(config: Config) -> None:
+    for place in logs.short_secrets(config):
+        log.warning("%s: %s is shorter than %d characters: easy to guess, and masked in logs "
+                    "only where it stands alone; use a longer one", config.path, place,
+                    logs.SAFE_SECRET_LENGTH)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -166,9 +286,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = command_config(args)
     port = _port(args)
-    metrics.enable_multiprocess()  # before any metric: the gunicorn workers count together
-    with _redis_url(config) as redis_url:
+    _port_free(args.host, port, "--port (or PORT)")
+    _warn_short_secrets(config)
+    _enable_metrics(config)  # before any metric: the gunicorn workers count together
+    with command_redis(config, "serve") as redis_url:
         app = create_app(config, redis_url)  # fails here, once, on a bad config
+        problem = _redis_problem(redis_url)
+        if problem:
+            log.warning("Redis at %s does not answer (%s): webhooks are answered 503 until it "
+                        "does", _shown(redis_url), problem)
         if args.dev:
             if config.admin.listen:
                 raise CommandError("--dev serves one address: admin.listen needs gunicorn "
@@ -200,8 +326,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
     if args.processes < 1:
         raise CommandError("--processes must be 1 or more")
-    metrics.enable_multiprocess()  # counted with the receiver's processes, served by /metrics
-    with _redis_url(config) as redis_url:
+    _enable_metrics(config)  # counted with the receiver's processes, served by /metrics
+    with command_redis(config, "worker") as redis_url:
+        problem = _redis_problem(redis_url)
+        if problem:  # the worker's own connection retries for a while before it gives up
+            log.warning("Redis at %s does not answer (%s): retrying (Ctrl-C to stop)",
+                        _shown(redis_url), problem)
         if args.processes > 1:
             return _supervise_workers(args, config, redis_url)
         options = {"maintenance_interval": args.maintenance_interval} \
@@ -245,6 +375,7 @@ def cmd_fake_pumble(args: argparse.Namespace) -> int:
     from bridge.fake_pumble import Faults, create_fake_pumble, print_message
     from bridge.local_server import LocalServer
 
+    _port_free(args.host, args.port, "--port")
     faults = Faults(rate_limit_per_minute=args.rate_limit, fail_next_count=args.fail_next,
                     fail_next_status=args.fail_status, delay=args.delay,
                     drop_next=args.drop_next)
@@ -253,7 +384,8 @@ def cmd_fake_pumble(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signal(stop)
     with LocalServer(app, args.host, args.port) as server:
-        print(f"fake Pumble listening on {server.url}", flush=True)
+        print(f"fake Pumble listening on {server.url} (messages as a channel: "
+              f"{server.url}/_fake/)", flush=True)
         stop.wait()
     return 0
 
@@ -264,44 +396,86 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = command_config(args)
     Pipeline.from_config(config)  # refuse a bad config before starting anything
     port = _port(args)
-    metrics.enable_multiprocess()  # the children inherit the directory through the environment
+    fake_port = args.fake_pumble_port or port + 1
     stop = threading.Event()
     _stop_on_signal(stop)
     with contextlib.ExitStack() as stack:
-        env = dict(os.environ, REDIS_URL=stack.enter_context(_redis_url(config)))
+        if not config.redis.url:
+            _hold_run_lock(stack, data_dir(config_file=config.path))
+        _port_free(args.host, port, "--port")
         if config.pumble.api_key is None:
-            env.update(_start_fake_pumble(stack, config, args.fake_pumble_port or port + 1))
+            _port_free("127.0.0.1", fake_port, "--fake-pumble-port")
+        _enable_metrics(config)  # the children inherit the directory through the environment
+        env = dict(os.environ, REDIS_URL=stack.enter_context(command_redis(config, "run")))
+        banner = ""
+        if config.pumble.api_key is None:
+            fake_url = _start_fake_pumble(stack, config, fake_port)
+            env.update(PUMBLE_BASE_URL=fake_url, PUMBLE_API_KEY=FAKE_PUMBLE_KEY)
+            banner = _fake_banner(fake_url)
         base = [sys.executable, "-m", "bridge", "--config", str(config.path)]
         children = {
             "web": _spawn([*base, "serve", "--host", args.host, "--port", str(port)], env),
             "worker": _spawn([*base, "worker"], env),
         }
-        failed = ""
-        while not stop.wait(0.5):
-            failed = next((name for name, child in children.items()
-                           if child.poll() is not None), "")
-            if failed:
-                log.error("the %s process exited (code %s); stopping", failed,
-                          children[failed].returncode)
-                break
+        ready = f"{banner}ready: try `{_sample_command(args, config, port)}`"
+        failed = _watch(children, stop, _local_url(args.host, port), ready)
         for name, child in children.items():  # web first: stop taking webhooks, then drain
             _terminate(name, child)
     return 1 if failed else 0
 
 
-def _start_fake_pumble(stack: contextlib.ExitStack, config: Config, port: int) -> dict[str, str]:
+def _watch(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event,
+           receiver: str, ready: str) -> str:
+    """Until stopped or a child exits (its name is returned); ``ready`` is printed once the
+    receiver answers /readyz (Redis answers, the config is loaded)."""
+    announced = False
+    while not stop.wait(0.5):
+        failed = next((name for name, child in children.items() if child.poll() is not None), "")
+        if failed:
+            log.error("the %s process exited (code %s); stopping", failed,
+                      children[failed].returncode)
+            return failed
+        if not announced:
+            with contextlib.suppress(httpx.HTTPError):
+                announced = httpx.get(f"{receiver}/readyz", timeout=0.5).status_code == 200
+            if announced:
+                print(ready, file=sys.stderr, flush=True)
+    return ""
+
+
+def _local_url(host: str, port: int) -> str:
+    """The receiver's URL as seen from this machine (an any-address listens here too)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _sample_command(args: argparse.Namespace, config: Config, port: int) -> str:
+    """The send-sample command line that reaches this run from another terminal."""
+    command = ["pumble-bridge"]
+    if getattr(args, "config", None) or os.environ.get("BRIDGE_CONFIG"):
+        command += ["--config", str(config.path)]
+    command.append("send-sample")
+    if port != DEFAULT_PORT or args.host not in ("127.0.0.1", "0.0.0.0", "localhost"):
+        command += ["--url", _local_url(args.host, port)]
+    return " ".join(command)
+
+
+def _start_fake_pumble(stack: contextlib.ExitStack, config: Config, port: int) -> str:
     from bridge.fake_pumble import create_fake_pumble, print_message
     from bridge.local_server import LocalServer
 
     channels = [r.channel for r in config.routes if "{" not in r.channel]
     server = LocalServer(create_fake_pumble(channels=channels, echo=print_message), port=port)
     stack.enter_context(server)
+    return server.url
+
+
+def _fake_banner(fake_url: str) -> str:
     bar = "!" * 78
-    print(f"{bar}\n  No Pumble API key configured (pumble.api_key / PUMBLE_API_KEY).\n"
-          f"  Messages go to the BUILT-IN FAKE PUMBLE at {server.url}; they are printed here\n"
-          f"  and listed at {server.url}/_fake/messages. Nothing reaches a real Pumble.\n{bar}",
-          file=sys.stderr, flush=True)
-    return {"PUMBLE_BASE_URL": server.url, "PUMBLE_API_KEY": FAKE_PUMBLE_KEY}
+    return (f"{bar}\n  No Pumble API key configured (pumble.api_key / PUMBLE_API_KEY).\n"
+            f"  Messages go to the BUILT-IN FAKE PUMBLE at {fake_url}; they are printed\n"
+            f"  here, and shown as a channel at {fake_url}/_fake/\n"
+            f"  Nothing reaches a real Pumble.\n{bar}\n")
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -336,12 +510,17 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
         raise CommandError(f"no shopify source named {name!r} in {config.path}"
                            if name else f"no shopify source in {config.path}")
     secret = config.sources[name].secret.get_secret_value().encode()
-    body = samples.body_of(samples.shopify_order())
-    headers = {**samples.shopify_headers(), "X-Shopify-Hmac-Sha256": sign(secret, body)}
     url = f"{(args.url or f'http://127.0.0.1:{_port(args)}').rstrip('/')}/webhooks/{name}"
-    try:
-        response = httpx.post(url, content=body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach the receiver at {url}: {exc}") from None
-    print(f"POST {url} -> {response.status_code} {response.text.strip()}")
-    return 0 if response.status_code == 202 else 1
+    number = samples.order_number()  # a new order each time, not a re-delivery
+    for topic in samples.LIFECYCLE if args.lifecycle else (args.topic,):
+        body = samples.body_of(samples.shopify_payload(topic, number))
+        headers = {**samples.shopify_headers(topic), "X-Shopify-Hmac-Sha256": sign(secret, body)}
+        try:
+            response = httpx.post(url, content=body, headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"cannot reach the receiver at {url}: {exc}") from None
+        print(f"POST {url} ({topic}, order #{number}) -> {response.status_code} "
+              f"{response.text.strip()}")
+        if response.status_code != 202:
+            return 1
+    return 0

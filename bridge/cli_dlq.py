@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bridge.cli_tools import command_config
-from bridge.config import Config, data_dir
+from bridge.cli_tools import command_config, command_redis
+from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.queue import NotificationQueue, connect
-from bridge.redis_embedded import redis_url
 
 EXIT_FAILED = 1  # no such dead letter, or one whose template still fails
+# What reading the dead letters needs of the config: no source, so no webhook secret.
+READING = ("redis", "delivery")
 
 Handler = Callable[[DeadLetters, argparse.Namespace, Config], int]
 
@@ -30,16 +31,16 @@ def add_dlq_commands(commands: argparse._SubParsersAction,
                               "their reason and the webhook they came from.")
     actions = dlq.add_subparsers(title="actions", required=True, metavar="ACTION")
 
-    def action(name: str, handler: Handler,
-               help_text: str) -> argparse.ArgumentParser:
+    def action(name: str, handler: Handler, help_text: str,
+               sections: tuple[str, ...] | None = READING) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, parents=[common], help=help_text, description=help_text)
-        sub.set_defaults(command=lambda args: _with_dead_letters(handler, args))
+        sub.set_defaults(command=lambda args: _with_dead_letters(handler, args, sections))
         return sub
 
     action("list", _list, "one line per dead letter")
     show = action("show", _show, "one dead letter in full, with the webhook it came from")
     show.add_argument("id")
-    retry = action("retry", _retry, "send again (fresh attempts)")
+    retry = action("retry", _retry, "send again (fresh attempts)", sections=None)  # renders
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?")
     which.add_argument("--all", action="store_true", help="every dead letter")
@@ -47,9 +48,10 @@ def add_dlq_commands(commands: argparse._SubParsersAction,
     purge.add_argument("id", nargs="?")
 
 
-def _with_dead_letters(handler: Handler, args: argparse.Namespace) -> int:
-    config = command_config(args)
-    with redis_url(config.redis.url, data_dir()) as url:
+def _with_dead_letters(handler: Handler, args: argparse.Namespace,
+                       sections: tuple[str, ...] | None) -> int:
+    config = command_config(args, sections)
+    with command_redis(config, "dlq") as url:
         connection = connect(url)
         try:
             return handler(DeadLetters(NotificationQueue(connection, config.redis.queue,

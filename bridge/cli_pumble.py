@@ -16,20 +16,26 @@ from bridge.config import DEFAULT_PUMBLE_BASE_URL, ConfigError, config_path, loa
 from bridge.pumble import Message, PumbleClient, PumbleError
 
 EXIT_PUMBLE_ERROR = 1
+PUMBLE = ("pumble",)  # all of the config these commands read: no webhook secret is needed
 
 
 def add_pumble_commands(commands: argparse._SubParsersAction,
                         common: argparse.ArgumentParser) -> None:
+    # Before or after the action, as --config (SUPPRESS: an action's absent flag keeps the
+    # value given before it).
+    base_url = argparse.ArgumentParser(add_help=False)
+    base_url.add_argument("--base-url", default=argparse.SUPPRESS,
+                          help="API base URL (default: $PUMBLE_BASE_URL, the config, else "
+                               "Pumble's)")
     pumble = commands.add_parser(
-        "pumble", parents=[common], help="call Pumble's API with your key",
+        "pumble", parents=[common, base_url], help="call Pumble's API with your key",
         description="Call Pumble's API with the key from PUMBLE_API_KEY or the config.")
-    pumble.add_argument("--base-url", default=None,
-                        help="API base URL (default: $PUMBLE_BASE_URL, the config, else Pumble's)")
     actions = pumble.add_subparsers(title="actions", required=True, metavar="ACTION")
 
     def action(name: str, handler: Callable[[PumbleClient, argparse.Namespace], None],
                help_text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub = actions.add_parser(name, parents=[common, base_url], help=help_text,
+                                 description=help_text)
         sub.set_defaults(command=lambda args: _call(handler, args))
         return sub
 
@@ -38,7 +44,9 @@ def add_pumble_commands(commands: argparse._SubParsersAction,
 
     messages = action("messages", _messages, "list a channel's messages, newest first")
     messages.add_argument("channel")
-    messages.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    messages.add_argument("--limit", type=int, default=20, help="how many")
+    messages.add_argument("--cursor", default="", metavar="MESSAGE_ID",
+                          help="start before this message: the last id of a previous listing")
 
     send = action("send", _send, "post a message")
     send.add_argument("channel")
@@ -81,10 +89,10 @@ def _call(handler: Callable[[PumbleClient, argparse.Namespace], None],
 def _client(args: argparse.Namespace) -> PumbleClient:
     """Key and URL from the environment first, then the config file if there is one."""
     key = os.environ.get("PUMBLE_API_KEY", "")
-    base_url = args.base_url or os.environ.get("PUMBLE_BASE_URL", "")
+    base_url = getattr(args, "base_url", "") or os.environ.get("PUMBLE_BASE_URL", "")
     path = config_path(getattr(args, "config", None))
     if (not key or not base_url) and (path.exists() or getattr(args, "config", None)):
-        config = load_config(path)  # ConfigError is reported by the caller
+        config = load_config(path, sections=PUMBLE)  # ConfigError is reported by the caller
         logs.redact_secrets(config)
         pumble = config.pumble
         key = key or (pumble.api_key.get_secret_value() if pumble.api_key else "")
@@ -108,7 +116,8 @@ def _whoami(client: PumbleClient, args: argparse.Namespace) -> None:
 
 
 def _messages(client: PumbleClient, args: argparse.Namespace) -> None:
-    walk = client.iter_messages(args.channel, limit=min(max(args.limit, 1), 200))
+    walk = client.iter_messages(args.channel, limit=min(max(args.limit, 1), 200),
+                                cursor=args.cursor)
     for message in itertools.islice(walk, args.limit):
         print(_message_line(message))
 

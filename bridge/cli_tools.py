@@ -13,22 +13,27 @@ or Pumble reported a problem, 2 a config or usage error (as the rest of the CLI)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import logging
 import sys
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from bridge import logs
-from bridge.config import Config, RouteSettings, config_path, load_config
+from bridge.config import Config, RouteSettings, config_path, data_dir, load_config
 from bridge.events import Customer, Event, Order, Payment, Product, Refund, Shipping, SourceRef
 from bridge.pipeline import Pipeline
 from bridge.pumble import PumbleClient, PumbleError, normalize_channel_name
+from bridge.redis_embedded import redis_url
 from bridge.render import RenderError
 from bridge.sources import PayloadError, Source, WebhookRequest
+
+log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 
@@ -87,12 +92,31 @@ def _error(message: str) -> Exception:
     return CommandError(message)
 
 
-def command_config(args: argparse.Namespace) -> Config:
+def command_config(args: argparse.Namespace, sections: Collection[str] | None = None) -> Config:
     """The config a command names (``--config``, else the default path), its keys and secrets
-    masked in every log line from now on. Every subcommand loads its config through here."""
-    config = load_config(config_path(getattr(args, "config", None)))
+    masked in every log line from now on. Every subcommand loads its config through here;
+    ``sections``: only those it needs (see ``load_config``)."""
+    config = load_config(config_path(getattr(args, "config", None)), sections=sections)
     logs.redact_secrets(config)
     return config
+
+
+@contextlib.contextmanager
+def command_redis(config: Config, command: str) -> Iterator[str]:
+    """The Redis URL a command uses: the configured one, else the embedded server's, said on
+    stderr with its data dir (a command run with another data dir would see an empty Redis)."""
+    if config.redis.url:
+        yield config.redis.url
+        return
+    directory = data_dir(config_file=config.path)
+    with redis_url(None, directory) as url:
+        said = (f"embedded Redis at {url}, data in {directory} (BRIDGE_DATA_DIR, else beside "
+                "the config file)")
+        if log.isEnabledFor(logging.INFO):  # a long-running command: a line of its log
+            log.info("%s", said)
+        else:  # a one-shot command, which logs nothing else
+            print(f"pumble-bridge {command}: {said}", file=sys.stderr, flush=True)
+        yield url
 
 
 # -- render ------------------------------------------------------------------------------------

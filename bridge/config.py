@@ -11,7 +11,7 @@ import os
 import re
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -331,9 +331,12 @@ def shipped_templates_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "templates"
 
 
-def data_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the embedded Redis and other local state live (``BRIDGE_DATA_DIR``)."""
-    return Path(environ.get("BRIDGE_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+def data_dir(environ: Mapping[str, str] = os.environ, config_file: Path | None = None) -> Path:
+    """Where the embedded Redis and other local state live: ``BRIDGE_DATA_DIR``, else
+    ``.pumble-bridge`` beside the config file (so every command given one config finds the same
+    Redis, wherever it is started from), else in the working directory."""
+    beside = config_file.resolve().parent if config_file is not None else Path()
+    return Path(environ.get("BRIDGE_DATA_DIR") or beside / DEFAULT_DATA_DIR).resolve()
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -341,8 +344,12 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
     return Path(cli_value or environ.get("BRIDGE_CONFIG") or "config.yaml")
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
-    """Read, interpolate and validate a config file; raise ConfigError naming file and line."""
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ,
+                sections: Collection[str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError naming file and line.
+
+    ``sections``: read only these top-level keys; the others keep their defaults (``sources``:
+    none). A command that needs no webhook secret so does not require its variable to be set."""
     path = Path(path)
     loaded_at = time.time()  # before reading: an edit during the read counts as newer
     try:
@@ -362,6 +369,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping (pumble:, sources:, routes:)"])
+    if sections is not None:
+        raw = {"sources": {}, **{key: raw[key] for key in sections if key in raw}}
 
     problems: list[str] = []
     data = _interpolate(raw, (), environ, problems, lambda p: _where(path, lines, p))

@@ -14,6 +14,10 @@ Secrets: every value the config holds as a secret (Pumble keys, webhook signing 
 source API tokens, the admin token, the Redis password) is replaced by ``[redacted]`` in any
 line, its arguments, its context fields and its traceback, should a bug or a library ever log
 one. ``redact_secrets(config)`` adds a config's secrets; the CLI calls it whenever it loads one.
+A secret of ``SAFE_SECRET_LENGTH`` characters or more is masked wherever it occurs; a shorter
+one only where it stands whole (between ``:`` and ``@`` in a URL, after ``key=``, in quotes),
+not inside a longer word, which a short value would garble ("embedded Redi[redacted]").
+``short_secrets(config)`` names the shorter ones, for a warning at start.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ FORMATS = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT = ("event_id", "event_type", "source", "route", "job_id", "message_id")
 MASK = "[redacted]"
+# Shorter secrets are guessable, and masking them inside words would garble unrelated text.
+SAFE_SECRET_LENGTH = 12
 CHATTY = ("httpx", "werkzeug")  # a line per request; our own lines say what matters
 # Keys of a source's platform options that hold credentials (bigcommerce's api_token, …).
 _SECRET_OPTION = re.compile(r"token|secret|password|api_?key", re.IGNORECASE)
@@ -86,7 +92,7 @@ class Redactor(logging.Filter):
                 self._secrets = known
                 # Longest first: a secret containing another is masked whole.
                 self._pattern = re.compile("|".join(
-                    re.escape(s) for s in sorted(known, key=len, reverse=True)))
+                    _occurrence(s) for s in sorted(known, key=len, reverse=True)))
 
     def redact(self, text: str) -> str:
         pattern = self._pattern
@@ -113,40 +119,63 @@ class Redactor(logging.Filter):
         return True
 
 
+def _occurrence(secret: str) -> str:
+    """The pattern of a secret: anywhere when long, else only not inside a longer word."""
+    escaped = re.escape(secret)
+    if len(secret) >= SAFE_SECRET_LENGTH:
+        return escaped
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return f"{before}{escaped}{after}"
+
+
 REDACTOR = Redactor()
 
 
-def config_secrets(config: Config) -> set[str]:
-    """Every secret value in a config: its SecretStr fields wherever they are, credential-like
-    keys of the sources' platform options, and the password in the Redis URL."""
-    found: set[str] = set()
+def _secrets_by_place(config: Config) -> dict[str, str]:
+    """Where each secret value of a config is (a dotted path) -> the value: its SecretStr fields
+    wherever they are, credential-like keys of the sources' platform options, and the password
+    in the Redis URL."""
+    found: dict[str, str] = {}
 
-    def walk(value: Any) -> None:
+    def walk(value: Any, place: str) -> None:
         if isinstance(value, SecretStr):
-            found.add(value.get_secret_value())
+            found[place] = value.get_secret_value()
         elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
+            for name, field in type(value).model_fields.items():
+                # A source's platform keys are written beside its type and secret.
+                key = "" if name == "options" else f".{field.alias or name}"
+                walk(getattr(value, name), f"{place}{key}".lstrip("."))
         elif isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(item, str) and _SECRET_OPTION.search(str(key)):
-                    found.add(item)
+                    found[f"{place}.{key}"] = item
                 else:
-                    walk(item)
+                    walk(item, f"{place}.{key}")
         elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
+            for index, item in enumerate(value):
+                walk(item, f"{place}[{index}]")
 
-    walk(config)
+    walk(config, "")
     if config.redis.url:
         try:
             password = urlsplit(config.redis.url).password
         except ValueError:
             password = None
         if password:
-            found.add(password)
-    found.discard("")
-    return found
+            found["redis.url's password"] = password
+    return {place: value for place, value in found.items() if value}
+
+
+def config_secrets(config: Config) -> set[str]:
+    """Every secret value in a config (see ``_secrets_by_place``)."""
+    return set(_secrets_by_place(config).values())
+
+
+def short_secrets(config: Config) -> list[str]:
+    """Where the config holds a secret shorter than ``SAFE_SECRET_LENGTH`` characters."""
+    return [place for place, value in _secrets_by_place(config).items()
+            if len(value) < SAFE_SECRET_LENGTH]
 
 
 def redact_secrets(config: Config, redactor: Redactor = REDACTOR) -> None:

@@ -64,3 +64,15 @@ def test_platform_keys_are_checked_with_their_line(tmp_path, capsys):
     path.write_text("sources:\n  s:\n    type: shopify\n    secret: x\n    tolerence: 5\n")
     assert main(["--config", str(path), "check"]) == 2
     assert f"{path}:5: sources.s.tolerence: unknown key" in capsys.readouterr().err
+
+
+def test_a_misspelt_key_is_two_marked_lines(tmp_path, capsys):
+    """As docs/configuration.md shows it: the key that is not, the key that is missing."""
+    path = tmp_path / "config.yaml"
+    path.write_text("sources:\n  shop: {type: shopify, secret: try-me-not-a-real-secret}\n"
+                    "routes:\n  - name: new-orders\n    match:\n      event: [order.created]\n"
+                    "    chanel: orders\n")
+    assert main(["--config", str(path), "check"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"pumble-bridge: {path}:4: routes[0].channel: required key is missing",
+        f"pumble-bridge: {path}:7: routes[0].chanel: unknown key (did you mean 'channel'?)"]

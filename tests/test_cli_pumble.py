@@ -61,3 +61,16 @@ def test_key_from_the_config(pumble, monkeypatch, write_config, fake_pumble):
     path = write_config(pumble_url=fake_pumble.url)
     assert main(["--config", str(path), "pumble", "send", "orders", "via config"]) == 0
     assert fake_pumble.messages("orders")[0]["text"] == "via config"
+
+
+def test_base_url_goes_after_the_action_too(pumble, fake_pumble, capsys):
+    assert main(["pumble", "whoami", "--base-url", fake_pumble.url]) == 0
+    assert capsys.readouterr().out.strip().endswith("Fake Owner <owner@example.com>")
+
+
+def test_messages_walk_on_from_a_cursor(pumble):
+    sent = [pumble("send", "orders", f"order #{n}")[1].split()[1] for n in range(1, 4)]
+    code, newest, _ = pumble("messages", "orders", "--limit", "1")
+    assert code == 0 and [line.split()[0] for line in newest.splitlines()] == [sent[2]]
+    code, older, _ = pumble("messages", "orders", "--cursor", sent[2])
+    assert code == 0 and [line.split()[0] for line in older.splitlines()] == [sent[1], sent[0]]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bridge import logs
+from bridge.cli import main
 from bridge.config import load_config
 from bridge.web import create_app
 from tests.conftest import TEST_KEY, TEST_SECRET, signed_order
@@ -189,3 +190,32 @@ class _Terminal(io.StringIO):
 ])
 def test_the_format_follows_the_terminal_unless_told(stream, environ, chosen):
     assert logs.choose_format(stream, environ) == chosen
+
+
+def test_a_short_secret_is_masked_where_it_stands_alone_not_inside_words(captured):
+    """A short value would garble any text it happens to be part of; a long one cannot be part
+    of unrelated text by chance, so it is masked wherever it is (inside a URL-encoded string)."""
+    stream, redactor = captured
+    redactor.add(["s", "pw1", "long-enough-secret-0123"])
+    log = logging.getLogger("bridge.test")
+    log.info("embedded Redis already running at redis.sock")
+    log.info("redis://:pw1@host key=s ['pw1'] s")
+    log.info("token%3Dlong-enough-secret-0123%26next")
+    assert [line["message"] for line in lines(stream)] == [
+        "embedded Redis already running at redis.sock",
+        f"redis://:{logs.MASK}@host key={logs.MASK} ['{logs.MASK}'] {logs.MASK}",
+        f"token%3D{logs.MASK}%26next"]
+
+
+def test_check_warns_of_each_short_secret_by_its_place_not_its_value(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "redis": {"url": "redis://:pw1@127.0.0.1:6399/0"},
+        "sources": {"shop": {"type": "shopify", "secret": ["sh0rt", "long-enough-secret-0123"]}}}))
+    with caplog.at_level(logging.WARNING, logger="bridge"):
+        assert main(["--config", str(path), "check"]) == 0
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == [f"{path}: {place} is shorter than {logs.SAFE_SECRET_LENGTH} characters: "
+                      "easy to guess, and masked in logs only where it stands alone; use a "
+                      "longer one" for place in ("sources.shop.secret[0]", "redis.url's password")]
+    assert not any("sh0rt" in text or "pw1" in text for text in warned)
