@@ -1,22 +1,36 @@
-"""BigCommerce: no HMAC. The webhook is created through BigCommerce's API with custom ``headers``;
-the receiver checks that one of them (``header``, default ``X-Webhook-Secret``) equals a configured
-secret, in constant time.
+"""BigCommerce. Two ways to authenticate a delivery, by ``verify``:
+
+- ``standard-webhooks``: BigCommerce signs every delivery the Standard Webhooks way
+  (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), keyed with the app's client
+  secret as is (its UTF-8 bytes, not base64-decoded).
+- ``header`` (the default): the webhook was created with custom ``headers``; the receiver checks
+  that one of them (``header``, default ``X-Webhook-Secret``) equals a configured secret, in
+  constant time.
 
 The body is thin: ``scope`` (``store/order/created``…), ``data`` (``type`` and ``id``, plus
-``status`` or ``inventory`` for some scopes), ``hash`` (the delivery id, the same on retries),
-``created_at`` (unix seconds) and ``producer`` (``stores/{store_hash}``). With an API token the
-order (or product) is fetched from the store API within ``enrich_timeout`` seconds; a failed fetch
-is logged and the thin event is returned, so the webhook is never refused for it.
+``status``, ``inventory``, ``orderId``… for some scopes), ``hash``, ``created_at`` (unix seconds)
+and ``producer`` (``stores/{store_hash}``). ``hash`` is the SHA-1 of ``data`` alone, so the
+created, updated and archived webhooks of one order share it: it identifies the object, not the
+delivery, and is never the delivery id. That is ``webhook-id`` when sent (the same on
+BigCommerce's retries), else a digest of scope, data and ``created_at``.
+
+With an API token the order (or product) is fetched from the store API within ``enrich_timeout``
+seconds; a failed fetch is logged and the thin event is returned, so the webhook is never refused
+for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from bridge import events
@@ -24,6 +38,7 @@ from bridge.config import SourceSettings
 from bridge.events import Address, Customer, Event, LineItem, Order, Product, Refund, Shipping
 from bridge.sources import fields
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest, matches_any
+from bridge.sources.standard_webhooks import check_signature
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +66,7 @@ STATUS_NAMES = {
     9: "Awaiting Shipment", 10: "Completed", 11: "Awaiting Fulfillment",
     12: "Manual Verification Required", 13: "Disputed", 14: "Partially Refunded",
 }
+STORE_HASH = re.compile(r"stores/([a-z0-9]+)")
 INVENTORY_SCOPES = ("store/product/inventory/updated", "store/product/inventory/order/updated")
 
 
@@ -64,7 +80,9 @@ class BigCommerceSource(Source):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
+        verify: Literal["header", "standard-webhooks"] = "header"
         header: str = Field("X-Webhook-Secret", min_length=1)  # the custom header to check
+        tolerance: int = Field(300, ge=0)  # standard-webhooks: seconds either side of now
         store_hash: str = ""  # else read from the body's producer "stores/{hash}"
         api_token: SecretStr | None = None  # X-Auth-Token; enables enrichment
         api_base_url: str = "https://api.bigcommerce.com"
@@ -76,12 +94,17 @@ class BigCommerceSource(Source):
         def _empty_token_is_none(cls, value: Any) -> Any:
             return None if value in ("", None) else value
 
-    def __init__(self, name: str, settings: SourceSettings):
+    def __init__(self, name: str, settings: SourceSettings, *,
+                 clock: Callable[[], float] = time.time):
         super().__init__(name, settings)
+        self._clock = clock  # injectable so tests need no sleeps
         self._client: httpx.Client | None = None  # created on first use, then kept alive
         self._client_lock = threading.Lock()
 
     def verify(self, request: WebhookRequest) -> None:
+        if self.options.verify == "standard-webhooks":
+            check_signature(request, self._secrets, self._clock(), self.options.tolerance)
+            return
         header = self.options.header
         given = request.header(header)
         if not given:
@@ -96,9 +119,7 @@ class BigCommerceSource(Source):
             raise PayloadError("missing scope in the body")
         data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
         object_id = fields.text(data.get("id"))
-        producer = fields.text(payload.get("producer"))
-        store_hash = self.options.store_hash or (
-            producer.removeprefix("stores/") if producer.startswith("stores/") else "")
+        store_hash = self.options.store_hash or _producer_hash(payload.get("producer"))
         event_type = SCOPES.get(scope, f"bigcommerce.{scope.removeprefix('store/')}")
         status_id = None
         if scope == "store/order/statusUpdated":
@@ -106,9 +127,7 @@ class BigCommerceSource(Source):
             status_id = fields.integer(status.get("new_status_id"))
             event_type = STATUS_TYPES.get(status_id, events.ORDER_UPDATED)
         created_at = payload.get("created_at")
-        delivery_id = fields.text(payload.get("hash")) or (
-            f"{scope}:{object_id}:{created_at}" if object_id and created_at is not None
-            else request.body_digest())
+        delivery_id = request.header("webhook-id") or _delivery_digest(scope, data, created_at)
 
         parts: dict[str, Any] = {}
         if scope.startswith("store/order/") and object_id:
@@ -161,7 +180,7 @@ class BigCommerceSource(Source):
         except EnrichmentError as exc:
             log.warning("source %r: product %s not enriched: %s", self.name, product_id, exc)
             return None
-        return Product(name=fields.text(product.get("name")), sku=fields.text(product.get("sku")),
+        return Product(name=_api_text(product.get("name")), sku=_api_text(product.get("sku")),
                        stock=fields.integer(product.get("inventory_level")))
 
     def _get(self, path: str, deadline: float) -> Any:
@@ -196,47 +215,68 @@ def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], 
                  event_type: str) -> dict[str, Any]:
     billing = order.get("billing_address") if isinstance(order.get("billing_address"),
                                                          dict) else {}
-    currency = fields.text(order.get("currency_code"))
-    number = fields.text(order.get("id")) or thin.number
+    currency = _api_text(order.get("currency_code"))
+    number = _api_text(order.get("id")) or thin.number
     parts: dict[str, Any] = {
         "order": Order(
             id=thin.id, number=number, name=f"#{number}", admin_url=thin.admin_url,
             total=fields.amount(order.get("total_inc_tax")),
             subtotal=fields.amount(order.get("subtotal_inc_tax")),
             currency=currency,
-            status=fields.text(order.get("status")) or thin.status,
-            financial_status=fields.text(order.get("payment_status")),
+            status=_api_text(order.get("status")) or thin.status,
+            financial_status=_api_text(order.get("payment_status")),
             items=tuple(
-                LineItem(name=fields.text(item.get("name")), sku=fields.text(item.get("sku")),
+                LineItem(name=_api_text(item.get("name")), sku=_api_text(item.get("sku")),
                          quantity=fields.integer(item.get("quantity")) or 1,
                          price=fields.amount(item.get("price_inc_tax")))
                 for item in items if isinstance(item, dict)),
         ),
-        "customer": Customer(name=_name(billing), email=fields.text(billing.get("email"))),
+        "customer": Customer(name=_name(billing), email=_api_text(billing.get("email"))),
     }
     first = next((a for a in addresses if isinstance(a, dict)), None)
     if first is not None:
-        parts["shipping"] = Shipping(_address(first), fields.text(first.get("shipping_method")))
+        parts["shipping"] = Shipping(_address(first), _api_text(first.get("shipping_method")))
     if event_type == events.REFUND_CREATED:
         parts["refund"] = Refund(amount=fields.amount(order.get("refunded_amount")),
                                  currency=currency)
     return parts
 
 
+def _api_text(value: Any) -> str:
+    """A text field of the store API, where BigCommerce writes "None" for no value (an order's
+    ``shipping_method``, for one)."""
+    text = fields.text(value).strip()
+    return "" if text == "None" else text
+
+
+def _producer_hash(producer: Any) -> str:
+    """The store hash of ``stores/{hash}``; "" for anything else (BigCommerce's own examples
+    carry the placeholder ``stores/{store_hash}``, which must not become a link)."""
+    found = STORE_HASH.fullmatch(fields.text(producer))
+    return found.group(1) if found else ""
+
+
+def _delivery_digest(scope: str, data: dict[str, Any], created_at: Any) -> str:
+    """An id for a delivery without ``webhook-id``: the same for a retry (same body), different
+    for another scope or another moment of the same object."""
+    described = orjson.dumps([scope, data, created_at], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(described).hexdigest()[:32]
+
+
 def _name(address: dict[str, Any]) -> str:
-    return " ".join(p for p in (fields.text(address.get("first_name")),
-                                fields.text(address.get("last_name"))) if p)
+    return " ".join(p for p in (_api_text(address.get("first_name")),
+                                _api_text(address.get("last_name"))) if p)
 
 
 def _address(value: dict[str, Any]) -> Address:
     return Address(
         name=_name(value),
-        line1=fields.text(value.get("street_1")),
-        line2=fields.text(value.get("street_2")),
-        city=fields.text(value.get("city")),
-        region=fields.text(value.get("state")),
-        postal_code=fields.text(value.get("zip")),
-        country=fields.text(value.get("country_iso2") or value.get("country")),
+        line1=_api_text(value.get("street_1")),
+        line2=_api_text(value.get("street_2")),
+        city=_api_text(value.get("city")),
+        region=_api_text(value.get("state")),
+        postal_code=_api_text(value.get("zip")),
+        country=_api_text(value.get("country_iso2") or value.get("country")),
     )
 
 
