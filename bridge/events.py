@@ -135,11 +135,13 @@ class Event:
     """One webhook delivery, verified and normalised.
 
     ``id`` is the platform's delivery id: the same on the platform's retries, so it dedupes.
+    ``test``: the platform says it is a test (Shopify's test orders, Stripe's test mode).
     """
 
     id: str
     type: str
     source: SourceRef
+    test: bool = False
     occurred_at: datetime | None = None
     order: Order | None = None
     customer: Customer | None = None

@@ -120,6 +120,27 @@ def test_refund_sums_its_transactions(source):
     assert event.occurred_at.isoformat() == "2026-11-25T10:00:00+00:00"
 
 
+def test_refund_names_its_order_and_falls_back_to_the_shops_currency(source):
+    # Shopify's own example: transactions with "currency": null, the shop's money in USD.
+    payload = {"id": 9, "order_id": 820982911946154500, "note": "Things were damaged",
+               "refund_line_items": [{"subtotal_set": {"shop_money": {
+                   "amount": "89.99", "currency_code": "USD"}}}],
+               "transactions": [{"amount": "75.00", "currency": None, "kind": "refund"},
+                                {"amount": "10.00", "currency": None, "kind": "refund"}]}
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic": "refunds/create"}))
+    assert (event.refund.amount, event.refund.currency) == (Decimal("85.00"), "USD")
+    assert (event.order.id, event.order.number, event.order.name) == (
+        "820982911946154500", "", "")
+    assert event.order.admin_url.endswith("/orders/820982911946154500")
+
+
+def test_an_order_body_without_a_number_gets_no_bare_hash(source):
+    event = source.parse(signed(body_of({"id": 820982911946154500}),
+                                **{"X-Shopify-Topic": "orders/updated"}))
+    assert (event.order.id, event.order.number, event.order.name) == (
+        "820982911946154500", "", "")
+
+
 def test_any_of_several_secrets_verifies_during_rotation():
     rotating = ShopifySource("shop", SourceSettings(type="shopify", secret=["new-one", SECRET]))
     rotating.verify(signed(body_of(shopify_order(1001))))

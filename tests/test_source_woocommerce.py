@@ -339,3 +339,15 @@ def test_unknown_option_is_refused():
         source_with(admin_url_style="classic")
     with pytest.raises(pydantic.ValidationError):
         source_with(low_stock_treshold=3)
+
+
+def test_html_entities_in_text_fields_are_decoded(source):
+    payload = load("order_created")
+    payload["line_items"][0]["name"] = "Ship Your Idea &ndash; Color: Black"
+    payload["shipping_lines"] = [{"method_title": "Ground Advantage&#8482;"}]
+    payload["billing"]["first_name"] = "Jo&amp;Co"
+    request = signed(body_of(payload), topic="order.created")
+    event = source.parse(request)
+    assert event.order.items[0].name == "Ship Your Idea \u2013 Color: Black"
+    assert event.shipping.method == "Ground Advantage\u2122"
+    assert event.customer.name.startswith("Jo&Co")

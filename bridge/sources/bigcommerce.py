@@ -216,7 +216,7 @@ def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], 
     billing = order.get("billing_address") if isinstance(order.get("billing_address"),
                                                          dict) else {}
     currency = _api_text(order.get("currency_code"))
-    number = _api_text(order.get("id")) or thin.number
+    number = thin.number  # the webhook's order: the API's answer is only its details
     parts: dict[str, Any] = {
         "order": Order(
             id=thin.id, number=number, name=f"#{number}", admin_url=thin.admin_url,

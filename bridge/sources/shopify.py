@@ -85,6 +85,7 @@ class ShopifySource(Source):
                                 fields.text(lines[0].get("title")) if lines else "")
         elif topic == "refunds/create":
             refund = _refund(payload)
+            order = _order_ref(refund.order_id, shop)
         elif topic.startswith("customers/"):
             customer = _customer({"customer": payload})
         elif topic == "inventory_levels/update":
@@ -111,13 +112,18 @@ def sign(secret: bytes, body: bytes) -> str:
     return base64.b64encode(hmac.digest(secret, body, hashlib.sha256)).decode()
 
 
+def _order_ref(order_id: str, shop_domain: str) -> Order | None:
+    """The order a refund, dispute or transaction is about: its id (and link) only."""
+    return Order(id=order_id, admin_url=_admin_url(shop_domain, order_id)) if order_id else None
+
+
 def _order(payload: dict[str, Any], shop_domain: str) -> Order:
     order_id = fields.text(payload.get("id"))
-    number = fields.text(payload.get("order_number") or order_id)
+    number = fields.text(payload.get("order_number"))
     return Order(
         id=order_id,
         number=number,
-        name=fields.text(payload.get("name")) or f"#{number}",
+        name=fields.text(payload.get("name")) or (f"#{number}" if number else ""),
         total=fields.amount(payload.get("total_price")),
         subtotal=fields.amount(payload.get("subtotal_price")),
         currency=fields.text(payload.get("currency")),
@@ -177,10 +183,19 @@ def _refund(payload: dict[str, Any]) -> Refund:
     transactions = fields.records(payload.get("transactions"))
     amounts = [a for a in (fields.amount(t.get("amount")) for t in transactions) if a is not None]
     total = sum(amounts, Decimal(0)) if amounts else None
+    # Shopify's transactions may carry "currency": null; the shop's money says it then.
     currency = next((fields.text(t.get("currency")) for t in transactions if t.get("currency")),
-                    "")
+                    "") or _shop_currency(payload)
     return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")),
                   order_id=fields.text(payload.get("order_id")))
+
+
+def _shop_currency(payload: dict[str, Any]) -> str:
+    """The shop's currency, from the first ``…_set.shop_money`` amount of a refund."""
+    sets = [payload.get("total_duties_set")] + [
+        line.get("subtotal_set") for line in fields.records(payload.get("refund_line_items"))]
+    return next((code for code in (fields.text(fields.dig(money, "shop_money.currency_code"))
+                                   for money in sets) if code), "")
 
 
 def _admin_url(shop_domain: str, order_id: str) -> str:

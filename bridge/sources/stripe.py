@@ -120,7 +120,11 @@ class StripeSource(Source):
                                   "email": obj.get("customer_email")})
         elif topic.startswith("customer.subscription."):
             reason = fields.mapping(obj.get("cancellation_details")).get("reason")
-            payment = _payment(obj, _recurring_amount(obj), fields.text(reason))
+            # Older API versions put the currency only on the items' prices (and the plan).
+            currency = obj.get("currency") or next(
+                (price.get("currency") for price in _prices(obj) if price.get("currency")), "")
+            payment = _payment(obj | {"currency": currency}, _recurring_amount(obj),
+                               fields.text(reason))
         return Event(
             id=fields.text(payload.get("id")) or request.body_digest(),
             type=TOPICS.get(topic, f"stripe.{topic}"),
@@ -241,14 +245,20 @@ def _refund(charge: dict[str, Any]) -> Refund:
 
 def _recurring_amount(subscription: dict[str, Any]) -> int | None:
     """What the subscription bills each period: the sum of its items' unit price × quantity."""
-    amounts = [
-        (fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
-         fields.integer(item.get("quantity")))
-        for item in fields.records(fields.mapping(subscription.get("items")).get("data"))
-    ]
+    items = fields.records(fields.mapping(subscription.get("items")).get("data"))
+    amounts = [(fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
+                fields.integer(item.get("quantity"))) for item in items]
     if not amounts or any(unit is None for unit, _ in amounts):
         return None  # metered or tiered prices have no fixed amount
     return sum(unit * (1 if quantity is None else quantity) for unit, quantity in amounts)
+
+
+def _prices(subscription: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prices (and, on older API versions, plans) of a subscription's items, then its own
+    plan."""
+    items = fields.records(fields.mapping(subscription.get("items")).get("data"))
+    found = [fields.mapping(item.get(key)) for item in items for key in ("price", "plan")]
+    return [*found, fields.mapping(subscription.get("plan"))]
 
 
 def _admin_url(payment_intent: str, livemode: bool) -> str:
