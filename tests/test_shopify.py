@@ -90,8 +90,8 @@ def test_guest_checkout_takes_the_name_from_the_address(source):
 
 
 def test_unknown_topic_keeps_the_platform_name(source):
-    event = source.parse(signed(b'{"id": 1}', **{"X-Shopify-Topic": "products/update"}))
-    assert event.type == "shopify.products/update"
+    event = source.parse(signed(b'{"id": 1}', **{"X-Shopify-Topic": "app/uninstalled"}))
+    assert event.type == "shopify.app/uninstalled"
     assert event.order is None
 
 
@@ -175,7 +175,7 @@ def test_inventory_level_at_or_below_the_threshold_is_low(source, available, exp
     event = source.parse(signed(body_of(payload),
                                 **{"X-Shopify-Topic": "inventory_levels/update"}))
     assert event.type == expected
-    assert (event.product.sku, event.product.stock) == ("271878346596", available)
+    assert (event.product.id, event.product.stock) == ("271878346596", available)
 
 
 def test_low_stock_threshold_is_an_option():
@@ -185,3 +185,38 @@ def test_low_stock_threshold_is_an_option():
     event = source.parse(signed(body_of(payload),
                                 **{"X-Shopify-Topic": "inventory_levels/update"}))
     assert event.type == "inventory.updated"
+
+
+def test_a_test_order_is_a_test_event(source):
+    topic = {"X-Shopify-Topic": "orders/create"}
+    assert source.parse(signed(body_of(shopify_order(1) | {"test": True}), **topic)).test
+    assert not source.parse(signed(body_of(shopify_order(1)), **topic)).test
+
+
+@pytest.mark.parametrize(("status", "kind", "expected"), [
+    ("success", "authorization", "payment.succeeded"),
+    ("success", "capture", "payment.succeeded"),
+    ("failure", "sale", "payment.failed"),
+    ("error", "capture", "payment.failed"),
+    ("success", "refund", "shopify.order_transactions/create"),
+    ("pending", "sale", "shopify.order_transactions/create"),
+])
+def test_order_transactions_are_payments_by_status_and_kind(source, status, kind, expected):
+    payload = {"id": 1, "order_id": 5, "kind": kind, "status": status, "amount": "10.00",
+               "currency": "USD", "message": "Card declined" if status != "success" else None}
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic":
+                                                     "order_transactions/create"}))
+    assert event.type == expected
+    assert (event.order.id, event.payment.amount, event.payment.kind) == ("5", Decimal("10.00"),
+                                                                         kind)
+
+
+def test_a_decided_dispute_is_closed_and_one_under_review_is_not(source):
+    dispute = {"id": 1, "order_id": 5, "amount": "11.50", "currency": "CAD",
+               "reason": "fraudulent", "evidence_due_by": "2021-12-30T19:00:00-05:00"}
+    topic = {"X-Shopify-Topic": "disputes/update"}
+    assert source.parse(signed(body_of(dispute | {"status": "lost"}), **topic)).type == (
+        "dispute.closed")
+    review = source.parse(signed(body_of(dispute | {"status": "under_review"}), **topic))
+    assert review.type == "shopify.disputes/update"
+    assert review.payment.due_at.isoformat() == "2021-12-30T19:00:00-05:00"

@@ -226,11 +226,17 @@ def test_customer_created(source):
     assert event.raw["data"]["id"] == 32
 
 
-@pytest.mark.parametrize("name", ["inventory_updated", "inventory_order_updated"])
-def test_inventory_scopes_without_enrichment_are_inventory_updated(source, name):
-    event = source.parse(delivery(load(name)))
-    assert event.type == "inventory.updated"
-    assert event.product is not None and event.product.stock is None
+def test_an_absolute_inventory_change_is_the_new_level_even_without_the_api(source):
+    event = source.parse(delivery(load("inventory_updated")))  # method absolute, value 3
+    assert (event.type, event.product.id, event.product.stock) == ("inventory.low", "167", 3)
+    assert make_source(low_stock_threshold=2).parse(
+        delivery(load("inventory_updated"))).type == "inventory.updated"
+
+
+def test_a_relative_inventory_change_is_no_level(source):
+    event = source.parse(delivery(load("inventory_order_updated")))  # method relative, -1
+    assert (event.type, event.product.id, event.product.stock) == ("inventory.updated", "167",
+                                                                   None)
     assert event.order is None
 
 
@@ -241,9 +247,16 @@ def test_cart_abandoned_is_checkout_abandoned(source):
 
 
 def test_unknown_scope_keeps_the_platform_name(source):
+    payload = load("order_created") | {"scope": "store/order/metafield/created"}
+    event = source.parse(delivery(payload))
+    assert event.type == "bigcommerce.order/metafield/created"
+    assert event.order.name == "#250"
+
+
+def test_shipment_names_its_order(source):
     event = source.parse(delivery(load("shipment_created")))
-    assert event.type == "bigcommerce.shipment/created"
-    assert event.order is None
+    assert event.type == "shipment.created"
+    assert (event.order.name, event.shipment.id) == ("#250", "12")
 
 
 # --- the delivery id: what dedupes BigCommerce's retries, and nothing else ----------------------
@@ -405,10 +418,10 @@ def test_low_stock_becomes_inventory_low(enriching, fake_api):
 def test_stock_above_the_threshold_stays_inventory_updated(fake_api):
     fake, url = fake_api
     strict = make_source(api_token=TOKEN, api_base_url=url, low_stock_threshold=2)
-    event = strict.parse(delivery(load("inventory_updated")))
+    event = strict.parse(delivery(load("inventory_order_updated")))  # relative: the API's level
     assert (event.type, event.product.stock) == ("inventory.updated", 3)
     fake.product = {"data": {**fake.product["data"], "inventory_level": 2}}
-    assert strict.parse(delivery(load("inventory_updated"))).type == "inventory.low"
+    assert strict.parse(delivery(load("inventory_order_updated"))).type == "inventory.low"
 
 
 @pytest.mark.parametrize("mode", ["500", "badjson", "slow"])
@@ -430,7 +443,7 @@ def test_slow_product_lookup_keeps_inventory_updated(enriching, fake_api, caplog
     fake, _ = fake_api
     fake.mode = "slow"
     with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
-        event = enriching.parse(delivery(load("inventory_updated")))
+        event = enriching.parse(delivery(load("inventory_order_updated")))
     assert (event.type, event.product.stock) == ("inventory.updated", None)
     assert "product 167 not enriched" in caplog.text and TOKEN not in caplog.text
 

@@ -352,3 +352,9 @@ def test_a_subscription_without_its_own_currency_takes_its_prices(source):
         item["price"]["currency"] = "eur"
     event = source.parse(stripe_signed(json.dumps(payload).encode()))
     assert event.payment.currency == "EUR"
+
+
+def test_test_mode_events_are_test_events(source):
+    payload = json.loads(body("payment_intent_succeeded"))
+    assert source.parse(stripe_signed(json.dumps(payload | {"livemode": False}).encode())).test
+    assert not source.parse(stripe_signed(json.dumps(payload | {"livemode": True}).encode())).test

@@ -27,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -35,7 +36,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from bridge import events
 from bridge.config import SourceSettings
-from bridge.events import Address, Customer, Event, LineItem, Order, Product, Refund, Shipping
+from bridge.events import (
+    Address,
+    Customer,
+    Event,
+    LineItem,
+    Order,
+    Payment,
+    Product,
+    Refund,
+    Shipment,
+    Shipping,
+)
 from bridge.sources import fields
 from bridge.sources.base import PayloadError, SignatureError, Source, WebhookRequest, matches_any
 from bridge.sources.standard_webhooks import check_signature
@@ -45,10 +57,20 @@ log = logging.getLogger(__name__)
 SCOPES = {
     "store/order/created": events.ORDER_CREATED,
     "store/order/updated": events.ORDER_UPDATED,
+    "store/order/archived": events.ORDER_DELETED,
+    "store/order/refund/created": events.REFUND_CREATED,
+    "store/order/message/created": events.MESSAGE_CREATED,
+    "store/shipment/created": events.SHIPMENT_CREATED,
+    "store/cart/converted": events.CHECKOUT_COMPLETED,
     "store/customer/created": events.CUSTOMER_CREATED,
+    "store/customer/updated": events.CUSTOMER_UPDATED,
+    "store/product/created": events.PRODUCT_CREATED,
+    "store/product/updated": events.PRODUCT_UPDATED,
     "store/product/inventory/updated": events.INVENTORY_UPDATED,
     "store/product/inventory/order/updated": events.INVENTORY_UPDATED,
     "store/cart/abandoned": events.CHECKOUT_ABANDONED,
+    # store/order/statusUpdated: by the new status (STATUS_TYPES); store/order/transaction/*:
+    # payment.succeeded or payment.failed by the result's type.
 }
 # BigCommerce order status ids (GET /v2/order_statuses) -> canonical type of a status change.
 STATUS_TYPES = {
@@ -117,38 +139,36 @@ class BigCommerceSource(Source):
         scope = fields.text(payload.get("scope"))
         if not scope:
             raise PayloadError("missing scope in the body")
-        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
-        object_id = fields.text(data.get("id"))
+        data = fields.mapping(payload.get("data"))
         store_hash = self.options.store_hash or _producer_hash(payload.get("producer"))
-        event_type = SCOPES.get(scope, f"bigcommerce.{scope.removeprefix('store/')}")
-        status_id = None
-        if scope == "store/order/statusUpdated":
-            status = data.get("status") if isinstance(data.get("status"), dict) else {}
-            status_id = fields.integer(status.get("new_status_id"))
-            event_type = STATUS_TYPES.get(status_id, events.ORDER_UPDATED)
+        event_type = _event_type(scope, data)
+        parts = _parts(scope, data, store_hash)
+        if self._can_enrich(store_hash):
+            parts = self._with_enrichment(store_hash, scope, event_type, parts)
+        product = parts.get("product")
+        if scope in INVENTORY_SCOPES and product.stock is not None and (
+                product.stock <= self.options.low_stock_threshold):
+            event_type = events.INVENTORY_LOW
         created_at = payload.get("created_at")
-        delivery_id = request.header("webhook-id") or _delivery_digest(scope, data, created_at)
-
-        parts: dict[str, Any] = {}
-        if scope.startswith("store/order/") and object_id:
-            parts["order"] = Order(
-                id=object_id, number=object_id, name=f"#{object_id}",
-                status=STATUS_NAMES.get(status_id, ""),
-                admin_url=_admin_url(store_hash, object_id))
-            if self._can_enrich(store_hash):
-                parts.update(self._enriched(store_hash, object_id, parts["order"], event_type))
-        elif scope in INVENTORY_SCOPES and object_id:
-            parts["product"] = Product()
-            if self._can_enrich(store_hash):
-                product = self._enriched_product(store_hash, object_id)
-                if product is not None:
-                    parts["product"] = product
-                    if product.stock is not None and (
-                            product.stock <= self.options.low_stock_threshold):
-                        event_type = events.INVENTORY_LOW
-        return Event(id=delivery_id, type=event_type,
-                     source=events.SourceRef(self.name, self.platform),
+        return Event(id=request.header("webhook-id") or _delivery_digest(scope, data, created_at),
+                     type=event_type, source=events.SourceRef(self.name, self.platform),
                      occurred_at=fields.timestamp(created_at), raw=payload, **parts)
+
+    def _with_enrichment(self, store_hash: str, scope: str, event_type: str,
+                         parts: dict[str, Any]) -> dict[str, Any]:
+        """The thin parts, completed from the store API where it answers."""
+        order, product = parts.get("order"), parts.get("product")
+        if order is not None and scope.startswith("store/order/"):
+            enriched = self._enriched(store_hash, order.id, order, event_type)
+            if parts.get("refund") is not None:  # not the order's refunded_amount (all refunds)
+                enriched.pop("refund", None)
+            return parts | enriched
+        if product is not None:
+            found = self._enriched_product(store_hash, product.id)
+            if found is not None:  # the webhook's own new stock level is the fresher one
+                stock = found.stock if product.stock is None else product.stock
+                return parts | {"product": replace(found, id=product.id, stock=stock)}
+        return parts
 
     def _can_enrich(self, store_hash: str) -> bool:
         return self.options.api_token is not None and bool(store_hash)
@@ -209,6 +229,61 @@ class BigCommerceSource(Source):
             if self._client is None:
                 self._client = httpx.Client(follow_redirects=False)
             return self._client
+
+
+def _event_type(scope: str, data: dict[str, Any]) -> str:
+    if scope == "store/order/statusUpdated":
+        status_id = fields.integer(fields.dig(data, "status.new_status_id"))
+        return STATUS_TYPES.get(status_id, events.ORDER_UPDATED)
+    if scope.startswith("store/order/transaction/"):
+        result = fields.text(fields.dig(data, "result.type")).lower()
+        if result == "success":
+            return events.PAYMENT_SUCCEEDED
+        if result in ("failure", "failed", "error", "declined"):
+            return events.PAYMENT_FAILED
+    return SCOPES.get(scope, f"bigcommerce.{scope.removeprefix('store/')}")
+
+
+def _parts(scope: str, data: dict[str, Any], store_hash: str) -> dict[str, Any]:
+    """What the thin body says, by scope: the ids, and the little else it carries."""
+    object_id = fields.text(data.get("id"))
+    if scope.startswith("store/order/transaction/"):
+        result = fields.mapping(data.get("result"))
+        failed = fields.text(result.get("type")).lower() != "success"
+        return {"order": _order_ref(fields.text(data.get("order_id")), store_hash),
+                "payment": Payment(id=fields.text(data.get("transaction_id")),
+                                   kind=fields.text(data.get("transaction_type")),
+                                   status=fields.text(data.get("transaction_status")),
+                                   reason=fields.text(result.get("message")) if failed else "")}
+    if scope.startswith("store/order/"):
+        status_id = fields.integer(fields.dig(data, "status.new_status_id"))
+        status = "Archived" if scope == "store/order/archived" else STATUS_NAMES.get(status_id, "")
+        order = _order_ref(object_id, store_hash, status)
+        refund_id = fields.text(fields.dig(data, "refund.refund_id"))
+        return {"order": order, "refund": Refund(id=refund_id, order_id=object_id)
+                if scope == "store/order/refund/created" else None}
+    if scope.startswith("store/shipment/"):
+        return {"order": _order_ref(fields.text(data.get("orderId")), store_hash),
+                "shipment": Shipment(id=object_id)}
+    if scope == "store/cart/converted":
+        return {"order": _order_ref(fields.text(data.get("orderId")), store_hash)}
+    if scope.startswith("store/cart/"):  # a cart is known by its id alone
+        return {"order": Order(id=object_id) if object_id else None}
+    if scope.startswith("store/customer/"):
+        return {"customer": Customer(id=object_id)}
+    if scope.startswith("store/product/") and object_id:
+        inventory = fields.mapping(data.get("inventory"))
+        absolute = inventory.get("method") == "absolute"  # else "relative": a change, not a level
+        return {"product": Product(id=object_id, stock=fields.integer(inventory.get("value"))
+                                   if absolute else None)}
+    return {}
+
+
+def _order_ref(order_id: str, store_hash: str, status: str = "") -> Order | None:
+    if not order_id:
+        return None
+    return Order(id=order_id, number=order_id, name=f"#{order_id}", status=status,
+                 admin_url=_admin_url(store_hash, order_id))
 
 
 def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], thin: Order,

@@ -50,6 +50,8 @@ ORDER_STATUS_TYPES = {
     "cancelled": events.ORDER_CANCELLED,
     "refunded": events.REFUND_CREATED,
 }
+CUSTOMER_TYPES = {"created": events.CUSTOMER_CREATED, "updated": events.CUSTOMER_UPDATED}
+PRODUCT_TYPES = {"created": events.PRODUCT_CREATED, "updated": events.PRODUCT_UPDATED}
 PING = re.compile(rb"webhook_id=\d+")
 FORM = "application/x-www-form-urlencoded"
 
@@ -104,6 +106,8 @@ class WooCommerceSource(Source):
                 event_type = events.ORDER_CREATED
             elif action == "updated":
                 event_type = ORDER_STATUS_TYPES.get(order.status, events.ORDER_UPDATED)
+            elif action == "deleted":
+                event_type = events.ORDER_DELETED
             if action != "deleted":  # a deleted order's payload is its id alone
                 customer = _order_customer(payload)
                 shipping = _shipping(payload)
@@ -112,12 +116,12 @@ class WooCommerceSource(Source):
                 refund = _refund(payload, order)
         elif resource == "customer" and action != "deleted":
             customer = _customer(payload)
-            if action == "created":
-                event_type = events.CUSTOMER_CREATED
+            event_type = CUSTOMER_TYPES.get(action, event_type)
         elif resource == "product" and action != "deleted":
-            product = Product(name=_text(payload.get("name")),
+            product = Product(id=_text(payload.get("id")), name=_text(payload.get("name")),
                               sku=_text(payload.get("sku")),
                               stock=fields.integer(payload.get("stock_quantity")))
+            event_type = PRODUCT_TYPES.get(action, event_type)
             if action in ("created", "updated") and self._is_low(payload, product):
                 event_type = events.INVENTORY_LOW
         return Event(
@@ -214,6 +218,7 @@ def _order_customer(payload: dict[str, Any]) -> Customer:
 def _customer(payload: dict[str, Any]) -> Customer:
     billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
     return Customer(
+        id=_text(payload.get("id")),
         name=_name(payload) or _name(billing),
         email=_text(payload.get("email") or billing.get("email")),
         orders_count=fields.integer(payload.get("orders_count")),  # legacy API only
