@@ -49,7 +49,7 @@ WOO_SHOP = "https://shop.example.com/"
 SOURCES = {"shopify": "shopify", "woocommerce": "woo", "stripe": "stripe",
            "standard-webhooks": "svix"}
 ENRICHED = ("bigcommerce/order_created.json", "bigcommerce/order_updated.json",
-            "bigcommerce/order_statusUpdated.json")
+            "bigcommerce/order_statusUpdated.json", "bigcommerce/cart_abandoned.json")
 
 
 def corpus_config(redis_url: str, queue: str, store_api: str) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def signed(run: str, body: bytes | None = None) -> tuple[str, bytes, dict[str, s
                     "X-WC-Webhook-Signature": woocommerce.sign(SECRET.encode(), body)}
     elif platform == "stripe":
         headers["Stripe-Signature"] = stripe.sign(SECRET.encode(), body, now)
-    elif platform == "bigcommerce" and "X-Webhook-Secret" in entry.arrives_with:
+    elif platform == "bigcommerce" and ("X-Webhook-Secret" in entry.arrives_with or enriched):
         headers["X-Webhook-Secret"] = SECRET
         return ("bc-api" if enriched else "bc"), body, headers
     elif platform in ("bigcommerce", "standard-webhooks"):
@@ -194,6 +194,8 @@ def stub_store_api() -> Flask:
     for suffix, name in answers.items():
         app.add_url_rule(f"/stores/<store>/v2/orders/<int:order_id>{suffix}", name,
                          lambda name=name, **_: json.loads((STORE_API / name).read_text()))
+    app.add_url_rule("/stores/<store>/v3/carts/<cart_id>", "cart",
+                     lambda **_: json.loads((STORE_API / "cart.json").read_text()))
     return app
 
 

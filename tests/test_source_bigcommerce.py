@@ -330,6 +330,7 @@ class FakeBigCommerce:
                               view_func=self.addresses_view)
         self.app.add_url_rule("/stores/<store>/v3/catalog/products/<int:product_id>",
                               view_func=self.product_view)
+        self.app.add_url_rule("/stores/<store>/v3/carts/<cart_id>", view_func=self.cart_view)
 
     def _answer(self, body: Any):
         self.seen.append({"path": request.path, "token": request.headers.get("X-Auth-Token", ""),
@@ -353,6 +354,15 @@ class FakeBigCommerce:
 
     def product_view(self, store: str, product_id: int):
         return self._answer(self.product)
+
+    def cart_view(self, store: str, cart_id: str):
+        return self._answer({"data": {
+            "id": cart_id, "email": "shopper@example.com", "currency": {"code": "EUR"},
+            "cart_amount": 59.8, "line_items": {
+                "physical_items": [{"name": "Tee", "sku": "TE-1", "quantity": 2,
+                                    "sale_price": 29.9}],
+                "digital_items": [], "custom_items": [{"name": "Gift wrap", "quantity": 1,
+                                                       "list_price": 0}]}}})
 
 
 @pytest.fixture
@@ -486,3 +496,16 @@ def test_the_apis_none_strings_are_absent_values(enriching, fake_api):
     event = enriching.parse(delivery(load("order_created")))
     assert (event.shipping.method, event.order.financial_status, event.order.currency) == (
         "", "", "")
+
+
+def test_an_abandoned_cart_is_enriched_with_its_value_and_items(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("cart_abandoned")))
+    cart_id = "09346904-4175-44fd-be53-f7e598531b6c"
+    assert [s["path"] for s in fake.seen] == [f"/stores/abc123xyz/v3/carts/{cart_id}"]
+    assert (event.type, event.order.id, event.order.total, event.order.currency) == (
+        "checkout.abandoned", cart_id, Decimal("59.8"), "EUR")
+    assert [(i.name, i.quantity) for i in event.order.items] == [("Tee", 2), ("Gift wrap", 1)]
+    assert event.customer.email == "shopper@example.com"
+    fake.mode = "500"
+    assert enriching.parse(delivery(load("cart_abandoned"))).order.total is None

@@ -342,3 +342,14 @@ def test_text_from_the_payload_is_still_escaped_through_macros_and_partials():
     assert customer.startswith("Customer: @\u200bhere <")
     assert "<<@" not in customer and "@U1" not in customer
     assert "\u200b\u200b" not in customer  # escaped again on the way out: inert, not doubled
+
+
+def test_an_unmapped_topic_names_its_order_and_amount():
+    event = shopify("tender_transactions/create", {
+        "id": 7, "order_id": 450789469, "amount": "250.94", "currency": "USD"})
+    assert render(event).splitlines()[0] == (
+        "📦 shopify.tender_transactions/create from shop: order 450789469 · 250.94 USD")
+    payout = StripeSource("stripe", SETTINGS).parse(WebhookRequest.of({}, json.dumps({
+        "id": "evt_1", "type": "payout.paid", "livemode": True,
+        "data": {"object": {"id": "po_1", "amount": 120000, "currency": "jpy"}}}).encode()))
+    assert render(payout).splitlines()[0] == "📦 stripe.payout.paid from stripe · 120,000 JPY"

@@ -89,6 +89,8 @@ STATUS_NAMES = {
     12: "Manual Verification Required", 13: "Disputed", 14: "Partially Refunded",
 }
 STORE_HASH = re.compile(r"stores/([a-z0-9]+)")
+# A converted cart is gone (its order has the details); the others can still be read.
+ENRICHED_CART_SCOPES = ("store/cart/abandoned", "store/cart/created", "store/cart/updated")
 INVENTORY_SCOPES = ("store/product/inventory/updated", "store/product/inventory/order/updated")
 
 
@@ -163,6 +165,9 @@ class BigCommerceSource(Source):
             if parts.get("refund") is not None:  # not the order's refunded_amount (all refunds)
                 enriched.pop("refund", None)
             return parts | enriched
+        if order is not None and scope in ENRICHED_CART_SCOPES:
+            cart = self._api_data(f"/stores/{store_hash}/v3/carts/{order.id}", f"cart {order.id}")
+            return parts if cart is None else parts | _cart_parts(cart, order)
         if product is not None:
             found = self._enriched_product(store_hash, product.id)
             if found is not None:  # the webhook's own new stock level is the fresher one
@@ -191,17 +196,24 @@ class BigCommerceSource(Source):
         return _order_parts(order, items or [], addresses or [], thin, event_type)
 
     def _enriched_product(self, store_hash: str, product_id: str) -> Product | None:
-        try:
-            deadline = time.monotonic() + self.options.enrich_timeout
-            body = self._get(f"/stores/{store_hash}/v3/catalog/products/{product_id}", deadline)
-            product = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(product, dict):
-                raise EnrichmentError("unexpected JSON shape")
-        except EnrichmentError as exc:
-            log.warning("source %r: product %s not enriched: %s", self.name, product_id, exc)
+        product = self._api_data(f"/stores/{store_hash}/v3/catalog/products/{product_id}",
+                                 f"product {product_id}")
+        if product is None:
             return None
         return Product(name=_api_text(product.get("name")), sku=_api_text(product.get("sku")),
                        stock=fields.integer(product.get("inventory_level")))
+
+    def _api_data(self, path: str, what: str) -> dict[str, Any] | None:
+        """The ``data`` object of a v3 store API answer; None (logged) without one in time."""
+        try:
+            body = self._get(path, time.monotonic() + self.options.enrich_timeout)
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, dict):
+                raise EnrichmentError("unexpected JSON shape")
+        except EnrichmentError as exc:
+            log.warning("source %r: %s not enriched: %s", self.name, what, exc)
+            return None
+        return data
 
     def _get(self, path: str, deadline: float) -> Any:
         """GET one store API path as JSON within what is left of the deadline. 204 -> None."""
@@ -300,11 +312,8 @@ def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], 
             currency=currency,
             status=_api_text(order.get("status")) or thin.status,
             financial_status=_api_text(order.get("payment_status")),
-            items=tuple(
-                LineItem(name=_api_text(item.get("name")), sku=_api_text(item.get("sku")),
-                         quantity=fields.integer(item.get("quantity")) or 1,
-                         price=fields.amount(item.get("price_inc_tax")))
-                for item in items if isinstance(item, dict)),
+            items=tuple(_line_item(item, "price_inc_tax") for item in items
+                        if isinstance(item, dict)),
         ),
         "customer": Customer(name=_name(billing), email=_api_text(billing.get("email"))),
     }
@@ -336,6 +345,27 @@ def _delivery_digest(scope: str, data: dict[str, Any], created_at: Any) -> str:
     for another scope or another moment of the same object."""
     described = orjson.dumps([scope, data, created_at], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(described).hexdigest()[:32]
+
+
+def _cart_parts(cart: dict[str, Any], thin: Order) -> dict[str, Any]:
+    """A cart from the store API (GET /v3/carts/{id}): its value, items and shopper's email."""
+    lines = fields.mapping(cart.get("line_items"))
+    items = [item for kind in ("physical_items", "digital_items", "custom_items")
+             for item in fields.records(lines.get(kind))]
+    email = _api_text(cart.get("email"))
+    return {
+        "order": replace(
+            thin, total=fields.amount(cart.get("cart_amount")),
+            currency=_api_text(fields.dig(cart, "currency.code")),
+            items=tuple(_line_item(item, "sale_price") for item in items)),
+        "customer": Customer(email=email) if email else None,
+    }
+
+
+def _line_item(item: dict[str, Any], price_key: str) -> LineItem:
+    return LineItem(name=_api_text(item.get("name")), sku=_api_text(item.get("sku")),
+                    quantity=fields.integer(item.get("quantity")) or 1,
+                    price=fields.amount(item.get(price_key)))
 
 
 def _name(address: dict[str, Any]) -> str:

@@ -147,7 +147,9 @@ def _parts(topic: str, payload: dict[str, Any], shop: str) -> dict[str, Any]:
         return {"order": order_ref, "payment": _payment(payload)}
     if resource == "returns":
         return {"order": _order_ref(fields.text(fields.dig(payload, "order.id")), shop)}
-    return {}
+    # Any other topic: what it is about, when the body says, for the fallback message.
+    has_amount = fields.amount(payload.get("amount")) is not None
+    return {"order": order_ref, "payment": _payment(payload) if has_amount else None}
 
 
 def _transaction_type(payment: Payment) -> str:

@@ -166,6 +166,9 @@ def _parts(topic: str, obj: dict[str, Any], dashboard: Dashboard) -> dict[str, A
         return {"payment": _payment(obj | {"currency": currency}, _recurring_amount(obj),
                                     fields.text(reason),
                                     dashboard.url("subscriptions", fields.text(obj.get("id"))))}
+    # Any other type (a payout, a top-up…): its amount, for the fallback message.
+    if obj.get("amount") is not None:
+        return {"payment": _payment(obj, obj.get("amount"))}
     return {}
 
 
