@@ -2,9 +2,9 @@
 
 The first matching route wins unless it says ``continue: true``, as in Alertmanager's tree. A route
 matches when its source and event globs match, the event is a test event or not as its ``test``
-asks, and its ``when`` condition (a Jinja expression,
-compiled once, evaluated in the sandbox) is true. A condition that cannot be evaluated for an
-event (``order.total >= 500`` on a customer event) is false for it.
+asks, and its ``when`` condition (a Jinja expression, compiled once, evaluated in the sandbox) is
+true. A condition that cannot be evaluated for an event (``order.total >= 500`` on a customer
+event) is false for it.
 """
 
 from __future__ import annotations

@@ -65,10 +65,12 @@ SHOPIFY_CHECKOUT = {
     "updated_at": "2026-11-25T09:00:00-05:00",
 }
 
-def shopify_real(topic: str, name: str) -> Event:
+
+def shopify_real(topic: str, name: str, **changes: Any) -> Event:
     """A body of the real-payload corpus (tests/real_payloads/shopify), as ``topic``."""
-    return shopify(topic, json.loads((TESTS / "real_payloads" / "shopify" / f"{name}.json")
-                                     .read_text(encoding="utf-8")))
+    body = json.loads((TESTS / "real_payloads" / "shopify" / f"{name}.json").read_text(
+        encoding="utf-8"))
+    return shopify(topic, body | changes)
 
 
 SHOPIFY = {
@@ -80,9 +82,8 @@ SHOPIFY = {
     "shipment_created": lambda: shopify_real("fulfillments/create", "fulfillments_create"),
     "return_requested": lambda: shopify_real("returns/request", "returns_request"),
     "dispute_created": lambda: shopify_real("disputes/create", "disputes_create"),
-    "dispute_closed": lambda: shopify("disputes/update", json.loads(
-        (TESTS / "real_payloads" / "shopify" / "disputes_create.json").read_text())
-        | {"status": "won", "finalized_on": "2022-01-10T12:00:00-05:00"}),
+    "dispute_closed": lambda: shopify_real("disputes/update", "disputes_create", status="won",
+                                           finalized_on="2022-01-10T12:00:00-05:00"),
     "payment_succeeded": lambda: shopify_real("order_transactions/create",
                                               "order_transactions_create"),
     "customer_updated": lambda: shopify_real("customers/update", "customers_create"),

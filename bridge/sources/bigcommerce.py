@@ -14,9 +14,9 @@ created, updated and archived webhooks of one order share it: it identifies the 
 delivery, and is never the delivery id. That is ``webhook-id`` when sent (the same on
 BigCommerce's retries), else a digest of scope, data and ``created_at``.
 
-With an API token the order (or product) is fetched from the store API within ``enrich_timeout``
-seconds; a failed fetch is logged and the thin event is returned, so the webhook is never refused
-for it.
+With an API token the order, cart or product is fetched from the store API within
+``enrich_timeout`` seconds; a failed fetch is logged and the thin event is returned, so the webhook
+is never refused for it.
 """
 
 from __future__ import annotations

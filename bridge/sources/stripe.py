@@ -289,9 +289,8 @@ def _refund(charge: dict[str, Any]) -> Refund:
 
 def _recurring_amount(subscription: dict[str, Any]) -> int | None:
     """What the subscription bills each period: the sum of its items' unit price × quantity."""
-    items = fields.records(fields.mapping(subscription.get("items")).get("data"))
     amounts = [(fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
-                fields.integer(item.get("quantity"))) for item in items]
+                fields.integer(item.get("quantity"))) for item in _items(subscription)]
     if not amounts or any(unit is None for unit, _ in amounts):
         return None  # metered or tiered prices have no fixed amount
     return sum(unit * (1 if quantity is None else quantity) for unit, quantity in amounts)
@@ -300,8 +299,10 @@ def _recurring_amount(subscription: dict[str, Any]) -> int | None:
 def _prices(subscription: dict[str, Any]) -> list[dict[str, Any]]:
     """The prices (and, on older API versions, plans) of a subscription's items, then its own
     plan."""
-    items = fields.records(fields.mapping(subscription.get("items")).get("data"))
-    found = [fields.mapping(item.get(key)) for item in items for key in ("price", "plan")]
+    found = [fields.mapping(item.get(key)) for item in _items(subscription)
+             for key in ("price", "plan")]
     return [*found, fields.mapping(subscription.get("plan"))]
 
 
+def _items(subscription: dict[str, Any]) -> list[dict[str, Any]]:
+    return fields.records(fields.mapping(subscription.get("items")).get("data"))
