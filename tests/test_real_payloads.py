@@ -2,17 +2,19 @@
 
 tests/real_payloads/ holds the platforms' published examples and bodies captured from real shops;
 its MANIFEST.md says where each comes from, which header it arrives with and what a support
-agent expects to see. Every file there is posted, signed as its platform signs, to one receiver
-(the config below: one source per platform, routes as a support team would set them up); what
-it enqueues (route, channel and text of each message) is compared with a snapshot under
+agent expects to see. Each file is posted, signed as its platform signs, to the receiver (real
+Redis; the config below: one source per platform, routes as a support team would set them up),
+and what it enqueues (route, channel and text of each message) is compared with a snapshot under
 tests/snapshots/real-payloads/. A file dropped into that folder with its MANIFEST line is picked
 up without code changes. ``UPDATE_SNAPSHOTS=1`` rewrites the snapshots: read every one, as the
-agent who receives it would, before committing it.
+agent who receives it would, before committing it. The whole corpus also goes through one
+receiver (no delivery may be taken for another's), and each body again with its fields, its
+currencies or its names and numbers null (what is left must still read right).
 
 BigCommerce bodies whose manifest line names the custom ``X-Webhook-Secret`` header go to a
 source verified that way; the others are signed the Standard Webhooks way, as BigCommerce signs
-its deliveries now. Its order webhooks also run once through a source with an API token, against
-a stub store API answering BigCommerce's documented examples (tests/real_payloads/bigcommerce-api).
+its deliveries now. Some (ENRICHED) also run through a source with an API token, against a stub
+store API answering BigCommerce's documented examples (tests/real_payloads/bigcommerce-api).
 """
 
 from __future__ import annotations
