@@ -147,9 +147,9 @@ class BigCommerceSource(Source):
         parts = _parts(scope, data, store_hash)
         if self._can_enrich(store_hash):
             parts = self._with_enrichment(store_hash, scope, event_type, parts)
-        product = parts.get("product")
-        if scope in INVENTORY_SCOPES and product.stock is not None and (
-                product.stock <= self.options.low_stock_threshold):
+        stock = getattr(parts.get("product"), "stock", None)
+        if scope in INVENTORY_SCOPES and stock is not None and (
+                stock <= self.options.low_stock_threshold):
             event_type = events.INVENTORY_LOW
         created_at = payload.get("created_at")
         return Event(id=request.header("webhook-id") or _delivery_digest(scope, data, created_at),
