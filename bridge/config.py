@@ -206,6 +206,7 @@ class SourceSettings(_Model):
 class RouteMatch(_Model):
     source: list[str] = ["*"]
     event: list[str] = ["*"]
+    test: bool | None = None  # false: leave test events out; true: only them; unset: either
 
     @field_validator("source", "event", mode="before")
     @classmethod

@@ -1,13 +1,18 @@
 """The canonical event: what every source turns a webhook into, and what routes and templates see.
 
 Templates and ``when`` conditions never look at a platform's payload shape; they see these names,
-whatever the shop: ``event.type``, ``event.id``, ``event.occurred_at``, ``source.name``,
-``source.platform``, ``order.number``, ``order.name``, ``order.total``, ``order.subtotal``,
-``order.currency``, ``order.status``, ``order.financial_status``, ``order.items`` (each ``name``,
-``sku``, ``quantity``, ``price``), ``order.admin_url``, ``order.tags``, ``customer.name``,
-``customer.email``, ``customer.tags``, ``customer.orders_count``, ``shipping.address``,
-``refund.amount``, ``payment.amount``, ``product.name``, ``product.stock`` and ``raw``, the
-original payload. A part the platform did not send is None, and renders blank.
+whatever the shop: ``event.type``, ``event.id``, ``event.test``, ``event.occurred_at``,
+``source.name``, ``source.platform``, ``order.id``, ``order.number``, ``order.name``,
+``order.total``, ``order.subtotal``, ``order.currency``, ``order.status``,
+``order.financial_status``, ``order.cancel_reason``, ``order.items`` (each ``name``, ``sku``,
+``quantity``, ``price``), ``order.admin_url``, ``order.tags``, ``customer.id``,
+``customer.name``, ``customer.email``, ``customer.tags``, ``customer.orders_count``,
+``shipping.address``, ``shipping.method``, ``shipment.carrier``, ``shipment.tracking_number``,
+``shipment.tracking_url``, ``refund.amount``, ``refund.id``, ``payment.amount``,
+``payment.kind``, ``payment.number``, ``payment.due_at``, ``payment.admin_url``,
+``payment.invoice_url``, ``product.id``, ``product.name``, ``product.stock`` and ``raw``, the
+original payload. A part the platform did not send is None, and renders blank. An order a
+refund, dispute or shipment is about may be known by its id alone (``order.name`` blank).
 
 Amounts are exact ``Decimal`` in major units (``12.50``), never floats; the currency is an ISO 4217
 code beside them.
@@ -41,6 +46,17 @@ INVOICE_PAID = "invoice.paid"
 INVOICE_FAILED = "invoice.failed"
 SUBSCRIPTION_CREATED = "subscription.created"
 SUBSCRIPTION_CANCELLED = "subscription.cancelled"
+ORDER_EDITED = "order.edited"
+ORDER_DELETED = "order.deleted"
+DRAFT_ORDER_CREATED = "draft_order.created"
+SHIPMENT_CREATED = "shipment.created"
+RETURN_REQUESTED = "return.requested"
+DISPUTE_CLOSED = "dispute.closed"
+CHECKOUT_COMPLETED = "checkout.completed"
+CUSTOMER_UPDATED = "customer.updated"
+PRODUCT_CREATED = "product.created"
+PRODUCT_UPDATED = "product.updated"
+MESSAGE_CREATED = "message.created"  # a message on an order, from the customer or the shop
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class Address:
 
 @dataclass(frozen=True)
 class Customer:
+    id: str = ""
     name: str = ""
     email: str = ""
     tags: tuple[str, ...] = ()
@@ -72,6 +89,17 @@ class Customer:
 class Shipping:
     address: Address | None = None
     method: str = ""
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A parcel on its way: a fulfilment (Shopify) or shipment (BigCommerce)."""
+
+    id: str = ""  # as the shop shows it, e.g. "#1001.1"
+    carrier: str = ""
+    tracking_number: str = ""
+    tracking_url: str = ""
+    status: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +121,7 @@ class Order:
     status: str = ""  # the platform's overall status (open, processing, cancelled, …)
     financial_status: str = ""  # paid, pending, refunded, …
     fulfillment_status: str = ""
+    cancel_reason: str = ""
     items: tuple[LineItem, ...] = ()
     admin_url: str = ""  # the order in the shop's admin, for the support team
     tags: tuple[str, ...] = ()
@@ -100,6 +129,7 @@ class Order:
 
 @dataclass(frozen=True)
 class Refund:
+    id: str = ""
     amount: Decimal | None = None
     order_id: str = ""  # the refunded order's id, when the platform says
     currency: str = ""
@@ -115,10 +145,16 @@ class Payment:
     status: str = ""
     reason: str = ""  # why it failed, or the dispute's reason
     id: str = ""
+    kind: str = ""  # a transaction's: authorization, capture, sale…
+    number: str = ""  # an invoice's number, as the customer sees it
+    due_at: datetime | None = None  # a dispute's deadline for evidence
+    admin_url: str = ""  # the payment, dispute or invoice in the platform's dashboard
+    invoice_url: str = ""  # the invoice's page, as the customer sees it
 
 
 @dataclass(frozen=True)
 class Product:
+    id: str = ""
     name: str = ""
     sku: str = ""
     stock: int | None = None
@@ -135,15 +171,18 @@ class Event:
     """One webhook delivery, verified and normalised.
 
     ``id`` is the platform's delivery id: the same on the platform's retries, so it dedupes.
+    ``test``: the platform says it is a test (Shopify's test orders, Stripe's test mode).
     """
 
     id: str
     type: str
     source: SourceRef
+    test: bool = False
     occurred_at: datetime | None = None
     order: Order | None = None
     customer: Customer | None = None
     shipping: Shipping | None = None
+    shipment: Shipment | None = None
     refund: Refund | None = None
     payment: Payment | None = None
     product: Product | None = None
@@ -160,7 +199,9 @@ def thread_key(event: Event) -> str:
 
     Every event about one order shares a key, so later ones can reply in the first one's
     thread; checkouts and disputes have their own."""
-    if event.type.startswith("checkout.") and event.order and event.order.id:
+    # A completed checkout names the order it became: it belongs to that order's conversation.
+    if event.type.startswith("checkout.") and event.type != CHECKOUT_COMPLETED and (
+            event.order and event.order.id):
         return f"checkout:{event.order.id}"
     if event.type.startswith("dispute.") and event.payment and event.payment.id:
         return f"dispute:{event.payment.id}"

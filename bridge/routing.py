@@ -1,9 +1,10 @@
 """Match an event against the ordered ``routes:`` list.
 
 The first matching route wins unless it says ``continue: true``, as in Alertmanager's tree. A route
-matches when its source and event globs match and its ``when`` condition (a Jinja expression,
-compiled once, evaluated in the sandbox) is true. A condition that cannot be evaluated for an
-event (``order.total >= 500`` on a customer event) is false for it.
+matches when its source and event globs match, the event is a test event or not as its ``test``
+asks, and its ``when`` condition (a Jinja expression, compiled once, evaluated in the sandbox) is
+true. A condition that cannot be evaluated for an event (``order.total >= 500`` on a customer
+event) is false for it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from bridge.sandbox import Condition
 
 log = logging.getLogger(__name__)
 
-# The routes whose globs match one (source, event type) pair, in order, with their conditions.
+# The routes whose globs match one (source, event type, test) kind, in order, with their conditions.
 Candidates = tuple[tuple[RouteSettings, Condition | None], ...]
 
-# Pairs whose candidates are remembered. A shop sends a few dozen; the bound only keeps a stream of
+# Kinds whose candidates are remembered. A shop sends a few dozen; the bound only keeps a stream of
 # odd unmapped topics from growing the memo without end.
 MAX_REMEMBERED_KINDS = 1024
 
@@ -50,9 +51,9 @@ class Router:
             self._conditions.append(condition)
         if problems:
             raise ValueError("\n".join(problems))
-        # Globs look at nothing but the source and the event type, so each pair is matched
-        # against every route's globs once, not once per event.
-        self._candidates_by_kind: dict[tuple[str, str], Candidates] = {}
+        # Globs look at nothing but the source, the event type and the test flag, so each kind
+        # is matched against every route's globs once, not once per event.
+        self._candidates_by_kind: dict[tuple[str, str, bool], Candidates] = {}
 
     def match(self, event: Event) -> list[RouteSettings]:
         """The routes the event goes to, in order: those ``explain`` says matched."""
@@ -90,7 +91,7 @@ class Router:
         return decisions
 
     def _candidates(self, event: Event) -> Candidates:
-        kind = (event.source.name, event.type)
+        kind = (event.source.name, event.type, event.test)
         candidates = self._candidates_by_kind.get(kind)
         if candidates is None:
             if len(self._candidates_by_kind) >= MAX_REMEMBERED_KINDS:
@@ -124,6 +125,8 @@ def _glob_mismatch(route: RouteSettings, event: Event) -> str:
         return f"source {event.source.name!r} is not in {route.match.source}"
     if not _any(route.match.event, event.type):
         return f"event type {event.type!r} is not in {route.match.event}"
+    if route.match.test is not None and route.match.test != event.test:
+        return "a test event" if event.test else "not a test event"
     return ""
 
 

@@ -94,6 +94,7 @@ def context(event: Event) -> dict[str, Any]:
         "order": event.order,
         "customer": event.customer,
         "shipping": event.shipping,
+        "shipment": event.shipment,
         "refund": event.refund,
         "payment": event.payment,
         "product": event.product,

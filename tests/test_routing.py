@@ -39,6 +39,17 @@ def test_source_globs():
     assert names(table, event("order.paid", "shop-us")) == []
 
 
+def test_match_test_leaves_test_events_out_or_takes_only_them():
+    table = router({"name": "live", "match": {"event": ["order.*"], "test": False}},
+                   {"name": "sandbox", "match": {"test": True}}, {"name": "rest"})
+    test_order = Event(id="1", type="order.paid", source=SourceRef("shop", "shopify"), test=True)
+    assert names(table, event("order.paid")) == ["live"]
+    assert names(table, test_order) == ["sandbox"]  # the same kind, remembered apart
+    assert names(table, event("order.paid")) == ["live"]
+    verdicts = {d.route.name: d.reason for d in table.explain(test_order)}
+    assert verdicts["live"] == "a test event"
+
+
 def big_order(total: str, currency: str = "EUR", tags: tuple[str, ...] = ()) -> Event:
     return event("order.created", order=Order(id="1", total=Decimal(total), currency=currency),
                  customer=Customer(name="Ada", tags=tags))

@@ -90,8 +90,8 @@ def test_guest_checkout_takes_the_name_from_the_address(source):
 
 
 def test_unknown_topic_keeps_the_platform_name(source):
-    event = source.parse(signed(b'{"id": 1}', **{"X-Shopify-Topic": "products/update"}))
-    assert event.type == "shopify.products/update"
+    event = source.parse(signed(b'{"id": 1}', **{"X-Shopify-Topic": "app/uninstalled"}))
+    assert event.type == "shopify.app/uninstalled"
     assert event.order is None
 
 
@@ -118,6 +118,27 @@ def test_refund_sums_its_transactions(source):
     assert (event.refund.amount, event.refund.currency) == (Decimal("10.30"), "EUR")
     assert event.refund.reason == "damaged"
     assert event.occurred_at.isoformat() == "2026-11-25T10:00:00+00:00"
+
+
+def test_refund_names_its_order_and_falls_back_to_the_shops_currency(source):
+    # Shopify's own example: transactions with "currency": null, the shop's money in USD.
+    payload = {"id": 9, "order_id": 820982911946154500, "note": "Things were damaged",
+               "refund_line_items": [{"subtotal_set": {"shop_money": {
+                   "amount": "89.99", "currency_code": "USD"}}}],
+               "transactions": [{"amount": "75.00", "currency": None, "kind": "refund"},
+                                {"amount": "10.00", "currency": None, "kind": "refund"}]}
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic": "refunds/create"}))
+    assert (event.refund.amount, event.refund.currency) == (Decimal("85.00"), "USD")
+    assert (event.order.id, event.order.number, event.order.name) == (
+        "820982911946154500", "", "")
+    assert event.order.admin_url.endswith("/orders/820982911946154500")
+
+
+def test_an_order_body_without_a_number_gets_no_bare_hash(source):
+    event = source.parse(signed(body_of({"id": 820982911946154500}),
+                                **{"X-Shopify-Topic": "orders/updated"}))
+    assert (event.order.id, event.order.number, event.order.name) == (
+        "820982911946154500", "", "")
 
 
 def test_any_of_several_secrets_verifies_during_rotation():
@@ -154,7 +175,7 @@ def test_inventory_level_at_or_below_the_threshold_is_low(source, available, exp
     event = source.parse(signed(body_of(payload),
                                 **{"X-Shopify-Topic": "inventory_levels/update"}))
     assert event.type == expected
-    assert (event.product.sku, event.product.stock) == ("271878346596", available)
+    assert (event.product.id, event.product.stock) == ("271878346596", available)
 
 
 def test_low_stock_threshold_is_an_option():
@@ -164,3 +185,38 @@ def test_low_stock_threshold_is_an_option():
     event = source.parse(signed(body_of(payload),
                                 **{"X-Shopify-Topic": "inventory_levels/update"}))
     assert event.type == "inventory.updated"
+
+
+def test_a_test_order_is_a_test_event(source):
+    topic = {"X-Shopify-Topic": "orders/create"}
+    assert source.parse(signed(body_of(shopify_order(1) | {"test": True}), **topic)).test
+    assert not source.parse(signed(body_of(shopify_order(1)), **topic)).test
+
+
+@pytest.mark.parametrize(("status", "kind", "expected"), [
+    ("success", "authorization", "payment.succeeded"),
+    ("success", "capture", "payment.succeeded"),
+    ("failure", "sale", "payment.failed"),
+    ("error", "capture", "payment.failed"),
+    ("success", "refund", "shopify.order_transactions/create"),
+    ("pending", "sale", "shopify.order_transactions/create"),
+])
+def test_order_transactions_are_payments_by_status_and_kind(source, status, kind, expected):
+    payload = {"id": 1, "order_id": 5, "kind": kind, "status": status, "amount": "10.00",
+               "currency": "USD", "message": "Card declined" if status != "success" else None}
+    event = source.parse(signed(body_of(payload), **{"X-Shopify-Topic":
+                                                     "order_transactions/create"}))
+    assert event.type == expected
+    assert (event.order.id, event.payment.amount, event.payment.kind) == ("5", Decimal("10.00"),
+                                                                         kind)
+
+
+def test_a_decided_dispute_is_closed_and_one_under_review_is_not(source):
+    dispute = {"id": 1, "order_id": 5, "amount": "11.50", "currency": "CAD",
+               "reason": "fraudulent", "evidence_due_by": "2021-12-30T19:00:00-05:00"}
+    topic = {"X-Shopify-Topic": "disputes/update"}
+    assert source.parse(signed(body_of(dispute | {"status": "lost"}), **topic)).type == (
+        "dispute.closed")
+    review = source.parse(signed(body_of(dispute | {"status": "under_review"}), **topic))
+    assert review.type == "shopify.disputes/update"
+    assert review.payment.due_at.isoformat() == "2021-12-30T19:00:00-05:00"

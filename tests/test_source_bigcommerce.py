@@ -1,3 +1,4 @@
+import base64
 import copy
 import json
 import logging
@@ -91,6 +92,63 @@ def test_tampered_body_is_not_detectable_because_bigcommerce_signs_nothing(sourc
         source.verify(delivery(load("order_created"), secret=SECRET + "x"))
 
 
+# --- verification: BigCommerce's Standard Webhooks signature --------------------------------------
+
+CLIENT_SECRET = "bc-app-client-secret-5e1d"
+NOW = 1795600000
+
+
+def standard_signed(payload: Any, secret: str = CLIENT_SECRET, sent_at: int = NOW,
+                    msg_id: str = "msg_bc_1") -> WebhookRequest:
+    # Signed by the published standardwebhooks library, keyed as BigCommerce's docs show: the
+    # base64 of the client secret is the library's secret.
+    from standardwebhooks.webhooks import Webhook
+
+    body = json.dumps(payload).encode()
+    library_secret = base64.b64encode(secret.encode()).decode()
+    signature = Webhook(library_secret).sign(msg_id, datetime.fromtimestamp(sent_at, UTC),
+                                             body.decode())
+    return WebhookRequest.of({"webhook-id": msg_id, "webhook-timestamp": str(sent_at),
+                              "webhook-signature": signature}, body)
+
+
+def signing_source(now: float = NOW, **options: Any) -> BigCommerceSource:
+    settings = SourceSettings(type="bigcommerce", secret=CLIENT_SECRET,
+                              verify="standard-webhooks", **options)
+    return BigCommerceSource("bc", settings, clock=lambda: now)
+
+
+def test_standard_webhooks_signature_verifies_and_its_id_dedupes():
+    request = standard_signed(load("order_created"))
+    source = signing_source()
+    source.verify(request)
+    assert source.parse(request).id == "msg_bc_1"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"secret": "another-app"}, "does not match the body"),
+    ({"sent_at": NOW - 301}, "too old"),
+    ({"sent_at": NOW + 301}, "too new"),
+])
+def test_standard_webhooks_signature_refuses_a_wrong_key_or_a_stale_time(change, message):
+    with pytest.raises(SignatureError, match=message):
+        signing_source().verify(standard_signed(load("order_created"), **change))
+
+
+def test_standard_webhooks_refuses_a_tampered_body_and_a_bare_custom_header():
+    request = standard_signed(load("order_created"))
+    tampered = WebhookRequest.of(request.headers, request.body.replace(b"250", b"251"))
+    with pytest.raises(SignatureError, match="does not match"):
+        signing_source().verify(tampered)
+    with pytest.raises(SignatureError, match="missing webhook-id"):
+        signing_source().verify(delivery(load("order_created"), secret=CLIENT_SECRET))
+
+
+def test_header_mode_does_not_accept_a_signature_instead_of_its_header(source):
+    with pytest.raises(SignatureError, match="missing X-Webhook-Secret"):
+        make_source(secret=CLIENT_SECRET).verify(standard_signed(load("order_created")))
+
+
 def test_errors_and_reprs_do_not_contain_secrets():
     configured = make_source(api_token=TOKEN, store_hash="abc123xyz")
     with pytest.raises(SignatureError) as caught:
@@ -103,7 +161,8 @@ def test_errors_and_reprs_do_not_contain_secrets():
 
 def test_options_have_documented_defaults_and_reject_unknown_keys(source):
     options = source.options
-    assert (options.header, options.store_hash, options.api_token) == ("X-Webhook-Secret", "", None)
+    assert (options.verify, options.header, options.store_hash, options.api_token) == (
+        "header", "X-Webhook-Secret", "", None)
     assert (options.api_base_url, options.enrich_timeout, options.low_stock_threshold) == (
         "https://api.bigcommerce.com", 2.0, 5)
     assert make_source(api_token="").options.api_token is None
@@ -115,7 +174,6 @@ def test_options_have_documented_defaults_and_reject_unknown_keys(source):
 
 def test_order_created_is_a_thin_order(source):
     event = source.parse(delivery(load("order_created")))
-    assert event.id == "dd70c0976e06b67aaf671e73f49dcb79230ebf9d"
     assert event.type == "order.created"
     assert (event.source.name, event.source.platform) == ("bc", "bigcommerce")
     assert event.occurred_at == datetime(2019, 6, 25, 16, 15, 35, tzinfo=UTC)
@@ -135,7 +193,6 @@ def test_order_updated(source):
 def test_status_update_to_shipped_is_fulfilled(source):
     event = source.parse(delivery(load("order_status_updated")))
     assert event.type == "order.fulfilled"
-    assert event.id == "9a6f1c1cf1b5e7b4f0f0c5b8a7f5d2e3c4b5a6f7"
     assert (event.order.name, event.order.status) == ("#250", "Shipped")
 
 
@@ -165,43 +222,67 @@ def test_status_update_without_a_status_is_order_updated(source):
 
 def test_customer_created(source):
     event = source.parse(delivery(load("customer_created")))
-    assert (event.type, event.id, event.order) == (
-        "customer.created", "c3b1a4a6f0d7e8b9a0c1d2e3f4a5b6c7d8e9f0a1", None)
+    assert (event.type, event.order) == ("customer.created", None)
     assert event.raw["data"]["id"] == 32
 
 
-@pytest.mark.parametrize("name", ["inventory_updated", "inventory_order_updated"])
-def test_inventory_scopes_without_enrichment_are_inventory_updated(source, name):
-    event = source.parse(delivery(load(name)))
-    assert event.type == "inventory.updated"
-    assert event.product is not None and event.product.stock is None
+def test_an_absolute_inventory_change_is_the_new_level_even_without_the_api(source):
+    event = source.parse(delivery(load("inventory_updated")))  # method absolute, value 3
+    assert (event.type, event.product.id, event.product.stock) == ("inventory.low", "167", 3)
+    assert make_source(low_stock_threshold=2).parse(
+        delivery(load("inventory_updated"))).type == "inventory.updated"
+
+
+def test_a_relative_inventory_change_is_no_level(source):
+    event = source.parse(delivery(load("inventory_order_updated")))  # method relative, -1
+    assert (event.type, event.product.id, event.product.stock) == ("inventory.updated", "167",
+                                                                   None)
     assert event.order is None
 
 
 def test_cart_abandoned_is_checkout_abandoned(source):
     event = source.parse(delivery(load("cart_abandoned")))
-    assert (event.type, event.id) == ("checkout.abandoned",
-                                      "b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3")
+    assert event.type == "checkout.abandoned"
     assert event.raw["data"]["id"] == "09346904-4175-44fd-be53-f7e598531b6c"
 
 
 def test_unknown_scope_keeps_the_platform_name(source):
+    payload = load("order_created") | {"scope": "store/order/metafield/created"}
+    event = source.parse(delivery(payload))
+    assert event.type == "bigcommerce.order/metafield/created"
+    assert event.order.name == "#250"
+
+
+def test_shipment_names_its_order(source):
     event = source.parse(delivery(load("shipment_created")))
-    assert event.type == "bigcommerce.shipment/created"
-    assert event.order is None
+    assert event.type == "shipment.created"
+    assert (event.order.name, event.shipment.id) == ("#250", "12")
 
 
-def test_delivery_id_without_hash_is_scope_id_and_time(source):
+# --- the delivery id: what dedupes BigCommerce's retries, and nothing else ----------------------
+
+def test_webhooks_of_one_order_sharing_a_hash_are_different_deliveries(source):
+    # BigCommerce's hash is the SHA-1 of data ({type, id}): the same for an order's created,
+    # updated and archived webhooks. Deduping on it dropped every update of a new order.
+    created = load("order_created")
+    updated = {**created, "scope": "store/order/updated"}
+    later = {**created, "created_at": created["created_at"] + 60}
+    ids = {source.parse(delivery(body)).id for body in (created, updated, later)}
+    assert len(ids) == 3
+    assert created["hash"] not in ids
+
+
+def test_a_retry_of_the_same_body_is_the_same_delivery(source):
     payload = load("order_created")
-    del payload["hash"]
-    assert source.parse(delivery(payload)).id == "store/order/created:250:1561479335"
+    reserialised = json.dumps(payload, indent=4, sort_keys=True).encode()
+    assert source.parse(delivery(payload)).id == source.parse(
+        delivery(None, body=reserialised)).id
 
 
-def test_delivery_id_falls_back_to_the_body_digest(source):
-    payload = load("order_created")
-    del payload["hash"], payload["created_at"]
-    request = delivery(payload)
-    assert source.parse(request).id == request.body_digest()
+def test_webhook_id_is_the_delivery_id_when_sent(source):
+    request = delivery(load("order_created"))
+    with_id = WebhookRequest.of({**request.headers, "webhook-id": "msg_2b8f"}, request.body)
+    assert source.parse(with_id).id == "msg_2b8f"
 
 
 def test_store_hash_option_wins_over_producer_and_absence_leaves_no_url():
@@ -211,6 +292,12 @@ def test_store_hash_option_wins_over_producer_and_absence_leaves_no_url():
         "https://store-zzz999.mybigcommerce.com/manage/orders/250")
     del payload["producer"]
     assert make_source().parse(delivery(payload)).order.admin_url == ""
+
+
+@pytest.mark.parametrize("producer", ["stores/{store_hash}", "stores/abc.evil.example/x", "abc"])
+def test_a_producer_that_is_no_store_hash_makes_no_link(source, producer):
+    payload = load("order_created") | {"producer": producer}
+    assert source.parse(delivery(payload)).order.admin_url == ""
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -232,6 +319,7 @@ class FakeBigCommerce:
         self.mode = "ok"  # ok | 500 | slow | badjson
         self.order = load("api_order")
         self.product = load("api_product")
+        self.addresses = load("api_shipping_addresses")
         self.seen: list[dict[str, str]] = []
         self.release = threading.Event()  # a "slow" answer waits for this, not for a clock
         self.app = Flask("fake-bigcommerce")
@@ -242,6 +330,7 @@ class FakeBigCommerce:
                               view_func=self.addresses_view)
         self.app.add_url_rule("/stores/<store>/v3/catalog/products/<int:product_id>",
                               view_func=self.product_view)
+        self.app.add_url_rule("/stores/<store>/v3/carts/<cart_id>", view_func=self.cart_view)
 
     def _answer(self, body: Any):
         self.seen.append({"path": request.path, "token": request.headers.get("X-Auth-Token", ""),
@@ -261,10 +350,19 @@ class FakeBigCommerce:
         return self._answer(load("api_order_products"))
 
     def addresses_view(self, store: str, order_id: int):
-        return self._answer(load("api_shipping_addresses"))
+        return self._answer(self.addresses)
 
     def product_view(self, store: str, product_id: int):
         return self._answer(self.product)
+
+    def cart_view(self, store: str, cart_id: str):
+        return self._answer({"data": {
+            "id": cart_id, "email": "shopper@example.com", "currency": {"code": "EUR"},
+            "cart_amount": 59.8, "line_items": {
+                "physical_items": [{"name": "Tee", "sku": "TE-1", "quantity": 2,
+                                    "sale_price": 29.9}],
+                "digital_items": [], "custom_items": [{"name": "Gift wrap", "quantity": 1,
+                                                       "list_price": 0}]}}})
 
 
 @pytest.fixture
@@ -330,10 +428,10 @@ def test_low_stock_becomes_inventory_low(enriching, fake_api):
 def test_stock_above_the_threshold_stays_inventory_updated(fake_api):
     fake, url = fake_api
     strict = make_source(api_token=TOKEN, api_base_url=url, low_stock_threshold=2)
-    event = strict.parse(delivery(load("inventory_updated")))
+    event = strict.parse(delivery(load("inventory_order_updated")))  # relative: the API's level
     assert (event.type, event.product.stock) == ("inventory.updated", 3)
     fake.product = {"data": {**fake.product["data"], "inventory_level": 2}}
-    assert strict.parse(delivery(load("inventory_updated"))).type == "inventory.low"
+    assert strict.parse(delivery(load("inventory_order_updated"))).type == "inventory.low"
 
 
 @pytest.mark.parametrize("mode", ["500", "badjson", "slow"])
@@ -355,7 +453,7 @@ def test_slow_product_lookup_keeps_inventory_updated(enriching, fake_api, caplog
     fake, _ = fake_api
     fake.mode = "slow"
     with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
-        event = enriching.parse(delivery(load("inventory_updated")))
+        event = enriching.parse(delivery(load("inventory_order_updated")))
     assert (event.type, event.product.stock) == ("inventory.updated", None)
     assert "product 167 not enriched" in caplog.text and TOKEN not in caplog.text
 
@@ -387,3 +485,27 @@ def test_api_calls_share_one_kept_alive_client(enriching, fake_api):
     enriching.parse(delivery(load("order_updated")))
     assert len(fake.seen) == 6
     assert enriching._http() is client and not client.is_closed
+
+
+def test_the_apis_none_strings_are_absent_values(enriching, fake_api):
+    fake, _ = fake_api
+    fake.order = {**copy.deepcopy(fake.order), "payment_status": "None", "currency_code": " "}
+    addresses = load("api_shipping_addresses")
+    addresses[0]["shipping_method"] = "None"
+    fake.addresses = addresses
+    event = enriching.parse(delivery(load("order_created")))
+    assert (event.shipping.method, event.order.financial_status, event.order.currency) == (
+        "", "", "")
+
+
+def test_an_abandoned_cart_is_enriched_with_its_value_and_items(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("cart_abandoned")))
+    cart_id = "09346904-4175-44fd-be53-f7e598531b6c"
+    assert [s["path"] for s in fake.seen] == [f"/stores/abc123xyz/v3/carts/{cart_id}"]
+    assert (event.type, event.order.id, event.order.total, event.order.currency) == (
+        "checkout.abandoned", cart_id, Decimal("59.8"), "EUR")
+    assert [(i.name, i.quantity) for i in event.order.items] == [("Tee", 2), ("Gift wrap", 1)]
+    assert event.customer.email == "shopper@example.com"
+    fake.mode = "500"
+    assert enriching.parse(delivery(load("cart_abandoned"))).order.total is None

@@ -342,3 +342,19 @@ def test_body_that_is_not_json_is_a_payload_error(source):
 def test_body_without_a_type_is_a_payload_error(source):
     with pytest.raises(PayloadError, match="missing event type"):
         source.parse(stripe_signed(b'{"id": "evt_1", "data": {}}'))
+
+
+def test_a_subscription_without_its_own_currency_takes_its_prices(source):
+    payload = json.loads(body("customer_subscription_created"))
+    subscription = payload["data"]["object"]
+    subscription.pop("currency", None)
+    for item in subscription["items"]["data"]:
+        item["price"]["currency"] = "eur"
+    event = source.parse(stripe_signed(json.dumps(payload).encode()))
+    assert event.payment.currency == "EUR"
+
+
+def test_test_mode_events_are_test_events(source):
+    payload = json.loads(body("payment_intent_succeeded"))
+    assert source.parse(stripe_signed(json.dumps(payload | {"livemode": False}).encode())).test
+    assert not source.parse(stripe_signed(json.dumps(payload | {"livemode": True}).encode())).test

@@ -249,7 +249,7 @@ def test_virtual_order_has_no_shipping_address(source):
 
 def test_deleted_order_carries_only_its_id(source):
     event = source.parse(signed(b'{"id":727}', topic="order.deleted"))
-    assert event.type == "woocommerce.order.deleted"
+    assert event.type == "order.deleted"
     assert event.order.id == "727"
     assert event.customer is None
 
@@ -277,12 +277,12 @@ def test_created_product_with_low_stock_is_inventory_low(source):
 
 def test_stocked_product_is_a_product_update(source):
     event = event_of(source, "product_updated", "product.updated")
-    assert event.type == "woocommerce.product.updated"
+    assert event.type == "product.updated"
     assert (event.product.name, event.product.stock) == ("Woo Album #2", 40)
 
 
 @pytest.mark.parametrize("stock, expected", [
-    (5, "inventory.low"), (6, "woocommerce.product.updated"), (0, "inventory.low"),
+    (5, "inventory.low"), (6, "product.updated"), (0, "inventory.low"),
 ])
 def test_low_stock_threshold_is_inclusive(source, stock, expected):
     payload = load("product_updated") | {"stock_quantity": stock}
@@ -298,7 +298,7 @@ def test_low_stock_threshold_is_configurable():
 def test_unmanaged_stock_is_never_low(source):
     payload = load("product_updated_low_stock") | {"manage_stock": False, "stock_quantity": None}
     event = source.parse(signed(body_of(payload), topic="product.updated"))
-    assert event.type == "woocommerce.product.updated"
+    assert event.type == "product.updated"
 
 
 # --- odd requests -------------------------------------------------------------------------------
@@ -339,3 +339,15 @@ def test_unknown_option_is_refused():
         source_with(admin_url_style="classic")
     with pytest.raises(pydantic.ValidationError):
         source_with(low_stock_treshold=3)
+
+
+def test_html_entities_in_text_fields_are_decoded(source):
+    payload = load("order_created")
+    payload["line_items"][0]["name"] = "Ship Your Idea &ndash; Color: Black"
+    payload["shipping_lines"] = [{"method_title": "Ground Advantage&#8482;"}]
+    payload["billing"]["first_name"] = "Jo&amp;Co"
+    request = signed(body_of(payload), topic="order.created")
+    event = source.parse(request)
+    assert event.order.items[0].name == "Ship Your Idea \u2013 Color: Black"
+    assert event.shipping.method == "Ground Advantage\u2122"
+    assert event.customer.name.startswith("Jo&Co")

@@ -65,8 +65,30 @@ SHOPIFY_CHECKOUT = {
     "updated_at": "2026-11-25T09:00:00-05:00",
 }
 
+
+def shopify_real(topic: str, name: str, **changes: Any) -> Event:
+    """A body of the real-payload corpus (tests/real_payloads/shopify), as ``topic``."""
+    body = json.loads((TESTS / "real_payloads" / "shopify" / f"{name}.json").read_text(
+        encoding="utf-8"))
+    return shopify(topic, body | changes)
+
+
 SHOPIFY = {
     "order_created": lambda: shopify("orders/create", shopify_order(1001)),
+    "order_created_test": lambda: shopify("orders/create", shopify_order_with(1007, test=True)),
+    "order_edited": lambda: shopify_real("orders/edited", "orders_edited"),
+    "order_deleted": lambda: shopify_real("orders/delete", "orders_delete"),
+    "draft_order_created": lambda: shopify_real("draft_orders/create", "draft_orders_create"),
+    "shipment_created": lambda: shopify_real("fulfillments/create", "fulfillments_create"),
+    "return_requested": lambda: shopify_real("returns/request", "returns_request"),
+    "dispute_created": lambda: shopify_real("disputes/create", "disputes_create"),
+    "dispute_closed": lambda: shopify_real("disputes/update", "disputes_create", status="won",
+                                           finalized_on="2022-01-10T12:00:00-05:00"),
+    "payment_succeeded": lambda: shopify_real("order_transactions/create",
+                                              "order_transactions_create"),
+    "customer_updated": lambda: shopify_real("customers/update", "customers_create"),
+    "product_created": lambda: shopify_real("products/create", "products_create"),
+    "product_updated": lambda: shopify_real("products/update", "products_update"),
     "order_created_bare": lambda: shopify("orders/create", {"id": 1, "order_number": 1}),
     "order_paid": lambda: shopify("orders/paid", shopify_order(1002)),
     "order_fulfilled": lambda: shopify("orders/fulfilled", shopify_order_with(
@@ -302,6 +324,17 @@ def test_template_renders_parts_that_are_present_but_empty(template):
     assert_tidy(render(hollow, route, Renderer(ENV, [route])))
 
 
+@pytest.mark.parametrize("template", MESSAGE_TEMPLATES)
+def test_every_template_marks_a_test_event_on_its_first_line(template):
+    event_type = next((t for t in CANONICAL_TYPES if template_for(t) == template), "x.unknown")
+    route = RouteSettings(name="r", channel="c", template=template)
+    renderer = Renderer(ENV, [route])
+    test = Event(id="e-1", type=event_type, source=SourceRef("shop", "shopify"), test=True)
+    assert render(test, route, renderer).startswith("🧪 TEST ")
+    live = Event(id="e-1", type=event_type, source=SourceRef("shop", "shopify"))
+    assert "TEST" not in render(live, route, renderer)
+
+
 def test_text_from_the_payload_is_still_escaped_through_macros_and_partials():
     event = SAMPLES["shopify__order_created"]()
     hostile = Event(id="e", type=event.type, source=event.source, order=event.order,
@@ -310,3 +343,14 @@ def test_text_from_the_payload_is_still_escaped_through_macros_and_partials():
     assert customer.startswith("Customer: @\u200bhere <")
     assert "<<@" not in customer and "@U1" not in customer
     assert "\u200b\u200b" not in customer  # escaped again on the way out: inert, not doubled
+
+
+def test_an_unmapped_topic_names_its_order_and_amount():
+    event = shopify("tender_transactions/create", {
+        "id": 7, "order_id": 450789469, "amount": "250.94", "currency": "USD"})
+    assert render(event).splitlines()[0] == (
+        "📦 shopify.tender_transactions/create from shop: order 450789469 · 250.94 USD")
+    payout = StripeSource("stripe", SETTINGS).parse(WebhookRequest.of({}, json.dumps({
+        "id": "evt_1", "type": "payout.paid", "livemode": True,
+        "data": {"object": {"id": "po_1", "amount": 120000, "currency": "jpy"}}}).encode()))
+    assert render(payout).splitlines()[0] == "📦 stripe.payout.paid from stripe · 120,000 JPY"

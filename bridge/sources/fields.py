@@ -45,7 +45,7 @@ def tags(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(t.strip() for t in value.split(",") if t.strip())
     if isinstance(value, list | tuple):
-        return tuple(str(t).strip() for t in value if str(t).strip())
+        return tuple(str(t).strip() for t in value if t is not None and str(t).strip())
     return ()
 
 

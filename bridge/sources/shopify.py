@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +22,10 @@ from bridge.events import (
     Event,
     LineItem,
     Order,
+    Payment,
     Product,
     Refund,
+    Shipment,
     Shipping,
     SourceRef,
 )
@@ -43,13 +46,25 @@ TOPICS = {
     "orders/partially_fulfilled": events.ORDER_PARTIALLY_FULFILLED,
     "orders/cancelled": events.ORDER_CANCELLED,
     "refunds/create": events.REFUND_CREATED,
+    "orders/edited": events.ORDER_EDITED,
+    "orders/delete": events.ORDER_DELETED,
+    "draft_orders/create": events.DRAFT_ORDER_CREATED,
+    "fulfillments/create": events.SHIPMENT_CREATED,
+    "returns/request": events.RETURN_REQUESTED,
+    "disputes/create": events.DISPUTE_CREATED,
     "customers/create": events.CUSTOMER_CREATED,
+    "customers/update": events.CUSTOMER_UPDATED,
+    "products/create": events.PRODUCT_CREATED,
+    "products/update": events.PRODUCT_UPDATED,
     # Shopify sends no "abandoned" event: a checkout is abandoned when no order follows it.
     # These say a checkout was started or changed; route them with a delay in mind.
     "checkouts/create": events.CHECKOUT_CREATED,
     "checkouts/update": events.CHECKOUT_UPDATED,
     "inventory_levels/update": events.INVENTORY_UPDATED,
+    # order_transactions/create: payment.succeeded or payment.failed by the transaction's status.
+    # disputes/update: dispute.closed once the dispute is decided.
 }
+CLOSED_DISPUTES = frozenset({"won", "lost", "accepted", "charge_refunded"})
 
 
 class ShopifyOptions(BaseModel):
@@ -75,35 +90,75 @@ class ShopifySource(Source):
         if not topic:
             raise PayloadError("missing X-Shopify-Topic header")
         payload = request.json()
-        event_type = TOPICS.get(topic, f"shopify.{topic}")
         shop = request.header("X-Shopify-Shop-Domain")
-        order = customer = shipping = refund = product = None
-        if topic.startswith(("orders/", "checkouts/")):
-            order, customer = _order(payload, shop), _customer(payload)
-            lines = fields.records(payload.get("shipping_lines"))
-            shipping = Shipping(_address(payload.get("shipping_address")),
-                                fields.text(lines[0].get("title")) if lines else "")
-        elif topic == "refunds/create":
-            refund = _refund(payload)
-        elif topic.startswith("customers/"):
-            customer = _customer({"customer": payload})
-        elif topic == "inventory_levels/update":
-            product = Product(sku=fields.text(payload.get("inventory_item_id")),
-                              stock=fields.integer(payload.get("available")))
-            if product.stock is not None and product.stock <= self.options.low_stock_threshold:
-                event_type = events.INVENTORY_LOW
+        event_type = TOPICS.get(topic, f"shopify.{topic}")
+        parts = _parts(topic, payload, shop)
+        product = parts.get("product")
+        if topic == "inventory_levels/update" and product.stock is not None and (
+                product.stock <= self.options.low_stock_threshold):
+            event_type = events.INVENTORY_LOW
+        elif topic == "order_transactions/create":
+            event_type = _transaction_type(parts["payment"]) or event_type
+        elif topic == "disputes/update" and parts["payment"].status in CLOSED_DISPUTES:
+            event_type = events.DISPUTE_CLOSED
         return Event(
             id=request.header("X-Shopify-Webhook-Id") or request.body_digest(),
             type=event_type,
             source=SourceRef(self.name, self.platform),
+            test=payload.get("test") is True,
             occurred_at=fields.timestamp(payload.get("updated_at") or payload.get("created_at")),
-            order=order,
-            customer=customer,
-            shipping=shipping,
-            refund=refund,
-            product=product,
             raw=payload,
+            **parts,
         )
+
+
+def _parts(topic: str, payload: dict[str, Any], shop: str) -> dict[str, Any]:
+    """The canonical parts a topic's body fills."""
+    resource = topic.partition("/")[0]
+    order_ref = _order_ref(fields.text(payload.get("order_id")), shop)
+    if topic == "orders/edited":
+        order_edit = fields.mapping(payload.get("order_edit"))
+        return {"order": _order_ref(fields.text(order_edit.get("order_id")), shop)}
+    if topic == "orders/delete":  # the body is the id alone; the order page is gone
+        return {"order": Order(id=fields.text(payload.get("id")))}
+    if resource in ("orders", "checkouts", "draft_orders"):
+        lines = fields.records(payload.get("shipping_lines"))
+        order = _order(payload, shop)
+        if resource == "draft_orders":
+            order = replace(order, admin_url=_admin_url(shop, order.id, "draft_orders"))
+        return {"order": order, "customer": _customer(payload),
+                "shipping": Shipping(_address(payload.get("shipping_address")),
+                                     fields.text(lines[0].get("title")) if lines else "")}
+    if topic == "refunds/create":
+        return {"refund": _refund(payload), "order": order_ref}
+    if resource == "customers":
+        return {"customer": _customer({"customer": payload})}
+    if topic == "inventory_levels/update":  # names the inventory item, not the product
+        return {"product": Product(id=fields.text(payload.get("inventory_item_id")),
+                                   stock=fields.integer(payload.get("available")))}
+    if resource == "products":
+        return {"product": Product(id=fields.text(payload.get("id")),
+                                   name=fields.text(payload.get("title")))}
+    if resource == "fulfillments":
+        return {"order": order_ref, "shipment": _shipment(payload),
+                "customer": Customer(email=fields.text(payload.get("email"))),
+                "shipping": Shipping(_address(payload.get("destination")))}
+    if resource in ("disputes", "order_transactions"):
+        return {"order": order_ref, "payment": _payment(payload)}
+    if resource == "returns":
+        return {"order": _order_ref(fields.text(fields.dig(payload, "order.id")), shop)}
+    # Any other topic: what it is about, when the body says, for the fallback message.
+    has_amount = fields.amount(payload.get("amount")) is not None
+    return {"order": order_ref, "payment": _payment(payload) if has_amount else None}
+
+
+def _transaction_type(payment: Payment) -> str:
+    """A failed transaction is a failed payment; a money-taking one that succeeded, a payment."""
+    if payment.status in ("failure", "error"):
+        return events.PAYMENT_FAILED
+    if payment.status == "success" and payment.kind in ("authorization", "capture", "sale"):
+        return events.PAYMENT_SUCCEEDED
+    return ""
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -111,13 +166,18 @@ def sign(secret: bytes, body: bytes) -> str:
     return base64.b64encode(hmac.digest(secret, body, hashlib.sha256)).decode()
 
 
+def _order_ref(order_id: str, shop_domain: str) -> Order | None:
+    """The order a refund, dispute or transaction is about: its id (and link) only."""
+    return Order(id=order_id, admin_url=_admin_url(shop_domain, order_id)) if order_id else None
+
+
 def _order(payload: dict[str, Any], shop_domain: str) -> Order:
     order_id = fields.text(payload.get("id"))
-    number = fields.text(payload.get("order_number") or order_id)
+    number = fields.text(payload.get("order_number"))
     return Order(
         id=order_id,
         number=number,
-        name=fields.text(payload.get("name")) or f"#{number}",
+        name=fields.text(payload.get("name")) or (f"#{number}" if number else ""),
         total=fields.amount(payload.get("total_price")),
         subtotal=fields.amount(payload.get("subtotal_price")),
         currency=fields.text(payload.get("currency")),
@@ -138,7 +198,31 @@ def _order(payload: dict[str, Any], shop_domain: str) -> Order:
         admin_url=fields.text(payload.get("abandoned_checkout_url"))
         or _admin_url(shop_domain, order_id),
         tags=fields.tags(payload.get("tags")),
+        cancel_reason=fields.text(payload.get("cancel_reason")),
     )
+
+
+def _shipment(fulfillment: dict[str, Any]) -> Shipment:
+    numbers = fields.tags(fulfillment.get("tracking_numbers")) or fields.tags(
+        fulfillment.get("tracking_number"))
+    urls = fields.tags(fulfillment.get("tracking_urls")) or fields.tags(
+        fulfillment.get("tracking_url"))
+    return Shipment(id=fields.text(fulfillment.get("name")),
+                    carrier=fields.text(fulfillment.get("tracking_company")),
+                    tracking_number=", ".join(numbers), tracking_url=urls[0] if urls else "",
+                    status=fields.text(fulfillment.get("shipment_status")
+                                       or fulfillment.get("status")))
+
+
+def _payment(payload: dict[str, Any]) -> Payment:
+    """A dispute or an order transaction."""
+    return Payment(amount=fields.amount(payload.get("amount")),
+                   currency=fields.text(payload.get("currency")),
+                   status=fields.text(payload.get("status")),
+                   reason=fields.text(payload.get("reason") or payload.get("message")
+                                      or payload.get("error_code")),
+                   id=fields.text(payload.get("id")), kind=fields.text(payload.get("kind")),
+                   due_at=fields.timestamp(payload.get("evidence_due_by")))
 
 
 def _customer(payload: dict[str, Any]) -> Customer:
@@ -177,16 +261,25 @@ def _refund(payload: dict[str, Any]) -> Refund:
     transactions = fields.records(payload.get("transactions"))
     amounts = [a for a in (fields.amount(t.get("amount")) for t in transactions) if a is not None]
     total = sum(amounts, Decimal(0)) if amounts else None
+    # Shopify's transactions may carry "currency": null; the shop's money says it then.
     currency = next((fields.text(t.get("currency")) for t in transactions if t.get("currency")),
-                    "")
+                    "") or _shop_currency(payload)
     return Refund(amount=total, currency=currency, reason=fields.text(payload.get("note")),
                   order_id=fields.text(payload.get("order_id")))
 
 
-def _admin_url(shop_domain: str, order_id: str) -> str:
+def _shop_currency(payload: dict[str, Any]) -> str:
+    """The shop's currency, from the first ``…_set.shop_money`` amount of a refund."""
+    sets = [payload.get("total_duties_set")] + [
+        line.get("subtotal_set") for line in fields.records(payload.get("refund_line_items"))]
+    return next((code for code in (fields.text(fields.dig(money, "shop_money.currency_code"))
+                                   for money in sets) if code), "")
+
+
+def _admin_url(shop_domain: str, order_id: str, kind: str = "orders") -> str:
     if not (shop_domain and order_id):
         return ""
     handle = shop_domain.removesuffix(".myshopify.com")
     if handle != shop_domain:
-        return f"https://admin.shopify.com/store/{handle}/orders/{order_id}"
-    return f"https://{shop_domain}/admin/orders/{order_id}"
+        return f"https://admin.shopify.com/store/{handle}/{kind}/{order_id}"
+    return f"https://{shop_domain}/admin/{kind}/{order_id}"

@@ -58,30 +58,7 @@ class StandardWebhooksSource(Source):
         self._clock = clock  # injectable so tests need no sleeps
 
     def verify(self, request: WebhookRequest) -> None:
-        for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
-            if not request.header(name):
-                raise SignatureError(f"missing {name} header")
-        msg_id, stamp = request.header("webhook-id"), request.header("webhook-timestamp")
-        try:
-            sent_at = int(stamp)
-        except ValueError:
-            raise SignatureError("webhook-timestamp is not unix seconds") from None
-        tolerance = self.options.tolerance
-        age = self._clock() - sent_at
-        if age > tolerance:
-            raise SignatureError(f"webhook-timestamp is too old (outside the {tolerance} s "
-                                 "tolerance)")
-        if age < -tolerance:
-            raise SignatureError(f"webhook-timestamp is too new (outside the {tolerance} s "
-                                 "tolerance)")
-        given = [sig for version, _, sig in (
-            entry.partition(",") for entry in request.header("webhook-signature").split())
-            if version == "v1" and sig]
-        if not given:
-            raise SignatureError("webhook-signature holds no v1 signature")
-        expected = [sign(key, msg_id, stamp, request.body) for key in self._keys]
-        if not any(matches_any(sig, expected) for sig in given):
-            raise SignatureError("webhook-signature does not match the body")
+        check_signature(request, self._keys, self._clock(), self.options.tolerance)
 
     def parse(self, request: WebhookRequest) -> Event:
         payload = request.json()
@@ -103,6 +80,35 @@ class StandardWebhooksSource(Source):
             payment=payment,
             raw=payload,
         )
+
+
+def check_signature(request: WebhookRequest, keys: tuple[bytes, ...], now: float,
+                    tolerance: int) -> None:
+    """Raise SignatureError unless the request carries a fresh ``v1`` signature by one of
+    ``keys`` (the HMAC keys themselves, already decoded)."""
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        if not request.header(name):
+            raise SignatureError(f"missing {name} header")
+    msg_id, stamp = request.header("webhook-id"), request.header("webhook-timestamp")
+    try:
+        sent_at = int(stamp)
+    except ValueError:
+        raise SignatureError("webhook-timestamp is not unix seconds") from None
+    age = now - sent_at
+    if age > tolerance:
+        raise SignatureError(f"webhook-timestamp is too old (outside the {tolerance} s "
+                             "tolerance)")
+    if age < -tolerance:
+        raise SignatureError(f"webhook-timestamp is too new (outside the {tolerance} s "
+                             "tolerance)")
+    given = [sig for version, _, sig in (
+        entry.partition(",") for entry in request.header("webhook-signature").split())
+        if version == "v1" and sig]
+    if not given:
+        raise SignatureError("webhook-signature holds no v1 signature")
+    expected = [sign(key, msg_id, stamp, request.body) for key in keys]
+    if not any(matches_any(sig, expected) for sig in given):
+        raise SignatureError("webhook-signature does not match the body")
 
 
 def decode_secret(secret: str) -> bytes:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -45,8 +46,12 @@ TOPICS = {
     "checkout.session.completed": events.ORDER_PAID,
     "payment_intent.succeeded": events.PAYMENT_SUCCEEDED,
     "payment_intent.payment_failed": events.PAYMENT_FAILED,
+    "charge.succeeded": events.PAYMENT_SUCCEEDED,
+    "charge.failed": events.PAYMENT_FAILED,
     "charge.refunded": events.REFUND_CREATED,
+    "refund.created": events.REFUND_CREATED,
     "charge.dispute.created": events.DISPUTE_CREATED,
+    "charge.dispute.closed": events.DISPUTE_CLOSED,
     "invoice.paid": events.INVOICE_PAID,
     "invoice.payment_failed": events.INVOICE_FAILED,
     "customer.subscription.created": events.SUBSCRIPTION_CREATED,
@@ -96,43 +101,75 @@ class StripeSource(Source):
         obj = data.get("object") if isinstance(data, dict) else None
         obj = obj if isinstance(obj, dict) else {}
         livemode = bool(payload.get("livemode", obj.get("livemode", True)))
-        order = customer = shipping = refund = payment = None
-        if topic == "checkout.session.completed":
-            order, customer = _order(obj, livemode), _customer(obj.get("customer_details"))
-            details = fields.mapping(obj.get("collected_information"))
-            shipping = _shipping(obj.get("shipping_details") or details.get("shipping_details"))
-        elif topic.startswith("payment_intent."):
-            # A failed intent received nothing: its amount is what was asked for.
-            payment = _payment(obj, obj.get("amount_received") or obj.get("amount"), _error(obj))
-            if obj.get("receipt_email"):
-                customer = Customer(email=fields.text(obj.get("receipt_email")))
-            shipping = _shipping(obj.get("shipping"))
-        elif topic == "charge.refunded":
-            refund = _refund(obj)
-            payment = _payment(obj, obj.get("amount"))
-            customer = _customer(obj.get("billing_details"))
-        elif topic.startswith("charge.dispute."):
-            payment = _payment(obj, obj.get("amount"), fields.text(obj.get("reason")))
-        elif topic.startswith("invoice."):
-            paid = topic == "invoice.paid"
-            payment = _payment(obj, obj.get("amount_paid" if paid else "amount_due"))
-            customer = _customer({"name": obj.get("customer_name"),
-                                  "email": obj.get("customer_email")})
-        elif topic.startswith("customer.subscription."):
-            reason = fields.mapping(obj.get("cancellation_details")).get("reason")
-            payment = _payment(obj, _recurring_amount(obj), fields.text(reason))
         return Event(
             id=fields.text(payload.get("id")) or request.body_digest(),
             type=TOPICS.get(topic, f"stripe.{topic}"),
             source=SourceRef(self.name, self.platform),
+            test=not livemode,
             occurred_at=fields.timestamp(payload.get("created")),
-            order=order,
-            customer=customer,
-            shipping=shipping,
-            refund=refund,
-            payment=payment,
             raw=payload,
+            **_parts(topic, obj, Dashboard(livemode)),
         )
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Links into the Stripe dashboard, of live or test mode."""
+
+    livemode: bool
+
+    def url(self, kind: str, object_id: str) -> str:
+        mode = "" if self.livemode else "test/"
+        return f"https://dashboard.stripe.com/{mode}{kind}/{object_id}" if object_id else ""
+
+
+def _parts(topic: str, obj: dict[str, Any], dashboard: Dashboard) -> dict[str, Any]:
+    """The canonical parts an event's object fills."""
+    if topic == "checkout.session.completed":
+        details = fields.mapping(obj.get("collected_information"))
+        return {"order": _order(obj, dashboard), "customer": _customer(obj.get("customer_details")),
+                "shipping": _shipping(obj.get("shipping_details")
+                                      or details.get("shipping_details"))}
+    if topic.startswith("payment_intent."):
+        # A failed intent received nothing: its amount is what was asked for.
+        payment = _payment(obj, obj.get("amount_received") or obj.get("amount"), _error(obj),
+                           dashboard.url("payments", fields.text(obj.get("id"))))
+        email = fields.text(obj.get("receipt_email"))
+        return {"payment": payment, "customer": Customer(email=email) if email else None,
+                "shipping": _shipping(obj.get("shipping"))}
+    if topic.startswith("charge.dispute."):
+        due_by = fields.mapping(obj.get("evidence_details")).get("due_by")
+        payment = _payment(obj, obj.get("amount"), fields.text(obj.get("reason")),
+                           dashboard.url("disputes", fields.text(obj.get("id"))))
+        return {"payment": replace(payment, due_at=fields.timestamp(due_by))}
+    if topic.startswith("charge."):  # refunded, succeeded, failed…
+        paid = dashboard.url("payments", fields.text(obj.get("payment_intent") or obj.get("id")))
+        return {"refund": _refund(obj) if topic == "charge.refunded" else None,
+                "payment": _payment(obj, obj.get("amount"), _failure(obj), paid),
+                "customer": _customer(obj.get("billing_details"))}
+    if topic.startswith("refund."):
+        currency = fields.text(obj.get("currency"))
+        paid_with = fields.text(obj.get("payment_intent") or obj.get("charge"))
+        return {"refund": Refund(id=fields.text(obj.get("id")),
+                                 amount=_money(obj.get("amount"), currency),
+                                 currency=currency.upper(), reason=fields.text(obj.get("reason"))),
+                "payment": Payment(id=paid_with, admin_url=dashboard.url("payments", paid_with))}
+    if topic.startswith("invoice."):
+        return {"payment": _invoice(obj, topic == "invoice.paid", dashboard),
+                "customer": _customer({"name": obj.get("customer_name"),
+                                       "email": obj.get("customer_email")})}
+    if topic.startswith("customer.subscription."):
+        reason = fields.mapping(obj.get("cancellation_details")).get("reason")
+        # Older API versions put the currency only on the items' prices (and the plan).
+        currency = obj.get("currency") or next(
+            (price.get("currency") for price in _prices(obj) if price.get("currency")), "")
+        return {"payment": _payment(obj | {"currency": currency}, _recurring_amount(obj),
+                                    fields.text(reason),
+                                    dashboard.url("subscriptions", fields.text(obj.get("id"))))}
+    # Any other type (a payout, a top-up…): its amount, for the fallback message.
+    if obj.get("amount") is not None:
+        return {"payment": _payment(obj, obj.get("amount"))}
+    return {}
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -169,7 +206,7 @@ def _money(value: Any, currency: str) -> Decimal | None:
     return fields.minor_units(value, exponent(currency))
 
 
-def _order(session: dict[str, Any], livemode: bool) -> Order:
+def _order(session: dict[str, Any], dashboard: Dashboard) -> Order:
     session_id = fields.text(session.get("id"))
     currency = fields.text(session.get("currency"))
     metadata = fields.mapping(session.get("metadata"))
@@ -193,7 +230,7 @@ def _order(session: dict[str, Any], livemode: bool) -> Order:
             )
             for item in fields.records(line_items.get("data"))
         ),
-        admin_url=_admin_url(fields.text(session.get("payment_intent")), livemode),
+        admin_url=dashboard.url("payments", fields.text(session.get("payment_intent"))),
     )
 
 
@@ -219,11 +256,22 @@ def _shipping(details: Any) -> Shipping | None:
     ), fields.text(details.get("carrier")))
 
 
-def _payment(obj: dict[str, Any], amount: Any, reason: str = "") -> Payment:
+def _payment(obj: dict[str, Any], amount: Any, reason: str = "", admin_url: str = "") -> Payment:
     currency = fields.text(obj.get("currency"))
     return Payment(amount=_money(amount, currency), currency=currency.upper(),
                    status=fields.text(obj.get("status")), reason=reason,
-                   id=fields.text(obj.get("id")))
+                   id=fields.text(obj.get("id")), admin_url=admin_url)
+
+
+def _invoice(invoice: dict[str, Any], paid: bool, dashboard: Dashboard) -> Payment:
+    payment = _payment(invoice, invoice.get("amount_paid" if paid else "amount_due"),
+                       admin_url=dashboard.url("invoices", fields.text(invoice.get("id"))))
+    return replace(payment, number=fields.text(invoice.get("number")),
+                   invoice_url=fields.text(invoice.get("hosted_invoice_url")))
+
+
+def _failure(charge: dict[str, Any]) -> str:
+    return fields.text(charge.get("failure_message") or charge.get("failure_code"))
 
 
 def _error(intent: dict[str, Any]) -> str:
@@ -241,18 +289,20 @@ def _refund(charge: dict[str, Any]) -> Refund:
 
 def _recurring_amount(subscription: dict[str, Any]) -> int | None:
     """What the subscription bills each period: the sum of its items' unit price × quantity."""
-    amounts = [
-        (fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
-         fields.integer(item.get("quantity")))
-        for item in fields.records(fields.mapping(subscription.get("items")).get("data"))
-    ]
+    amounts = [(fields.integer(fields.mapping(item.get("price")).get("unit_amount")),
+                fields.integer(item.get("quantity"))) for item in _items(subscription)]
     if not amounts or any(unit is None for unit, _ in amounts):
         return None  # metered or tiered prices have no fixed amount
     return sum(unit * (1 if quantity is None else quantity) for unit, quantity in amounts)
 
 
-def _admin_url(payment_intent: str, livemode: bool) -> str:
-    if not payment_intent:
-        return ""
-    mode = "" if livemode else "test/"
-    return f"https://dashboard.stripe.com/{mode}payments/{payment_intent}"
+def _prices(subscription: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prices (and, on older API versions, plans) of a subscription's items, then its own
+    plan."""
+    found = [fields.mapping(item.get(key)) for item in _items(subscription)
+             for key in ("price", "plan")]
+    return [*found, fields.mapping(subscription.get("plan"))]
+
+
+def _items(subscription: dict[str, Any]) -> list[dict[str, Any]]:
+    return fields.records(fields.mapping(subscription.get("items")).get("data"))

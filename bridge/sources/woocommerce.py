@@ -50,6 +50,8 @@ ORDER_STATUS_TYPES = {
     "cancelled": events.ORDER_CANCELLED,
     "refunded": events.REFUND_CREATED,
 }
+CUSTOMER_TYPES = {"created": events.CUSTOMER_CREATED, "updated": events.CUSTOMER_UPDATED}
+PRODUCT_TYPES = {"created": events.PRODUCT_CREATED, "updated": events.PRODUCT_UPDATED}
 PING = re.compile(rb"webhook_id=\d+")
 FORM = "application/x-www-form-urlencoded"
 
@@ -104,6 +106,8 @@ class WooCommerceSource(Source):
                 event_type = events.ORDER_CREATED
             elif action == "updated":
                 event_type = ORDER_STATUS_TYPES.get(order.status, events.ORDER_UPDATED)
+            elif action == "deleted":
+                event_type = events.ORDER_DELETED
             if action != "deleted":  # a deleted order's payload is its id alone
                 customer = _order_customer(payload)
                 shipping = _shipping(payload)
@@ -112,12 +116,12 @@ class WooCommerceSource(Source):
                 refund = _refund(payload, order)
         elif resource == "customer" and action != "deleted":
             customer = _customer(payload)
-            if action == "created":
-                event_type = events.CUSTOMER_CREATED
+            event_type = CUSTOMER_TYPES.get(action, event_type)
         elif resource == "product" and action != "deleted":
-            product = Product(name=fields.text(payload.get("name")),
-                              sku=fields.text(payload.get("sku")),
+            product = Product(id=_text(payload.get("id")), name=_text(payload.get("name")),
+                              sku=_text(payload.get("sku")),
                               stock=fields.integer(payload.get("stock_quantity")))
+            event_type = PRODUCT_TYPES.get(action, event_type)
             if action in ("created", "updated") and self._is_low(payload, product):
                 event_type = events.INVENTORY_LOW
         return Event(
@@ -142,9 +146,9 @@ class WooCommerceSource(Source):
             product.stock <= self.options.low_stock_threshold)
 
     def _order(self, payload: dict[str, Any], shop_url: str) -> Order:
-        order_id = fields.text(payload.get("id"))
-        number = fields.text(payload.get("number") or order_id)
-        status = fields.text(payload.get("status"))
+        order_id = _text(payload.get("id"))
+        number = _text(payload.get("number") or order_id)
+        status = _text(payload.get("status"))
         items = fields.records(payload.get("line_items"))
         subtotals = [a for a in (fields.amount(i.get("subtotal")) for i in items) if a is not None]
         paid = payload.get("date_paid_gmt") or payload.get("date_paid")
@@ -154,16 +158,16 @@ class WooCommerceSource(Source):
             name=f"#{number}" if number else "",
             total=fields.amount(payload.get("total")),
             subtotal=sum(subtotals, Decimal(0)) if subtotals else None,
-            currency=fields.text(payload.get("currency")),
+            currency=_text(payload.get("currency")),
             status=status,
             financial_status="refunded" if status == "refunded" else (
                 "paid" if paid else "pending"),
             fulfillment_status="fulfilled" if status == "completed" else "",
             items=tuple(
                 LineItem(
-                    name=fields.text(item.get("name")),
+                    name=_text(item.get("name")),
                     quantity=fields.integer(item.get("quantity")) or 1,
-                    sku=fields.text(item.get("sku")),
+                    sku=_text(item.get("sku")),
                     price=fields.amount(item.get("price")),
                 )
                 for item in items
@@ -186,6 +190,12 @@ def sign(key: bytes, body: bytes) -> str:
     return base64.b64encode(hmac.digest(key, body, hashlib.sha256)).decode()
 
 
+def _text(value: Any) -> str:
+    """A text field as WooCommerce writes it: HTML entities decoded (``&amp;`` -> ``&``,
+    ``&#8482;`` -> ``™``), since WordPress stores names and titles HTML-encoded."""
+    return html.unescape(fields.text(value))
+
+
 def _gmt(value: Any) -> datetime | None:
     """WooCommerce's ``*_gmt`` fields are UTC without an offset."""
     moment = fields.timestamp(value)
@@ -195,21 +205,22 @@ def _gmt(value: Any) -> datetime | None:
 def _name(part: Any) -> str:
     if not isinstance(part, dict):
         return ""
-    return " ".join(p for p in (fields.text(part.get("first_name")).strip(),
-                                fields.text(part.get("last_name")).strip()) if p)
+    return " ".join(p for p in (_text(part.get("first_name")).strip(),
+                                _text(part.get("last_name")).strip()) if p)
 
 
 def _order_customer(payload: dict[str, Any]) -> Customer:
     billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
     return Customer(name=_name(billing) or _name(payload.get("shipping")),
-                    email=fields.text(billing.get("email")))
+                    email=_text(billing.get("email")))
 
 
 def _customer(payload: dict[str, Any]) -> Customer:
     billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
     return Customer(
+        id=_text(payload.get("id")),
         name=_name(payload) or _name(billing),
-        email=fields.text(payload.get("email") or billing.get("email")),
+        email=_text(payload.get("email") or billing.get("email")),
         orders_count=fields.integer(payload.get("orders_count")),  # legacy API only
     )
 
@@ -220,19 +231,19 @@ def _shipping(payload: dict[str, Any]) -> Shipping:
     if isinstance(value, dict):
         address = Address(
             name=_name(value),
-            line1=fields.text(value.get("address_1")),
-            line2=fields.text(value.get("address_2")),
-            city=fields.text(value.get("city")),
-            region=fields.text(value.get("state")),
-            postal_code=fields.text(value.get("postcode")),
-            country=fields.text(value.get("country")),
+            line1=_text(value.get("address_1")),
+            line2=_text(value.get("address_2")),
+            city=_text(value.get("city")),
+            region=_text(value.get("state")),
+            postal_code=_text(value.get("postcode")),
+            country=_text(value.get("country")),
         )
         if not str(address):  # virtual goods: WooCommerce sends every field empty
             address = None
     lines = payload.get("shipping_lines")
     method = ""
     if isinstance(lines, list) and lines and isinstance(lines[0], dict):
-        method = fields.text(lines[0].get("method_title"))
+        method = _text(lines[0].get("method_title"))
     return Shipping(address, method)
 
 
@@ -240,13 +251,13 @@ def _payment(payload: dict[str, Any], order: Order) -> Payment | None:
     if order.financial_status == "pending":
         return None
     return Payment(amount=order.total, currency=order.currency, status=order.financial_status,
-                   id=fields.text(payload.get("transaction_id")))
+                   id=_text(payload.get("transaction_id")))
 
 
 def _refund(payload: dict[str, Any], order: Order) -> Refund:
     # Refund totals are negative in the order's "refunds" list; without one, all was refunded.
     refunds = fields.records(payload.get("refunds"))
     amounts = [abs(a) for a in (fields.amount(r.get("total")) for r in refunds) if a is not None]
-    reason = next((fields.text(r.get("reason")) for r in refunds if r.get("reason")), "")
+    reason = next((_text(r.get("reason")) for r in refunds if r.get("reason")), "")
     total = sum(amounts, Decimal(0)) if amounts else order.total
     return Refund(amount=total, currency=order.currency, reason=reason)
