@@ -4,8 +4,8 @@ Nothing in a template can reach Python internals (Jinja's immutable sandbox), a 
 blank rather than an error, and every value written out is made chat-safe (``filters.chat_safe``:
 no line, mention or link of its own). That rule rides on Jinja's autoescaping, which already
 tells the template's own text (its lines, macros, ``{% set %}`` blocks, ``raw``) from values;
-only its HTML escaping is replaced, by ``filters.finalize``. No value a template builds, and no
-message, grows past ``delivery.max_message_chars``.
+only its HTML escaping is replaced, by ``filters.finalize``. Rendering stops a little past
+``delivery.max_message_chars``, and ``*`` or ``**`` that would build more is refused.
 
 Routing and rendering run for every route of every event, so Jinja's per-call overheads are
 avoided where that changes nothing (bench/route_render.py measures it): an event's names are
@@ -48,7 +48,10 @@ _EVENT_FIELDS: dict[type, frozenset[str]] = {
 
 class _ChatCodeGenerator(CodeGenerator):
     """Jinja's compiler with autoescaping's bookkeeping (what is Markup: the template's own) but
-    none of its HTML escaping: ``filters.finalize`` is the only escaping a value gets."""
+    none of its HTML escaping: ``filters.finalize`` is the only escaping a value gets.
+
+    The two ``_output_child_*`` methods are Jinja's internals (3.1); tests/test_chat_safe.py
+    fails if a Jinja upgrade changes them (``&`` turning into ``&amp;``)."""
 
     def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
         """``{{ value }}`` is ``str(environment.finalize(value))``, never ``escape(…)``."""
