@@ -9,7 +9,12 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
   by an HMAC of its id under the token: signing out deletes it, and a new token ends every
   session at once. A script sends ``Authorization: Bearer <token>`` instead, and may ask for
   JSON (``Accept: application/json``). Tokens are compared with ``hmac.compare_digest``; a wrong
-  one gets a plain 401, with no hint.
+  one gets a plain 401, with no hint. After ``LOGIN_FAILURES_PER_MINUTE`` wrong tokens (signing
+  in or bearer) from one client address within a clock minute, that address gets 429 with
+  ``Retry-After`` until the minute is over, the right token included; counted in Redis
+  (``pumble-bridge:<queue>:admin:login-failures:…``), so every receiver process sees them.
+- ``next`` (where to go after signing in) must be a path under the admin pages, without control
+  characters or dot segments; anything else is a 400.
 - Every POST (the dead letters' Retry and Purge buttons, sign-out) carries the session's CSRF
   token in a hidden field, checked in constant time. A request a browser marks as cross-site
   (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an ``Origin`` naming
@@ -39,13 +44,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
+import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -65,6 +73,8 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "pumble_bridge_admin"
 SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
 MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
+LOGIN_FAILURES_PER_MINUTE = 10  # wrong tokens from one address before it waits for the next minute
+MAX_NEXT_CHARS = 2048
 RECENT_EVENTS = 50
 TEMPLATES = Path(__file__).resolve().parent / "admin_templates"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -82,15 +92,18 @@ def rate_limiter(config: Config, connection: redis.Redis) -> RateLimiter:
 
 
 def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloader[Pipeline],
-                    limiter: RateLimiter, *, url_prefix: str = "/admin") -> Blueprint:
+                    limiter: RateLimiter, *, url_prefix: str = "/admin",
+                    clock: Callable[[], float] = time.time) -> Blueprint:
     """The admin pages under ``url_prefix``, guarded by ``config.admin.token`` (read once: a new
     token takes a restart). Routes, sources, accounts and the time zone follow ``pipelines``, the
-    receiver's live config."""
+    receiver's live config. ``clock``: the time login failures are counted by."""
     bp = Blueprint("admin", __name__, url_prefix=url_prefix)
+    prefix = url_prefix.rstrip("/")
     if config.admin.token is None:
         return bp  # off: no routes, every /admin URL is a 404
     token = config.admin.token.get_secret_value().encode()
     sessions = _Sessions(queue.rq.connection, queue.rq.name, token)
+    failures = _LoginFailures(queue.rq.connection, queue.rq.name, clock)
     activity = Activity(queue)
     letters = DeadLetters(queue)
     env = _environment()
@@ -110,10 +123,15 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
                         text="This request did not come from the admin page.")
         g.admin_bearer, g.admin_csrf = False, None
         authorization = request.headers.get("Authorization")
+        if authorization is not None or request.endpoint == "admin.login":
+            wait = failures.wait(client())
+            if wait:
+                return throttled(wait)
         if authorization is not None:
             scheme, _, given = authorization.partition(" ")
             if scheme.lower() != "bearer" or not _same(given.strip().encode(), token):
-                log.warning("admin: wrong bearer token from %s", request.remote_addr)
+                log.warning("admin: wrong bearer token from %s", client())
+                failures.add(client())
                 return unauthorized()
             g.admin_bearer = True
         else:
@@ -153,9 +171,28 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
     def unauthorized():
         if wants_json():
             return jsonify({"error": "unauthorized"}), 401
-        return page("login.html", 401, title="Sign in", failed=False,
-                    next=_safe_next(request.full_path if request.method == "GET" else "",
-                                    bp.url_prefix or ""))
+        here = _next_target(request.full_path, prefix) if request.method == "GET" else ""
+        return page("login.html", 401, title="Sign in", failed=False, next=here or "")
+
+    def throttled(wait: int):
+        log.warning("admin: sign-in refused for %s: too many wrong tokens", client())
+        if wants_json() or request.headers.get("Authorization") is not None:
+            answer = jsonify({"error": "too many wrong tokens; try again later"})
+        else:
+            answer = page("message.html", title="Too many attempts",
+                          text="Too many wrong tokens from this address. Try again later.")
+        answer.status_code = 429
+        answer.headers["Retry-After"] = str(wait)
+        return answer
+
+    def client() -> str:
+        return request.remote_addr or ""
+
+    def next_or_400(target: str) -> str:
+        checked = _next_target(target, prefix)
+        if checked is None:
+            abort(400, "next must be a path under the admin pages")
+        return checked
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -192,29 +229,30 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         if g.admin_bearer or g.admin_csrf is not None:
             return redirect(url_for("admin.events"), 303)
         return page("login.html", title="Sign in", failed=False,
-                    next=_safe_next(request.args.get("next", ""), bp.url_prefix or ""))
+                    next=next_or_400(request.args.get("next", "")))
 
     @bp.post("/login")
     def login():
         given = request.form.get("token", "")
-        target = _safe_next(request.form.get("next", ""), bp.url_prefix or "")
+        target = next_or_400(request.form.get("next", ""))
         if not _same(given.encode(), token):
-            log.warning("admin: wrong token from %s", request.remote_addr)
+            log.warning("admin: wrong token from %s", client())
+            failures.add(client())
             return page("login.html", 401, title="Sign in", failed=True, next=target)
         sessions.delete(request.cookies.get(SESSION_COOKIE, ""))  # signing in again: a new one
         session_id = sessions.create()
         response = redirect(target or url_for("admin.events"), 303)
         response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL,
-                            path=bp.url_prefix or "/", secure=request.is_secure, httponly=True,
+                            path=prefix or "/", secure=request.is_secure, httponly=True,
                             samesite="Strict")
-        log.info("admin: signed in from %s", request.remote_addr)
+        log.info("admin: signed in from %s", client())
         return response
 
     @bp.post("/logout")
     def logout():
         sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
         response = redirect(url_for("admin.login_form"), 303)
-        response.delete_cookie(SESSION_COOKIE, path=bp.url_prefix or "/", httponly=True,
+        response.delete_cookie(SESSION_COOKIE, path=prefix or "/", httponly=True,
                                samesite="Strict", secure=request.is_secure)
         return response
 
@@ -346,6 +384,32 @@ class _Sessions:
             self.connection.delete(self._redis_key(session_id))
 
 
+class _LoginFailures:
+    """Wrong tokens by client address and clock minute, in Redis (the receiver may run several
+    processes): LOGIN_FAILURES_PER_MINUTE in one minute, and the address waits for the next."""
+
+    def __init__(self, connection: redis.Redis, namespace: str, clock: Callable[[], float]):
+        self.connection = connection
+        self._prefix = f"pumble-bridge:{namespace}:admin:login-failures:"
+        self._clock = clock
+
+    def _key(self, address: str) -> tuple[str, float]:
+        """The address's key for this minute, and the seconds left in the minute."""
+        minute, into = divmod(self._clock(), 60)
+        return f"{self._prefix}{int(minute)}:{address}", 60 - into
+
+    def wait(self, address: str) -> int:
+        """Seconds until ``address`` may try a token again; 0 when it may now."""
+        key, left = self._key(address)
+        count = self.connection.get(key)
+        return math.ceil(left) if count and int(count) >= LOGIN_FAILURES_PER_MINUTE else 0
+
+    def add(self, address: str) -> None:
+        key, _ = self._key(address)
+        with self.connection.pipeline() as pipe:
+            pipe.incr(key).expire(key, 120).execute()
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -368,14 +432,21 @@ def _cross_site() -> bool:
     return origin == "null" or urlsplit(origin).netloc != request.host
 
 
-def _safe_next(target: str, prefix: str) -> str:
-    """A place under the admin pages to go back to after signing in, or ''."""
+def _next_target(target: str, prefix: str) -> str | None:
+    """``target`` when it is a place under the admin pages to go back to after signing in ('' for
+    none), else None: another site, another part of this one, the sign-in pages, a dot segment,
+    a control character (a CR/LF would end up in the Location header)."""
     target = target.rstrip("?")
-    parts = urlsplit(target)
-    if (parts.scheme or parts.netloc or not target.startswith(prefix + "/")
-            or target.startswith("//") or "\\" in target
-            or parts.path.startswith(prefix + "/log")):
+    if not target:
         return ""
+    parts = urlsplit(target)
+    path = unquote(parts.path)
+    if (len(target) > MAX_NEXT_CHARS or parts.scheme or parts.netloc or "\\" in target
+            or not (path == prefix or path.startswith(prefix + "/"))
+            or path.startswith(prefix + "/log") or {".", ".."} & set(path.split("/"))
+            or any(unicodedata.category(ch)[0] == "C" or ch in "\u2028\u2029"
+                   for ch in unquote(target))):
+        return None
     return target
 
 

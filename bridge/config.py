@@ -130,6 +130,10 @@ class DeliverySettings(_Model):
     digest: DigestSettings = DigestSettings()
     # Seconds a thread reply waits for its root message to appear before it is posted alone.
     thread_wait: int = Field(120, ge=0)
+    # The longest message text, in characters: a longer one is cut, with a marker. Pumble
+    # documents no limit; this keeps a giant order readable in a chat window, and far below the
+    # 40,000 other chat APIs take.
+    max_message_chars: int = Field(12_000, ge=200, le=40_000)
 
     @field_validator("rate_limits")
     @classmethod

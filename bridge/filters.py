@@ -1,7 +1,12 @@
-"""Jinja filters a shop's messages need. Every one is total: odd input gives text, not an error.
+"""Jinja filters a shop's messages need, and the rule that makes payload values chat-safe.
 
-Payload text is escaped on output by default (see ``escape_mentions``) so a customer named
-``@here`` cannot ping a channel; ``{{ value | raw }}`` opts out.
+Every filter is total: odd input gives text, not an error.
+
+``finalize`` applies ``chat_safe`` to every value a template writes out (see bridge/sandbox.py for
+how the template's own text and macros are told apart from values), so a value reads as what it
+is, a value: it makes no line of its own, no mention, channel reference or link markup.
+``{{ value | raw }}`` opts out, for a field the operator trusts; ``{{ note | quote }}`` writes a
+multi-line value as a quote, every line of it marked.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 # ISO 4217 currencies whose minor unit is not 1/100.
 MINOR_UNITS = {
@@ -22,15 +28,30 @@ MINOR_UNITS = {
 }
 # The smallest amount of each number of minor units: 1, 0.01, 0.001.
 _QUANTUM = {places: Decimal(1).scaleb(-places) for places in {*MINOR_UNITS.values(), 2}}
-# Pumble's mention syntax (<<@USER>>, <<#CHANNEL>>) and broadcast words at the start of a word.
-# A zero-width space keeps them readable but inert; an email address is left alone.
-_MENTION_OPEN = re.compile(r"<<")
-_AT_WORD = re.compile(r"(?<![\w.+-])@(?=\w)")
+
+# What chat_safe changes. A zero-width space keeps a value readable as written but breaks the
+# syntax Pumble would act on: mentions and channel references (<<@USER>>, <<#CHANNEL>>, and
+# <<!here>> alike), broadcast words (@here, @channel), markdown links ([text](url)).
 ZERO_WIDTH_SPACE = "\u200b"
-
-
-class Raw(str):
-    """Text a template author vouches for: written out without escaping."""
+_LINE_BREAK = r"\n\r\v\f\x1c-\x1f\x85\u2028\u2029"  # what str.splitlines splits on, and \x1f
+# Controls that print nothing, and the bidi embeddings, overrides and isolates that would turn
+# the template's text after a value around.
+_HIDDEN = r"\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069"
+# Quick to rule out: a value of letters, digits and common punctuation needs nothing done.
+_NEEDS_WORK = re.compile(r"[^\w .,'&/:#+%-]")
+_CONTROL = re.compile(rf"[{_LINE_BREAK}{_HIDDEN}]")
+_LINE_BREAKS = re.compile(rf"[ \t]*[{_LINE_BREAK}]\s*")
+_HIDDEN_CHARS = re.compile(rf"[{_HIDDEN}]")
+# Every "<" of a value, and its full-width and small look-alikes: with one on either side (the
+# template's, or another value's) it could open a mention. One already followed by the space is
+# left alone, so the rule can run twice.
+_OPENER = re.compile(rf"[<\uff1c\ufe64](?!{ZERO_WIDTH_SPACE})")
+# An "@" that starts a word (an e-mail address's does not), or ends the value (the next value
+# or the template may go on with "here"); a full-width or small "@" wherever it is.
+_MENTION_AT = re.compile(r"[@\uff20\ufe6b](?<![^\W_]@)(?=\w|\Z)")
+# The "](" of a markdown link, or a "]" ending the value (the template or the next value may go
+# on with "("); chat_safe also guards a "(" that starts the value.
+_LINK_MIDDLE = re.compile(r"\](?=\(|\Z)")
 
 
 def _defined(value: Any) -> bool:
@@ -51,16 +72,41 @@ def money(amount: Any, currency: Any = "") -> str:
     return f"{exact:,} {currency}".strip()
 
 
-def escape_mentions(text: str) -> str:
-    """``@here`` -> ``@\u200bhere``, ``<<@U1>>`` -> ``<\u200b<@U1>>``: shown, never a ping."""
-    if "@" not in text and "<<" not in text:
+def chat_safe(text: str) -> str:
+    """Payload text as one value of a chat message: its line breaks collapsed to a space, its
+    invisible controls dropped, and a zero-width space after each character that could start a
+    mention, a broadcast or a link, alone or joined with whatever stands next to it."""
+    if not _NEEDS_WORK.search(text):  # nearly every value: names, numbers, order numbers
         return text
-    text = _MENTION_OPEN.sub("<" + ZERO_WIDTH_SPACE + "<", text)
-    return _AT_WORD.sub("@" + ZERO_WIDTH_SPACE, text)
+    if _CONTROL.search(text):
+        text = _HIDDEN_CHARS.sub("", _LINE_BREAKS.sub(" ", text))
+    text = _OPENER.sub("\\g<0>" + ZERO_WIDTH_SPACE, text)
+    text = _MENTION_AT.sub("\\g<0>" + ZERO_WIDTH_SPACE, text)
+    text = _LINK_MIDDLE.sub("]" + ZERO_WIDTH_SPACE, text)
+    return ZERO_WIDTH_SPACE + text if text.startswith("(") else text
 
 
-def raw(value: Any) -> Raw:
-    return Raw("" if not _defined(value) else value)
+def raw(value: Any) -> Markup:
+    """Written out as it is: for a field the operator trusts (``{{ order.admin_url | raw }}``)."""
+    return Markup("" if not _defined(value) else value)
+
+
+def quote(value: Any) -> Markup:
+    """A multi-line value (an order note) as a quote: each of its lines starts with ``> `` and is
+    chat-safe, so none can pass for one of the template's own lines."""
+    if not _defined(value):
+        return Markup("")
+    lines = [chat_safe(line).strip() for line in str(value).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return Markup("\n".join(f"> {line}".rstrip() for line in lines))
+
+
+def escape(value: Any) -> Markup:
+    """Jinja's ``e``/``escape`` filter, which would escape for HTML: the chat's rule instead."""
+    return value if isinstance(value, Markup) else Markup(chat_safe(_text(value)))
 
 
 def pluralize(count: Any, singular: str, plural: str = "") -> str:
@@ -95,11 +141,17 @@ def make_datetime_filter(zone: tzinfo):
 
 
 def finalize(value: Any) -> Any:
-    """Applied to every ``{{ … }}`` output: None blank, text escaped unless ``raw``."""
+    """Applied to every ``{{ … }}`` value: None and missing fields blank, numbers as they are,
+    the template's own text (Markup: a macro's output, a ``{% set %}`` block, ``raw``) as it is,
+    any other value made chat-safe."""
     if type(value) is str:  # most values: checked first, as this runs for every one
-        return escape_mentions(value)
+        return chat_safe(value)
     if value is None or isinstance(value, jinja2.Undefined):
         return ""
-    if isinstance(value, Raw | int | float | Decimal | bool):
+    if isinstance(value, Markup | int | float | Decimal):
         return value
-    return escape_mentions(str(value))
+    return chat_safe(_text(value))
+
+
+def _text(value: Any) -> str:
+    return "" if not _defined(value) else str(value)

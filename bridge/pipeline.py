@@ -60,7 +60,8 @@ class Pipeline:
                 place = ("sources", name, "type") if settings.type not in SOURCE_TYPES else (
                     "sources", name)
                 problems.append(f"{config.locate(*place)}: {exc}")
-        env = sandbox.environment(config.template_dirs, ZoneInfo(config.timezone))
+        env = sandbox.environment(config.template_dirs, ZoneInfo(config.timezone),
+                                  config.delivery.max_message_chars)
         index = {route.name: i for i, route in enumerate(config.routes)}
 
         def locate(route: RouteSettings, key: str) -> str:

@@ -6,6 +6,7 @@ reported by ``pumble-bridge check`` rather than by the first order of the day.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ import jinja2
 from bridge import sandbox
 from bridge.config import RouteSettings
 from bridge.events import Event
+
+log = logging.getLogger(__name__)
 
 
 class RenderError(Exception):
@@ -38,9 +41,7 @@ Locate = Callable[[RouteSettings, str], str]
 
 def name_route(route: RouteSettings, key: str) -> str:
     return f"route {route.name!r}: {key}"
-# Pumble documents no limit; messages past this are cut cleanly, with a marker, so a giant order
-# is still readable and never refused.
-MAX_TEXT = 12_000
+# Ends a message cut at delivery.max_message_chars: a giant order is still readable, never refused.
 CUT_MARKER = "\n… (message cut: too long)"
 
 
@@ -101,14 +102,20 @@ class Renderer:
                 text = _render(body, names).strip()
                 if rendered is not None:
                     rendered[id(body)] = text
+        except RecursionError:  # a value nested a thousand deep, written out or walked
+            raise RenderError(f"route {route.name!r}: a value is nested too deeply to write "
+                              "out") from None
         except Exception as exc:  # a template or a filter failing on this event's data
             raise RenderError(f"route {route.name!r}: {type(exc).__name__}: {exc}") from None
         if not channel:
             raise RenderError(f"route {route.name!r}: the channel rendered empty")
         if not text:
             raise RenderError(f"route {route.name!r}: the message rendered empty")
-        if len(text) > MAX_TEXT:
-            text = text[:MAX_TEXT - len(CUT_MARKER)].rstrip() + CUT_MARKER
+        limit = self._env.max_chars
+        if len(text) > limit:
+            log.warning("event %s, route %r: the message is over delivery.max_message_chars "
+                        "(%d); it is cut", event.id, route.name, limit)
+            text = text[:limit - len(CUT_MARKER)].rstrip() + CUT_MARKER
         return RenderedMessage(channel=channel, text=text)
 
 

@@ -1,7 +1,11 @@
 """The one sandboxed Jinja environment that templates, channel names and ``when`` conditions share.
 
 Nothing in a template can reach Python internals (Jinja's immutable sandbox), a missing field is
-blank rather than an error, and every value written out is escaped against mentions.
+blank rather than an error, and every value written out is made chat-safe (``filters.chat_safe``:
+no line, mention or link of its own). That rule rides on Jinja's autoescaping, which already
+tells the template's own text (its lines, macros, ``{% set %}`` blocks, ``raw``) from values;
+only its HTML escaping is replaced, by ``filters.finalize``. Rendering stops a little past
+``delivery.max_message_chars``, and ``*`` or ``**`` that would build more is refused.
 
 Routing and rendering run for every route of every event, so Jinja's per-call overheads are
 avoided where that changes nothing (bench/route_render.py measures it): an event's names are
@@ -14,18 +18,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import tzinfo
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.parser import Parser
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import consume
 
 from bridge import events, filters
+from bridge.config import DeliverySettings
 from bridge.events import Event
+
+DEFAULT_MAX_CHARS = DeliverySettings().max_message_chars
 
 # The fields of the canonical event's dataclasses (Event, Order, Customer, …), by class. They are
 # plain data that the sandbox's checks would pass anyway (no leading "_"; the object is not a
@@ -37,12 +46,58 @@ _EVENT_FIELDS: dict[type, frozenset[str]] = {
 }
 
 
+class _ChatCodeGenerator(CodeGenerator):
+    """Jinja's compiler with autoescaping's bookkeeping (what is Markup: the template's own) but
+    none of its HTML escaping: ``filters.finalize`` is the only escaping a value gets.
+
+    The two ``_output_child_*`` methods are Jinja's internals (3.1); tests/test_chat_safe.py
+    fails if a Jinja upgrade changes them (``&`` turning into ``&amp;``)."""
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        """``{{ value }}`` is ``str(environment.finalize(value))``, never ``escape(…)``."""
+        self.write("str(")
+        if finalize.src is not None:
+            self.write(finalize.src)
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Frame, finalize: Any) -> str:
+        """A constant ``{{ "a & b" }}``, finalized at compile time."""
+        const = node.as_const(frame.eval_ctx)
+        return str(const) if isinstance(node, nodes.TemplateData) else finalize.const(const)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        """``a ~ b`` is plain text, written out as one value (Jinja would HTML-escape the parts
+        that are not Markup)."""
+        self.write("str_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with a short way to the canonical event's own fields.
+    """Jinja's immutable sandbox, with a short way to the canonical event's own fields, and a
+    cap on what a template may build.
 
     Only an exact event class (not a subclass) and a declared field take the short way; any other
     attribute or item, of anything, goes through the sandbox's full checks.
     """
+
+    code_generator_class = _ChatCodeGenerator
+    intercepted_binops = frozenset({"*", "**"})
+    max_chars = DEFAULT_MAX_CHARS  # set by environment()
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """``'a' * 10**8`` or ``10 ** 10**8``: refused before Python builds it."""
+        if operator == "*":
+            for sized, times in ((left, right), (right, left)):
+                if isinstance(sized, str | list | tuple) and isinstance(times, int) \
+                        and len(sized) * times > self.max_chars:
+                    raise SecurityError(f"a value of {len(sized) * times:,} characters or "
+                                        f"items is over the limit of {self.max_chars:,}")
+        elif (operator == "**" and isinstance(left, int) and isinstance(right, int)
+              and right * abs(left).bit_length() > 4 * self.max_chars):  # ~ digits * 3.3
+            raise SecurityError(f"{left} ** {right} is a number too large to write out")
+        return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:  # order.total
         if attribute in _EVENT_FIELDS.get(type(obj), ()):
@@ -62,23 +117,30 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return {**self.globals, **(d or {})}
 
 
-def environment(template_dirs: Sequence[Path], zone: tzinfo) -> jinja2.Environment:
+def environment(template_dirs: Sequence[Path], zone: tzinfo,
+                max_chars: int = DEFAULT_MAX_CHARS) -> jinja2.Environment:
+    """``max_chars``: ``delivery.max_message_chars``, the longest message or value rendered."""
     env = Sandbox(
         loader=jinja2.FileSystemLoader([str(d) for d in template_dirs]),
         undefined=jinja2.ChainableUndefined,  # order.customer.name on a refund: blank
         finalize=filters.finalize,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,  # HTML escaping means nothing to Pumble; mentions are escaped instead
+        autoescape=True,  # with finalize's chat-safe escaping, not HTML's (see the module doc)
         # Every template is compiled when the config loads, and a changed one is put in force by
         # reloading the whole config (bridge/reload.py), which checks it first. Jinja's own reload
         # would stat each included file on every render and swap in a changed one unchecked.
         auto_reload=False,
         cache_size=-1,  # all of them, in a plain dict: an include is a lookup, not an LRU update
     )
+    env.max_chars = max_chars
     env.filters.update(
         money=filters.money,
         raw=filters.raw,
+        quote=filters.quote,
+        e=filters.escape,
+        escape=filters.escape,
+        forceescape=filters.escape,
         pluralize=filters.pluralize,
         and_more=filters.and_more,
         datetime=filters.make_datetime_filter(zone),
@@ -111,12 +173,22 @@ def scope(env: jinja2.Environment, event: Event) -> dict[str, Any]:
 def render(template: jinja2.Template, names: dict[str, Any]) -> str:
     """``template.render(names)``, without copying ``names`` first: Jinja never writes to the
     names a context is given (it keeps the template's own variables apart), so one ``scope`` can
-    serve every template rendered for an event."""
-    context = template.new_context(names, shared=True)
+    serve every template rendered for an event. The rendering stops a little past the
+    environment's ``max_chars`` (the caller cuts the rest)."""
+    output = template.root_render_func(template.new_context(names, shared=True))
+    limit = template.environment.max_chars
+    pieces: list[str] = []
+    length = 0
     try:
-        return template.environment.concat(template.root_render_func(context))
+        while length <= limit:  # taken in batches: most templates fit one, counted in C
+            batch = list(islice(output, 64))
+            if not batch:
+                break
+            pieces += batch
+            length += sum(map(len, batch))
     except Exception:
         template.environment.handle_exception()
+    return template.environment.concat(pieces)
 
 
 class Condition:

@@ -3,15 +3,15 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from markupsafe import Markup
 
 from bridge import sandbox
 from bridge.config import shipped_templates_dir
 from bridge.events import Customer, Event, SourceRef
 from bridge.filters import (
     ZERO_WIDTH_SPACE,
-    Raw,
     and_more,
-    escape_mentions,
+    chat_safe,
     finalize,
     money,
     pluralize,
@@ -32,7 +32,7 @@ def test_payload_text_cannot_mention(hostile):
 
 
 def test_email_addresses_are_left_alone():
-    assert escape_mentions("ada@example.com") == "ada@example.com"
+    assert chat_safe("ada@example.com") == "ada@example.com"
 
 
 def test_template_text_itself_may_mention():
@@ -93,11 +93,11 @@ def test_money_takes_decimals_numbers_and_text_alike(amount, currency, expected)
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("@here", f"@{ZERO_WIDTH_SPACE}here"),
-    (Raw("@here"), Raw("@here")),
+    (Markup("@here"), Markup("@here")),
     (None, ""),
     (7, 7),
     (Decimal("1.50"), Decimal("1.50")),
-    (("@a",), f"('@{ZERO_WIDTH_SPACE}a',)"),
+    (("@a",), f"{ZERO_WIDTH_SPACE}('@{ZERO_WIDTH_SPACE}a',)"),
 ])
 def test_finalize(value, expected):
     out = finalize(value)

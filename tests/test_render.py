@@ -142,14 +142,6 @@ def test_route_without_a_body_uses_the_template_of_the_event_type():
     assert render(refund, template=None).text.startswith("📦 something.else from shop")
 
 
-def test_long_messages_are_cut_with_a_marker():
-    from bridge.render import CUT_MARKER, MAX_TEXT
-
-    text = render(order_event(), template=None, text="{{ 'x' * 20000 }}").text
-    assert len(text) == MAX_TEXT
-    assert text.endswith(CUT_MARKER)
-
-
 def test_a_broken_template_file_is_reported_at_load(tmp_path):
     (tmp_path / "order_paid.j2").write_text("{% for %}")
     with pytest.raises(ValueError, match=r"template 'order_paid\.j2': template syntax error"):
