@@ -4,8 +4,8 @@ Templates and ``when`` conditions never look at a platform's payload shape; they
 whatever the shop: ``event.type``, ``event.id``, ``event.test``, ``event.occurred_at``,
 ``source.name``, ``source.platform``, ``order.id``, ``order.number``, ``order.name``,
 ``order.total``, ``order.subtotal``, ``order.currency``, ``order.status``,
-``order.financial_status``, ``order.cancel_reason``, ``order.items`` (each ``name``, ``sku``,
-``quantity``, ``price``), ``order.admin_url``, ``order.tags``, ``customer.id``,
+``order.financial_status``, ``order.cancel_reason``, ``order.note``, ``order.items`` (each
+``name``, ``sku``, ``quantity``, ``price``), ``order.admin_url``, ``order.tags``, ``customer.id``,
 ``customer.name``, ``customer.email``, ``customer.tags``, ``customer.orders_count``,
 ``shipping.address``, ``shipping.method``, ``shipment.carrier``, ``shipment.tracking_number``,
 ``shipment.tracking_url``, ``refund.amount``, ``refund.id``, ``payment.amount``,
@@ -122,6 +122,7 @@ class Order:
     financial_status: str = ""  # paid, pending, refunded, …
     fulfillment_status: str = ""
     cancel_reason: str = ""
+    note: str = ""  # the customer's note on the order, as they wrote it
     items: tuple[LineItem, ...] = ()
     admin_url: str = ""  # the order in the shop's admin, for the support team
     tags: tuple[str, ...] = ()

@@ -42,16 +42,17 @@ _NEEDS_WORK = re.compile(r"[^\w .,'&/:#+%-]")
 _CONTROL = re.compile(rf"[{_LINE_BREAK}{_HIDDEN}]")
 _LINE_BREAKS = re.compile(rf"[ \t]*[{_LINE_BREAK}]\s*")
 _HIDDEN_CHARS = re.compile(rf"[{_HIDDEN}]")
-# Every "<" of a value, and its full-width and small look-alikes: with one on either side (the
-# template's, or another value's) it could open a mention. One already followed by the space is
-# left alone, so the rule can run twice.
-_OPENER = re.compile(rf"[<\uff1c\ufe64](?!{ZERO_WIDTH_SPACE})")
-# An "@" that starts a word (an e-mail address's does not), or ends the value (the next value
-# or the template may go on with "here"); a full-width or small "@" wherever it is.
-_MENTION_AT = re.compile(r"[@\uff20\ufe6b](?<![^\W_]@)(?=\w|\Z)")
-# The "](" of a markdown link, or a "]" ending the value (the template or the next value may go
-# on with "("); chat_safe also guards a "(" that starts the value.
-_LINK_MIDDLE = re.compile(r"\](?=\(|\Z)")
+# Where a zero-width space goes: positions, so that re.sub's replacement is a plain string (its
+# fast path), and none where a space already is (the rule can run twice). After every "<" of a
+# value, or a full-width or small look-alike: with one on either side (the template's, or
+# another value's) it could open a mention.
+_AFTER_OPENER = re.compile(rf"(?<=[<\uff1c\ufe64])(?!{ZERO_WIDTH_SPACE})")
+# After an "@" that starts a word (an e-mail address's does not) or ends the value (the next
+# value or the template may go on with "here"), and after a full-width or small "@" anywhere.
+_AFTER_AT = re.compile(r"(?<=[@\uff20\ufe6b])(?<![^\W_]@)(?=\w|\Z)")
+# Inside a markdown link's "](", and after a "]" that ends the value (the template or the next
+# value may go on with "("); chat_safe also puts one before a "(" that starts the value.
+_AFTER_BRACKET = re.compile(r"(?<=\])(?=\(|\Z)")
 
 
 def _defined(value: Any) -> bool:
@@ -80,9 +81,12 @@ def chat_safe(text: str) -> str:
         return text
     if _CONTROL.search(text):
         text = _HIDDEN_CHARS.sub("", _LINE_BREAKS.sub(" ", text))
-    text = _OPENER.sub("\\g<0>" + ZERO_WIDTH_SPACE, text)
-    text = _MENTION_AT.sub("\\g<0>" + ZERO_WIDTH_SPACE, text)
-    text = _LINK_MIDDLE.sub("]" + ZERO_WIDTH_SPACE, text)
+    if "<" in text or "\uff1c" in text or "\ufe64" in text:  # cheaper than a search that fails
+        text = _AFTER_OPENER.sub(ZERO_WIDTH_SPACE, text)
+    if "@" in text or "\uff20" in text or "\ufe6b" in text:
+        text = _AFTER_AT.sub(ZERO_WIDTH_SPACE, text)
+    if "]" in text:
+        text = _AFTER_BRACKET.sub(ZERO_WIDTH_SPACE, text)
     return ZERO_WIDTH_SPACE + text if text.startswith("(") else text
 
 

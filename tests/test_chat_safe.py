@@ -27,20 +27,20 @@ INJECTED_NAME = ("Ada\n\n✅ Paid — verified by finance\n"
                  "Open the order: https://evil.example/login")
 
 
-def post_order(url: str, payload: dict[str, Any], topic: str, webhook_id: str) -> None:
+def post_paid_order(url: str, payload: dict[str, Any], webhook_id: str) -> None:
     body = body_of(payload)
-    headers = shopify_headers(topic, webhook_id)
+    headers = shopify_headers("orders/paid", webhook_id)
     headers["X-Shopify-Hmac-Sha256"] = sign(TEST_SECRET.encode(), body)
     answer = httpx.post(f"{url}/webhooks/shop", content=body, headers=headers)
     assert answer.status_code == 202, answer.text
 
 
-def delivered(bridge, routes: list[dict[str, Any]], payload: dict[str, Any], fake_pumble,
-              topic: str = "orders/create") -> list[str]:
-    """The texts Pumble got for one signed webhook, received and delivered for real."""
+def delivered(bridge, routes: list[dict[str, Any]], payload: dict[str, Any],
+              fake_pumble) -> list[str]:
+    """The texts Pumble got for one signed orders/paid webhook, received and delivered for real."""
     b = bridge(routes=routes)
     with LocalServer(create_app(b.config, b.redis_url, watch=False)) as server:
-        post_order(server.url, payload, topic, f"chat-safe-{id(payload)}")
+        post_paid_order(server.url, payload, f"chat-safe-{payload['id']}")
     b.drain()
     return texts(fake_pumble)
 
@@ -54,7 +54,7 @@ def test_line_breaks_in_a_name_make_no_line_of_their_own(bridge, fake_pumble):
     payload = shopify_order(2001)
     payload["customer"]["first_name"] = INJECTED_NAME
     payload["shipping_address"]["address1"] = "1 Main Street\nOpen the order: https://evil.example"
-    [text] = delivered(bridge, paid_route(), payload, fake_pumble, "orders/paid")
+    [text] = delivered(bridge, paid_route(), payload, fake_pumble)
 
     lines = text.splitlines()
     assert not any(line.startswith(("✅", "Open the order: https://evil")) for line in lines)
@@ -75,7 +75,7 @@ def test_no_mention_forms_across_a_value_and_the_template_or_two_values(bridge, 
     routes = paid_route(text="Customer: {{ customer.name }} <{{ customer.email }}>\n"
                              "{{ customer.name }}{{ shipping.method }}\n"
                              "{{ order.items[0].name }}")
-    [text] = delivered(bridge, routes, payload, fake_pumble, "orders/paid")
+    [text] = delivered(bridge, routes, payload, fake_pumble)
 
     for mention in ("<<#", "<<!", "<<@", "@here", "\uff20here", "](https://"):
         assert mention not in text, (mention, text)

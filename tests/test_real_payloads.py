@@ -235,7 +235,9 @@ def test_real_payload_renders_as_its_snapshot(receiver, rq_queue, run):
     assert response.json["duplicate"] is False
     messages = sorted((job.args[0] for job in rq_queue.get_jobs()), key=lambda m: m["route"])
     assert messages, f"{run}: no route sent anything"
-    lines = [f"POST /webhooks/{source} -> {response.json['type']}"]
+    # The manifest's expectation heads the snapshot: the reviewer reads the two side by side.
+    lines = [f"expected: {MANIFEST[run.partition('+')[0]].expected}",
+             f"POST /webhooks/{source} -> {response.json['type']}"]
     for message in messages:
         lines += ["", f"[route {message['route']} -> #{message['channel']}]", message["text"]]
     text = "\n".join(lines) + "\n"

@@ -84,7 +84,7 @@ def test_a_deeply_nested_value_is_a_short_render_error():
     assert raised.value.__suppress_context__  # no RecursionError traceback behind it
 
 
-def test_a_deeply_nested_webhook_value_is_one_short_failure(bridge, rq_queue):
+def test_a_deeply_nested_webhook_value_is_one_short_failure(bridge):
     """Over real HTTP: the webhook is accepted (202) and its route's failure is one short line."""
     b = bridge(routes=[{"name": "dump", "match": {"event": "order.created"},
                         "channel": "orders", "text": "{{ raw.note_attributes }}"}])

@@ -312,6 +312,7 @@ def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], 
             currency=currency,
             status=_api_text(order.get("status")) or thin.status,
             financial_status=_api_text(order.get("payment_status")),
+            note=_api_text(order.get("customer_message")),
             items=tuple(_line_item(item, "price_inc_tax") for item in items
                         if isinstance(item, dict)),
         ),

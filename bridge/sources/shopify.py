@@ -199,6 +199,7 @@ def _order(payload: dict[str, Any], shop_domain: str) -> Order:
         or _admin_url(shop_domain, order_id),
         tags=fields.tags(payload.get("tags")),
         cancel_reason=fields.text(payload.get("cancel_reason")),
+        note=fields.text(payload.get("note")),
     )
 
 

@@ -168,7 +168,8 @@ def _items(value: Any) -> tuple[LineItem, ...]:
 def _customer(data: dict[str, Any]) -> Customer | None:
     customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
     name = fields.text(customer.get("name")) or " ".join(
-        str(part) for part in (customer.get("first_name"), customer.get("last_name")) if part)
+        str(part) for part in (customer.get("first_name"), customer.get("last_name")) if part
+    ) or fields.text(data.get("fullName"))  # the specification's own contact example
     email = fields.text(customer.get("email") or data.get("email"))
     if not (name or email):
         return None

@@ -173,6 +173,7 @@ class WooCommerceSource(Source):
                 for item in items
             ),
             admin_url=self._admin_url(shop_url, order_id),
+            note=_text(payload.get("customer_note")),
         )
 
     def _admin_url(self, shop_url: str, order_id: str) -> str:
