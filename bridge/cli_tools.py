@@ -26,7 +26,7 @@ from typing import Any
 
 from bridge import logs
 from bridge.config import Config, RouteSettings, config_path, data_dir, load_config
-from bridge.events import Customer, Event, Order, Payment, Product, Refund, Shipping, SourceRef
+from bridge.events import Event, SourceRef
 from bridge.pipeline import Pipeline
 from bridge.pumble import PumbleClient, PumbleError, normalize_channel_name
 from bridge.redis_embedded import redis_url
@@ -41,9 +41,16 @@ EXIT_FAILED = 1
 TOPIC_HEADERS = {"shopify": "X-Shopify-Topic", "woocommerce": "X-WC-Webhook-Topic"}
 TOPIC_EXAMPLES = {"shopify": "orders/create", "woocommerce": "order.created"}
 
+
+def _event_parts() -> dict[str, type]:
+    """Event's optional parts (order, customer, …) by field name, in Event's order."""
+    hints = typing.get_type_hints(Event)
+    return {field.name: part for field in dataclasses.fields(Event)
+            for part in typing.get_args(hints[field.name]) if dataclasses.is_dataclass(part)}
+
+
 # The parts of an Event ``routes test`` can fill, in the order they are shown.
-PARTS: dict[str, type] = {"order": Order, "customer": Customer, "shipping": Shipping,
-                          "refund": Refund, "payment": Payment, "product": Product}
+PARTS: dict[str, type] = _event_parts()
 # Required constructor arguments of a part, when --set does not give them.
 PART_DEFAULTS: dict[str, dict[str, Any]] = {"order": {"id": "test-order"}}
 SYNTHETIC_ID = "routes-test"
