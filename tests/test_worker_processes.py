@@ -63,7 +63,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_posts_once(bridge, fake_pumb
     # 10 s); the next worker's maintenance then runs it again, and it looks before sending.
     registry = b.rq.started_job_registry
     assert registry.get_expired_job_ids() == []
-    b.move_on(b.config.delivery.job_timeout + HEARTBEAT_GRACE)
+    b.clock.sleep(b.config.delivery.job_timeout + HEARTBEAT_GRACE)
     assert registry.get_expired_job_ids()
     # The look for the earlier post waits out Pumble's late writes (a scheduled run), and the
     # dead worker's scheduler lock is released at once (bridge.worker), not after a minute.
