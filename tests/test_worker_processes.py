@@ -221,9 +221,11 @@ def test_the_worker_rides_out_a_redis_restart(own_redis, write_config, fake_pumb
         wait_until(lambda: texts(fake_pumble) == ["before the restart", "after the restart"],
                    "the worker to reconnect and post", 60)
         assert worker.poll() is None  # it did not die of the outage
-    finally:
+        asked = time.monotonic()
         worker.terminate()
-        worker.wait(30)
+        assert worker.wait(30) == 0
+        assert time.monotonic() - asked < 5  # its listener, reconnected, stops as promptly
+    finally:
         kill(worker)
 
 
