@@ -130,8 +130,8 @@ def test_an_idle_worker_stops_within_5_s(bridge, stop):
 
 def test_the_pubsub_listener_stops_when_asked(redis_url, queue_name):
     """rq's teardown (unsubscribe) leaves no listener thread nor subscription behind, and waits
-    about a second, not the 60 s rq's own listener may block on redis-py 8.2. (subscribe fails
-    here the day rq renames the private handler it borrows.)"""
+    about PUBSUB_POLL, not the 60 s rq's own listener may block on redis-py 8.2. (subscribe
+    fails here the day rq renames the private handler it borrows.)"""
     from rq import Queue
 
     from bridge.queue import connect
