@@ -37,7 +37,7 @@ MAINTENANCE_INTERVAL = 30
 HEARTBEAT_GRACE = 10
 # Seconds rq's pub/sub listener (the thread that hears rq's commands, such as shutdown) blocks
 # between looks at its stop flag.
-PUBSUB_POLL = 0.2
+PUBSUB_POLL = 0.1
 
 
 class DeliveryWorker(SimpleWorker):
@@ -55,10 +55,11 @@ class DeliveryWorker(SimpleWorker):
             exception_handler=self._pubsub_exception_handler)
 
     def unsubscribe(self) -> None:
-        """Stop the listener; its thread closes its own connection as it ends. (rq's also closes
-        it from here, which races with the thread's close before redis-py 8.2.)"""
+        """Stop the listener; its thread closes its own connection as it ends. rq's also closes
+        it from here, which races with the thread's close before redis-py 8.2, and first sends
+        UNSUBSCRIBE, which deadlocks on redis-py 6.0 when it has to reconnect (after a Redis
+        restart)."""
         if self.pubsub_thread:
-            self.pubsub.unsubscribe()  # its answer wakes the thread at once, as a rule
             self.pubsub_thread.stop()  # redis-py 8.2 waits here for the thread; older, not
             self.pubsub_thread.join(PUBSUB_POLL + 1)
 

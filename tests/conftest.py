@@ -155,11 +155,12 @@ def rq_queue(redis_url: str, queue_name: str):
 
 
 class MovedClock(Clock):
-    """A clock the test moves on: sleeping moves it at once. Records each sleep (its length,
-    and the time it began)."""
+    """A clock the test moves on: sleeping moves it at once, then calls ``also`` (what else moves
+    with it) with the seconds. Records each sleep (its length, and the time it began)."""
 
-    def __init__(self) -> None:
+    def __init__(self, also: Callable[[float], None] = lambda seconds: None) -> None:
         self.offset = 0.0
+        self.also = also
         self.sleeps: list[float] = []
         self.slept_at: list[float] = []
 
@@ -167,6 +168,7 @@ class MovedClock(Clock):
         self.sleeps.append(seconds)
         self.slept_at.append(self.time())
         self.offset += seconds
+        self.also(seconds)
 
 
 # -- a bridge on the test's queue, and the fake's record ------------------------------------
@@ -183,7 +185,7 @@ class Bridge:
         self.config = load_config(path, {})
         self.redis_url = redis_url
         self.rq = rq_queue
-        self.clock = MovedClock()
+        self.clock = MovedClock(also=self._move_rq_on)
         self.queue = NotificationQueue(connect(redis_url), self.config.redis.queue,
                                        self.config.delivery)
         self.dead = DeadLetters(self.queue)
@@ -200,11 +202,10 @@ class Bridge:
         """One burst worker: it works the queue until it is empty."""
         run_worker(self.config, self.redis_url, burst=True, clock=self.clock)
 
-    def move_on(self, seconds: float) -> None:
-        """Move the clock on, and rq's with it: its scheduled jobs (retries, waits) and the
-        heartbeats of its started ones come ``seconds`` nearer (rq keeps those times as the
-        scores of its registries, by the system's clock)."""
-        self.clock.sleep(seconds)
+    def _move_rq_on(self, seconds: float) -> None:
+        """rq's time moves with the clock (a worker's sleep included): its scheduled jobs
+        (retries, waits) and the heartbeats of its started ones come ``seconds`` nearer (rq
+        keeps those times as the scores of its registries, by the system's clock)."""
         connection = self.rq.connection
         for registry in (self.rq.scheduled_job_registry, self.rq.started_job_registry):
             for member, score in connection.zrange(registry.key, 0, -1, withscores=True):
@@ -220,7 +221,7 @@ class Bridge:
             if not upcoming and not len(self.rq):
                 return
             if upcoming:  # due once its score is at most rq's time, in whole seconds
-                self.move_on(max(0.0, upcoming[0][1] - math.floor(time.time())))
+                self.clock.sleep(max(0.0, upcoming[0][1] - math.floor(time.time())))
         raise AssertionError(f"jobs still waiting after {rounds} workers: {len(self.rq)} "
                              f"queued, {len(registry.get_job_ids())} scheduled")
 

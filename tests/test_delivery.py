@@ -242,6 +242,19 @@ def test_a_reply_without_a_root_is_posted_alone_after_the_wait(bridge, fake_pumb
     assert second["threadReplyInfo"]["rootId"] == first["id"]  # the first became the root
 
 
+def test_a_reply_waits_thread_wait_for_a_root_never_announced_then_goes_alone(bridge,
+                                                                            fake_pumble):
+    b = bridge({"thread_wait": 20}, routes=THREAD_ROUTES)
+    enqueued_at = b.clock.time()
+    b.enqueue("order 9: paid", event_type="order.paid", thread_key="order:9", reply=True)
+    b.work()
+    assert fake_pumble.messages() == []  # waiting
+    b.drain()
+    [message] = fake_pumble.messages()
+    assert message["text"] == "order 9: paid" and message["threadReplyInfo"] is None
+    assert b.clock.time() - enqueued_at >= 20
+
+
 def test_a_reply_stops_waiting_when_its_root_is_dead_lettered(bridge, fake_pumble):
     b = bridge({"thread_wait": 600, "max_attempts": 1})
     faults(fake_pumble, fail_next={"count": 1, "status": 503})
