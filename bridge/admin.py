@@ -41,6 +41,7 @@ apart by the socket a request came in on).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -60,13 +61,14 @@ import jinja2
 import redis
 from flask import Blueprint, Response, abort, g, jsonify, redirect, request, url_for
 
-from bridge.activity import Activity
+from bridge.activity import STATES, Activity, EventActivity, EventDetail, Filters
 from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.reload import Reloader
+from bridge.replay import ReplayError, replay
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +78,14 @@ MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
 LOGIN_FAILURES_PER_MINUTE = 10  # wrong tokens from one address before it waits for the next minute
 MAX_NEXT_CHARS = 2048
 RECENT_EVENTS = 50
+MAX_QUERY_CHARS = 200  # a search is an order number, a name, an id
 TEMPLATES = Path(__file__).resolve().parent / "admin_templates"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is echoed
     "retried": "{count} dead letter(s) back on the queue.",
     "purged": "{count} dead letter(s) deleted.",
     "gone": "That dead letter is no longer there.",
+    "replayed": "Sent again: its notifications are back on the queue, marked as a replay.",
 }
 
 
@@ -262,8 +266,45 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
     @bp.get("/")
     def events():
         limit = min(max(request.args.get("limit", RECENT_EVENTS, type=int) or 1, 1), 500)
-        data = {"events": [_event(event, zone()) for event in activity.recent(limit)]}
-        return respond("events.html", data, title="Recent events", tab="events")
+        try:
+            filters = _filters(request.args)
+        except ValueError as exc:
+            return bad_request(str(exc))
+        found = activity.search(filters, limit)
+        data = {"filters": dataclasses.asdict(filters),
+                "events": [_event(event, zone()) for event in found]}
+        return respond("events.html", data, title="Recent events", tab="events",
+                       states=STATES, sources=sorted(pipelines.config.sources))
+
+    @bp.get("/events/<event_id>")
+    def event_detail(event_id: str):
+        detail = activity.detail(event_id)
+        if detail is None:
+            abort(404)
+        code = request.args.get("done", "")
+        return respond("event.html", _detail(event_id, detail, zone()), title="Event",
+                       tab="events", notice=_NOTICES.get(code, "") if code == "replayed" else "")
+
+    @bp.post("/events/<event_id>/replay")
+    def replay_event(event_id: str):
+        try:
+            replayed = replay(queue, pipelines.current, event_id,
+                              route=request.form.get("route", ""), clock=clock)
+        except ReplayError as exc:
+            if g.admin_bearer:
+                return jsonify({"error": str(exc)}), 409
+            return page("message.html", 409, title="Not replayed", text=str(exc))
+        log.info("admin: event %s replayed as %s", event_id, replayed.delivery_id)
+        if g.admin_bearer:
+            return jsonify({"replayed": replayed.delivery_id,
+                            "notifications": len(replayed.notifications),
+                            "failed": replayed.failures})
+        return redirect(url_for("admin.event_detail", event_id=event_id, done="replayed"), 303)
+
+    def bad_request(text: str):
+        if wants_json():
+            return jsonify({"error": text}), 400
+        return page("message.html", 400, title="Bad request", text=text)
 
     def newest_first() -> list[dict[str, Any]]:
         records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
@@ -467,16 +508,41 @@ def _when(value: datetime | float | None, zone: tzinfo) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def _event(event: Any, zone: tzinfo) -> dict[str, Any]:
+def _filters(args: Any) -> Filters:
+    """The events list's query parameters; ValueError for a state it does not know."""
+    return Filters(**{name: args.get(name, "")[:MAX_QUERY_CHARS]
+                      for name in ("q", "state", "source", "type")})
+
+
+def _event(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
     return {
         "event_id": event.event_id, "source": event.source, "type": event.type,
         "received_at": event.received_at, "received": _when(event.received_at, zone),
         "duplicate": event.duplicate, "failures": list(event.failures),
+        "ref": event.ref, "amount": event.amount, "currency": event.currency,
+        "customer": event.customer, "email": event.email, "test": event.test,
+        "replay_of": event.replay_of, "states": sorted(event.states),
         "deliveries": [{"route": d.route, "channel": d.channel, "job_id": d.job_id,
-                        "state": d.state, "message_id": d.message_id,
+                        "state": d.state, "outcome": d.outcome, "message_id": d.message_id,
                         "in_digest_of": d.in_digest_of, "error": d.error}
                        for d in event.deliveries],
     }
+
+
+def _detail(event_id: str, detail: EventDetail, zone: tzinfo) -> dict[str, Any]:
+    def posted(job_id: str) -> dict[str, Any] | None:
+        p = detail.posted.get(job_id)
+        return None if p is None else {
+            "text": p.text, "account": p.account, "thread": p.thread,
+            "thread_root": p.thread_root, "reaction": p.reaction, "reacted": p.reacted,
+            "attempts": [{"at": _when(a.at, zone), "outcome": a.outcome, "answer": a.answer}
+                         for a in p.attempts]}
+
+    lines = [_event(line, zone) for line in detail.lines]
+    for line in lines:
+        for delivery in line["deliveries"]:
+            delivery["posted"] = posted(delivery["job_id"])
+    return {"event_id": event_id, "lines": lines, "webhook": detail.webhook}
 
 
 def _dead_letter(record: DeadLetterRecord, zone: tzinfo, full: bool = False) -> dict[str, Any]:
