@@ -272,7 +272,7 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
             return bad_request(str(exc))
         found = activity.search(filters, limit)
         data = {"filters": dataclasses.asdict(filters),
-                "events": [_event(event, zone()) for event in found]}
+                "events": [event_json(event, zone()) for event in found]}
         return respond("events.html", data, title="Recent events", tab="events",
                        states=STATES, sources=sorted(pipelines.config.sources))
 
@@ -514,7 +514,7 @@ def _filters(args: Any) -> Filters:
                       for name in ("q", "state", "source", "type")})
 
 
-def _event(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
+def event_json(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
     return {
         "event_id": event.event_id, "source": event.source, "type": event.type,
         "received_at": event.received_at, "received": _when(event.received_at, zone),
@@ -538,7 +538,7 @@ def _detail(event_id: str, detail: EventDetail, zone: tzinfo) -> dict[str, Any]:
             "attempts": [{"at": _when(a.at, zone), "outcome": a.outcome, "answer": a.answer}
                          for a in p.attempts]}
 
-    lines = [_event(line, zone) for line in detail.lines]
+    lines = [event_json(line, zone) for line in detail.lines]
     for line in lines:
         for delivery in line["deliveries"]:
             delivery["posted"] = posted(delivery["job_id"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from bridge.cli import main
 from bridge.samples import body_of, shopify_headers, shopify_order
 from bridge.sources.shopify import sign
 from tests.conftest import TEST_SECRET
@@ -148,3 +150,29 @@ def test_replay_refuses_what_it_cannot_send(three_orders):
         a.bridge.queue._event_key("shop", "ev-42856"))  # its webhook has expired
     gone = a.client.post("/admin/events/ev-42856/replay", headers=BEARER)
     assert gone.json == {"error": "event 'ev-42856': its webhook is no longer kept"}
+
+
+def test_the_cli_lists_what_the_page_lists_and_replays(three_orders, fake_pumble, capsys):
+    a = three_orders
+    config = ["--config", str(a.bridge.path)]
+    assert main(["events", *config, "--q", "42857", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"events": listed(a, "q=42857")}
+    assert main(["events", *config, "--state", "sent"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "3 event(s)" and "#42858  368.40 EUR  Katherine Johnson" in lines[0]
+
+    assert main(["replay", *config, "ev-42857"]) == 0
+    assert capsys.readouterr().out == \
+        "ev-42857 queued again as ev-42857:replay:1 (routes: orders)\n"
+    a.bridge.drain()
+    assert [m["text"] for m in fake_pumble.messages("orders")].count(
+        "order 42857 for Alan Turing") == 2
+    assert main(["events", *config, "--q", "42857"]) == 0
+    assert "replay of ev-42857" in capsys.readouterr().out.splitlines()[0]
+
+    assert main(["replay", *config, "nope"]) == 1
+    assert capsys.readouterr().out == \
+        "pumble-bridge replay: no event 'nope' among the recent events\n"
+    with pytest.raises(SystemExit):
+        main(["events", *config, "--state", "lost"])
+    assert "invalid choice: 'lost'" in capsys.readouterr().err
