@@ -79,6 +79,7 @@ LOGIN_FAILURES_PER_MINUTE = 10  # wrong tokens from one address before it waits 
 MAX_NEXT_CHARS = 2048
 RECENT_EVENTS = 50
 MAX_QUERY_CHARS = 200  # a search is an order number, a name, an id
+LIVE_SECONDS = 5  # how often the events page fetches itself again
 TEMPLATES = Path(__file__).resolve().parent / "admin_templates"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is echoed
@@ -158,6 +159,7 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; "
             + (f"style-src 'nonce-{nonce}'; " if nonce else "")
+            + ("script-src 'self'; connect-src 'self'; " if g.get("admin_live") else "")
             + "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
@@ -273,8 +275,14 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         found = activity.search(filters, limit)
         data = {"filters": dataclasses.asdict(filters),
                 "events": [event_json(event, zone()) for event in found]}
+        g.admin_live = True  # its script (live.js) may run, and fetch the page again
         return respond("events.html", data, title="Recent events", tab="events",
-                       states=STATES, sources=sorted(pipelines.config.sources))
+                       states=STATES, sources=sorted(pipelines.config.sources),
+                       live_seconds=LIVE_SECONDS)
+
+    @bp.get("/live.js")
+    def live_script():
+        return Response((TEMPLATES / "live.js").read_bytes(), mimetype="text/javascript")
 
     @bp.get("/events/<event_id>")
     def event_detail(event_id: str):

@@ -25,6 +25,15 @@ def three_orders(bridge) -> Admin:
     b = admin_config(bridge(routes=ORDERS))
     app = admin_app(b)
     a = Admin(b, app, app.test_client())
+    for body, headers in three_webhooks():
+        assert a.client.post("/webhooks/shop", data=body, headers=headers).status_code == 202
+    b.drain()
+    return a
+
+
+def three_webhooks() -> list[tuple[bytes, dict[str, str]]]:
+    """Signed Shopify orders 42856 to 42858, each with its own customer, as webhook ev-<n>."""
+    webhooks = []
     for number, (first, last) in enumerate(CUSTOMERS, start=42856):
         order = shopify_order(number)
         order["customer"].update(first_name=first, last_name=last,
@@ -32,9 +41,8 @@ def three_orders(bridge) -> Admin:
         body = body_of(order)
         headers = shopify_headers(webhook_id=f"ev-{number}")
         headers["X-Shopify-Hmac-Sha256"] = sign(TEST_SECRET.encode(), body)
-        assert a.client.post("/webhooks/shop", data=body, headers=headers).status_code == 202
-    b.drain()
-    return a
+        webhooks.append((body, headers))
+    return webhooks
 
 
 def listed(a: Admin, query: str) -> list[dict[str, Any]]:
@@ -74,6 +82,19 @@ def test_bad_filters_get_one_line_errors(three_orders):
     page = a.client.get("/admin/?state=%3Cscript%3E")
     assert page.status_code == 400 and "<script>" not in page.text
     assert "state must be one of" in page.text
+
+
+def test_the_events_page_may_run_its_own_script_only(three_orders):
+    a = three_orders
+    a.sign_in()
+    page = a.client.get("/admin/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'; connect-src 'self';" in csp and "unsafe" not in csp
+    assert page.text.count("<script") == page.text.count('<script src="/admin/live.js">') == 1
+    script = a.client.get("/admin/live.js")
+    assert script.mimetype == "text/javascript" and b"getElementById(\"events\")" in script.data
+    assert "script-src" not in a.client.get("/admin/events/ev-42857").headers[
+        "Content-Security-Policy"]
 
 
 def test_a_search_is_escaped_in_the_page(three_orders):
