@@ -148,7 +148,6 @@ class Attempt:
 class Posted:
     """One notification in full: the text as it was posted, its attempts, its thread."""
 
-    delivery: Delivery
     text: str
     account: str
     attempts: list[Attempt]
@@ -239,15 +238,14 @@ class Activity:
         stored = self.queue.load_event(lines[-1].source, event_id)
         webhook = None if stored is None else {"headers": stored.get("headers", {}),
                                                "body": _pretty(stored.get("body") or "")}
-        deliveries = {d.job_id: d for line in lines for d in line.deliveries}
-        return EventDetail(lines, webhook, {job.id: self._posted(deliveries[job.id], job)
+        return EventDetail(lines, webhook, {job.id: self._posted(job)
                                             for job in jobs if job is not None})
 
-    def _posted(self, delivery: Delivery, job: Job) -> Posted:
+    def _posted(self, job: Job) -> Posted:
         notification = Notification.from_payload(job.args[0])
         root = self.queue.roots.get(notification)
         return Posted(
-            delivery=delivery, text=notification.text, account=notification.account,
+            text=notification.text, account=notification.account,
             attempts=[Attempt(result.created_at, result.type.name.lower(),
                               _answer(result.return_value, result.exc_string))
                       for result in reversed(job.results())],

@@ -1,5 +1,9 @@
 """The admin page: recent events, dead letters, routes, queue depth and rate limits, in a browser.
 
+The events list is searched and filtered (``q``, ``state``, ``source``, ``type``: see
+``bridge.activity``), each event has its page (``/events/<event_id>``: the kept webhook, each
+notification's posted text and attempts) with a Replay button (``bridge.replay``).
+
 Off unless an admin token is configured (``admin.token`` or ``BRIDGE_ADMIN_TOKEN``): without one
 the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With one:
 
@@ -15,18 +19,20 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
   (``pumble-bridge:<queue>:admin:login-failures:…``), so every receiver process sees them.
 - ``next`` (where to go after signing in) must be a path under the admin pages, without control
   characters or dot segments; anything else is a 400.
-- Every POST (the dead letters' Retry and Purge buttons, sign-out) carries the session's CSRF
-  token in a hidden field, checked in constant time. A request a browser marks as cross-site
-  (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an ``Origin`` naming
-  another host) is refused with 403, login included. Bearer requests need no CSRF field: a
-  browser cannot add that header to a cross-site request.
+- Every POST (the dead letters' Retry and Purge buttons, an event's Replay, sign-out) carries
+  the session's CSRF token in a hidden field, checked in constant time. A request a browser
+  marks as cross-site (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an
+  ``Origin`` naming another host) is refused with 403, login included. Bearer requests need no
+  CSRF field: a browser cannot add that header to a cross-site request.
 - Pages are server-rendered Jinja (autoescaped), with inline CSS allowed by a per-response CSP
-  nonce and nothing else (no scripts, no external assets, no framing). Bodies over
-  ``MAX_FORM_BYTES`` are refused with 413. Responses are never cached.
+  nonce and nothing else (no external assets, no framing, no inline script). The one script is
+  the events list's ``live.js``, served from here; only that page's CSP lets it run (and fetch
+  the page again). Bodies over ``MAX_FORM_BYTES`` are refused with 413. Responses are never
+  cached.
 - Nothing secret is shown: routes show names, matches, channels, conditions and flags; rate
   limits show account *names* ("default" and ``pumble.accounts``), never keys. A dead letter's
-  detail view shows its text and the stored webhook (kept without signature headers), behind
-  the token like everything else.
+  and an event's detail views show the text and the stored webhook (kept without signature
+  headers), behind the token like everything else.
 
 Wiring (``bridge.web.create_app``)::
 
@@ -289,9 +295,9 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         detail = activity.detail(event_id)
         if detail is None:
             abort(404)
-        code = request.args.get("done", "")
+        replayed = request.args.get("done") == "replayed"
         return respond("event.html", _detail(event_id, detail, zone()), title="Event",
-                       tab="events", notice=_NOTICES.get(code, "") if code == "replayed" else "")
+                       tab="events", notice=_NOTICES["replayed"] if replayed else "")
 
     @bp.post("/events/<event_id>/replay")
     def replay_event(event_id: str):

@@ -40,10 +40,10 @@ def test_recent_events_follow_each_delivery_to_its_message(bridge, fake_pumble):
     assert first.states == {"sent", "dead", "failed"}
 
 
-def _event(number: int, **customer: str) -> Event:
+def _event(number: int, test: bool = False, **customer: str) -> Event:
     return Event(id=f"e-{number}", type="order.created", source=SourceRef("shop", "shopify"),
                  order=Order(id=str(number), number=str(number), name=f"#{number}"),
-                 customer=Customer(**customer) if customer else None)
+                 customer=Customer(**customer) if customer else None, test=test)
 
 
 def test_only_the_newest_are_kept(bridge):
@@ -63,7 +63,7 @@ def test_search_finds_an_order_by_number_customer_email_or_event_id(bridge):
     for number, (name, email) in enumerate(people, start=42855):
         activity.record(_event(number, name=name, email=email), source="shop", received_at=0.0,
                         notifications=[], failures=[])
-    activity.record(_event(1, name="Edsger"), source="other", received_at=0.0,
+    activity.record(_event(1, test=True, name="Edsger"), source="other", received_at=0.0,
                     notifications=[], failures=[])
 
     def found(q: str = "", **filters: str) -> list[str]:
@@ -77,6 +77,7 @@ def test_search_finds_an_order_by_number_customer_email_or_event_id(bridge):
     assert found("4285") == ["e-42857", "e-42856", "e-42855"]
     assert found("nobody") == []
     assert found(source="other") == ["e-1"]
+    assert [e.test for e in activity.recent()] == [True, False, False, False]
     assert found("4285", type="order.paid") == []
     assert [e.event_id for e in activity.search(Filters(q="4285"), limit=2)] == \
         ["e-42857", "e-42856"]
