@@ -40,8 +40,9 @@ _WAITING = frozenset({"queued", "started", "scheduled", "deferred"})
 # KEYS: 1 the activity list. ARGV: 1 the search text lowercased ('' : any), 2 as typed, 3 source,
 # 4 type, 5 event id (its line and its replays'), 6 first line to look at, 7 matches wanted,
 # 8 lines to look at, at most, 9 rq's job key prefix. Returns {next line to look at (-1: the
-# end), matching lines…}. The jobs' keys are read by name (not in KEYS): a bridge's Redis is
-# never a cluster (rq's own scripts do the same).
+# end), matching lines…}. The jobs' keys are read by name (not in KEYS): fine on a single Redis
+# (or Sentinel's master), which is what the bridge runs on. A job's meta is JSON as rq's
+# JSONSerializer writes it, with delivery's ``"sent": {"id": "<message id>", …}``.
 _SEARCH = """
 local q, typed, source, etype, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local first, want, span = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -49,7 +50,7 @@ local lines = redis.call('LRANGE', KEYS[1], first, first + span - 1)
 local function sent_as(entry)
   for _, n in ipairs(entry.notifications) do
     local meta = redis.call('HGET', ARGV[9] .. n.job_id, 'meta')
-    if meta and string.find(meta, '"' .. typed .. '"', 1, true) then return true end
+    if meta and string.find(meta, '"id": "' .. typed .. '"', 1, true) then return true end
   end
   return false
 end

@@ -107,7 +107,8 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
                     clock: Callable[[], float] = time.time) -> Blueprint:
     """The admin pages under ``url_prefix``, guarded by ``config.admin.token`` (read once: a new
     token takes a restart). Routes, sources, accounts and the time zone follow ``pipelines``, the
-    receiver's live config. ``clock``: the time login failures are counted by."""
+    receiver's live config. ``clock``: the time login failures are counted by, and a replay is
+    received at."""
     bp = Blueprint("admin", __name__, url_prefix=url_prefix)
     prefix = url_prefix.rstrip("/")
     if config.admin.token is None:
@@ -308,7 +309,6 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
             if g.admin_bearer:
                 return jsonify({"error": str(exc)}), 409
             return page("message.html", 409, title="Not replayed", text=str(exc))
-        log.info("admin: event %s replayed as %s", event_id, replayed.delivery_id)
         if g.admin_bearer:
             return jsonify({"replayed": replayed.delivery_id,
                             "notifications": len(replayed.notifications),

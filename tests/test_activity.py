@@ -96,6 +96,7 @@ def test_search_by_pumble_message_id_and_state(bridge, fake_pumble):
         b.drain()
     [_, second] = sorted(fake_pumble.messages(), key=lambda m: m["text"])
     assert [e.event_id for e in activity.search(Filters(q=second["id"]))] == ["st-7002"]
+    assert activity.search(Filters(q="sent")) == []  # a word of the job's meta is no id
     assert [e.event_id for e in activity.search(Filters(state="sent"))] == \
         ["st-7002", "st-7001"]
     assert activity.search(Filters(state="waiting")) == []
