@@ -183,8 +183,7 @@ class Activity:
         """The event's line, for the queue to push as it accepts the event."""
         about = _about(event)
         terms = [event.id, about["ref"], about["customer"], about["email"],
-                 *(str(part) for part in (event.order.number, event.order.name)
-                   if event.order)]
+                 *((event.order.number, event.order.name) if event.order else ())]
         entry = {
             "event_id": event.id, "source": source, "type": event.type,
             "received_at": received_at, "duplicate": duplicate, "failures": failures,
@@ -280,10 +279,10 @@ def _about(event: Event) -> dict[str, str]:
            else (refund and refund.id) or (payment and (payment.number or payment.id))
            or (event.shipment and event.shipment.id) or (event.product and event.product.name)
            or "")
-    money = next(((amount, currency) for amount, currency in (
-        (order and order.total, order and order.currency),
-        (refund and refund.amount, refund and refund.currency),
-        (payment and payment.amount, payment and payment.currency)) if amount is not None),
+    money = next(((amount, currency) for amount, currency in (  # the money it moves first
+        (refund and refund.amount, (refund and refund.currency) or (order and order.currency)),
+        (payment and payment.amount, payment and payment.currency),
+        (order and order.total, order and order.currency)) if amount is not None),
         (None, ""))
     customer = event.customer
     return {"ref": str(ref), "amount": "" if money[0] is None else str(money[0]),
@@ -295,7 +294,7 @@ def _answer(value: Any, error: str | None) -> str:
     if error:  # a traceback: its last line says what happened
         return error.strip().splitlines()[-1]
     if isinstance(value, dict):
-        return ", ".join(f"{name} {value}" for name, value in value.items())
+        return ", ".join(f"{name} {part}" for name, part in value.items())
     return "" if value is None else str(value)
 
 

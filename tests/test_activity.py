@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 import orjson
 
 from bridge.activity import Activity, Filters
-from bridge.events import Customer, Event, Order, SourceRef
+from bridge.events import Customer, Event, Order, Payment, Refund, SourceRef
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
 from bridge.web import create_app
@@ -136,3 +138,18 @@ def test_a_line_costs_about_half_a_kilobyte(bridge):
     key = f"pumble-bridge:{b.config.redis.queue}:activity"
     per_line = b.queue.rq.connection.memory_usage(key, samples=0) / 100
     assert 200 < per_line < 600, per_line
+
+
+def test_a_refund_shows_the_refunded_amount_and_its_order(bridge):
+    b = bridge()
+    activity = Activity(b.queue)
+    refund = Event(id="r-1", type="refund.created", source=SourceRef("shop", "shopify"),
+                   order=Order(id="9", number="1001", name="#1001", total=Decimal("80.00"),
+                               currency="EUR"),
+                   refund=Refund(id="rf-7", amount=Decimal("12.50")))
+    payment = Event(id="p-1", type="payment.failed", source=SourceRef("pay", "stripe"),
+                    payment=Payment(id="pi_1", amount=Decimal("9.99"), currency="USD"))
+    for event in (refund, payment):
+        activity.record(event, source="shop", received_at=0.0, notifications=[], failures=[])
+    assert [(e.ref, e.amount, e.currency) for e in activity.recent()] == \
+        [("pi_1", "9.99", "USD"), ("#1001", "12.50", "EUR")]
