@@ -75,7 +75,7 @@ def test_sign_in_see_an_event_retry_a_dead_letter(bridge, fake_pumble, browser, 
             answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
             assert answer.status_code == 202
         newest = page.locator("section.event").first  # no reload: the page updates itself
-        sync_api.expect(newest).to_contain_text("browser-1002")
+        sync_api.expect(newest).to_contain_text("browser-1002", timeout=15_000)
         sync_api.expect(newest).to_contain_text("queued")
         b.drain()
         page.reload()
@@ -162,6 +162,7 @@ def test_search_an_order_see_what_was_posted_replay_it(bridge, fake_pumble, brow
         sync_api.expect(page.locator("h1")).to_contain_text("ev-42857")
         sync_api.expect(page.locator("pre.posted")).to_have_text("order 42857 for Alan Turing")
         sync_api.expect(page.locator("pre.webhook")).to_contain_text('"order_number": 42857')
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
         page.click("button:has-text('Replay')")
         sync_api.expect(page.locator(".notice")).to_contain_text("Sent again")
