@@ -60,9 +60,9 @@ def replay(queue: NotificationQueue, pipeline: Pipeline, event_id: str, *, route
     notifications = [n for n in dispatch.notifications if route in ("", n.route)]
     failures = [f.reason for f in dispatch.failures if route in ("", f.notification.route)]
     if not notifications:
-        raise ReplayError(f"event {event_id!r}: " + ("; ".join(failures) if failures else
-                          f"no route {'named ' + repr(route) + ' ' if route else ''}matches "
-                          "it today"))
+        unmatched = f"no route named {route!r} matches it today" if route else \
+            "no route matches it today"
+        raise ReplayError(f"event {event_id!r}: {'; '.join(failures) or unmatched}")
     delivery_id = f"{event_id}:replay:{activity.next_replay(original.source, event_id)}"
     notifications = [dataclasses.replace(n, event_id=delivery_id) for n in notifications]
     queue.accept(notifications, activity=activity.entry(
