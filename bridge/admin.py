@@ -1,5 +1,9 @@
 """The admin page: recent events, dead letters, routes, queue depth and rate limits, in a browser.
 
+The events list is searched and filtered (``q``, ``state``, ``source``, ``type``: see
+``bridge.activity``), each event has its page (``/events/<event_id>``: the kept webhook, each
+notification's posted text and attempts) with a Replay button (``bridge.replay``).
+
 Off unless an admin token is configured (``admin.token`` or ``BRIDGE_ADMIN_TOKEN``): without one
 the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With one:
 
@@ -15,18 +19,20 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
   (``pumble-bridge:<queue>:admin:login-failures:…``), so every receiver process sees them.
 - ``next`` (where to go after signing in) must be a path under the admin pages, without control
   characters or dot segments; anything else is a 400.
-- Every POST (the dead letters' Retry and Purge buttons, sign-out) carries the session's CSRF
-  token in a hidden field, checked in constant time. A request a browser marks as cross-site
-  (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an ``Origin`` naming
-  another host) is refused with 403, login included. Bearer requests need no CSRF field: a
-  browser cannot add that header to a cross-site request.
+- Every POST (the dead letters' Retry and Purge buttons, an event's Replay, sign-out) carries
+  the session's CSRF token in a hidden field, checked in constant time. A request a browser
+  marks as cross-site (``Sec-Fetch-Site`` other than ``same-origin``; without that header, an
+  ``Origin`` naming another host) is refused with 403, login included. Bearer requests need no
+  CSRF field: a browser cannot add that header to a cross-site request.
 - Pages are server-rendered Jinja (autoescaped), with inline CSS allowed by a per-response CSP
-  nonce and nothing else (no scripts, no external assets, no framing). Bodies over
-  ``MAX_FORM_BYTES`` are refused with 413. Responses are never cached.
+  nonce and nothing else (no external assets, no framing, no inline script). The one script is
+  the events list's ``live.js``, served from here; only that page's CSP lets it run (and fetch
+  the page again). Bodies over ``MAX_FORM_BYTES`` are refused with 413. Responses are never
+  cached.
 - Nothing secret is shown: routes show names, matches, channels, conditions and flags; rate
   limits show account *names* ("default" and ``pumble.accounts``), never keys. A dead letter's
-  detail view shows its text and the stored webhook (kept without signature headers), behind
-  the token like everything else.
+  and an event's detail views show the text and the stored webhook (kept without signature
+  headers), behind the token like everything else.
 
 Wiring (``bridge.web.create_app``)::
 
@@ -41,6 +47,7 @@ apart by the socket a request came in on).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -60,13 +67,14 @@ import jinja2
 import redis
 from flask import Blueprint, Response, abort, g, jsonify, redirect, request, url_for
 
-from bridge.activity import Activity
+from bridge.activity import STATES, Activity, EventActivity, EventDetail, Filters
 from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.reload import Reloader
+from bridge.replay import ReplayError, replay
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +84,15 @@ MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
 LOGIN_FAILURES_PER_MINUTE = 10  # wrong tokens from one address before it waits for the next minute
 MAX_NEXT_CHARS = 2048
 RECENT_EVENTS = 50
+MAX_QUERY_CHARS = 200  # a search is an order number, a name, an id
+LIVE_SECONDS = 5  # how often the events page fetches itself again
 TEMPLATES = Path(__file__).resolve().parent / "admin_templates"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is echoed
     "retried": "{count} dead letter(s) back on the queue.",
     "purged": "{count} dead letter(s) deleted.",
     "gone": "That dead letter is no longer there.",
+    "replayed": "Sent again: its notifications are back on the queue, marked as a replay.",
 }
 
 
@@ -96,7 +107,8 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
                     clock: Callable[[], float] = time.time) -> Blueprint:
     """The admin pages under ``url_prefix``, guarded by ``config.admin.token`` (read once: a new
     token takes a restart). Routes, sources, accounts and the time zone follow ``pipelines``, the
-    receiver's live config. ``clock``: the time login failures are counted by."""
+    receiver's live config. ``clock``: the time login failures are counted by, and a replay is
+    received at."""
     bp = Blueprint("admin", __name__, url_prefix=url_prefix)
     prefix = url_prefix.rstrip("/")
     if config.admin.token is None:
@@ -154,6 +166,7 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; "
             + (f"style-src 'nonce-{nonce}'; " if nonce else "")
+            + ("script-src 'self'; connect-src 'self'; " if g.get("admin_live") else "")
             + "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
@@ -262,8 +275,50 @@ def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloade
     @bp.get("/")
     def events():
         limit = min(max(request.args.get("limit", RECENT_EVENTS, type=int) or 1, 1), 500)
-        data = {"events": [_event(event, zone()) for event in activity.recent(limit)]}
-        return respond("events.html", data, title="Recent events", tab="events")
+        try:
+            filters = _filters(request.args)
+        except ValueError as exc:
+            return bad_request(str(exc))
+        found = activity.search(filters, limit)
+        data = {"filters": dataclasses.asdict(filters),
+                "events": [event_json(event, zone()) for event in found]}
+        g.admin_live = True  # its script (live.js) may run, and fetch the page again
+        return respond("events.html", data, title="Recent events", tab="events",
+                       states=STATES, sources=sorted(pipelines.config.sources),
+                       live_seconds=LIVE_SECONDS)
+
+    @bp.get("/live.js")
+    def live_script():
+        return Response((TEMPLATES / "live.js").read_bytes(), mimetype="text/javascript")
+
+    @bp.get("/events/<event_id>")
+    def event_detail(event_id: str):
+        detail = activity.detail(event_id)
+        if detail is None:
+            abort(404)
+        replayed = request.args.get("done") == "replayed"
+        return respond("event.html", _detail(event_id, detail, zone()), title="Event",
+                       tab="events", notice=_NOTICES["replayed"] if replayed else "")
+
+    @bp.post("/events/<event_id>/replay")
+    def replay_event(event_id: str):
+        try:
+            replayed = replay(queue, pipelines.current, event_id,
+                              route=request.form.get("route", ""), clock=clock)
+        except ReplayError as exc:
+            if g.admin_bearer:
+                return jsonify({"error": str(exc)}), 409
+            return page("message.html", 409, title="Not replayed", text=str(exc))
+        if g.admin_bearer:
+            return jsonify({"replayed": replayed.delivery_id,
+                            "notifications": len(replayed.notifications),
+                            "failed": replayed.failures})
+        return redirect(url_for("admin.event_detail", event_id=event_id, done="replayed"), 303)
+
+    def bad_request(text: str):
+        if wants_json():
+            return jsonify({"error": text}), 400
+        return page("message.html", 400, title="Bad request", text=text)
 
     def newest_first() -> list[dict[str, Any]]:
         records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
@@ -467,16 +522,41 @@ def _when(value: datetime | float | None, zone: tzinfo) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def _event(event: Any, zone: tzinfo) -> dict[str, Any]:
+def _filters(args: Any) -> Filters:
+    """The events list's query parameters; ValueError for a state it does not know."""
+    return Filters(**{name: args.get(name, "")[:MAX_QUERY_CHARS]
+                      for name in ("q", "state", "source", "type")})
+
+
+def event_json(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
     return {
         "event_id": event.event_id, "source": event.source, "type": event.type,
         "received_at": event.received_at, "received": _when(event.received_at, zone),
         "duplicate": event.duplicate, "failures": list(event.failures),
+        "ref": event.ref, "amount": event.amount, "currency": event.currency,
+        "customer": event.customer, "email": event.email, "test": event.test,
+        "replay_of": event.replay_of, "states": sorted(event.states),
         "deliveries": [{"route": d.route, "channel": d.channel, "job_id": d.job_id,
-                        "state": d.state, "message_id": d.message_id,
+                        "state": d.state, "outcome": d.outcome, "message_id": d.message_id,
                         "in_digest_of": d.in_digest_of, "error": d.error}
                        for d in event.deliveries],
     }
+
+
+def _detail(event_id: str, detail: EventDetail, zone: tzinfo) -> dict[str, Any]:
+    def posted(job_id: str) -> dict[str, Any] | None:
+        p = detail.posted.get(job_id)
+        return None if p is None else {
+            "text": p.text, "account": p.account, "thread": p.thread,
+            "thread_root": p.thread_root, "reaction": p.reaction, "reacted": p.reacted,
+            "attempts": [{"at": _when(a.at, zone), "outcome": a.outcome, "answer": a.answer}
+                         for a in p.attempts]}
+
+    lines = [event_json(line, zone) for line in detail.lines]
+    for line in lines:
+        for delivery in line["deliveries"]:
+            delivery["posted"] = posted(delivery["job_id"])
+    return {"event_id": event_id, "lines": lines, "webhook": detail.webhook}
 
 
 def _dead_letter(record: DeadLetterRecord, zone: tzinfo, full: bool = False) -> dict[str, Any]:

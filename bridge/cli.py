@@ -35,6 +35,7 @@ from redis.retry import Retry
 
 from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
+from bridge.cli_events import add_events_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
 from bridge.config import Config, ConfigError, data_dir
@@ -166,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_pumble_commands(commands, common)
     add_dlq_commands(commands, common)
+    add_events_commands(commands, common)
     add_tools_commands(commands, common)
 
     sample = command("send-sample", cmd_send_sample,

@@ -75,7 +75,8 @@ Control endpoints under ``/_fake/`` are not Pumble's and need no key:
   entry ``{channel, users}``;
 - ``GET|POST|DELETE /_fake/faults``: read, merge in, or clear the faults; answers them;
 - ``GET /_fake/[?channel=NAME]``: the messages as a person would see them in a channel (HTML;
-  replies indented under their root, reactions below);
+  each thread's replies under its root, reactions below each message, links clickable, times
+  in the viewer's time zone by a small script, UTC without it);
 - ``GET /_fake/stats``: ``{requests, rate_limited, failed, dropped}``: API requests that reached
   the fault stage (key accepted) and how many each fault refused or dropped, since start or the
   last reset or clear of the faults;
@@ -95,6 +96,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template_string, request
+from markupsafe import Markup, escape
 
 from bridge.fake_pumble_state import (
     ADDON_BOT_ID,
@@ -106,6 +108,7 @@ from bridge.fake_pumble_state import (
     Faults,
     Workspace,
     channel_not_found,
+    conversations,
     legacy_error,
     structured_error,
 )
@@ -313,8 +316,9 @@ def create_fake_pumble(
 
     @app.get("/_fake/")
     def control_view():
-        return render_template_string(CHANNEL_VIEW, emoji=EMOJI, messages=workspace.posted(
-            request.args.get("channel", "")))
+        messages = workspace.posted(request.args.get("channel", ""))
+        return render_template_string(CHANNEL_VIEW, emoji=EMOJI, count=len(messages),
+                                      threads=conversations(messages), linked=linked)
 
     @app.get("/_fake/stats")
     def control_stats():
@@ -389,7 +393,26 @@ def drop_connection() -> None:
 EMOJI = {":white_check_mark:": "✅", ":x:": "❌", ":tada:": "🎉", ":+1:": "👍", ":grin:": "😁",
          ":eyes:": "👀", ":package:": "📦", ":warning:": "⚠️"}
 
+# A link in a message: Markdown's [label](url), or a bare http(s) URL (without the sentence's
+# closing punctuation).
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)"
+                   r"|(https?://[^\s<>\"]*[^\s<>\".,;:!?)\]])")
+
+
+def linked(text: str) -> Markup:
+    """The text escaped, its links made clickable (opening in a new tab)."""
+    parts, at = [], 0
+    for match in _LINK.finditer(text):
+        label, url = (match[1], match[2]) if match[2] else (match[3], match[3])
+        parts += [escape(text[at:match.start()]), Markup(
+            '<a href="{}" target="_blank" rel="noopener noreferrer">{}</a>').format(url, label)]
+        at = match.end()
+    parts.append(escape(text[at:]))
+    return Markup("").join(parts)
+
+
 # What a person sees: messages as in a chat window (autoescaped; the text is shown as sent).
+# The one script turns each UTC time into the viewer's own.
 CHANNEL_VIEW = """<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>fake Pumble</title>
@@ -400,21 +423,37 @@ main { max-width: 760px; margin: 0 auto; padding: 12px; }
 .msg { background: #fff; border-radius: 8px; padding: 10px 14px; margin: 8px 0;
        box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .reply { margin-left: 36px; border-left: 3px solid #b6c2e2; }
+.replies { color: #6b6f76; font-size: 13px; margin: -4px 0 0 36px; }
 .who { font-weight: 700; } .when, .chan { color: #6b6f76; font-size: 13px; margin-left: 6px; }
-.text { white-space: pre-wrap; margin-top: 4px; }
+.text { white-space: pre-wrap; margin-top: 4px; overflow-wrap: anywhere; }
+.text a { color: #1264a3; }
 .reaction { display: inline-block; background: #eef1f8; border-radius: 10px; padding: 1px 8px;
             margin-top: 6px; font-size: 13px; }
 </style></head><body>
-<header>fake Pumble · {{ messages | length }} message(s)</header><main>
-{% for m in messages %}
-<div class="msg{% if m.threadReplyInfo %} reply{% endif %}">
+<header>fake Pumble · {{ count }} message(s)</header><main>
+{% macro message(m) %}
+<div class="msg{% if m.threadReplyInfo %} reply{% endif %}" id="m-{{ m.id }}">
   <span class="who">{{ "Pumble Bridge (bot)" if m.authorAppId else "Key owner" }}</span>
-  <span class="chan">#{{ m.channel }}</span><span class="when">{{ m.timestamp }}</span>
-  <div class="text">{{ m.text }}</div>
+  <span class="chan">#{{ m.channel }}</span><time class="when" datetime="{{ m.timestamp }}">
+  {{- m.timestamp.replace("T", " ").replace("Z", " UTC") }}</time>
+  <div class="text">{{ linked(m.text) }}</div>
   {% for r in m.reactions %}
   <span class="reaction">{{ emoji.get(r.code, r.code) }}</span>
   {% endfor %}
 </div>
+{% endmacro %}
+{% for root, replies in threads %}
+{{ message(root) }}
+{% if replies %}<div class="replies">{{ replies | length }} repl{{ "y" if replies | length == 1
+  else "ies" }}</div>{% endif %}
+{% for reply in replies %}{{ message(reply) }}{% endfor %}
 {% endfor %}
-</main></body></html>
+</main>
+<script>
+for (const time of document.querySelectorAll("time[datetime]")) {
+  time.textContent = new Date(time.dateTime).toLocaleString([], {
+    dateStyle: "medium", timeStyle: "long"});  // "long": with the zone's name
+}
+</script>
+</body></html>
 """

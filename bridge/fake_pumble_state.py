@@ -345,3 +345,18 @@ class FaultPlan:
             self._faults.drop_next -= 1
             self.counts["dropped"] += 1
             return True
+
+
+def conversations(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any],
+                                                                list[dict[str, Any]]]]:
+    """Messages as a chat shows them: each top-level one in posting order with its thread's
+    replies under it. A reply whose root is not among ``messages`` (deleted, or another
+    channel's view) stands alone where it was posted."""
+    ids = {m["id"] for m in messages}
+    replies: dict[str, list[dict[str, Any]]] = {}
+    for m in messages:
+        root = (m["threadReplyInfo"] or {}).get("rootId")
+        if root in ids:
+            replies.setdefault(root, []).append(m)
+    return [(m, replies.get(m["id"], [])) for m in messages
+            if (m["threadReplyInfo"] or {}).get("rootId") not in ids]

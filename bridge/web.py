@@ -116,9 +116,8 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         def redelivery():
             log.info("event %s from %s: re-delivery, already accepted", event.id, source_name,
                      extra=context)
-            activity.record(event_id=event.id, source=source_name, event_type=event.type,
-                            received_at=received_at, notifications=[], failures=[],
-                            duplicate=True)
+            activity.record(event, source=source_name, received_at=received_at,
+                            notifications=[], failures=[], duplicate=True)
             return answer(event, duplicate=True)
 
         dispatch = pipeline.dispatch(event, received_at)
@@ -136,8 +135,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
                         metrics.dead_lettered(failure.notification.route)
             accepted = queue.accept(
                 dispatch.notifications, received=received, dedupe_window=dedupe_window,
-                activity=activity.entry(event_id=event.id, source=source_name,
-                                        event_type=event.type, received_at=received_at,
+                activity=activity.entry(event, source=source_name, received_at=received_at,
                                         notifications=dispatch.notifications, failures=failed))
             if accepted.duplicate:
                 return redelivery()

@@ -27,6 +27,7 @@ from tests.test_admin import (
     admin_app,
     admin_config,
 )
+from tests.test_admin_events import ORDERS, three_webhooks
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -73,9 +74,8 @@ def test_sign_in_see_an_event_retry_a_dead_letter(bridge, fake_pumble, browser, 
             body, headers = signed_order(number, webhook_id=f"browser-{number}")
             answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
             assert answer.status_code == 202
-        page.click("a:has-text('Refresh')")
-        newest = page.locator("section.event").first
-        sync_api.expect(newest).to_contain_text("browser-1002")
+        newest = page.locator("section.event").first  # no reload: the page updates itself
+        sync_api.expect(newest).to_contain_text("browser-1002", timeout=15_000)
         sync_api.expect(newest).to_contain_text("queued")
         b.drain()
         page.reload()
@@ -130,6 +130,52 @@ def test_sign_in_see_an_event_retry_a_dead_letter(bridge, fake_pumble, browser, 
         for secret in SECRETS:
             assert secret not in html
     _save_screenshot(browser, desktop_png, phone_png, tmp_path)
+
+
+def test_search_an_order_see_what_was_posted_replay_it(bridge, fake_pumble, browser):
+    b = admin_config(bridge(routes=ORDERS))
+    with LocalServer(admin_app(b)) as receiver:
+        for body, headers in three_webhooks():
+            answer = httpx.post(f"{receiver.url}/webhooks/shop", content=body, headers=headers)
+            assert answer.status_code == 202
+        b.drain()
+        page = browser.new_page(viewport=PHONE)  # the operator is on a phone
+        page.set_default_timeout(15_000)
+        page.goto(f"{receiver.url}/admin/")
+        page.fill("#token", TOKEN)
+        page.click("button:has-text('Sign in')")
+        sync_api.expect(page.locator("h1")).to_have_text("Recent events")
+        refused: list[str] = []  # signed in, nothing fails to load: a CSP refusal would
+        page.on("console", lambda message: refused.append(message.text)
+                if message.type == "error" else None)
+
+        page.fill("input[name=q]", "42857")
+        page.click("button:has-text('Search')")
+        found = page.locator("section.event")
+        sync_api.expect(found).to_have_count(1)
+        sync_api.expect(found).to_contain_text("368.40 EUR")
+        sync_api.expect(found).to_contain_text("Alan Turing")
+        sync_api.expect(found.locator(".badge.ok")).to_have_text("sent")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+        found.locator("a.type").click()
+        sync_api.expect(page.locator("h1")).to_contain_text("ev-42857")
+        sync_api.expect(page.locator("pre.posted")).to_have_text("order 42857 for Alan Turing")
+        sync_api.expect(page.locator("pre.webhook")).to_contain_text('"order_number": 42857')
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+        page.click("button:has-text('Replay')")
+        sync_api.expect(page.locator(".notice")).to_contain_text("Sent again")
+        b.drain()
+        texts = [m["text"] for m in fake_pumble.messages("orders")]
+        assert texts.count("order 42857 for Alan Turing") == 2 and len(texts) == 4
+        page.reload()
+        sync_api.expect(page.locator("section.event")).to_have_count(2)
+        sync_api.expect(page.locator(".badge.replay")).to_have_count(1)
+        sync_api.expect(page.locator("pre.posted")).to_have_count(2)
+        page.click("a:has-text('← Events')")
+        sync_api.expect(page.locator("section.event")).to_have_count(4)  # the replay's too
+    assert refused == []
 
 
 def _save_screenshot(browser, desktop: bytes, phone: bytes, tmp_path: Path) -> None:

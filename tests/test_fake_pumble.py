@@ -548,3 +548,32 @@ def test_the_channel_view_shows_messages_as_sent_escaped(fake_pumble):
     assert page.status_code == 200
     assert "&lt;b&gt;Ada&lt;/b&gt; &amp; co" in page.text
     assert "1 message(s)" in page.text
+
+
+def test_the_channel_view_reads_like_a_chat(fake_pumble):
+    api = {"headers": {"ApiKey": TEST_KEY}}
+
+    def send(text: str, root: str = "") -> str:
+        body = {"messageId": root} if root else {"channel": "orders", "asBot": True}
+        answer = httpx.post(f"{fake_pumble.url}/{'sendReply' if root else 'sendMessage'}",
+                            **api, json={**body, "text": text})
+        answer.raise_for_status()
+        return answer.json()["id"]
+
+    first = send("Order #1: see https://shop.example/orders/1.")
+    send("Order #2 [in the admin](https://shop.example/o/2?a=1&b=2) javascript:alert(1)")
+    send("paid", root=first)
+    httpx.post(f"{fake_pumble.url}/addReaction", **api,
+               json={"messageId": first, "reaction": ":white_check_mark:"}).raise_for_status()
+    page = httpx.get(f"{fake_pumble.url}/_fake/", params={"channel": "orders"}).text
+
+    assert '<a href="https://shop.example/orders/1" target="_blank" rel="noopener noreferrer">' \
+        'https://shop.example/orders/1</a>.' in page
+    assert '<a href="https://shop.example/o/2?a=1&amp;b=2" target="_blank" ' \
+        'rel="noopener noreferrer">in the admin</a> javascript:alert(1)' in page
+    # The reply sits under its root (posted before the second order), with the root's reaction.
+    order_1, reaction, replies, reply, order_2 = (page.index(text) for text in (
+        "Order #1", "✅", "1 reply", ">paid<", "Order #2"))
+    assert order_1 < reaction < replies < reply < order_2
+    assert re.search(r'<time class="when" datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ">'
+                     r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', page)

@@ -14,6 +14,7 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from bridge.activity import Activity
+from bridge.events import Event, SourceRef
 from bridge.notification import Notification
 from bridge.queue import (
     CRASH_RETRIES,
@@ -84,8 +85,9 @@ def test_the_job_is_the_one_rqs_own_unique_enqueue_writes(queue):
 def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue):
     first, paid = order(), order(route="paid", reply=True, starts_thread=False)
     activity = Activity(queue)
-    line = activity.entry(event_id="e-1", source="shop", event_type="order.created",
-                          received_at=1.0, notifications=[first, paid], failures=[])
+    event = Event(id="e-1", type="order.created", source=SourceRef("shop", "shopify"))
+    line = activity.entry(event, source="shop", received_at=1.0, notifications=[first, paid],
+                          failures=[])
     accepted = queue.accept([first, paid], received=received(), dedupe_window=WINDOW,
                             activity=line)
     assert not accepted.duplicate and accepted.written == (True, True)
