@@ -154,7 +154,34 @@ def finalize(value: Any) -> Any:
         return ""
     if isinstance(value, Markup | int | float | Decimal):
         return value
-    return chat_safe(_text(value))
+    return chat_safe(_text(_shallow(value)))
+
+
+# Deeper than this, a value written out is no message but a payload built to exhaust the stack.
+# Python's own limit is no guard: 3.11's str() raises RecursionError near 1,000 levels, 3.13's
+# writes out 5,000 without complaint.
+MAX_NESTING = 100
+
+
+class NestedTooDeeply(ValueError):
+    """A value written out is nested deeper than ``MAX_NESTING``."""
+
+
+def _shallow(value: Any) -> Any:
+    """``value``, once a walk without recursion found no container nested past MAX_NESTING."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        if depth == MAX_NESTING:
+            raise NestedTooDeeply("a value is nested too deeply to write out")
+        pending.extend((child, depth + 1) for child in children)
+    return value
 
 
 def _text(value: Any) -> str:

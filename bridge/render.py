@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 
-from bridge import sandbox
+from bridge import filters, sandbox
 from bridge.config import RouteSettings
 from bridge.events import Event
 
@@ -102,7 +102,7 @@ class Renderer:
                 text = _render(body, names).strip()
                 if rendered is not None:
                     rendered[id(body)] = text
-        except RecursionError:  # a value nested a thousand deep, written out or walked
+        except (RecursionError, filters.NestedTooDeeply):  # a value written out or walked
             raise RenderError(f"route {route.name!r}: a value is nested too deeply to write "
                               "out") from None
         except Exception as exc:  # a template or a filter failing on this event's data
