@@ -45,7 +45,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
         pipelines.start()
         _reload_on_sighup(pipelines)
     connection = connect(redis_url)
-    queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+    queue = NotificationQueue(connection, config.redis.queue, config.delivery, config.redis)
     dead_letters = DeadLetters(queue)
     activity = Activity(queue)
     dedupe_window = config.receiver.dedupe_window
@@ -164,7 +164,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     @app.get("/readyz")
     def readyz():
         try:
-            connection.ping()
+            queue.writable()
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
         return jsonify({"status": "ok", "redis": "ok", "config": str(config.path)})
