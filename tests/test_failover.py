@@ -6,11 +6,13 @@ Sentinel promotes the replica, and the old master is restarted and rejoins as a 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +21,13 @@ import pytest
 import redis
 import yaml
 
+from bridge.config import load_config
+from bridge.queue import NotificationQueue, connect, job_id
 from bridge.redis_embedded import server_executable
+from bridge.web import create_app
 from tests.conftest import free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
+from tests.test_queue import order, received
 
 SERVICE = "shop-redis"
 
@@ -50,10 +56,12 @@ class HighlyAvailableRedis:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
-    def start(self) -> HighlyAvailableRedis:
+    def start(self, *, sentinels: bool = True) -> HighlyAvailableRedis:
         self.start_server(self.master_port)
         self.start_server(self.replica_port, replica_of=self.master_port)
         wait_until(lambda: self.online_replicas(self.master_port) == 1, "the replica to sync", 15)
+        if not sentinels:
+            return self
         for port in self.sentinel_ports:
             conf = self.directory / f"sentinel-{port}.conf"
             conf.write_text(
@@ -76,6 +84,10 @@ class HighlyAvailableRedis:
             command += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.servers[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         wait_until(lambda: self._answers(port), f"the server on port {port}", 15)
+
+    def pause(self, port: int, paused: bool = True) -> None:
+        """Stop (SIGSTOP) or resume a server: its master still counts it online."""
+        self.servers[port].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def kill(self, port: int) -> None:
         self.servers[port].kill()
@@ -121,6 +133,16 @@ def ha_redis(tmp_path: Path):
     servers = HighlyAvailableRedis(tmp_path)
     try:
         yield servers.start()
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def replicated(tmp_path: Path):
+    """A master and its replica, without sentinels."""
+    servers = HighlyAvailableRedis(tmp_path)
+    try:
+        yield servers.start(sentinels=False)
     finally:
         servers.stop()
 
@@ -200,6 +222,8 @@ def test_a_failover_under_load_loses_and_duplicates_no_acked_webhook(ha_redis, w
         wait_until(lambda: any(at > killed_at for at in stream.acked.values()),
                    "a webhook acknowledged after the kill", 20)
         back_after = min(at for at in stream.acked.values() if at > killed_at) - killed_at
+        wait_until(lambda: {order for order, at in stream.acked.items() if at > killed_at}
+                   & set(posted_orders(fake_pumble)), "the worker to post again", 10)
         ha_redis.start_server(old_master)  # with its append-only file: rejoins as a replica
         wait_until(lambda: ha_redis.is_replica_of(old_master, ha_redis.replica_port),
                    "the old master to rejoin as a replica", 20)
@@ -223,3 +247,77 @@ def test_a_failover_under_load_loses_and_duplicates_no_acked_webhook(ha_redis, w
           f"duplicated {len(duplicated)}, receiver back {back_after:.1f} s after the kill")
     assert (lost, duplicated) == ([], [])
     assert back_after < 10
+
+
+def receiver(write_config, url: str, queue: str, **redis_settings):
+    path = write_config(redis_url=url, queue=queue)
+    settings = yaml.safe_load(path.read_text())
+    settings["redis"].update(redis_settings)
+    path.write_text(yaml.safe_dump(settings))
+    return create_app(load_config(path, {}), url, watch=False).test_client()
+
+
+def post(client, number: int):
+    body, headers = signed_order(number, webhook_id=f"wh-{number}")
+    return client.post("/webhooks/shop", data=body, headers=headers)
+
+
+def test_a_webhook_is_acknowledged_only_once_a_replica_has_it(replicated, write_config,
+                                                               queue_name):
+    master = f"redis://127.0.0.1:{replicated.master_port}/0"
+    strict = receiver(write_config, master, queue_name, replica_timeout_ms=200)
+    relaxed = receiver(write_config, master, queue_name, min_replicas=0)
+    replica = redis.Redis(port=replicated.replica_port)
+    queued = f"rq:queue:{queue_name}"
+    assert post(strict, 1001).status_code == 202
+    assert replica.llen(queued) == 1  # there before the 202
+
+    replicated.pause(replicated.replica_port)  # online for its master, acknowledging nothing
+    try:
+        refused = post(strict, 1002)
+        not_ready = strict.get("/readyz")
+        assert post(relaxed, 1003).status_code == 202  # min_replicas: 0 does not wait
+    finally:
+        replicated.pause(replicated.replica_port, paused=False)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "5")
+    assert (not_ready.status_code, not_ready.json["redis"]) == (503, "NotReplicated")
+
+    retried = post(strict, 1002)  # the platform's retry: already written, now replicated
+    assert (retried.status_code, retried.json["duplicate"]) == (200, True)
+    assert replica.llen(queued) == 3  # each once
+    assert strict.get("/readyz").status_code == 200
+
+
+def test_a_read_only_replica_is_not_ready_and_refuses_webhooks(replicated, write_config,
+                                                               queue_name):
+    url = f"redis://127.0.0.1:{replicated.replica_port}/0"
+    client = receiver(write_config, url, queue_name)
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json["redis"]) == (503, "ReadOnlyError")
+    assert post(client, 1001).status_code == 503
+
+
+def test_every_connection_follows_a_failover_never_to_the_old_master(ha_redis, queue_name):
+    """The old master is back (and still a master, until Sentinel demotes it) when the clients
+    next write: a receiver thread's own connection and the worker's patient client both write
+    to the promoted replica."""
+    queue = NotificationQueue(connect(ha_redis.url), queue_name)
+    patient = connect(ha_redis.url, patient=True)
+    thread = ThreadPoolExecutor(1)  # one thread throughout, keeping its connection
+
+    def accept(event_id: str) -> None:
+        queue.accept([order(event_id)], received=received(event_id), dedupe_window=600)
+
+    thread.submit(accept, "e-1").result()
+    patient.set(f"{queue_name}:patient", 1)
+    old = ha_redis.master_port
+    ha_redis.kill(old)
+    wait_until(lambda: ha_redis.master() == ha_redis.replica_port, "Sentinel's failover", 15)
+    ha_redis.start_server(old)
+    thread.submit(accept, "e-2").result()
+    patient.set(f"{queue_name}:patient", 2)
+    thread.shutdown()
+
+    with redis.Redis(port=ha_redis.replica_port) as promoted:
+        assert promoted.exists(f"rq:job:{job_id(queue_name, order('e-2'))}")
+        assert promoted.get(f"{queue_name}:patient") == b"2"
