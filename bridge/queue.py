@@ -260,8 +260,9 @@ class NotificationQueue:
         and, with a ``dedupe_window`` (seconds), the check that its delivery id is new and the
         marker that makes a re-delivery within the window a duplicate; the ``activity`` line.
         Returns once the write reached ``redis.min_replicas`` replicas. Raises redis.RedisError
-        when Redis cannot be written (then nothing was), NotReplicated (one) when the write
-        did not reach the replicas in time (then a retry of the delivery is a duplicate)."""
+        when Redis cannot be written (then nothing was), and NotReplicated (a RedisError too)
+        when the write did not reach them in time (then a retry of the delivery is a duplicate,
+        acknowledged once they have it)."""
         seen_key = event_key = record = ""
         record_ttl = window = 0
         if received is not None:

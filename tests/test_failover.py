@@ -21,7 +21,7 @@ import pytest
 import redis
 import yaml
 
-from bridge.config import load_config
+from bridge.config import ConfigError, load_config
 from bridge.queue import NotificationQueue, connect, job_id
 from bridge.redis_embedded import server_executable
 from bridge.web import create_app
@@ -321,3 +321,14 @@ def test_every_connection_follows_a_failover_never_to_the_old_master(ha_redis, q
     with redis.Redis(port=ha_redis.replica_port) as promoted:
         assert promoted.exists(f"rq:job:{job_id(queue_name, order('e-2'))}")
         assert promoted.get(f"{queue_name}:patient") == b"2"
+
+
+@pytest.mark.parametrize(("key", "value"), [("min_replicas", -1), ("replica_timeout_ms", 0),
+                                            ("replica_timeout_ms", 5000)])
+def test_replica_settings_out_of_range_are_a_clear_error(write_config, key, value):
+    path = write_config()
+    settings = yaml.safe_load(path.read_text())
+    settings["redis"][key] = value
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match=rf"redis\.{key}: "):
+        load_config(path, {})
