@@ -63,17 +63,23 @@ class HighlyAvailableRedis:
         if not sentinels:
             return self
         for port in self.sentinel_ports:
-            conf = self.directory / f"sentinel-{port}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 10000\n")
-            self.sentinels.append(subprocess.Popen([self.binary, str(conf), "--sentinel"],
-                                                   stdout=subprocess.DEVNULL))
+            self.start_sentinel(port)
         wait_until(lambda: all(self.sentinel_sees_replica(port) for port in self.sentinel_ports),
                    "the sentinels to find the master and its replica", 15)
         return self
+
+    def start_sentinel(self, port: int) -> None:
+        conf = self.directory / f"sentinel-{port}.conf"
+        conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                        f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
+                        f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                        f"sentinel failover-timeout {SERVICE} 4000\n")
+        self.sentinels.append(subprocess.Popen([self.binary, str(conf), "--sentinel"],
+                                               stdout=subprocess.DEVNULL))
+        wait_until(lambda: self._answers(port), f"the sentinel on port {port}", 15)
+        with redis.Redis(port=port) as sentinel:  # look at the servers every second, not 10
+            sentinel.execute_command("SENTINEL", "DEBUG", "info-period", 1000,
+                                     "publish-period", 500)
 
     def start_server(self, port: int, replica_of: int | None = None) -> None:
         data = self.directory / str(port)
@@ -218,7 +224,7 @@ def test_a_failover_under_load_loses_and_duplicates_no_acked_webhook(ha_redis, w
         old_master = ha_redis.master_port
         ha_redis.kill(old_master)
         killed_at = time.monotonic()
-        wait_until(lambda: ha_redis.master() == ha_redis.replica_port, "Sentinel's failover", 15)
+        wait_until(lambda: ha_redis.master() == ha_redis.replica_port, "Sentinel's failover", 20)
         wait_until(lambda: any(at > killed_at for at in stream.acked.values()),
                    "a webhook acknowledged after the kill", 20)
         back_after = min(at for at in stream.acked.values() if at > killed_at) - killed_at
@@ -300,27 +306,38 @@ def test_a_read_only_replica_is_not_ready_and_refuses_webhooks(replicated, write
 def test_every_connection_follows_a_failover_never_to_the_old_master(ha_redis, queue_name):
     """The old master is back (and still a master, until Sentinel demotes it) when the clients
     next write: a receiver thread's own connection and the worker's patient client both write
-    to the promoted replica."""
+    to the promoted replica. Then a graceful failover (SENTINEL FAILOVER) demotes the master
+    under their open connections: they follow it back."""
     queue = NotificationQueue(connect(ha_redis.url), queue_name)
     patient = connect(ha_redis.url, patient=True)
     thread = ThreadPoolExecutor(1)  # one thread throughout, keeping its connection
 
-    def accept(event_id: str) -> None:
-        queue.accept([order(event_id)], received=received(event_id), dedupe_window=600)
+    def write(event_id: str) -> None:
+        thread.submit(queue.accept, [order(event_id)], received=received(event_id),
+                      dedupe_window=600).result()
+        patient.set(f"{queue_name}:patient", event_id)
 
-    thread.submit(accept, "e-1").result()
-    patient.set(f"{queue_name}:patient", 1)
-    old = ha_redis.master_port
+    def written_on(port: int, event_id: str) -> bool:
+        with redis.Redis(port=port) as server:
+            return (server.exists(f"rq:job:{job_id(queue_name, order(event_id))}") == 1
+                    and server.get(f"{queue_name}:patient") == event_id.encode())
+
+    write("e-1")
+    old, replica = ha_redis.master_port, ha_redis.replica_port
     ha_redis.kill(old)
-    wait_until(lambda: ha_redis.master() == ha_redis.replica_port, "Sentinel's failover", 15)
+    wait_until(lambda: ha_redis.master() == replica, "Sentinel's failover", 20)
     ha_redis.start_server(old)
-    thread.submit(accept, "e-2").result()
-    patient.set(f"{queue_name}:patient", 2)
-    thread.shutdown()
+    write("e-2")
+    assert written_on(replica, "e-2")
 
-    with redis.Redis(port=ha_redis.replica_port) as promoted:
-        assert promoted.exists(f"rq:job:{job_id(queue_name, order('e-2'))}")
-        assert promoted.get(f"{queue_name}:patient") == b"2"
+    wait_until(lambda: ha_redis.is_replica_of(old, replica), "the old master to rejoin", 20)
+    with redis.Redis(port=ha_redis.sentinel_ports[0]) as sentinel:
+        sentinel.sentinel_failover(SERVICE)
+    wait_until(lambda: ha_redis.master() == old and ha_redis.is_replica_of(replica, old),
+               "the graceful failover", 20)
+    write("e-3")
+    thread.shutdown()
+    assert written_on(old, "e-3")
 
 
 @pytest.mark.parametrize(("key", "value"), [("min_replicas", -1), ("replica_timeout_ms", 0),
