@@ -93,6 +93,12 @@ class PumbleSettings(_Model):
 class RedisSettings(_Model):
     url: str | None = None
     queue: str = DEFAULT_QUEUE
+    # A webhook is acknowledged only once its write reached this many replicas (Redis WAIT), so
+    # a failover cannot lose it; unset: 1 when the master has a replica online, else 0.
+    min_replicas: int | None = Field(None, ge=0)
+    # How long the receiver waits for them before it answers 503: kept under its 5 s Redis
+    # read timeout, and well under the platforms' webhook timeouts (Shopify's is 5 s).
+    replica_timeout_ms: int = Field(1000, ge=1, le=4000)
 
 
 class ReceiverSettings(_Model):

@@ -9,7 +9,8 @@ the dedupe window, keeps the webhook, writes each notification's job (the hash f
 makes; the same check-and-write as rq's ``unique=True`` enqueue) with its thread root and
 digest backlog entries, marks the delivery seen and records it for the admin page. One round
 trip instead of eight, and atomic: a crash leaves all of it or none, so a platform's retry never
-finds a seen marker without its jobs.
+finds a seen marker without its jobs. When the Redis has replicas, ``accept`` returns only once
+the write reached them (``redis.min_replicas``): a failover then loses nothing acknowledged.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry as RedisRetry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from bridge.config import DeliverySettings
+from bridge.config import DeliverySettings, RedisSettings
 from bridge.digest import Backlog
 from bridge.notification import Notification
 from bridge.threads import EXPECTED, ThreadRoots
@@ -49,7 +51,10 @@ CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 # The worker rides out a Redis restart of about a minute mid-job instead of dying with the job
 # half done (rq-notes §7); the receiver gives up fast so the shop gets its 503 and retries.
+# Both connect with a timeout: a master whose machine is gone answers nothing, and the next try
+# asks Sentinel again.
 PATIENT: dict[str, Any] = {
+    "socket_connect_timeout": 2,
     "retry": RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     "health_check_interval": 30,
@@ -71,11 +76,28 @@ def connect(url: str, *, patient: bool = False) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
-    """The master Sentinel names for SERVICE; the client follows it through a failover. The
-    password, if any, is the master's (and the sentinels', when they have one)."""
-    from redis.sentinel import Sentinel
+class _FollowingConnection(SentinelManagedConnection):
+    """A connection that asks Sentinel where the master is each time it connects again.
+    redis-py's own reconnects a dropped connection (in ``send_packed_command``) straight to the
+    address it had, bypassing its Sentinel-aware ``connect``: a client that outlives a failover
+    (a receiver thread's, the worker's retrying a command) kept knocking at the old master, and
+    wrote to it once it was back, until Sentinel demoted it and its copy was wiped."""
 
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, disconnect_on_error: bool = True, **kwargs: Any) -> Any:
+        # Closed on an interrupted read, as a plain connection is (redis-py's Sentinel one is
+        # not): else the late reply (of the BLMOVE a SIGTERM broke off, say) is read as the
+        # next command's, and the worker's shutdown hung behind it.
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+
+def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
+    """The master Sentinel names for SERVICE; every connection follows it through a failover.
+    The password, if any, is the master's (and the sentinels', when they have one)."""
     location, _, path = url.removeprefix(SENTINEL_SCHEME).partition("/")
     credentials, _, hosts = location.rpartition("@")
     password = (unquote(credentials.partition(":")[2]) or None) if credentials else None
@@ -90,7 +112,7 @@ def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
         raise ValueError(f"{SENTINEL_SCHEME}: expected HOST:PORT[,HOST:PORT…]/SERVICE[/DB]")
     sentinel = Sentinel(sentinels, sentinel_kwargs={"password": password, "socket_timeout": 2},
                         password=password, **options)
-    return sentinel.master_for(service, db=int(db or 0))
+    return sentinel.master_for(service, db=int(db or 0), connection_class=_FollowingConnection)
 
 
 def job_id(queue: str, notification: Notification) -> str:
@@ -104,19 +126,47 @@ def _event_digest(source: str, event_id: str) -> str:
     return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
 
 
+# Replicas that are online (not still syncing): ROLE is not allowed in scripts, INFO is.
+_ONLINE_REPLICAS = """
+local function online_replicas(wanted)
+  if wanted == '' then return -1 end
+  local _, online = string.gsub(redis.call('INFO', 'replication'), 'state=online', '')
+  return online
+end
+"""
+# Makes a write for /readyz to try. KEYS: 1 the probe key. ARGV: 1 its ttl (ms), 2 as the
+# accept script's 8. Returns the online replicas (-1: not counted).
+_PROBE = _ONLINE_REPLICAS + """
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+return online_replicas(ARGV[2])
+"""
+PROBE_TTL_MS = 60_000
+
+
+class NotReplicated(redis.RedisError):
+    """A write did not reach ``redis.min_replicas`` replicas within
+    ``redis.replica_timeout_ms``: it may be lost in a failover, so it is not acknowledged."""
+
+
 # KEYS: 1 seen marker, 2 stored webhook, 3 the rq queue, 4 rq's set of queues, 5 the activity
 # list; then per notification: its job, its thread root ('' for none), its backlog ('' for none).
 # ARGV: 1 dedupe window (0: none), 2 webhook record ('' : none), 3 its ttl, 4 activity entry
-# ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker; then per
-# notification: job id, root ttl, backlog score, number of job fields, fields and values.
-# Returns {0} for a delivery seen before, else {1, then 1 (written) or 0 (job already there)
-# per notification}.
-_ACCEPT = """
+# ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker, 8 '1' to
+# count the online replicas ('' : don't); then per notification: job id, root ttl, backlog
+# score, number of job fields, fields and values.
+# Returns {0, replicas} for a delivery seen before, else {1, replicas, then 1 (written) or 0
+# (job already there) per notification}; replicas is -1 when not counted.
+_ACCEPT = _ONLINE_REPLICAS + """
 local window = tonumber(ARGV[1])
-if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Written again as it is: a write to WAIT for, which reaches a replica only after the
+  -- first accept's, so a re-delivery is acknowledged only once those are replicated too.
+  redis.call('SET', KEYS[1], 1, 'KEEPTTL')
+  return {0, online_replicas(ARGV[8])}
+end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
-local written = {1}
-local at = 8
+local written = {1, online_replicas(ARGV[8])}
+local at = 9
 for i = 0, tonumber(ARGV[6]) - 1 do
   local job, root, backlog = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
   local id, root_ttl, score = ARGV[at], ARGV[at + 1], ARGV[at + 2]
@@ -180,14 +230,19 @@ def _text(value: Any) -> Any:
 
 class NotificationQueue:
     def __init__(self, connection: redis.Redis, name: str,
-                 delivery: DeliverySettings | None = None):
+                 delivery: DeliverySettings | None = None,
+                 replication: RedisSettings | None = None):
         self.rq = Queue(name, connection=connection, serializer=JSONSerializer)
         self.delivery = delivery or DeliverySettings()
+        self.replication = replication or RedisSettings()
         self.backlog = Backlog(connection, name, ttl=FAILURE_TTL)
         self.roots = ThreadRoots(connection, name, ttl=FAILURE_TTL)
         self._seen_prefix = f"pumble-bridge:{name}:seen:"
         self._event_prefix = f"pumble-bridge:{name}:event:"
         self._accept = connection.register_script(_ACCEPT)
+        self._probe = connection.register_script(_PROBE)
+        self._probe_key = f"pumble-bridge:{name}:writable"
+        self._count_replicas = "1" if self.replication.min_replicas is None else ""
         self._job_template: list[Any] | None = None
         self._per_thread = threading.local()
 
@@ -204,7 +259,10 @@ class NotificationQueue:
         them: with ``received``, the webhook itself (while any of its notifications may fail)
         and, with a ``dedupe_window`` (seconds), the check that its delivery id is new and the
         marker that makes a re-delivery within the window a duplicate; the ``activity`` line.
-        Raises redis.RedisError when Redis cannot be written (then nothing was)."""
+        Returns once the write reached ``redis.min_replicas`` replicas. Raises redis.RedisError
+        when Redis cannot be written (then nothing was), and NotReplicated (a RedisError too)
+        when the write did not reach them in time (then a retry of the delivery is a duplicate,
+        acknowledged once they have it)."""
         seen_key = event_key = record = ""
         record_ttl = window = 0
         if received is not None:
@@ -222,7 +280,8 @@ class NotificationQueue:
         keys: list[str] = [seen_key, event_key, self.rq.key, self.rq.redis_queues_keys,
                            activity.key if activity else ""]
         args: list[Any] = [window, record, record_ttl, activity.entry if activity else "",
-                           activity.keep if activity else 0, len(notifications), EXPECTED]
+                           activity.keep if activity else 0, len(notifications), EXPECTED,
+                           self._count_replicas]
         for notification in notifications:
             new_id = job_id(self.rq.name, notification)
             root = self.roots.key(notification) if notification.starts_thread else ""
@@ -237,9 +296,39 @@ class NotificationQueue:
         except NoScriptError:  # a restarted (or other) Redis: load it, once
             client.script_load(_ACCEPT)
             answer = client.evalsha(self._accept.sha, len(keys), *keys, *args)
+        self._replicate(client, answer[1])
         if not answer[0]:
             return Accepted(duplicate=True)
-        return Accepted(duplicate=False, written=tuple(bool(flag) for flag in answer[1:]))
+        return Accepted(duplicate=False, written=tuple(bool(flag) for flag in answer[2:]))
+
+    def writable(self) -> None:
+        """Raise redis.RedisError when a webhook could not be accepted now: Redis out of reach,
+        read-only (a replica, a master Sentinel demoted), full or loading, or a write not
+        reaching ``redis.min_replicas`` replicas in time. Tries a real write, as ``accept``."""
+        client = self._thread_client()
+        online = self._probe(keys=[self._probe_key], args=[PROBE_TTL_MS, self._count_replicas],
+                             client=client)
+        self._replicate(client, online)
+
+    def _replicate(self, client: redis.Redis, online: int) -> None:
+        """Wait (WAIT) until the client's last write reached ``redis.min_replicas`` replicas,
+        by default one if the master has any ``online``; NotReplicated after
+        ``redis.replica_timeout_ms``. Sent once, never retried: WAIT counts the writes of its
+        own connection, and one opened again has made none."""
+        needed = self.replication.min_replicas
+        if needed is None:
+            needed = min(online, 1)
+        if not needed:
+            return
+        connection = client.connection
+        if not connection.is_connected:
+            raise NotReplicated("the connection that wrote is gone")
+        timeout = self.replication.replica_timeout_ms
+        connection.send_command("WAIT", needed, timeout, check_health=False)
+        reached = connection.read_response()
+        if reached < needed:
+            raise NotReplicated(f"the write reached {reached} of {needed} replica(s) "
+                                f"within {timeout} ms")
 
     def _thread_client(self) -> redis.Redis:
         """This thread's own client for ``accept``, holding one of the pool's connections for

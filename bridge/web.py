@@ -43,7 +43,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
 
     pipelines = Reloader(config, build)
     connection = connect(redis_url)
-    queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+    queue = NotificationQueue(connection, config.redis.queue, config.delivery, config.redis)
     dead_letters = DeadLetters(queue)
     activity = Activity(queue)
     dedupe_window = config.receiver.dedupe_window
@@ -170,7 +170,7 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     @app.get("/readyz")
     def readyz():
         try:
-            connection.ping()
+            queue.writable()
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": type(exc).__name__}), 503
         status = {"status": "ok", "redis": "ok", "config": str(config.path)}

@@ -14,6 +14,7 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from bridge.activity import Activity
+from bridge.config import RedisSettings
 from bridge.events import Event, SourceRef
 from bridge.notification import Notification
 from bridge.queue import (
@@ -22,6 +23,7 @@ from bridge.queue import (
     FAILURE_TTL,
     RESULT_TTL,
     NotificationQueue,
+    NotReplicated,
     Received,
     connect,
     job_id,
@@ -161,6 +163,24 @@ def test_redis_down_raises_a_redis_error(queue_name):
     down = NotificationQueue(connect("redis://127.0.0.1:1/0"), queue_name)
     with pytest.raises(redis.ConnectionError):
         down.accept([order()], received=received(), dedupe_window=WINDOW)
+
+
+def test_a_write_no_replica_took_in_time_is_refused_and_so_is_its_retry(redis_url, queue_name,
+                                                                       rq_queue):
+    """min_replicas: 1 on a Redis without replicas: NotReplicated after the bounded wait (the
+    shop's 503), for the delivery and for its retry, which finds it seen. The default (1 only
+    when the master has replicas) acknowledges the retry at once, as a duplicate."""
+    strict = NotificationQueue(connect(redis_url), queue_name,
+                               replication=RedisSettings(min_replicas=1, replica_timeout_ms=50))
+    for _ in range(2):
+        with pytest.raises(NotReplicated, match="reached 0 of 1 replica"):
+            strict.accept([order()], received=received(), dedupe_window=WINDOW)
+    with pytest.raises(NotReplicated):
+        strict.writable()
+    default = NotificationQueue(connect(redis_url), queue_name)
+    assert default.accept([order()], received=received(), dedupe_window=WINDOW).duplicate
+    default.writable()
+    assert len(rq_queue) == 1
 
 
 def test_each_thread_accepts_on_a_connection_it_gives_back_when_it_ends(queue):
