@@ -162,14 +162,16 @@ class Factory:
 
     def _bigcommerce(self, index: int, ref: str) -> Webhook:
         payload = copy.deepcopy(self.bigcommerce[self.rng.choice(sorted(self.bigcommerce))])
-        payload["hash"] = f"soak{ref}"
         payload["created_at"] = int(time.time())
+        # The delivery id, as BigCommerce's current deliveries carry it (its body's hash is the
+        # SHA-1 of the data, the same for every update of one order).
+        delivery = f"soak{ref}"
 
         def sign(body: bytes, forged: bool) -> dict[str, str]:
-            return {"Content-Type": "application/json",
+            return {"Content-Type": "application/json", "webhook-id": delivery,
                     "X-Webhook-Secret": WRONG.decode() if forged else BIGCOMMERCE_SECRET}
 
-        return Webhook(index, "bigcommerce", payload["hash"], _body(payload), sign)
+        return Webhook(index, "bigcommerce", delivery, _body(payload), sign)
 
     def _standard(self, index: int, ref: str) -> Webhook:
         payload = copy.deepcopy(self.standard[self.rng.choice(sorted(self.standard))])
