@@ -110,7 +110,7 @@ class ReceiverSettings(_Model):
 
 
 RATE_LIMIT_KINDS = ("messages", "replies", "reactions", "channels", "requests")
-REACTION = re.compile(r"^:[a-zA-Z0-9_+\-]+:$")  # Pumble's colon form (shared/pumble-api.md §7)
+REACTION = re.compile(r"^:[a-zA-Z0-9_+\-]+:$")  # Pumble's colon form
 
 
 class DigestSettings(_Model):
@@ -130,8 +130,7 @@ class DeliverySettings(_Model):
     backoff_cap: float = Field(300.0, gt=0)
     job_timeout: int = Field(30, ge=2)  # seconds one attempt may take; a killed worker's job is
     #                                     picked up again about this long (+10 s) later
-    # Calls a minute per Pumble account, by kind (shared/pumble-api.md §5); unnamed kinds keep
-    # Pumble's published limits.
+    # Calls a minute per Pumble account, by kind; unnamed kinds keep Pumble's published limits.
     rate_limits: dict[str, int] = {}
     digest: DigestSettings = DigestSettings()
     # Seconds a thread reply waits for its root message to appear before it is posted alone.

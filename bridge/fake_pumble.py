@@ -1,4 +1,4 @@
-"""A fake of Pumble's API Keys addon that follows shared/pumble-api.md, for tests and first runs.
+"""A fake of Pumble's API Keys addon, as docs/fake-pumble.md describes it, for tests and first runs.
 
 The state (channels, messages, faults) lives in ``bridge.fake_pumble_state``; this module is the
 HTTP surface. Where the public record is silent (the notes mark it UNKNOWN), the fake chooses,

@@ -1,4 +1,4 @@
-"""Client for Pumble's API Keys addon (see shared/pumble-api.md). Knows nothing of shops.
+"""Client for Pumble's API Keys addon. Knows nothing of shops.
 
 Errors come as a small typed hierarchy so the delivery worker decides without parsing strings.
 Writes are sent exactly once: the API has no idempotency key, so whether to send again is the

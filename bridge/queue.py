@@ -2,7 +2,7 @@
 
 A notification's job id is derived from (queue, source, delivery id, route), and a job is written
 only if none with its id exists: a shop re-delivering the same webhook cannot make a second job
-while the first exists (rq-notes §3; a plain ``job_id=`` would run it twice).
+while the first exists (a plain ``job_id=`` would run it twice).
 
 A webhook is accepted in one step (``accept``): one Lua script checks its delivery id against
 the dedupe window, keeps the webhook, writes each notification's job (the hash fields rq's Job
@@ -50,7 +50,7 @@ CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 
 # The worker rides out a Redis restart of about a minute mid-job instead of dying with the job
-# half done (rq-notes §7); the receiver gives up fast so the shop gets its 503 and retries.
+# half done; the receiver gives up fast so the shop gets its 503 and retries.
 # Both connect with a timeout: a master whose machine is gone answers nothing, and the next try
 # asks Sentinel again.
 PATIENT: dict[str, Any] = {
