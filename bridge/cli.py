@@ -342,8 +342,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"burst": getattr(args, "burst", False)}
-    if getattr(args, "maintenance_interval", None):
+    options: dict[str, Any] = {"burst": args.burst}
+    if args.maintenance_interval:
         options["maintenance_interval"] = args.maintenance_interval
     return options
 

@@ -10,7 +10,8 @@ gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_tim
 job cannot outlive its timeout, which rq enforces with SIGALRM in this very process), and
 maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the job again within
 about a minute and a half by default (rq-notes §2). SIGTERM (or Ctrl-C) is a warm shutdown: the
-current send finishes first, then the worker is gone within a couple of seconds.
+current send finishes first, then the worker is gone within a couple of seconds. A Redis that
+is full, read-only, loading or out of reach never ends it: it waits, and carries on.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class DeliveryWorker(SimpleWorker):
 
 def _why(exc: Exception) -> str:
     """The error in a few words: its kind, and Redis's own first words for a refusal."""
-    return f"{type(exc).__name__}: {str(exc).split(chr(10))[0][:120]}"
+    first_line = str(exc).partition("\n")[0]
+    return f"{type(exc).__name__}: {first_line[:120]}"
 
 
 # Move a job id from rq's intermediate list back to the head of its queue, if it is still there.

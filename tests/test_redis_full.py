@@ -252,3 +252,19 @@ def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
         run.send_signal(signal.SIGTERM)
         assert run.wait(60) == 0
         kill(run)
+
+
+@pytest.mark.parametrize("state", ["full", "read-only"])
+def test_a_worker_started_on_an_unwritable_redis_waits_for_it(
+        own_redis, own_bridge, fake_pumble, state):
+    with own_redis.state(state):
+        worker = worker_process(own_bridge.path)
+        time.sleep(3)  # it cannot register itself: it waits, and says so
+        assert worker.poll() is None
+    try:
+        own_bridge.enqueue("once Redis takes writes")
+        wait_until(lambda: texts(fake_pumble) == ["once Redis takes writes"], "the post", 30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        kill(worker)
