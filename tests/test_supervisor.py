@@ -37,6 +37,10 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -56,12 +60,13 @@ def test_run_takes_sighup_restarts_a_dead_worker_and_leaves_nothing_behind(
     run = run_process(b.path, log)
     try:
         started = descendants(run.pid)
-        web, worker = sorted(_children(run.pid))  # the receiver is started first
+        [web] = [pid for pid in _children(run.pid) if "serve" in command_line(pid)]
+        [worker] = set(_children(run.pid)) - {web}
         receivers = descendants(web)  # gunicorn's workers
         run.send_signal(signal.SIGHUP)  # systemctl reload: serve reads its config again...
         wait_until(lambda: not receivers & descendants(web), "serve to renew its workers", 30)
         assert run.poll() is None  # ...and run carries on, with the same two children
-        assert sorted(_children(run.pid)) == [web, worker]
+        assert set(_children(run.pid)) == {web, worker}
 
         os.killpg(worker, signal.SIGKILL)  # the worker, and rq's scheduler with it
         wait_until(lambda: len(_children(run.pid)) == 2 and worker not in _children(run.pid),
