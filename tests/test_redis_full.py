@@ -188,16 +188,17 @@ def test_a_busy_worker_rides_out_redis_and_posts_each_message_once(
         kill(worker)
 
 
-def run_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    port = free_port()
+def run_process(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`pumble-bridge run` on a free port, its output in ``log``, once its receiver is ready;
+    and the receiver's URL."""
+    url = f"http://127.0.0.1:{free_port()}"
     with log.open("w") as output:
         run = subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "run",
-                                "--port", str(port)], cwd=ROOT, env=clean_env(),
+                                "--port", url.rpartition(":")[2]], cwd=ROOT, env=clean_env(),
                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    run.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    wait_until(lambda: httpx.get(f"{run.url}/readyz").status_code == 200,  # type: ignore
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200,
                "run's receiver to be ready", 60)
-    return run
+    return run, url
 
 
 def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
@@ -206,14 +207,14 @@ def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
     full; memory is freed and the shops retry: every webhook answered 2xx is posted exactly
     once, and no process of the bridge exited."""
     log = tmp_path / "run.log"
-    run = run_process(own_bridge.path, log)
+    run, url = run_process(own_bridge.path, log)
     faults(fake_pumble, delay=0.05)  # the worker has a backlog as Redis fills
     try:
         children = _children(run.pid)
         assert len(children) == 2  # the receiver and the worker
         acked: set[int] = set()
         refused: list[int] = []
-        with httpx.Client(base_url=run.url, timeout=30) as http:  # type: ignore[attr-defined]
+        with httpx.Client(base_url=url, timeout=30) as http:
 
             def send(number: int) -> int:
                 body, headers = signed_order(number, webhook_id=f"full-{number}")

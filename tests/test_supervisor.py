@@ -57,7 +57,7 @@ def test_run_takes_sighup_restarts_a_dead_worker_and_leaves_nothing_behind(
         bridge, fake_pumble, tmp_path):
     b = bridge()
     log = tmp_path / "run.log"
-    run = run_process(b.path, log)
+    run, url = run_process(b.path, log)
     try:
         started = descendants(run.pid)
         [web] = [pid for pid in _children(run.pid) if "serve" in command_line(pid)]
@@ -73,7 +73,7 @@ def test_run_takes_sighup_restarts_a_dead_worker_and_leaves_nothing_behind(
                    "run to start the worker again", 30)
         assert "the worker process exited (code -9); starting it again" in log.read_text()
         body, headers = signed_order(4242, webhook_id="after-the-restart")
-        answer = httpx.post(f"{run.url}/webhooks/shop", content=body, headers=headers)
+        answer = httpx.post(f"{url}/webhooks/shop", content=body, headers=headers)
         assert answer.status_code == 202
         wait_until(lambda: any("#4242" in text for text in texts(fake_pumble)),
                    "the restarted worker to post", 30)
