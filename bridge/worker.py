@@ -79,8 +79,8 @@ class DeliveryWorker(SimpleWorker):
             self.pubsub_thread.stop()  # redis-py 8.2 waits here for the thread; older, not
             self.pubsub_thread.join(PUBSUB_POLL + 1)
 
-    # rq's loop (work) calls these five, and quits on any exception they raise: each waits out
-    # an unavailable Redis instead.
+    # rq's loop (work) quits on any exception from the steps it calls: these four and
+    # run_maintenance_tasks (below). Ours wait out an unavailable Redis instead.
     def check_for_suspension(self, burst: bool) -> None:
         self._patiently(super().check_for_suspension, burst)
 
