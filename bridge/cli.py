@@ -18,13 +18,15 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_events import add_events_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
-from bridge.config import Config, ConfigError, data_dir
+from bridge.config import Config, ConfigError, data_dir, load_config
 from bridge.queue import connect
 from bridge.redis_embedded import EmbeddedRedisError
 
@@ -48,6 +50,7 @@ DEFAULT_PORT = 8000
 DEFAULT_FAKE_PUMBLE_PORT = 8025
 FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
 RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
+RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiting
 
 
 class CommandError(Exception):
@@ -336,24 +339,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         _shown(redis_url), problem)
         if args.processes > 1:
             return _supervise_workers(args, config, redis_url)
-        options = {"maintenance_interval": args.maintenance_interval} \
-            if args.maintenance_interval else {}
-        run_worker(config, redis_url, burst=args.burst, **options)
+        run_worker(config, redis_url, **_worker_options(args))
     return 0
 
 
-def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str) -> int:
-    """N single worker processes; one that dies is started again (in --burst mode, each runs
-    until the queue is empty). SIGTERM reaches each, which finishes its current send."""
-    command = [sys.executable, "-m", "bridge", "--config", str(config.path), "worker"]
-    if args.burst:
-        command.append("--burst")
+def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"burst": args.burst}
     if args.maintenance_interval:
-        command += ["--maintenance-interval", str(args.maintenance_interval)]
-    env = dict(os.environ, REDIS_URL=redis_url)
+        options["maintenance_interval"] = args.maintenance_interval
+    return options
+
+
+def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str) -> int:
+    """N worker processes, forked from this one with its config; one that dies is started
+    again (in --burst mode, each runs until the queue is empty). SIGTERM reaches each, which
+    finishes its current send."""
     stop = threading.Event()
     _stop_on_signal(stop)
-    children = [_spawn(command, env) for _ in range(args.processes)]
+    workers = _WorkerConfig(config, os.environ)
+    options = _worker_options(args)
+    children = [_fork_worker(workers.config, redis_url, options) for _ in range(args.processes)]
     failed = 0
     while not stop.wait(0.5):
         for index, child in enumerate(children):
@@ -362,7 +367,7 @@ def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str)
                 continue
             failed += 1
             log.error("worker process %d exited (code %s); starting it again", child.pid, code)
-            children[index] = _spawn(command, env)
+            children[index] = _fork_worker(workers.latest(), redis_url, options)
         if args.burst and all(child.poll() == 0 for child in children):
             return 0
     for child in children:  # all at once, and once: a second SIGTERM cuts a send short
@@ -371,6 +376,71 @@ def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str)
     for child in children:
         _wait_or_kill("worker", child)
     return 1 if failed and args.burst else 0
+
+
+class _WorkerConfig:
+    """The config a (re)started worker process gets: the file as it is now if it validates,
+    else the last version that did (a worker started on an invalid file would exit at once,
+    and be started again, and again)."""
+
+    def __init__(self, config: Config, environ: Mapping[str, str]):
+        self.config = config
+        self._environ = environ
+
+    def latest(self) -> Config:
+        try:
+            self.config = load_config(self.config.path, self._environ)
+        except ConfigError as exc:
+            log.error("config %s is not valid; the worker starts on the last valid one: %s",
+                      self.config.path, " | ".join(exc.problems))
+            return self.config
+        logs.redact_secrets(self.config)
+        return self.config
+
+
+class _Forked:
+    """A worker process forked from this one (so it runs on a config already loaded, not on
+    the file as it is now), with the part of subprocess.Popen's interface we use."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess):
+        self._process = process
+        self.pid: int = process.pid or 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout or 0)
+        return self._process.exitcode
+
+
+Child = subprocess.Popen[bytes] | _Forked
+
+
+def _fork_worker(config: Config, redis_url: str, options: dict[str, Any]) -> _Forked:
+    process = multiprocessing.get_context("fork").Process(
+        target=_worker_child, args=(config, redis_url, options), name="worker")
+    process.start()
+    return _Forked(process)
+
+
+def _worker_child(config: Config, redis_url: str, options: dict[str, Any]) -> None:
+    from bridge.worker import run_worker
+
+    os.setsid()  # as _spawn: Ctrl-C reaches only the parent, which stops the children in order
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # not the parent's handlers
+        signal.signal(signum, signal.SIG_DFL)
+    run_worker(config, redis_url, **options)
 
 
 def cmd_fake_pumble(args: argparse.Namespace) -> int:
@@ -414,35 +484,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             fake_url = _start_fake_pumble(stack, config, fake_port)
             env.update(PUMBLE_BASE_URL=fake_url, PUMBLE_API_KEY=FAKE_PUMBLE_KEY)
             banner = _fake_banner(fake_url)
-        base = [sys.executable, "-m", "bridge", "--config", str(config.path)]
-        children = {
-            "web": _spawn([*base, "serve", "--host", args.host, "--port", str(port)], env),
-            "worker": _spawn([*base, "worker"], env),
+        serve = [sys.executable, "-m", "bridge", "--config", str(config.path), "serve",
+                 "--host", args.host, "--port", str(port)]
+        redis_url = env["REDIS_URL"]
+        workers = _WorkerConfig(config, env)  # with the fake's key and address, if any
+        starts: dict[str, Callable[[], Child]] = {
+            "web": lambda: _spawn(serve, env),
+            "worker": lambda: _fork_worker(workers.latest(), redis_url, {}),
         }
+        children = {name: start() for name, start in starts.items()}
+        # A changed config is the receiver's to take (or refuse); run itself carries on.
+        signal.signal(signal.SIGHUP, lambda *_: children["web"].send_signal(signal.SIGHUP))
         ready = f"{banner}ready: try `{_sample_command(args, config, port)}`"
-        failed = _watch(children, stop, _local_url(args.host, port), ready)
+        _watch(children, starts, stop, _local_url(args.host, port), ready)
         for name, child in children.items():  # web first: stop taking webhooks, then drain
             _terminate(name, child)
-    return 1 if failed else 0
+    return 0
 
 
-def _watch(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event,
-           receiver: str, ready: str) -> str:
-    """Until stopped or a child exits (its name is returned); ``ready`` is printed once the
+def _watch(children: dict[str, Child], starts: dict[str, Callable[[], Child]],
+           stop: threading.Event, receiver: str, ready: str) -> None:
+    """Until stopped; a child that exits is started again (at once after a long run, else
+    after a pause that doubles while it keeps exiting). ``ready`` is printed once the
     receiver answers /readyz (Redis answers, the config is loaded)."""
     announced = False
+    started = dict.fromkeys(children, time.monotonic())
+    pause = dict.fromkeys(children, 0.0)
+    due: dict[str, float] = {}  # when an exited child starts again
     while not stop.wait(0.5):
-        failed = next((name for name, child in children.items() if child.poll() is not None), "")
-        if failed:
-            log.error("the %s process exited (code %s); stopping", failed,
-                      children[failed].returncode)
-            return failed
+        now = time.monotonic()
+        for name, child in children.items():
+            if child.poll() is None:
+                continue
+            if name not in due:
+                quick = now - started[name] < RESTART_DELAY_CAP
+                pause[name] = min(2 * pause[name] or 1.0, RESTART_DELAY_CAP) if quick else 0.0
+                due[name] = now + pause[name]
+                log.error("the %s process exited (code %s); starting it again in %.0f s",
+                          name, child.returncode, pause[name])
+            if now >= due[name]:
+                del due[name]
+                children[name], started[name] = starts[name](), now
         if not announced:
             with contextlib.suppress(httpx.HTTPError):
                 announced = httpx.get(f"{receiver}/readyz", timeout=0.5).status_code == 200
             if announced:
                 print(ready, file=sys.stderr, flush=True)
-    return ""
 
 
 def _local_url(host: str, port: int) -> str:

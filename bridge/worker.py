@@ -10,20 +10,27 @@ gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_tim
 job cannot outlive its timeout, which rq enforces with SIGALRM in this very process), and
 maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the job again within
 about a minute and a half by default (rq-notes §2). SIGTERM (or Ctrl-C) is a warm shutdown: the
-current send finishes first, then the worker is gone within a couple of seconds.
+current send finishes first, then the worker is gone within a couple of seconds. A Redis that
+is full, read-only, loading or out of reach never ends it: it waits, and carries on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
+from rq.exceptions import StopRequested
 from rq.job import Job
+from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from bridge import delivery
 from bridge.clock import Clock
@@ -38,9 +45,19 @@ HEARTBEAT_GRACE = 10
 # Seconds rq's pub/sub listener (the thread that hears rq's commands, such as shutdown) blocks
 # between looks at its stop flag.
 PUBSUB_POLL = 0.1
+# Redis refusing writes (full under noeviction, a read-only replica), loading its data, or out of
+# reach once the connection's own retries are spent: rq's loop would end the worker on any of
+# them; ours waits, probing every REDIS_WAIT_CAP s at most, and carries on.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+               redis.ReadOnlyError)
+REDIS_WAIT_CAP = 5
+
+T = TypeVar("T")
 
 
 class DeliveryWorker(SimpleWorker):
+    waiting_for_redis = False  # said so in the log, and not yet said it is back
+
     # rq's teardown stops its pub/sub listener, whose thread wakes only every 60 s, and since
     # redis-py 8.2 that stop waits for the thread with no time limit. These two keep the stop
     # within PUBSUB_POLL s on every redis-py release.
@@ -63,16 +80,118 @@ class DeliveryWorker(SimpleWorker):
             self.pubsub_thread.stop()  # redis-py 8.2 waits here for the thread; older, not
             self.pubsub_thread.join(PUBSUB_POLL + 1)
 
+    # rq's loop (work) quits on any exception from the steps it calls: these four and
+    # run_maintenance_tasks (below). Ours wait out an unavailable Redis instead.
+    def check_for_suspension(self, burst: bool) -> None:
+        self._patiently(super().check_for_suspension, burst)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        taken = self._patiently(super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
+        if self.waiting_for_redis:  # its heartbeat and the queue's move were written
+            log.warning("Redis is available again: resuming")
+            self.waiting_for_redis = False
+        return taken
+
+    def heartbeat(self, timeout: int | None = None, pipeline: redis.client.Pipeline | None = None
+                  ) -> None:
+        if pipeline is not None:  # part of a transaction rq executes (and handles) itself
+            super().heartbeat(timeout, pipeline)
+        else:
+            self._patiently(super().heartbeat, timeout)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job. If Redis fails under it: a job it refused to start goes back on the
+        queue; one that started is left 'started' (rq could not record how it ended) and runs
+        again once its heartbeat runs out, looking before it sends again."""
+        try:
+            super().execute_job(job, queue)
+        except UNAVAILABLE as exc:
+            with contextlib.suppress(*UNAVAILABLE):
+                self.set_state(WorkerStatus.IDLE)  # so that SIGTERM stops the wait below
+            self._wait_for_redis(exc)
+            if self._patiently(self._requeue_unstarted, job, queue):
+                log.warning("job %s: Redis refused to start it; back on the queue", job.id)
+            else:
+                log.warning("job %s: Redis failed while it ran (%s); it runs again within "
+                            "about %d s", job.id, _why(exc),
+                            self.get_heartbeat_ttl(job) + self.maintenance_interval)
+
+    def _requeue_unstarted(self, job: Job, queue: Queue) -> bool:
+        """Put a dequeued job that never started back at the queue's head, unless another
+        worker's maintenance took it from rq's intermediate list first."""
+        if job.id in queue.started_job_registry:
+            return False
+        return bool(self.connection.eval(_REQUEUE, 2, queue.intermediate_queue.key, queue.key,
+                                         job.id))
+
+    def teardown(self) -> None:
+        """rq's teardown, which records the worker's end in Redis: if that fails, the worker
+        still stops (its record expires by itself)."""
+        try:
+            super().teardown()
+        except UNAVAILABLE as exc:
+            log.warning("could not record this worker's end in Redis (%s)", _why(exc))
+            self.unsubscribe()
+
+    def _patiently(self, call: Callable[..., T], *args: object) -> T:
+        while True:
+            try:
+                return call(*args)
+            except UNAVAILABLE as exc:
+                self._wait_for_redis(exc)
+
+    def _wait_for_redis(self, exc: Exception) -> None:
+        """Until Redis takes a write again (this worker's heartbeat), backing off. One line
+        when it starts waiting; the next dequeue says when it resumes. SIGTERM still stops
+        the worker."""
+        if not self.waiting_for_redis:
+            log.warning("Redis is unavailable (%s): waiting for it", _why(exc))
+            self.waiting_for_redis = True
+        delay = 1.0
+        while True:
+            if self._stop_requested:
+                raise StopRequested
+            time.sleep(delay)
+            try:
+                SimpleWorker.heartbeat(self)
+            except UNAVAILABLE:
+                delay = min(delay * 2, REDIS_WAIT_CAP)
+                continue
+            return
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
             return super().get_heartbeat_ttl(job, working_time)
         return int(job.timeout) + HEARTBEAT_GRACE
 
     def run_maintenance_tasks(self) -> None:
+        self._patiently(self._maintain)
+
+    def _maintain(self) -> None:
         for queue in self.queues:
             release_dead_scheduler_lock(self.connection, queue.name)
-        super().run_maintenance_tasks()
+        try:
+            super().run_maintenance_tasks()
+        except UNAVAILABLE:
+            # rq's cleaning lock, taken for 15 minutes and released when the cleaning ends:
+            # released now, the cleaning runs again once Redis is back, not 15 minutes later.
+            for queue in self.queues:
+                queue.release_maintenance_lock()
+            raise
 
+
+def _why(exc: Exception) -> str:
+    """The error in a few words: its kind, and Redis's own first words for a refusal."""
+    first_line = str(exc).partition("\n")[0]
+    return f"{type(exc).__name__}: {first_line[:120]}"
+
+
+# Move a job id from rq's intermediate list back to the head of its queue, if it is still there.
+_REQUEUE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+return redis.call('LPUSH', KEYS[2], ARGV[1])
+"""
 
 # Delete the lock only if it still names the dead scheduler (another may have taken it since).
 _RELEASE = """
@@ -115,20 +234,25 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
     connection = connect(redis_url, patient=True)
     queue = delivery.configure(config, connection, clock).queue
-    worker = DeliveryWorker(
-        [queue.rq],
-        connection=connection,
-        serializer=JSONSerializer,
-        worker_ttl=worker_ttl,
-        maintenance_interval=maintenance_interval,
-        log_job_description=False,
-    )
+    # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
+    # event's ids; rq's warnings and errors still show.
+    log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
+    delay = 0.0
     try:
-        # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with
-        # its event's ids; rq's warnings and errors still show.
-        log.info("worker %s on queue %s (Redis %s)", worker.name, queue.rq.name,
-                 redis_url.rpartition("@")[2])
-        release_dead_scheduler_lock(connection, queue.rq.name)  # before taking it over
-        return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+        while True:
+            worker = DeliveryWorker([queue.rq], connection=connection,
+                                    serializer=JSONSerializer, worker_ttl=worker_ttl,
+                                    maintenance_interval=maintenance_interval,
+                                    log_job_description=False)
+            try:
+                release_dead_scheduler_lock(connection, queue.rq.name)  # before taking it over
+                return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+            except UNAVAILABLE as exc:  # before rq's loop: registering, starting the scheduler
+                worker.teardown()
+                if not delay:
+                    log.warning("Redis is unavailable (%s): waiting for it to start the "
+                                "worker", _why(exc))
+                delay = min(2 * delay or 1.0, REDIS_WAIT_CAP)
+                time.sleep(delay)
     finally:
         connection.close()

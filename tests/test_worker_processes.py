@@ -337,3 +337,22 @@ def test_a_dead_schedulers_lock_is_released_a_live_ones_is_not(redis_url, queue_
             assert (connection.get(key) is None) is released
     finally:
         connection.delete(key, "rq:scheduler:alive", "rq:scheduler:dead")
+
+
+def test_the_procfiles_worker_stops_cleanly_as_honcho_stops_it(bridge):
+    """honcho runs a Procfile line with `sh -c` in a session of its own, and stops it with
+    SIGTERM to that whole group; what it reports is the exit code of the process it started."""
+    b = bridge()
+    lines = (line.partition(": ") for line in (ROOT / "Procfile").read_text().splitlines()
+             if line and not line.startswith("#"))
+    command = {name: rest for name, _, rest in lines}["worker"]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    process = subprocess.Popen(command, shell=True, cwd=ROOT, start_new_session=True,
+                               env=clean_env(BRIDGE_CONFIG=str(b.path), PATH=path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listening_worker(b)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        kill(process)
