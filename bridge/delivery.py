@@ -11,10 +11,11 @@ Each run of the job (an *attempt*, recorded in the job's meta) goes through thes
    never announced; then it is posted alone and becomes the thread's first message.
 4. **Look before sending again.** If an earlier attempt may have posted (an ambiguous failure:
    timeout after sending, connection dropped before the answer, or a worker killed mid-send),
-   the channel is searched first, once a late write would have landed, back to that attempt
-   (up to ``LOOK_BACK_PAGES`` pages); a message with the same text posted since that attempt
-   counts as this one (see ``find_posted``).
-5. **Send** after taking a slot from the rate limiter shared by every worker, once.
+   the channel (for a reply, the thread) is searched first, once a late write would have
+   landed, back to that attempt (up to ``LOOK_BACK_PAGES`` pages); only a message carrying this
+   notification's own mark (bridge.marker) counts as this one, never one with the same text.
+5. **Send** after taking a slot from the rate limiter shared by every worker, once, with the
+   notification's mark at the end of the text.
    ``create_channel: true`` creates a channel Pumble does not know and sends again.
 6. **React** to the thread's first message when the route maps this event type to a reaction.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +43,12 @@ from bridge import metrics
 from bridge.clock import Clock
 from bridge.config import Config, config_path, load_config
 from bridge.digest import Claim, digest_text
+from bridge.marker import mark, marked_by
 from bridge.notification import Notification
 from bridge.pumble import (
     AmbiguousError,
     AuthError,
+    Message,
     MessageRef,
     NotFoundError,
     PumbleClient,
@@ -64,7 +68,7 @@ CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looki
 # Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
 # a request our client gave up on.
 LATE_WRITE = 10
-LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel is searched for an earlier post
+LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel (a thread) is searched
 
 
 class DeadLetter(Exception):
@@ -270,12 +274,15 @@ class Attempt:
         client = d.client(n.account)
         maybe_sent_at = self.meta.get("maybe_sent_at")
         if maybe_sent_at:
-            if root:  # replies are not listed in the channel: nothing to look at
-                raise DeadLetter("an earlier attempt may have posted this reply (no answer "
-                                 "from Pumble) and replies cannot be looked up; check the "
-                                 "thread, then `pumble-bridge dlq retry` if it is missing")
             d.limiter.acquire(n.account, "requests", max_wait=d.max_slot_wait)
-            found = find_posted(client, n.channel, text, maybe_sent_at)
+            # Replies are not listed in the channel: a reply is looked for in its thread.
+            messages = (client.iter_replies(root.message_id, channel_id=root.channel_id,
+                                            max_pages=LOOK_BACK_PAGES) if root else
+                        client.iter_messages(n.channel, limit=100, max_pages=LOOK_BACK_PAGES))
+            # A thread's order is not documented: it is read whole, not up to the attempt.
+            found = find_posted(messages, self.job.id, None if root else maybe_sent_at,
+                                f"the thread of message {root.message_id}" if root
+                                else f"#{n.channel}")
             if found:
                 log.info("job %s: an earlier attempt did post it (message %s): not sending "
                          "again", self.job.id, found.id, extra=self.context(message_id=found.id))
@@ -306,6 +313,7 @@ class Attempt:
 
     def _post(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
         n = self.notification
+        text = mark(text, self.job.id)
         if root:
             return client.send_reply(root.message_id, text, channel_id=root.channel_id,
                                      as_bot=n.as_bot)
@@ -384,27 +392,25 @@ class Attempt:
         metrics.dead_lettered(n.route)
 
 
-def find_posted(client: PumbleClient, channel: str, text: str, since: float) -> MessageRef | None:
-    """A message in the channel with the same text (whitespace aside), posted no earlier than
-    ``since`` (less clock skew): the earlier attempt's post, if it was made. Pages back until
-    the messages are older than that; a channel too busy to reach that far within
-    ``LOOK_BACK_PAGES`` cannot be checked, and the notification becomes a dead letter rather
-    than risk a second post.
+def find_posted(messages: Iterable[Message], owner: str, since: float | None,
+                where: str) -> MessageRef | None:
+    """The message of ``messages`` that carries ``owner``'s mark: the earlier attempt's post, if
+    it was made. With ``since``, ``messages`` are newest first and the walk stops at ones older
+    than that (less clock skew). A place too busy to reach that far within ``LOOK_BACK_PAGES``
+    cannot be checked: the notification becomes a dead letter rather than risk a second post.
 
-    Every message the bridge renders carries its event's own reference (order number, amount,
-    customer), so two different notifications practically never have the same text within the
-    same few minutes."""
-    wanted = " ".join(text.split())
-    oldest = since - CLOCK_SKEW
+    The same text is no evidence (two refunds may both read "Refund issued"); the mark is, as no
+    payload value can put one in a message (bridge.marker)."""
+    oldest = since - CLOCK_SKEW if since is not None else 0.0
     seen = 0
-    for message in client.iter_messages(channel, limit=100, max_pages=LOOK_BACK_PAGES):
+    for message in messages:
         seen += 1
         if message.timestamp_milli and message.timestamp_milli / 1000 < oldest:
             return None  # newest first: the rest are older still
-        if " ".join(message.text.split()) == wanted:
+        if marked_by(message.text, owner):
             return MessageRef(message.id, message.channel_id)
     if seen >= LOOK_BACK_PAGES * 100:
         raise DeadLetter(f"an earlier attempt may have posted this (no answer from Pumble) and "
-                         f"#{channel} has had more than {seen} messages since: check it, then "
-                         "`pumble-bridge dlq retry` if it is missing")
+                         f"{where} has had more than {seen} messages since: it cannot be "
+                         "checked; look there, and post it by hand if it is missing")
     return None
