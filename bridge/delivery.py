@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 from rq import Retry, get_current_job
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from bridge import metrics
 from bridge.clock import Clock
@@ -63,6 +63,8 @@ from bridge.threads import Root
 log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
+LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of its line wait
+LINE_LOOK = 20  # how many of those are read at a time
 MAX_RETURNED_RETRIES = 10**6  # our own attempt count and max age bound the retries, not rq's
 CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
 # Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
@@ -191,17 +193,25 @@ class Attempt:
             return self._in_digest(owner)
 
         root: Root | None = None
-        if n.reply and n.thread_key:
+        sent = self.meta.get("sent")
+        if n.thread_key and (n.reply or n.starts_thread):
             known = d.queue.roots.get(n)
-            if known is True or (known is None and age < d.settings.thread_wait):
+            if n.reply and (known is True or (known is None and age < d.settings.thread_wait)):
                 metrics.delivery(n.route, "waiting")
                 return self._wait(WAIT_INTERVAL)
-            root = known if isinstance(known, Root) else None
+            # A first event arriving once its thread was begun by a later one (after
+            # thread_wait) joins that thread: never a second top-level message for it.
+            if isinstance(known, Root) and known.message_id != (sent or {}).get("id"):
+                root = known
 
-        sent = self.meta.get("sent")
         if sent:  # an earlier run posted it; a later step (the reaction) is what is left
-            ref, members = MessageRef(**sent), self._members(self._claim().members)
+            ref, members = MessageRef(**sent), self._members(self._claim(root).members)
         else:
+            ahead = self._ahead()
+            if ahead:
+                metrics.delivery(n.route, "waiting")
+                spacing = 60 / d.limits["messages"].per_minute
+                return self._wait(max(1, min(LINE_WAIT, math.ceil(ahead * spacing))))
             early = self._too_early_to_look()
             if early:
                 return self._wait(early)
@@ -210,11 +220,12 @@ class Attempt:
             # counts toward a digest.
             d.limiter.acquire(n.account, "replies" if root else "messages",
                               max_wait=d.max_slot_wait)
-            claim = self._claim()
+            claim = self._claim(root)
             if claim.owner:  # taken into a digest while this one waited for its slot
                 return self._in_digest(claim.owner)
             members = self._members(claim.members)
             ref = self._send(digest_text([n, *members]) if members else n.text, root)
+        d.queue.backlog.leave(n, self.job.id)  # posted: the next in its line may go
         if not root:
             for member in (n, *members):  # the first message about each becomes its root
                 d.queue.roots.claim(member, ref.id, ref.channel_id)
@@ -238,10 +249,29 @@ class Attempt:
         if attempts >= self.deliverer.settings.max_attempts:
             raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
 
-    def _claim(self) -> Claim:
+    def _claim(self, root: Root | None) -> Claim:
+        """Its digest, if it sends one; a message posted in a thread never is one."""
+        if root:
+            return Claim()
         d = self.deliverer
         return d.queue.backlog.claim(self.notification, self.job.id, d.digest_threshold,
                                      d.settings.digest.max_items)
+
+    def _ahead(self) -> int:
+        """How many notifications of its line must be posted before this one: those that
+        arrived before it, for a reply those whose event came first (``event_order``). A job
+        that vanished, failed for good or finished leaves the line here."""
+        n, backlog = self.notification, self.deliverer.queue.backlog
+        ids, more = backlog.ahead(n, self.job.id, LINE_LOOK)
+        jobs = Job.fetch_many(ids, connection=self.job.connection,
+                              serializer=self.job.serializer) if ids else []
+        waiting = [job for job in jobs if job is not None and job.get_status(refresh=False)
+                   not in (JobStatus.FAILED, JobStatus.FINISHED)]
+        backlog.leave(n, *(set(ids) - {job.id for job in waiting}))
+        before = [Notification.from_payload(job.args[0]) for job in waiting]
+        if n.reply:
+            before = [b for b in before if event_order(b) < event_order(n)]
+        return len(before) + more
 
     def _in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
@@ -386,10 +416,17 @@ class Attempt:
         queue.keep_event(n.source, n.event_id)
         if n.starts_thread and not self.meta.get("sent"):
             queue.roots.give_up(n)  # replies waiting for this one go out alone
+        queue.backlog.leave(n, self.job.id)  # the next in its line goes
         log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
                   n.route, reason, extra=self.context())
         metrics.delivery(n.route, "dead_lettered")
         metrics.dead_lettered(n.route)
+
+
+def event_order(notification: Notification) -> tuple[float, float, str]:
+    """When its event happened (the platform's time, else arrival); then arrival."""
+    return (notification.occurred_at or notification.received_at, notification.received_at,
+            notification.event_id)
 
 
 def find_posted(messages: Iterable[Message], owner: str, since: float | None,
