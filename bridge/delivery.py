@@ -3,12 +3,15 @@
 Each run of the job (an *attempt*, recorded in the job's meta) goes through these steps:
 
 1. **Too old?** Past ``delivery.max_age`` after receipt it is dead-lettered.
-2. **Digest.** If its route's backlog is longer than the rate limit can post in the digest
-   window, this job sends one digest for the oldest waiting ones (bridge.digest); a job already
-   in another's digest ends there.
-3. **Thread.** A reply (route ``thread: true``) waits while its conversation's first message is
+2. **Thread.** A reply (route ``thread: true``) waits while its conversation's first message is
    expected but not yet posted, and at most ``delivery.thread_wait`` seconds for one that was
-   never announced; then it is posted alone and becomes the thread's first message.
+   never announced; then it is posted alone and becomes the thread's first message. A first
+   message whose thread was begun so (it arrived late) is posted in that thread.
+3. **Its turn.** It waits while a notification before it in its line (bridge.digest) is not
+   posted: one that arrived before it in its route and channel, or, for a reply, one of its
+   thread whose event came first (``event_order``). Then, if its route's line is longer than
+   the rate limit can post in the digest window, it sends one digest for itself and the next
+   waiting ones; a job already in another's digest ends there.
 4. **Look before sending again.** If an earlier attempt may have posted (an ambiguous failure:
    timeout after sending, connection dropped before the answer, or a worker killed mid-send),
    the channel (for a reply, the thread) is searched first, once a late write would have
@@ -22,8 +25,8 @@ Each run of the job (an *attempt*, recorded in the job's meta) goes through thes
 Failures: 5xx, 429, refused connections, timeouts and ambiguous answers are tried again with
 exponential backoff and full jitter (at least the server's Retry-After), up to
 ``delivery.max_attempts`` sends; everything else Pumble refuses (key, validation, unknown
-channel) is dead-lettered at once with its reason. Waiting (for a thread root, for a rate-limit
-slot) is not an attempt.
+channel) is dead-lettered at once with its reason. Waiting (for a thread root, its turn, a
+rate-limit slot) is not an attempt.
 """
 
 from __future__ import annotations
