@@ -253,12 +253,14 @@ class Attempt:
             raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
 
     def _claim(self, root: Root | None) -> Claim:
-        """Its digest, if it sends one; a message posted in a thread never is one."""
+        """Its digest, if it sends one; a message posted in a thread never is one. Once a
+        message may have been posted, only the digest already claimed: nothing joins it then."""
         if root:
             return Claim()
         d = self.deliverer
+        fresh = not self.meta.get("sent") and not self.meta.get("maybe_sent_at")
         return d.queue.backlog.claim(self.notification, self.job.id, d.digest_threshold,
-                                     d.settings.digest.max_items)
+                                     d.settings.digest.max_items if fresh else 1)
 
     def _ahead(self) -> int:
         """How many notifications of its line must be posted before this one: those that

@@ -26,11 +26,10 @@ import redis
 
 from bridge.notification import Notification
 
-# Atomic. The claim is remembered (KEYS[2]), so the same job asked again answers the same: a job
-# in no line, or taken into another's digest, is {"taken", owner} or {"alone"}; else, if at least
-# ARGV[2] others wait behind it, it takes the next ARGV[3] of them out of the line:
-# {"owner", ids-json} (self sends a digest of these; none: alone). Self stays in the line until
-# its post is recorded (``leave``).
+# Atomic. A digest once claimed (KEYS[2]) is answered again: {"owner", ids-json}. A job taken
+# into another's digest is {"taken", owner}. Else, if at least ARGV[2] others wait behind it in
+# its line, it takes the next ARGV[3] of them out of the line: {"owner", ids-json}; or {"alone"}.
+# Self stays in the line until its post is recorded (``leave``).
 _CLAIM = """
 local mine = redis.call('GET', KEYS[2])
 if mine then return {'owner', mine} end
@@ -40,14 +39,12 @@ if not rank then
   if owner then return {'taken', owner} end
   return {'alone'}
 end
-local popped = {}
-if redis.call('ZCARD', KEYS[1]) - rank - 1 >= tonumber(ARGV[2]) then
-  popped = redis.call('ZRANGE', KEYS[1], rank + 1, rank + tonumber(ARGV[3]))
-  redis.call('ZREM', KEYS[1], unpack(popped))
-  for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
-end
+if redis.call('ZCARD', KEYS[1]) - rank - 1 < tonumber(ARGV[2]) then return {'alone'} end
+local popped = redis.call('ZRANGE', KEYS[1], rank + 1, rank + tonumber(ARGV[3]))
+if #popped == 0 then return {'alone'} end
+redis.call('ZREM', KEYS[1], unpack(popped))
+for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
 local ids = cjson.encode(popped)
-if #popped == 0 then ids = '[]' end
 redis.call('SET', KEYS[2], ids, 'EX', ARGV[4])
 return {'owner', ids}
 """
@@ -115,8 +112,8 @@ class Backlog:
     def claim(self, notification: Notification, job_id: str, threshold: int,
               max_items: int) -> Claim:
         """If at least ``threshold`` others wait behind this job in its line, take up to
-        ``max_items - 1`` of them out of it, into this one's digest. Asked again by the same
-        job, answers the same."""
+        ``max_items - 1`` of them out of it, into this one's digest. A digest once claimed is
+        answered again to the same job (``max_items=1``: only that)."""
         if not _digestible(notification):
             return Claim()
         answer = self._claim(keys=[self.key(notification), self._prefix + "digest:" + job_id],

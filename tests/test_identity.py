@@ -20,7 +20,7 @@ from bridge.local_server import LocalServer
 from bridge.marker import ALPHABET, code, mark, marked_by, unmarked
 from bridge.queue import job_id
 from bridge.worker import HEARTBEAT_GRACE
-from tests.conftest import FakePumble, faults, stats, wait_until
+from tests.conftest import TEST_KEY, FakePumble, faults, stats, wait_until
 from tests.test_worker_processes import kill, started, worker_process
 
 
@@ -184,3 +184,24 @@ def test_a_dead_letter_retry_looks_before_posting_again(bridge, fake_pumble):
     assert b.dead.retry(record.id)
     b.drain()
     assert_replied_once_with_reaction(b, fake_pumble, paid)
+
+
+# -- digests ----------------------------------------------------------------------------------
+
+def test_a_post_that_may_have_been_made_takes_no_one_into_a_digest(bridge, fake_pumble):
+    """Its earlier attempt posted it alone (the answer lost): found again, it must not count the
+    orders waiting behind it as posted with it."""
+    b = bridge({"rate_limits": {"messages": 6}, "digest": {"window": 10, "max_items": 10}})
+    first, *_others = [b.enqueue(f"order #{n}", event_id=f"d-{n}") for n in range(1, 5)]
+    owner = job_id(b.queue.rq.name, first)
+    fake_pumble.http.post(f"{fake_pumble.url}/sendMessage", headers={"ApiKey": TEST_KEY},
+                          json={"channel": "orders", "text": mark("order #1", owner),
+                                "asBot": True}).raise_for_status()
+    job = b.rq.fetch_job(owner)
+    job.meta.update(attempts=1, maybe_sent_at=b.clock.time())
+    job.save_meta()
+    b.drain()
+    lines = [line for m in fake_pumble.messages() for line in m["text"].splitlines()]
+    for n in range(1, 5):
+        assert sum(line.endswith(f"order #{n}") for line in lines) == 1, lines
+    assert b.rq.fetch_job(owner).return_value()["message_id"] == fake_pumble.messages()[0]["id"]
