@@ -195,26 +195,17 @@ class Attempt:
         if owner:
             return self._in_digest(owner)
 
-        root: Root | None = None
         sent = self.meta.get("sent")
-        if n.thread_key and (n.reply or n.starts_thread):
-            known = d.queue.roots.get(n)
-            if n.reply and (known is True or (known is None and age < d.settings.thread_wait)):
-                metrics.delivery(n.route, "waiting")
-                return self._wait(WAIT_INTERVAL)
-            # A first event arriving once its thread was begun by a later one (after
-            # thread_wait) joins that thread: never a second top-level message for it.
-            if isinstance(known, Root) and known.message_id != (sent or {}).get("id"):
-                root = known
+        root, wait = self._thread(age, sent)
+        if not wait and not sent:
+            wait = self._turn_in()
+        if wait:
+            metrics.delivery(n.route, "waiting")
+            return self._wait(wait)
 
         if sent:  # an earlier run posted it; a later step (the reaction) is what is left
             ref, members = MessageRef(**sent), self._members(self._claim(root).members)
         else:
-            ahead = self._ahead()
-            if ahead:
-                metrics.delivery(n.route, "waiting")
-                spacing = 60 / d.limits["messages"].per_minute
-                return self._wait(max(1, min(LINE_WAIT, math.ceil(ahead * spacing))))
             early = self._too_early_to_look()
             if early:
                 return self._wait(early)
@@ -261,6 +252,29 @@ class Attempt:
         fresh = not self.meta.get("sent") and not self.meta.get("maybe_sent_at")
         return d.queue.backlog.claim(self.notification, self.job.id, d.digest_threshold,
                                      d.settings.digest.max_items if fresh else 1)
+
+    def _thread(self, age: float, sent: dict[str, str] | None) -> tuple[Root | None, int]:
+        """The thread root to post in (None: a message of its own), and the seconds to wait
+        first for one (0: none)."""
+        n, d = self.notification, self.deliverer
+        if not n.thread_key or not (n.reply or n.starts_thread):
+            return None, 0
+        known = d.queue.roots.get(n)
+        if n.reply and (known is True or (known is None and age < d.settings.thread_wait)):
+            return None, WAIT_INTERVAL
+        # A first event arriving once its thread was begun by a later one (after thread_wait)
+        # joins that thread: never a second top-level message for it.
+        if isinstance(known, Root) and known.message_id != (sent or {}).get("id"):
+            return known, 0
+        return None, 0
+
+    def _turn_in(self) -> int:
+        """Seconds to wait for its turn in its line (0: now), as many slots as are before it."""
+        ahead = self._ahead()
+        if not ahead:
+            return 0
+        spacing = 60 / self.deliverer.limits["messages"].per_minute
+        return max(1, min(LINE_WAIT, math.ceil(ahead * spacing)))
 
     def _ahead(self) -> int:
         """How many notifications of its line must be posted before this one: those that

@@ -37,6 +37,6 @@ def mark(text: str, owner: str) -> str:
 
 
 def marked_by(text: str, owner: str) -> bool:
-    """Whether a posted message's text carries ``owner``'s mark (at its end, where only the
-    bridge puts one)."""
-    return text.endswith(code(owner))
+    """Whether a posted message's text carries ``owner``'s mark (anywhere: should Pumble add to
+    a text, the mark is still the bridge's, as no payload can make one)."""
+    return code(owner) in text
