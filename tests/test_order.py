@@ -16,7 +16,7 @@ from bridge.local_server import LocalServer
 from bridge.samples import body_of, shopify_headers, shopify_order
 from bridge.sources.shopify import sign
 from bridge.web import create_app
-from tests.conftest import TEST_SECRET, FakePumble, faults, stats
+from tests.conftest import TEST_SECRET, FakePumble, faults, stats, wait_until
 from tests.test_delivery import THREAD_ROUTES
 from tests.test_identity import LossyProxy
 
@@ -147,3 +147,22 @@ def test_new_orders_in_digests_keep_their_arrival_order(bridge, fake_pumble, mon
     b.drain()
     assert numbers_posted(fake_pumble) == numbers
     assert any(m["text"].startswith("📦") for m in fake_pumble.messages())
+
+
+def test_two_worker_processes_post_new_orders_in_arrival_order(bridge, fake_pumble):
+    from tests.test_worker_processes import kill, worker_process
+
+    b = bridge({"rate_limits": {"messages": 300}},
+               routes=[{"name": "new-orders", "match": {"event": ["order.created"]},
+                        "channel": "orders", "template": "order_created.j2", "digest": False}])
+    numbers = list(range(4009, 4025))
+    with receiver(b) as send:
+        for number in numbers:
+            send("orders/create", number)
+    workers = [worker_process(b.path) for _ in range(2)]
+    try:
+        wait_until(lambda: len(numbers_posted(fake_pumble)) == len(numbers), "every order", 90)
+    finally:
+        for worker in workers:
+            kill(worker)
+    assert numbers_posted(fake_pumble) == numbers
