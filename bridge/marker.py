@@ -17,7 +17,8 @@ import hashlib
 
 ALPHABET = "\u2061\u2062\u2063\u2064"  # 2 bits each
 _STRIP = str.maketrans("", "", ALPHABET)
-_BYTES = 8  # 64 bits of the owner's digest: 32 characters
+_BYTES = 8  # 64 bits of the owner's digest
+LENGTH = _BYTES * 4  # characters of a mark
 
 
 def code(owner: str) -> str:

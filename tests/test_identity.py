@@ -17,7 +17,7 @@ from flask import Flask, Response, request
 
 from bridge.fake_pumble import drop_connection
 from bridge.local_server import LocalServer
-from bridge.marker import ALPHABET, code, mark, marked_by, unmarked
+from bridge.marker import ALPHABET, LENGTH, code, mark, marked_by, unmarked
 from bridge.queue import job_id
 from bridge.worker import HEARTBEAT_GRACE
 from tests.conftest import TEST_KEY, FakePumble, faults, stats, wait_until
@@ -62,7 +62,7 @@ def proxy(fake_pumble: FakePumble) -> Iterator[tuple[LossyProxy, str]]:
 
 def owners(fake: FakePumble) -> Counter[str]:
     """How many posted messages carry each mark (the raw texts: marks kept)."""
-    return Counter(message["text"][-32:] for message in fake.messages(raw=True))
+    return Counter(message["text"][-LENGTH:] for message in fake.messages(raw=True))
 
 
 def marks_of(b, *notifications) -> list[str]:
@@ -106,7 +106,7 @@ def test_the_mark_is_invisible_and_only_at_the_end():
     text = mark(f"Refund issued\n{ALPHABET * 3}note", "n-abc")
     assert unmarked(text) == "Refund issued\nnote"
     assert marked_by(text, "n-abc") and not marked_by(text, "n-abd")
-    assert len(text) - len(unmarked(text)) == 32
+    assert len(text) - len(unmarked(text)) == LENGTH == 32
     # drawn as nothing, and not whitespace a server might trim
     assert all(unicodedata.category(c) == "Cf" and not c.isspace() for c in ALPHABET)
 
