@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from bridge.sources import woocommerce
 from bridge.sources.shopify import sign
-from tests.conftest import TEST_SECRET, free_port, signed_order, wait_until
+from tests.conftest import TEST_KEY, TEST_SECRET, free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
 from tests.test_metrics import parse, value
 from tests.test_reload import bump
@@ -44,24 +46,31 @@ class Served:
         return httpx.get(f"{self.url}/readyz", headers={"Connection": "close"})
 
 
-@pytest.fixture
-def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Served, Path]]:
-    """`pumble-bridge serve --workers 1` on a free port (one worker: every request meets it)."""
-    config = write_config(redis_url=redis_url, queue=queue_name)
-    port, log = free_port(), tmp_path / "serve.log"
+@contextlib.contextmanager
+def serving(config: Path, directory: Path, *options: str) -> Iterator[Served]:
+    """`pumble-bridge serve` of ``config`` on a free port until the block ends."""
+    port, log = free_port(), directory / "serve.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "1",
+            [sys.executable, "-m", "bridge", "--config", str(config), "serve", *options,
              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-            env=clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), start_new_session=True)
+            env=clean_env(BRIDGE_DATA_DIR=str(directory / "data")), start_new_session=True)
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_until(lambda: served.ready().status_code == 200, "serve to start")
-        yield served, config
+        yield served
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+@pytest.fixture
+def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Served, Path]]:
+    """`pumble-bridge serve --workers 1` on a free port (one worker: every request meets it)."""
+    config = write_config(redis_url=redis_url, queue=queue_name)
+    with serving(config, tmp_path, "--workers", "1") as served:
+        yield served, config
 
 
 def channel_of(served: Served, rq_queue, number: int) -> str:
@@ -164,3 +173,62 @@ def test_a_body_over_the_limit_is_413_chunked_or_not(serve, rq_queue):
                   "X-Shopify-Webhook-Id": f"w-{size}"}
         response = httpx.post(f"{served.url}/webhooks/shop", content=padded, headers=signed)
         assert response.status_code == status, response.text
+
+
+# -- a captured body re-sent with other unsigned headers ------------------------------------------
+
+WOO_BODY = (Path(__file__).parent / "payloads" / "woocommerce" / "order_created.json").read_bytes()
+
+
+@pytest.fixture
+def serve_two_shops(tmp_path, redis_url, queue_name) -> Iterator[Served]:
+    """A Shopify source with shop_domain and a WooCommerce one with site_url, every order
+    event routed."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "pumble": {"base_url": "http://127.0.0.1:9", "api_key": TEST_KEY},
+        "redis": {"url": redis_url, "queue": queue_name},
+        "sources": {
+            "shop": {"type": "shopify", "secret": TEST_SECRET,
+                     "shop_domain": "demo-shop.myshopify.com"},
+            "woo": {"type": "woocommerce", "secret": TEST_SECRET,
+                    "site_url": "https://shop.example.com"}},
+        "routes": [{"name": name, "match": {"event": [f"order.{name}"]}, "channel": "orders",
+                    "template": f"order_{name}.j2"} for name in ("created", "cancelled")],
+    }))
+    with serving(config, tmp_path, "--workers", "1") as served:
+        yield served
+
+
+def test_a_replayed_body_naming_another_shop_is_refused(serve_two_shops, rq_queue):
+    served = serve_two_shops
+    body, headers = signed_order(5001)
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    [job] = rq_queue.get_jobs()
+    assert "https://admin.shopify.com/store/demo-shop/orders/" in job.args[0]["text"]
+
+    # The issue's replay: the signed body with a new id, another topic and another shop.
+    replayed = {**headers, "X-Shopify-Webhook-Id": "w-replayed",
+                "X-Shopify-Topic": "orders/cancelled", "X-Shopify-Shop-Domain": "evil.example"}
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body, headers=replayed)
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "X-Shopify-Shop-Domain 'evil.example' is not this source's shop_domain"}
+
+    woo = {"Content-Type": "application/json", "X-WC-Webhook-Topic": "order.created",
+           "X-WC-Webhook-Source": "https://shop.example.com/",
+           "X-WC-Webhook-Delivery-ID": "d-1",
+           "X-WC-Webhook-Signature": woocommerce.sign(TEST_SECRET.encode(), WOO_BODY)}
+    response = httpx.post(f"{served.url}/webhooks/woo", content=WOO_BODY, headers=woo)
+    assert response.status_code == 202, response.text
+    response = httpx.post(f"{served.url}/webhooks/woo", content=WOO_BODY, headers={
+        **woo, "X-WC-Webhook-Delivery-ID": "d-replayed", "X-WC-Webhook-Topic": "order.updated",
+        "X-WC-Webhook-Source": "https://evil.example/"})
+    assert response.status_code == 401
+    assert "is not this source's site_url" in response.json()["error"]
+    links = [line for job in rq_queue.get_jobs() for line in job.args[0]["text"].splitlines()
+             if "https://" in line]
+    assert len(rq_queue.get_jobs()) == 2
+    assert not [link for link in links if "evil.example" in link]
+    assert any("https://shop.example.com/wp-admin/post.php?post=727" in link for link in links)
