@@ -8,19 +8,42 @@ finish their requests), so none serves a config the master has replaced and each
 refusal (``/readyz``). The workers never watch or reload by themselves: two processes that
 each read the file could disagree, and a worker replacing a dead one would start from the
 startup config.
+
+The workers are gunicorn's ``gthread`` workers, but a request reaches a thread only once it is
+all here (``WholeRequestWorker``): a connection that sends slowly, stalls or sends nothing costs
+a buffer in the worker's event loop, not one of its few threads, and is closed once it has taken
+``REQUEST_READ_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import re
+import selectors
+import socket
 import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bridge.reload import Reloader
+
+# A request (headers and body) not all here this many seconds after its first byte could come is
+# answered 408 and its connection closed. Platforms send a webhook at once, in well under this.
+REQUEST_READ_TIMEOUT = 10
+# Headers not ended within this many bytes are answered 431 (a platform sends a few hundred).
+HEADERS_LIMIT = 64 * 1024
+# How long a connection closed after its answer is read (and its bytes dropped) before it is
+# closed for good: closing with bytes unread would reset it and could lose the answer.
+LINGER = 2.0
 
 
 class GunicornApp(BaseApplication):
@@ -73,3 +96,181 @@ class _ConfigWatchingArbiter(Arbiter):
         super().murder_workers()
         if self.app.pipelines.reload_if_changed():
             self.handle_hup()
+
+
+class Framing(enum.Enum):
+    INCOMPLETE = enum.auto()  # more must come
+    WHOLE = enum.auto()  # the request is all here (or framed so that gunicorn refuses it)
+    TOO_LARGE = enum.auto()  # the body is over the limit: refused without the rest of it
+    HEADERS_TOO_LARGE = enum.auto()
+
+
+CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
+
+
+def framing(data: bytes, limit: int) -> Framing:
+    """How much of the HTTP/1.1 request at the start of ``data`` is here. A body over ``limit``
+    bytes is TOO_LARGE once the limit is passed (a chunked one, once more than ``limit`` bytes
+    of it are here: the app reads that many to refuse it)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return Framing.HEADERS_TOO_LARGE if len(data) > HEADERS_LIMIT else Framing.INCOMPLETE
+    head, body = data[:end], data[end + 4:]
+    if CHUNKED.search(head):
+        return _chunked_framing(body, limit)
+    lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
+    if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        return Framing.WHOLE  # no body, or one gunicorn refuses (400) without reading it
+    length = int(next(iter(lengths)))
+    if length > limit:
+        return Framing.TOO_LARGE
+    return Framing.WHOLE if len(body) >= length else Framing.INCOMPLETE
+
+
+def _chunked_framing(body: bytes, limit: int) -> Framing:
+    position = received = 0
+    while True:
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            return Framing.INCOMPLETE
+        try:
+            size = int(body[position:line_end].partition(b";")[0].strip(), 16)
+        except ValueError:
+            return Framing.WHOLE  # gunicorn refuses it (400)
+        start = line_end + 2
+        if size == 0:  # then the trailer section, ended by an empty line
+            ended = body.startswith(b"\r\n", start) or body.find(b"\r\n\r\n", start) >= 0
+            return Framing.WHOLE if ended else Framing.INCOMPLETE
+        received += min(size, len(body) - start)
+        if received > limit:
+            return Framing.TOO_LARGE
+        position = start + size + 2
+        if position > len(body):
+            return Framing.INCOMPLETE
+
+
+@dataclass
+class _Waiting:
+    """A connection the event loop reads: a request coming in, or a connection closing."""
+
+    deadline: float
+    data: bytearray = field(default_factory=bytearray)
+
+
+class WholeRequestWorker(ThreadWorker):
+    """gunicorn's gthread worker, whose event loop reads each request whole before a thread
+    runs it, and times out and closes connections without holding a thread.
+
+    gthread gives a thread to each connection with bytes to read, and the thread reads until the
+    request is in: 8 connections sending a byte a second held all of them (issue 16). Here the
+    threads only ever run requests that are all here (or refused whole: a body over the limit,
+    whose connection is then closed); everything that waits, waits in the event loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.waiting: dict[TConn, _Waiting] = {}
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """gthread's one way to a thread: new connections, kept-alive ones that became
+        readable, and requests pipelined behind a previous one all start by being read."""
+        leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
+        self._wait(conn, REQUEST_READ_TIMEOUT, self._read, leftover)
+        if leftover:
+            self._take(conn)
+
+    def _wait(self, conn: TConn, seconds: float, on_readable: Callable[[TConn], None],
+              data: bytes = b"") -> None:
+        """Read ``conn`` in the event loop for at most ``seconds``."""
+        self.waiting[conn] = _Waiting(time.monotonic() + seconds, bytearray(data))
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock: on_readable(conn))
+
+    def _read(self, conn: TConn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._close(conn)
+            return
+        self.waiting[conn].data += data
+        self._take(conn)
+
+    def _take(self, conn: TConn) -> None:
+        """Hand the request to a thread, or answer it here, once enough of it is in."""
+        data = bytes(self.waiting[conn].data)
+        state = framing(data, self.wsgi.config["MAX_CONTENT_LENGTH"])
+        if state is Framing.INCOMPLETE:
+            return
+        if state is Framing.HEADERS_TOO_LARGE:
+            self._answer_and_close(conn, b"431 Request Header Fields Too Large")
+            return
+        self._forget(conn)
+        future = self.tpool.submit(self._handle_whole, conn, data, state is Framing.WHOLE)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done))
+
+    def _handle_whole(self, conn: TConn, data: bytes, whole: bool) -> bool:
+        conn.sock.setblocking(True)
+        conn.init()
+        conn.parser.unreader.unread(data)
+        conn.data_ready = True  # no wait for more: it is here
+        conn.whole = whole
+        return self.handle(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        if not conn.whole:  # the rest of the body was never read: the answer closes
+            req.must_close = True
+        return super().handle_request(req, conn)
+
+    def finish_request(self, conn: TConn, fs: Future) -> None:
+        if not self.alive or fs.cancelled() or fs.exception() or fs.result() is not False:
+            super().finish_request(conn, fs)
+            return
+        # Closed after its answer: gthread would linger here, blocking the event loop.
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        self._wait(conn, LINGER, self._drain)
+
+    def _drain(self, conn: TConn) -> None:
+        try:
+            if conn.sock.recv(65536):
+                return  # dropped: the request it belonged to was answered
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close(conn)
+
+    def murder_pending(self) -> None:  # on every turn of the event loop
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, waiting in list(self.waiting.items()):
+            if waiting.deadline > now:
+                continue
+            if waiting.data:
+                self._answer_and_close(conn, b"408 Request Timeout")
+            else:
+                self._close(conn)
+
+    def _answer_and_close(self, conn: TConn, status: bytes) -> None:
+        with contextlib.suppress(OSError):  # gone, or not reading: closed all the same
+            conn.sock.send(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                           % status)
+        self._close(conn)
+
+    def _forget(self, conn: TConn) -> None:
+        del self.waiting[conn]
+        self.poller.unregister(conn.sock)
+
+    def _close(self, conn: TConn) -> None:
+        if conn in self.waiting:
+            self._forget(conn)
+        self.nr_conns -= 1
+        conn.close()
