@@ -175,6 +175,66 @@ def test_a_body_over_the_limit_is_413_chunked_or_not(serve, rq_queue):
         assert response.status_code == status, response.text
 
 
+
+def answer_of(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one answer read off ``connection``."""
+    reader = connection.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline().decode()) not in ("\r\n", ""):
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get("content-length", 0)))
+
+
+def closed_cleanly(connection: socket.socket) -> bool:
+    """The server's end of ``connection`` closed with a FIN (not a reset) within 5 s."""
+    connection.settimeout(5)
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return False
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_body_left_unread_closes_the_connection_cleanly(serve, rq_queue, framing):
+    served, _config = serve
+    body, headers = signed_order(7003)
+    length = (f"Content-Length: {2 * LIMIT}\r\n" if framing == "content-length"
+              else "Transfer-Encoding: chunked\r\n")
+    part = body.ljust(LIMIT + 64 * 1024)  # a chunked body is refused once past the limit
+    sent = part if framing == "content-length" else b"%x\r\n%s\r\n" % (len(part), part)
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall((f"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\n{length}"
+                            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                            + "\r\n").encode() + sent)  # and no more: the rest never comes
+        status, answer_headers, answer = answer_of(connection)
+        assert status == 413, answer
+        assert answer_headers["connection"] == "close"
+        assert b"body larger than" in answer
+        assert closed_cleanly(connection)
+    assert rq_queue.get_jobs() == []
+
+
+def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
+    served, _config = serve
+    body, headers = signed_order(7004)
+    request = b"".join([b"POST /webhooks/%s HTTP/1.1\r\nHost: bridge\r\n",
+                        b"Content-Length: %d\r\n" % len(body),
+                        *(f"{k}: {v}\r\n".encode() for k, v in headers.items()),
+                        b"\r\n", body])
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request % b"nowhere")
+        status, answer_headers, _answer = answer_of(connection)
+        assert (status, answer_headers["connection"]) == (404, "keep-alive")
+        connection.sendall(request % b"shop")  # the next request on it is answered
+        status, _answer_headers, answer = answer_of(connection)
+        assert status == 202, answer
+    assert len(rq_queue.get_jobs()) == 1
+
+
 # -- a captured body re-sent with other unsigned headers ------------------------------------------
 
 WOO_BODY = (Path(__file__).parent / "payloads" / "woocommerce" / "order_created.json").read_bytes()
