@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
@@ -99,55 +99,109 @@ class _ConfigWatchingArbiter(Arbiter):
 
 
 class Framing(enum.Enum):
-    INCOMPLETE = enum.auto()  # more must come
-    WHOLE = enum.auto()  # the request is all here (or framed so that gunicorn refuses it)
-    TOO_LARGE = enum.auto()  # the body is over the limit: refused without the rest of it
-    HEADERS_TOO_LARGE = enum.auto()
+    """How much of a request is here. The values with a status are answered by the worker."""
+
+    INCOMPLETE = "more must come"
+    WHOLE = "all here (or framed so that gunicorn refuses it before the app reads it)"
+    TOO_LARGE = "a body over the limit: the app refuses it without the rest"
+    HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
+    BAD_CHUNK = "400 Bad Request"
+    CHUNK_FRAMING_TOO_LARGE = "413 Content Too Large"  # mostly chunk-size lines, little body
+
+    @property
+    def answer(self) -> bytes | None:
+        """The status line the worker answers with, if it answers itself."""
+        return self.value.encode() if self.value[0].isdigit() else None
 
 
 CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
+CHUNK_SIZE_LINE_LIMIT = 8190  # gunicorn's own limit on a chunk-size line
 
 
-def framing(data: bytes, limit: int) -> Framing:
-    """How much of the HTTP/1.1 request at the start of ``data`` is here. A body over ``limit``
-    bytes is TOO_LARGE once the limit is passed (a chunked one, once more than ``limit`` bytes
-    of it are here: the app reads that many to refuse it)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return Framing.HEADERS_TOO_LARGE if len(data) > HEADERS_LIMIT else Framing.INCOMPLETE
-    head, body = data[:end], data[end + 4:]
-    if CHUNKED.search(head):
-        return _chunked_framing(body, limit)
-    lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
-    if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-        return Framing.WHOLE  # no body, or one gunicorn refuses (400) without reading it
-    length = int(next(iter(lengths)))
-    if length > limit:
-        return Framing.TOO_LARGE
-    return Framing.WHOLE if len(body) >= length else Framing.INCOMPLETE
+class RequestReader:
+    """The bytes of one HTTP/1.1 request as they come in, and how much of it is here. Each
+    byte is looked at about once, so a request sent a byte at a time costs no more to follow
+    than one sent at once.
 
+    ``limit`` is the most body the app reads (its MAX_CONTENT_LENGTH): a body over it is
+    TOO_LARGE once the limit is passed (a chunked one, once more than ``limit`` bytes of it are
+    here: the app reads that many to refuse it)."""
 
-def _chunked_framing(body: bytes, limit: int) -> Framing:
-    position = received = 0
-    while True:
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            return Framing.INCOMPLETE
-        try:
-            size = int(body[position:line_end].partition(b";")[0].strip(), 16)
-        except ValueError:
-            return Framing.WHOLE  # gunicorn refuses it (400)
-        start = line_end + 2
-        if size == 0:  # then the trailer section, ended by an empty line
-            ended = body.startswith(b"\r\n", start) or body.find(b"\r\n\r\n", start) >= 0
-            return Framing.WHOLE if ended else Framing.INCOMPLETE
-        received += min(size, len(body) - start)
-        if received > limit:
+    def __init__(self, limit: int, data: bytes = b""):
+        self.limit = limit
+        self.data = bytearray()
+        self._searched = 0  # where the end of the headers (or of the trailers) may start
+        self._body = -1  # where the body starts, once the headers are in
+        self._length: int | None = None  # Content-Length, if one that gunicorn accepts
+        self._chunked = False
+        self._next_chunk = 0  # chunked: where the next chunk-size line starts
+        self._chunk_bytes = 0  # chunked: body bytes of the chunks before it
+        self.framing = self.feed(data)
+
+    def feed(self, data: bytes) -> Framing:
+        """Take in more of the request; how much of it is here now (also ``self.framing``)."""
+        self.data += data
+        self.framing = self._framing()
+        return self.framing
+
+    def _framing(self) -> Framing:
+        if self._body < 0 and not self._headers_ended():
+            too_large = len(self.data) > HEADERS_LIMIT
+            return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
+        if self._chunked:
+            return self._chunks()
+        if self._length is None:
+            return Framing.WHOLE
+        if self._length > self.limit:
             return Framing.TOO_LARGE
-        position = start + size + 2
-        if position > len(body):
-            return Framing.INCOMPLETE
+        whole = len(self.data) - self._body >= self._length
+        return Framing.WHOLE if whole else Framing.INCOMPLETE
+
+    def _headers_ended(self) -> bool:
+        end = self.data.find(b"\r\n\r\n", self._searched)
+        if end < 0:
+            self._searched = max(0, len(self.data) - 3)
+            return False
+        head = bytes(self.data[:end])
+        self._body = self._next_chunk = end + 4
+        self._chunked = CHUNKED.search(head) is not None
+        lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
+        if len(lengths) == 1 and next(iter(lengths)).isdigit():
+            self._length = int(next(iter(lengths)))
+        return True
+
+    def _chunks(self) -> Framing:
+        if len(self.data) - self._body > 2 * self.limit + HEADERS_LIMIT:
+            return Framing.CHUNK_FRAMING_TOO_LARGE  # no body to read past the limit, yet big
+        while True:
+            start = self._next_chunk
+            line_end = self.data.find(b"\r\n", start, start + CHUNK_SIZE_LINE_LIMIT + 2)
+            if line_end < 0:
+                long = len(self.data) - start > CHUNK_SIZE_LINE_LIMIT
+                return Framing.BAD_CHUNK if long else Framing.INCOMPLETE
+            try:
+                size = int(bytes(self.data[start:line_end]).partition(b";")[0].strip(), 16)
+            except ValueError:
+                return Framing.BAD_CHUNK
+            if size == 0:  # then the trailer section, ended by an empty line
+                return self._trailers(line_end + 2)
+            here = min(size, len(self.data) - line_end - 2)
+            if self._chunk_bytes + here > self.limit:
+                return Framing.TOO_LARGE
+            if len(self.data) < line_end + 4 + size:
+                return Framing.INCOMPLETE  # the rest of this chunk, or its CRLF, to come
+            self._chunk_bytes += size
+            self._next_chunk = line_end + 4 + size
+
+    def _trailers(self, start: int) -> Framing:
+        if self.data.startswith(b"\r\n", start):
+            return Framing.WHOLE
+        if self.data.find(b"\r\n\r\n", max(start, self._searched)) >= 0:
+            return Framing.WHOLE
+        self._searched = max(start, len(self.data) - 3)
+        too_large = len(self.data) - start > HEADERS_LIMIT
+        return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
 
 
 @dataclass
@@ -155,7 +209,7 @@ class _Waiting:
     """A connection the event loop reads: a request coming in, or a connection closing."""
 
     deadline: float
-    data: bytearray = field(default_factory=bytearray)
+    request: RequestReader | None = None  # None: closing, what comes is dropped
 
 
 class WholeRequestWorker(ThreadWorker):
@@ -175,14 +229,14 @@ class WholeRequestWorker(ThreadWorker):
         """gthread's one way to a thread: new connections, kept-alive ones that became
         readable, and requests pipelined behind a previous one all start by being read."""
         leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
-        self._wait(conn, REQUEST_READ_TIMEOUT, self._read, leftover)
-        if leftover:
-            self._take(conn)
+        request = RequestReader(self.wsgi.config["MAX_CONTENT_LENGTH"], leftover)
+        self._wait(conn, REQUEST_READ_TIMEOUT, self._read, request)
+        self._take(conn)
 
     def _wait(self, conn: TConn, seconds: float, on_readable: Callable[[TConn], None],
-              data: bytes = b"") -> None:
+              request: RequestReader | None = None) -> None:
         """Read ``conn`` in the event loop for at most ``seconds``."""
-        self.waiting[conn] = _Waiting(time.monotonic() + seconds, bytearray(data))
+        self.waiting[conn] = _Waiting(time.monotonic() + seconds, request)
         conn.sock.setblocking(False)
         self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock: on_readable(conn))
 
@@ -196,20 +250,20 @@ class WholeRequestWorker(ThreadWorker):
         if not data:  # the client went away
             self._close(conn)
             return
-        self.waiting[conn].data += data
+        self.waiting[conn].request.feed(data)
         self._take(conn)
 
     def _take(self, conn: TConn) -> None:
         """Hand the request to a thread, or answer it here, once enough of it is in."""
-        data = bytes(self.waiting[conn].data)
-        state = framing(data, self.wsgi.config["MAX_CONTENT_LENGTH"])
-        if state is Framing.INCOMPLETE:
+        request = self.waiting[conn].request
+        if request.framing is Framing.INCOMPLETE:
             return
-        if state is Framing.HEADERS_TOO_LARGE:
-            self._answer_and_close(conn, b"431 Request Header Fields Too Large")
+        if request.framing.answer:
+            self._answer_and_close(conn, request.framing.answer)
             return
         self._forget(conn)
-        future = self.tpool.submit(self._handle_whole, conn, data, state is Framing.WHOLE)
+        future = self.tpool.submit(self._handle_whole, conn, bytes(request.data),
+                                   request.framing is Framing.WHOLE)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
 
@@ -230,7 +284,13 @@ class WholeRequestWorker(ThreadWorker):
         if not self.alive or fs.cancelled() or fs.exception() or fs.result() is not False:
             super().finish_request(conn, fs)
             return
-        # Closed after its answer: gthread would linger here, blocking the event loop.
+        self._close_after_answer(conn)  # gthread would linger here, blocking the event loop
+
+    def _close_after_answer(self, conn: TConn) -> None:
+        """Close ``conn`` cleanly: a FIN after the answer, then what the client still sends is
+        read and dropped (for LINGER seconds at most) so that the close resets nothing."""
+        if conn in self.waiting:
+            self._forget(conn)
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -254,7 +314,7 @@ class WholeRequestWorker(ThreadWorker):
         for conn, waiting in list(self.waiting.items()):
             if waiting.deadline > now:
                 continue
-            if waiting.data:
+            if waiting.request and waiting.request.data:
                 self._answer_and_close(conn, b"408 Request Timeout")
             else:
                 self._close(conn)
@@ -263,7 +323,7 @@ class WholeRequestWorker(ThreadWorker):
         with contextlib.suppress(OSError):  # gone, or not reading: closed all the same
             conn.sock.send(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
                            % status)
-        self._close(conn)
+        self._close_after_answer(conn)
 
     def _forget(self, conn: TConn) -> None:
         del self.waiting[conn]

@@ -217,6 +217,15 @@ def test_a_refused_body_left_unread_closes_the_connection_cleanly(serve, rq_queu
     assert rq_queue.get_jobs() == []
 
 
+def test_headers_that_do_not_end_are_refused_without_waiting_for_them(serve):
+    served, _config = serve
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"POST /webhooks/shop HTTP/1.1\r\nX-Pad: " + b"a" * 70_000)
+        status, answer_headers, _answer = answer_of(connection)
+        assert (status, answer_headers["connection"]) == (431, "close")
+        assert closed_cleanly(connection)
+
 def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
     served, _config = serve
     body, headers = signed_order(7004)
