@@ -117,6 +117,7 @@ class Framing(enum.Enum):
 CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
 CHUNK_SIZE_LINE_LIMIT = 8190  # gunicorn's own limit on a chunk-size line
+EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*(\r|$)", re.IGNORECASE)
 
 
 class RequestReader:
@@ -137,6 +138,7 @@ class RequestReader:
         self._chunked = False
         self._next_chunk = 0  # chunked: where the next chunk-size line starts
         self._chunk_bytes = 0  # chunked: body bytes of the chunks before it
+        self._continue = False  # the client waits for "100 Continue" before its body
         self.framing = self.feed(data)
 
     def feed(self, data: bytes) -> Framing:
@@ -144,6 +146,14 @@ class RequestReader:
         self.data += data
         self.framing = self._framing()
         return self.framing
+
+    def waits_for_continue(self) -> bool:
+        """True once, when the client asked to be told to send its body (``Expect:
+        100-continue``) and it is wanted: the event loop says so, not the thread that would
+        otherwise only see the request once the client stopped waiting."""
+        waits = self._continue and self.framing is Framing.INCOMPLETE
+        self._continue = self._continue and not waits
+        return waits
 
     def _framing(self) -> Framing:
         if self._body < 0 and not self._headers_ended():
@@ -166,6 +176,8 @@ class RequestReader:
         head = bytes(self.data[:end])
         self._body = self._next_chunk = end + 4
         self._chunked = CHUNKED.search(head) is not None
+        http_1_0 = head.partition(b"\r\n")[0].endswith(b"HTTP/1.0")  # may not be told
+        self._continue = bool(EXPECT_CONTINUE.search(head)) and not http_1_0
         lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
         if len(lengths) == 1 and next(iter(lengths)).isdigit():
             self._length = int(next(iter(lengths)))
@@ -256,6 +268,9 @@ class WholeRequestWorker(ThreadWorker):
     def _take(self, conn: TConn) -> None:
         """Hand the request to a thread, or answer it here, once enough of it is in."""
         request = self.waiting[conn].request
+        if request.waits_for_continue():
+            with contextlib.suppress(OSError):  # a few bytes: the socket's buffer takes them
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if request.framing is Framing.INCOMPLETE:
             return
         if request.framing.answer:

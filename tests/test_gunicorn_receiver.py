@@ -226,6 +226,24 @@ def test_headers_that_do_not_end_are_refused_without_waiting_for_them(serve):
         assert (status, answer_headers["connection"]) == (431, "close")
         assert closed_cleanly(connection)
 
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(serve, rq_queue):
+    served, _config = serve
+    body, headers = signed_order(7005)
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(b"".join([
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n",
+            b"Expect: 100-continue\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            *(f"{k}: {v}\r\n".encode() for k, v in headers.items()), b"\r\n"]))
+        reader = connection.makefile("rb")
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"  # before any of the body
+        assert reader.readline() == b"\r\n"
+        connection.sendall(body)
+        statuses = [int(line.split()[1]) for line in reader if line.startswith(b"HTTP/1.1")]
+    assert statuses[-1] == 202  # (after gunicorn's own 100 Continue, which a client skips)
+    assert len(rq_queue.get_jobs()) == 1
+
 def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
     served, _config = serve
     body, headers = signed_order(7004)

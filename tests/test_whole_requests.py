@@ -62,3 +62,13 @@ def test_chunk_framing_is_bounded_when_it_carries_no_body():
     assert framing_only.framing is Framing.CHUNK_FRAMING_TOO_LARGE
     assert len(framing_only.data) < 2 * 100 + HEADERS_LIMIT + 2000
 
+
+
+def test_a_client_waiting_for_100_continue_is_told_once_and_only_when_the_body_is_wanted():
+    waiting = RequestReader(10, HEAD + b"Expect: 100-Continue\r\nContent-Length: 5\r\n\r\n")
+    assert [waiting.waits_for_continue(), waiting.waits_for_continue()] == [True, False]
+    too_large = RequestReader(10, HEAD + b"Expect: 100-continue\r\nContent-Length: 50\r\n\r\n")
+    assert not too_large.waits_for_continue()  # refused at once, its body never asked for
+    http_1_0 = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    assert not RequestReader(10, http_1_0).waits_for_continue()
+    assert not RequestReader(10, HEAD + b"Content-Length: 5\r\n\r\n").waits_for_continue()
