@@ -229,7 +229,7 @@ class WholeRequestWorker(ThreadWorker):
     runs it, and times out and closes connections without holding a thread.
 
     gthread gives a thread to each connection with bytes to read, and the thread reads until the
-    request is in: 8 connections sending a byte a second held all of them (issue 16). Here the
+    request is in: 8 connections sending a byte a second held all of them. Here the
     threads only ever run requests that are all here (or refused whole: a body over the limit,
     whose connection is then closed); everything that waits, waits in the event loop."""
 

@@ -1,6 +1,7 @@
 """The receiver as `pumble-bridge serve` runs it (gunicorn, its master and a worker process),
 over real HTTP: the last valid config survives SIGHUP and a worker's death; a body over
-receiver.max_body_bytes is refused whether or not it is chunked."""
+receiver.max_body_bytes is refused whether or not it is chunked, and what is left unread closes
+the connection cleanly; a captured body re-sent naming another shop is refused."""
 
 from __future__ import annotations
 
@@ -175,6 +176,7 @@ def test_a_body_over_the_limit_is_413_chunked_or_not(serve, rq_queue):
         assert response.status_code == status, response.text
 
 
+# -- connections: what is left unread closes them, cleanly ----------------------------------------
 
 def answer_of(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Status, headers (lower-case names) and body of one answer read off ``connection``."""
@@ -226,6 +228,7 @@ def test_headers_that_do_not_end_are_refused_without_waiting_for_them(serve):
         assert (status, answer_headers["connection"]) == (431, "close")
         assert closed_cleanly(connection)
 
+
 def test_a_client_that_expects_100_continue_is_told_to_send_its_body(serve, rq_queue):
     served, _config = serve
     body, headers = signed_order(7005)
@@ -244,19 +247,23 @@ def test_a_client_that_expects_100_continue_is_told_to_send_its_body(serve, rq_q
     assert statuses[-1] == 202  # (after gunicorn's own 100 Continue, which a client skips)
     assert len(rq_queue.get_jobs()) == 1
 
+
 def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
     served, _config = serve
     body, headers = signed_order(7004)
-    request = b"".join([b"POST /webhooks/%s HTTP/1.1\r\nHost: bridge\r\n",
-                        b"Content-Length: %d\r\n" % len(body),
-                        *(f"{k}: {v}\r\n".encode() for k, v in headers.items()),
-                        b"\r\n", body])
+
+    def request(source: str) -> bytes:
+        return b"".join([f"POST /webhooks/{source} HTTP/1.1\r\nHost: bridge\r\n".encode(),
+                         b"Content-Length: %d\r\n" % len(body),
+                         *(f"{k}: {v}\r\n".encode() for k, v in headers.items()),
+                         b"\r\n", body])
+
     port = int(served.url.rpartition(":")[2])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(request % b"nowhere")
+        connection.sendall(request("nowhere"))
         status, answer_headers, _answer = answer_of(connection)
         assert (status, answer_headers["connection"]) == (404, "keep-alive")
-        connection.sendall(request % b"shop")  # the next request on it is answered
+        connection.sendall(request("shop"))  # the next request on it is answered
         status, _answer_headers, answer = answer_of(connection)
         assert status == 202, answer
     assert len(rq_queue.get_jobs()) == 1
