@@ -231,7 +231,7 @@ class BigCommerceSource(Source):
 
     def _enriched_customer(self, base: str, thin: Customer, deadline: float) -> Customer:
         """The customer's name and email (GET /v3/customers?id:in={id}); the thin one without."""
-        customer_id = fields.integer(thin.id)  # digits only: it goes into a query string
+        customer_id = fields.integer(thin.id)  # a number only: it goes into a query
         if customer_id is None:
             return thin
         found = self._api_answer(f"{base}/v3/customers?id:in={customer_id}",
