@@ -602,6 +602,9 @@ def test_a_customer_is_enriched_with_their_name(enriching, fake_api):
         "customer.created", "32", "Jane Smith", "jane.smith@example.com")
     updated = load("customer_created") | {"scope": "store/customer/updated"}
     assert enriching.parse(delivery(updated)).customer.name == "Jane Smith"
+    address = load("customer_created") | {"scope": "store/customer/address/created"}
+    enriching.parse(delivery(address))  # its data.id is the address's: no customer to ask for
+    assert len(fake.seen) == 2
 
 
 def test_a_customer_the_api_no_longer_has_keeps_their_id(enriching, fake_api):

@@ -93,7 +93,9 @@ STORE_HASH = re.compile(r"stores/([a-z0-9]+)")
 ENRICHED_CART_SCOPES = ("store/cart/abandoned", "store/cart/created", "store/cart/updated")
 # Scopes whose data.id is the customer's id (an address scope's is the address's).
 ENRICHED_CUSTOMER_SCOPES = ("store/customer/created", "store/customer/updated")
-SHIPMENT_CREATED_SCOPE = "store/shipment/created"
+# store/shipment/updated is not mapped (the generic message shows no tracking); a deleted
+# shipment cannot be read.
+ENRICHED_SHIPMENT_SCOPES = ("store/shipment/created",)
 INVENTORY_SCOPES = ("store/product/inventory/updated", "store/product/inventory/order/updated")
 
 
@@ -177,7 +179,7 @@ class BigCommerceSource(Source):
         if order is not None and scope in ENRICHED_CART_SCOPES:
             cart = self._api_answer(f"{base}/v3/carts/{order.id}", f"cart {order.id}", deadline)
             return parts if cart is None else parts | _cart_parts(cart, order)
-        if order is not None and shipment is not None and scope == SHIPMENT_CREATED_SCOPE:
+        if order is not None and shipment is not None and scope in ENRICHED_SHIPMENT_SCOPES:
             found = self._api_answer(f"{base}/v2/orders/{order.id}/shipments/{shipment.id}",
                                      f"shipment {shipment.id} of order {order.id}", deadline,
                                      v3=False)
