@@ -306,7 +306,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    "(leave out --dev)")
             app.run(host=args.host, port=port, threaded=True)
             return 0
-        from bridge.gunicorn_app import GunicornApp
+        from bridge.gunicorn_app import GunicornApp, WholeRequestWorker
 
         # With admin.listen, a second address for the admin page and /metrics only.
         binds = [f"{args.host}:{port}", *([config.admin.listen] if config.admin.listen else [])]
@@ -314,7 +314,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "bind": binds,
             "workers": args.workers,
             "threads": args.threads,
-            "worker_class": "gthread",
+            "worker_class": WholeRequestWorker,
             "accesslog": "-",
             "logger_class": logs.gunicorn_logger_class(),  # its lines formatted like ours
             "child_exit": metrics.gunicorn_child_exit,

@@ -3,26 +3,30 @@
 Each run of the job (an *attempt*, recorded in the job's meta) goes through these steps:
 
 1. **Too old?** Past ``delivery.max_age`` after receipt it is dead-lettered.
-2. **Digest.** If its route's backlog is longer than the rate limit can post in the digest
-   window, this job sends one digest for the oldest waiting ones (bridge.digest); a job already
-   in another's digest ends there.
-3. **Thread.** A reply (route ``thread: true``) waits while its conversation's first message is
+2. **Thread.** A reply (route ``thread: true``) waits while its conversation's first message is
    expected but not yet posted, and at most ``delivery.thread_wait`` seconds for one that was
-   never announced; then it is posted alone and becomes the thread's first message.
+   never announced; then it is posted alone and becomes the thread's first message. A first
+   message whose thread was begun so (it arrived late) is posted in that thread.
+3. **Its turn.** It waits while a notification before it in its line (bridge.digest) is not
+   posted: one that arrived before it in its route and channel, or, for a reply, one of its
+   thread whose event came first (``event_order``). Then, if its route's line is longer than
+   the rate limit can post in the digest window, it sends one digest for itself and the next
+   waiting ones; a job already in another's digest ends there.
 4. **Look before sending again.** If an earlier attempt may have posted (an ambiguous failure:
    timeout after sending, connection dropped before the answer, or a worker killed mid-send),
-   the channel is searched first, once a late write would have landed, back to that attempt
-   (up to ``LOOK_BACK_PAGES`` pages); a message with the same text posted since that attempt
-   counts as this one (see ``find_posted``).
-5. **Send** after taking a slot from the rate limiter shared by every worker, once.
+   the channel (for a reply, the thread) is searched first, once a late write would have
+   landed, back to that attempt (up to ``LOOK_BACK_PAGES`` pages); only a message carrying this
+   notification's own mark (bridge.marker) counts as this one, never one with the same text.
+5. **Send** after taking a slot from the rate limiter shared by every worker, once, with the
+   notification's mark at the end of the text.
    ``create_channel: true`` creates a channel Pumble does not know and sends again.
 6. **React** to the thread's first message when the route maps this event type to a reaction.
 
 Failures: 5xx, 429, refused connections, timeouts and ambiguous answers are tried again with
 exponential backoff and full jitter (at least the server's Retry-After), up to
 ``delivery.max_attempts`` sends; everything else Pumble refuses (key, validation, unknown
-channel) is dead-lettered at once with its reason. Waiting (for a thread root, for a rate-limit
-slot) is not an attempt.
+channel) is dead-lettered at once with its reason. Waiting (for a thread root, its turn, a
+rate-limit slot) is not an attempt.
 """
 
 from __future__ import annotations
@@ -30,21 +34,24 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from rq import Retry, get_current_job
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from bridge import metrics
 from bridge.clock import Clock
 from bridge.config import Config, config_path, load_config
 from bridge.digest import Claim, digest_text
+from bridge.marker import mark, marked_by
 from bridge.notification import Notification
 from bridge.pumble import (
     AmbiguousError,
     AuthError,
+    Message,
     MessageRef,
     NotFoundError,
     PumbleClient,
@@ -59,12 +66,14 @@ from bridge.threads import Root
 log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
+LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of its line wait
+LINE_LOOK = 20  # how many of those are read at a time
 MAX_RETURNED_RETRIES = 10**6  # our own attempt count and max age bound the retries, not rq's
 CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
 # Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
 # a request our client gave up on.
 LATE_WRITE = 10
-LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel is searched for an earlier post
+LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel (a thread) is searched
 
 
 class DeadLetter(Exception):
@@ -186,17 +195,16 @@ class Attempt:
         if owner:
             return self._in_digest(owner)
 
-        root: Root | None = None
-        if n.reply and n.thread_key:
-            known = d.queue.roots.get(n)
-            if known is True or (known is None and age < d.settings.thread_wait):
-                metrics.delivery(n.route, "waiting")
-                return self._wait(WAIT_INTERVAL)
-            root = known if isinstance(known, Root) else None
-
         sent = self.meta.get("sent")
+        root, wait = self._thread(age, sent)
+        if not wait and not sent:
+            wait = self._turn_in()
+        if wait:
+            metrics.delivery(n.route, "waiting")
+            return self._wait(wait)
+
         if sent:  # an earlier run posted it; a later step (the reaction) is what is left
-            ref, members = MessageRef(**sent), self._members(self._claim().members)
+            ref, members = MessageRef(**sent), self._members(self._claim(root).members)
         else:
             early = self._too_early_to_look()
             if early:
@@ -206,11 +214,12 @@ class Attempt:
             # counts toward a digest.
             d.limiter.acquire(n.account, "replies" if root else "messages",
                               max_wait=d.max_slot_wait)
-            claim = self._claim()
+            claim = self._claim(root)
             if claim.owner:  # taken into a digest while this one waited for its slot
                 return self._in_digest(claim.owner)
             members = self._members(claim.members)
             ref = self._send(digest_text([n, *members]) if members else n.text, root)
+        d.queue.backlog.leave(n, self.job.id)  # posted: the next in its line may go
         if not root:
             for member in (n, *members):  # the first message about each becomes its root
                 d.queue.roots.claim(member, ref.id, ref.channel_id)
@@ -234,10 +243,54 @@ class Attempt:
         if attempts >= self.deliverer.settings.max_attempts:
             raise DeadLetter(f"gave up after {attempts} attempts: {self.meta.get('last_error')}")
 
-    def _claim(self) -> Claim:
+    def _claim(self, root: Root | None) -> Claim:
+        """Its digest, if it sends one; a message posted in a thread never is one. Once a
+        message may have been posted, only the digest already claimed: nothing joins it then."""
+        if root:
+            return Claim()
         d = self.deliverer
+        fresh = not self.meta.get("sent") and not self.meta.get("maybe_sent_at")
         return d.queue.backlog.claim(self.notification, self.job.id, d.digest_threshold,
-                                     d.settings.digest.max_items)
+                                     d.settings.digest.max_items if fresh else 1)
+
+    def _thread(self, age: float, sent: dict[str, str] | None) -> tuple[Root | None, int]:
+        """The thread root to post in (None: a message of its own), and the seconds to wait
+        first for one (0: none)."""
+        n, d = self.notification, self.deliverer
+        if not n.thread_key or not (n.reply or n.starts_thread):
+            return None, 0
+        known = d.queue.roots.get(n)
+        if n.reply and (known is True or (known is None and age < d.settings.thread_wait)):
+            return None, WAIT_INTERVAL
+        # A first event arriving once its thread was begun by a later one (after thread_wait)
+        # joins that thread: never a second top-level message for it.
+        if isinstance(known, Root) and known.message_id != (sent or {}).get("id"):
+            return known, 0
+        return None, 0
+
+    def _turn_in(self) -> int:
+        """Seconds to wait for its turn in its line (0: now), as many slots as are before it."""
+        ahead = self._ahead()
+        if not ahead:
+            return 0
+        spacing = 60 / self.deliverer.limits["messages"].per_minute
+        return max(1, min(LINE_WAIT, math.ceil(ahead * spacing)))
+
+    def _ahead(self) -> int:
+        """How many notifications of its line must be posted before this one: those that
+        arrived before it, for a reply those whose event came first (``event_order``). A job
+        that vanished, failed for good or finished leaves the line here."""
+        n, backlog = self.notification, self.deliverer.queue.backlog
+        ids, more = backlog.ahead(n, self.job.id, LINE_LOOK)
+        jobs = Job.fetch_many(ids, connection=self.job.connection,
+                              serializer=self.job.serializer) if ids else []
+        waiting = [job for job in jobs if job is not None and job.get_status(refresh=False)
+                   not in (JobStatus.FAILED, JobStatus.FINISHED)]
+        backlog.leave(n, *(set(ids) - {job.id for job in waiting}))
+        before = [Notification.from_payload(job.args[0]) for job in waiting]
+        if n.reply:
+            before = [b for b in before if event_order(b) < event_order(n)]
+        return len(before) + more
 
     def _in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
@@ -270,12 +323,15 @@ class Attempt:
         client = d.client(n.account)
         maybe_sent_at = self.meta.get("maybe_sent_at")
         if maybe_sent_at:
-            if root:  # replies are not listed in the channel: nothing to look at
-                raise DeadLetter("an earlier attempt may have posted this reply (no answer "
-                                 "from Pumble) and replies cannot be looked up; check the "
-                                 "thread, then `pumble-bridge dlq retry` if it is missing")
             d.limiter.acquire(n.account, "requests", max_wait=d.max_slot_wait)
-            found = find_posted(client, n.channel, text, maybe_sent_at)
+            # Replies are not listed in the channel: a reply is looked for in its thread.
+            messages = (client.iter_replies(root.message_id, channel_id=root.channel_id,
+                                            max_pages=LOOK_BACK_PAGES) if root else
+                        client.iter_messages(n.channel, limit=100, max_pages=LOOK_BACK_PAGES))
+            # A thread's order is not documented: it is read whole, not up to the attempt.
+            found = find_posted(messages, self.job.id, None if root else maybe_sent_at,
+                                f"the thread of message {root.message_id}" if root
+                                else f"#{n.channel}")
             if found:
                 log.info("job %s: an earlier attempt did post it (message %s): not sending "
                          "again", self.job.id, found.id, extra=self.context(message_id=found.id))
@@ -306,6 +362,7 @@ class Attempt:
 
     def _post(self, client: PumbleClient, text: str, root: Root | None) -> MessageRef:
         n = self.notification
+        text = mark(text, self.job.id)
         if root:
             return client.send_reply(root.message_id, text, channel_id=root.channel_id,
                                      as_bot=n.as_bot)
@@ -378,33 +435,38 @@ class Attempt:
         queue.keep_event(n.source, n.event_id)
         if n.starts_thread and not self.meta.get("sent"):
             queue.roots.give_up(n)  # replies waiting for this one go out alone
+        queue.backlog.leave(n, self.job.id)  # the next in its line goes
         log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
                   n.route, reason, extra=self.context())
         metrics.delivery(n.route, "dead_lettered")
         metrics.dead_lettered(n.route)
 
 
-def find_posted(client: PumbleClient, channel: str, text: str, since: float) -> MessageRef | None:
-    """A message in the channel with the same text (whitespace aside), posted no earlier than
-    ``since`` (less clock skew): the earlier attempt's post, if it was made. Pages back until
-    the messages are older than that; a channel too busy to reach that far within
-    ``LOOK_BACK_PAGES`` cannot be checked, and the notification becomes a dead letter rather
-    than risk a second post.
+def event_order(notification: Notification) -> tuple[float, float, str]:
+    """When its event happened (the platform's time, else arrival); then arrival."""
+    return (notification.occurred_at or notification.received_at, notification.received_at,
+            notification.event_id)
 
-    Every message the bridge renders carries its event's own reference (order number, amount,
-    customer), so two different notifications practically never have the same text within the
-    same few minutes."""
-    wanted = " ".join(text.split())
-    oldest = since - CLOCK_SKEW
+
+def find_posted(messages: Iterable[Message], owner: str, since: float | None,
+                where: str) -> MessageRef | None:
+    """The message of ``messages`` that carries ``owner``'s mark: the earlier attempt's post, if
+    it was made. With ``since``, ``messages`` are newest first and the walk stops at ones older
+    than that (less clock skew). A place too busy to reach that far within ``LOOK_BACK_PAGES``
+    cannot be checked: the notification becomes a dead letter rather than risk a second post.
+
+    The same text is no evidence (two refunds may both read "Refund issued"); the mark is, as no
+    payload value can put one in a message (bridge.marker)."""
+    oldest = since - CLOCK_SKEW if since is not None else 0.0
     seen = 0
-    for message in client.iter_messages(channel, limit=100, max_pages=LOOK_BACK_PAGES):
+    for message in messages:
         seen += 1
         if message.timestamp_milli and message.timestamp_milli / 1000 < oldest:
             return None  # newest first: the rest are older still
-        if " ".join(message.text.split()) == wanted:
+        if marked_by(message.text, owner):
             return MessageRef(message.id, message.channel_id)
     if seen >= LOOK_BACK_PAGES * 100:
         raise DeadLetter(f"an earlier attempt may have posted this (no answer from Pumble) and "
-                         f"#{channel} has had more than {seen} messages since: check it, then "
-                         "`pumble-bridge dlq retry` if it is missing")
+                         f"{where} has had more than {seen} messages since: it cannot be "
+                         "checked; look there, and post it by hand if it is missing")
     return None

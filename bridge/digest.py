@@ -1,12 +1,18 @@
-"""Burst coalescing: when a route falls behind Pumble's rate limit, merge its backlog into digests.
+"""The lines notifications wait in to be posted, in order; and burst coalescing (digests).
 
-Every digestible notification's job id is added to its route's *backlog* (a sorted set by receipt
-time) when it is enqueued. A worker about to send one takes it out of the backlog; if more are
-still waiting than the message limit can post in the configured window, it also takes up to
-``max_items - 1`` of the oldest and sends one digest listing them all. Those jobs stay in the
-queue and end as "delivered in digest …" when a worker reaches them. The claim is recorded in
-Redis before anything is sent, so a digest whose worker dies is sent again by the same job's
-retry, with the same lines: no order is dropped, every one appears alone or in a digest.
+Every notification's job joins a *line* (a Redis sorted set, by receipt time) when it is enqueued:
+a top-level message its route's in its channel, a reply its thread's. It leaves the line once its
+message is posted (or it is dead-lettered, or taken into a digest); a job may take its turn only
+when no notification before it in its line is still waiting (``ahead``): new orders are posted in
+the order they arrived, replies in the order of their events (bridge.delivery decides which are
+before, by event time). A job that fails and is retried keeps its place.
+
+When a route falls behind Pumble's rate limit, its line is merged into digests: the job whose turn
+it is, if more are still waiting than the message limit can post in the configured window, also
+takes up to ``max_items - 1`` of the next ones and sends one digest listing them all. Those jobs
+stay in the queue and end as "delivered in digest …" when a worker reaches them. The claim is
+recorded in Redis before anything is sent, so a digest whose worker dies is sent again by the same
+job's retry, with the same lines: no order is dropped, every one appears alone or in a digest.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ import redis
 
 from bridge.notification import Notification
 
-# Atomic: take self out of the backlog, then (if the backlog is still too long) the oldest others.
-# Returns {"owner", ids-json} (self sends a digest of these), {"taken", owner-id} (self is in
-# another job's digest) or {"alone"}.
+# Atomic. A digest once claimed (KEYS[2]) is answered again: {"owner", ids-json}. A job taken
+# into another's digest is {"taken", owner}. Else, if at least ARGV[2] others wait behind it in
+# its line, it takes the next ARGV[3] of them out of the line: {"owner", ids-json}; or {"alone"}.
+# Self stays in the line until its post is recorded (``leave``).
 _CLAIM = """
 local mine = redis.call('GET', KEYS[2])
 if mine then return {'owner', mine} end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+if not rank then
   local owner = redis.call('GET', ARGV[5] .. ARGV[1])
   if owner then return {'taken', owner} end
   return {'alone'}
 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then return {'alone'} end
-local popped = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+if redis.call('ZCARD', KEYS[1]) - rank - 1 < tonumber(ARGV[2]) then return {'alone'} end
+local popped = redis.call('ZRANGE', KEYS[1], rank + 1, rank + tonumber(ARGV[3]))
+if #popped == 0 then return {'alone'} end
 redis.call('ZREM', KEYS[1], unpack(popped))
 for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
 local ids = cjson.encode(popped)
@@ -56,13 +65,41 @@ class Backlog:
         self._claim = connection.register_script(_CLAIM)
 
     def key(self, notification: Notification) -> str:
-        """The backlog of the notification's route, "" for one that is never in a digest. The
-        queue adds each new job of it (scored by ``received_at``) as it enqueues it."""
-        if not _digestible(notification):
-            return ""
-        parts = (notification.account, notification.channel, notification.route)
+        """The line the notification waits in: its thread's for a reply, else its route's in
+        its channel. The queue adds each new job to it (scored by ``received_at``) as it
+        enqueues it."""
+        if notification.reply:
+            if not notification.thread_key:
+                return ""
+            parts = ("thread", notification.account, notification.channel,
+                     notification.source, notification.thread_key)
+        else:
+            parts = (notification.account, notification.channel, notification.route)
         return (self._prefix + "backlog:"
                 + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
+
+    def ahead(self, notification: Notification, job_id: str,
+              limit: int) -> tuple[list[str], int]:
+        """The jobs of the line the delivery must look at before this one's turn, and how many
+        more there are: for a reply every other job of its thread (a later arrival may be an
+        earlier event), else the first ``limit`` that arrived before it."""
+        key = self.key(notification)
+        if not key:
+            return [], 0
+        if notification.reply:
+            return [m.decode() for m in self.connection.zrange(key, 0, -1)
+                    if m.decode() != job_id], 0
+        rank = self.connection.zrank(key, job_id)
+        if not rank:  # first, or out of the line already
+            return [], 0
+        ids = [m.decode() for m in self.connection.zrange(key, 0, min(rank, limit) - 1)]
+        return ids, rank - len(ids)
+
+    def leave(self, notification: Notification, *job_ids: str) -> None:
+        """Out of the line: posted, dead-lettered, or gone."""
+        key = self.key(notification)
+        if key and job_ids:
+            self.connection.zrem(key, *job_ids)
 
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
@@ -74,8 +111,9 @@ class Backlog:
 
     def claim(self, notification: Notification, job_id: str, threshold: int,
               max_items: int) -> Claim:
-        """Take this job out of its backlog and, if at least ``threshold`` others wait, up to
-        ``max_items - 1`` of them with it. Asked again by the same job, answers the same."""
+        """If at least ``threshold`` others wait behind this job in its line, take up to
+        ``max_items - 1`` of them out of it, into this one's digest. A digest once claimed is
+        answered again to the same job (``max_items=1``: only that)."""
         if not _digestible(notification):
             return Claim()
         answer = self._claim(keys=[self.key(notification), self._prefix + "digest:" + job_id],

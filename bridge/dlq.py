@@ -94,8 +94,9 @@ class DeadLetters:
         if job.meta.get("unrendered"):
             job.args = [self._render_again(job, pipeline).to_payload()]
             job.meta.pop("unrendered")
-        for key in ("attempts", "last_error", "dead_reason", "maybe_sent_at"):
-            # maybe_sent_at goes too: a person asked for it to be sent, having looked.
+        for key in ("attempts", "last_error", "dead_reason"):
+            # maybe_sent_at stays: a post that may have been made is looked for (by its mark)
+            # before it is sent again, after a retry as after any ambiguous attempt.
             job.meta.pop(key, None)
         job.retries_left = CRASH_RETRIES.max
         job.number_of_retries = 0

@@ -53,6 +53,9 @@ Keys, channels, messages
   - AROUND: up to ``limit`` messages centred on the cursor, cursor included (an even limit
     takes one more newer than older), newest first; both flags bool.
 
+- fetchThreadReplies (``rootMessageId``, optional channel, ``cursor``, ``limit`` default 100):
+  a bare array of the root's replies, newest first; with a cursor, those strictly older than it.
+
 Faults (set at start-up with ``Faults`` or through ``/_fake/faults``; never applied to
 ``/_fake/`` requests). Each API request meets them in this order:
 1. ``delay``: sleep that long, then go on as usual (a client that timed out may still post);
@@ -255,6 +258,18 @@ def create_fake_pumble(
         target = message_id(request.args)
         channel = channel_in(request.args, required=False)
         return jsonify(workspace.fetch(target, channel["channel"]["id"] if channel else ""))
+
+    @app.get("/fetchThreadReplies")
+    def fetch_thread_replies():
+        root_id = request.args.get("rootMessageId") or ""
+        if not root_id:
+            raise structured_error("rootMessageId is required")
+        limit = request.args.get("limit", "100")
+        if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
+            raise structured_error("limit must be an integer from 1 to 200")
+        channel = channel_in(request.args, required=False)
+        return jsonify(workspace.replies(root_id, channel["channel"]["id"] if channel else "",
+                                         request.args.get("cursor", ""), int(limit)))
 
     @app.get("/listMessages")
     def list_messages():

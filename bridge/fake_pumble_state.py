@@ -206,6 +206,20 @@ class Workspace:
             return copy.deepcopy({"messages": page, "hasMoreBefore": before,
                                   "hasMoreAfter": after})
 
+    def replies(self, root_id: str, channel_id: str, cursor: str, limit: int) -> list[dict]:
+        """A fetchThreadReplies answer: the root's replies older than ``cursor`` (all without
+        one), newest first, at most ``limit``."""
+        with self._lock:
+            self._message(root_id, channel_id)
+            thread = [m for m in self._messages
+                      if (m["threadReplyInfo"] or {}).get("rootId") == root_id]
+            if cursor:
+                at = next((i for i, m in enumerate(thread) if m["id"] == cursor), -1)
+                if at < 0:
+                    raise not_found()
+                thread = thread[:at]
+            return copy.deepcopy(thread[::-1][:limit])
+
     def posted(self, channel_name: str = "") -> list[dict[str, Any]]:
         """Every message not deleted, replies too, in posting order, each with its channel name."""
         wanted = normalize_channel_name(channel_name)

@@ -8,19 +8,42 @@ finish their requests), so none serves a config the master has replaced and each
 refusal (``/readyz``). The workers never watch or reload by themselves: two processes that
 each read the file could disagree, and a worker replacing a dead one would start from the
 startup config.
+
+The workers are gunicorn's ``gthread`` workers, but a request reaches a thread only once it is
+all here (``WholeRequestWorker``): a connection that sends slowly, stalls or sends nothing costs
+a buffer in the worker's event loop, not one of its few threads, and is closed once it has taken
+``REQUEST_READ_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import re
+import selectors
+import socket
 import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bridge.reload import Reloader
+
+# A request (headers and body) not all here this many seconds after its first byte could come is
+# answered 408 and its connection closed. Platforms send a webhook at once, in well under this.
+REQUEST_READ_TIMEOUT = 10
+# Headers not ended within this many bytes are answered 431 (a platform sends a few hundred).
+HEADERS_LIMIT = 64 * 1024
+# How long a connection closed after its answer is read (and its bytes dropped) before it is
+# closed for good: closing with bytes unread would reset it and could lose the answer.
+LINGER = 2.0
 
 
 class GunicornApp(BaseApplication):
@@ -73,3 +96,256 @@ class _ConfigWatchingArbiter(Arbiter):
         super().murder_workers()
         if self.app.pipelines.reload_if_changed():
             self.handle_hup()
+
+
+class Framing(enum.Enum):
+    """How much of a request is here. The values with a status are answered by the worker."""
+
+    INCOMPLETE = "more must come"
+    WHOLE = "all here (or framed so that gunicorn refuses it before the app reads it)"
+    TOO_LARGE = "a body over the limit: the app refuses it without the rest"
+    HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
+    BAD_CHUNK = "400 Bad Request"
+    CHUNK_FRAMING_TOO_LARGE = "413 Content Too Large"  # mostly chunk-size lines, little body
+
+    @property
+    def answer(self) -> bytes | None:
+        """The status line the worker answers with, if it answers itself."""
+        return self.value.encode() if self.value[0].isdigit() else None
+
+
+CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
+CHUNK_SIZE_LINE_LIMIT = 8190  # gunicorn's own limit on a chunk-size line
+EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*(\r|$)", re.IGNORECASE)
+
+
+class RequestReader:
+    """The bytes of one HTTP/1.1 request as they come in, and how much of it is here. Each
+    byte is looked at about once, so a request sent a byte at a time costs no more to follow
+    than one sent at once.
+
+    ``limit`` is the most body the app reads (its MAX_CONTENT_LENGTH): a body over it is
+    TOO_LARGE once the limit is passed (a chunked one, once more than ``limit`` bytes of it are
+    here: the app reads that many to refuse it)."""
+
+    def __init__(self, limit: int, data: bytes = b""):
+        self.limit = limit
+        self.data = bytearray()
+        self._searched = 0  # where the end of the headers (or of the trailers) may start
+        self._body = -1  # where the body starts, once the headers are in
+        self._length: int | None = None  # Content-Length, if one that gunicorn accepts
+        self._chunked = False
+        self._next_chunk = 0  # chunked: where the next chunk-size line starts
+        self._chunk_bytes = 0  # chunked: body bytes of the chunks before it
+        self._continue = False  # the client waits for "100 Continue" before its body
+        self.framing = self.feed(data)
+
+    def feed(self, data: bytes) -> Framing:
+        """Take in more of the request; how much of it is here now (also ``self.framing``)."""
+        self.data += data
+        self.framing = self._framing()
+        return self.framing
+
+    def waits_for_continue(self) -> bool:
+        """True once, when the client asked to be told to send its body (``Expect:
+        100-continue``) and it is wanted: the event loop says so, not the thread that would
+        otherwise only see the request once the client stopped waiting."""
+        waits = self._continue and self.framing is Framing.INCOMPLETE
+        self._continue = self._continue and not waits
+        return waits
+
+    def _framing(self) -> Framing:
+        if self._body < 0 and not self._headers_ended():
+            too_large = len(self.data) > HEADERS_LIMIT
+            return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
+        if self._chunked:
+            return self._chunks()
+        if self._length is None:
+            return Framing.WHOLE
+        if self._length > self.limit:
+            return Framing.TOO_LARGE
+        whole = len(self.data) - self._body >= self._length
+        return Framing.WHOLE if whole else Framing.INCOMPLETE
+
+    def _headers_ended(self) -> bool:
+        end = self.data.find(b"\r\n\r\n", self._searched)
+        if end < 0:
+            self._searched = max(0, len(self.data) - 3)
+            return False
+        head = bytes(self.data[:end])
+        self._body = self._next_chunk = end + 4
+        self._chunked = CHUNKED.search(head) is not None
+        http_1_0 = head.partition(b"\r\n")[0].endswith(b"HTTP/1.0")  # may not be told
+        self._continue = bool(EXPECT_CONTINUE.search(head)) and not http_1_0
+        lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
+        if len(lengths) == 1 and next(iter(lengths)).isdigit():
+            self._length = int(next(iter(lengths)))
+        return True
+
+    def _chunks(self) -> Framing:
+        if len(self.data) - self._body > 2 * self.limit + HEADERS_LIMIT:
+            return Framing.CHUNK_FRAMING_TOO_LARGE  # no body to read past the limit, yet big
+        while True:
+            start = self._next_chunk
+            line_end = self.data.find(b"\r\n", start, start + CHUNK_SIZE_LINE_LIMIT + 2)
+            if line_end < 0:
+                long = len(self.data) - start > CHUNK_SIZE_LINE_LIMIT
+                return Framing.BAD_CHUNK if long else Framing.INCOMPLETE
+            try:
+                size = int(bytes(self.data[start:line_end]).partition(b";")[0].strip(), 16)
+            except ValueError:
+                return Framing.BAD_CHUNK
+            if size == 0:  # then the trailer section, ended by an empty line
+                return self._trailers(line_end + 2)
+            here = min(size, len(self.data) - line_end - 2)
+            if self._chunk_bytes + here > self.limit:
+                return Framing.TOO_LARGE
+            if len(self.data) < line_end + 4 + size:
+                return Framing.INCOMPLETE  # the rest of this chunk, or its CRLF, to come
+            self._chunk_bytes += size
+            self._next_chunk = line_end + 4 + size
+
+    def _trailers(self, start: int) -> Framing:
+        if self.data.startswith(b"\r\n", start):
+            return Framing.WHOLE
+        if self.data.find(b"\r\n\r\n", max(start, self._searched)) >= 0:
+            return Framing.WHOLE
+        self._searched = max(start, len(self.data) - 3)
+        too_large = len(self.data) - start > HEADERS_LIMIT
+        return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
+
+
+@dataclass
+class _Waiting:
+    """A connection the event loop reads: a request coming in, or a connection closing."""
+
+    deadline: float
+    request: RequestReader | None = None  # None: closing, what comes is dropped
+
+
+class WholeRequestWorker(ThreadWorker):
+    """gunicorn's gthread worker, whose event loop reads each request whole before a thread
+    runs it, and times out and closes connections without holding a thread.
+
+    gthread gives a thread to each connection with bytes to read, and the thread reads until the
+    request is in: 8 connections sending a byte a second held all of them. Here the
+    threads only ever run requests that are all here (or refused whole: a body over the limit,
+    whose connection is then closed); everything that waits, waits in the event loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.waiting: dict[TConn, _Waiting] = {}
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """gthread's one way to a thread: new connections, kept-alive ones that became
+        readable, and requests pipelined behind a previous one all start by being read."""
+        leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
+        request = RequestReader(self.wsgi.config["MAX_CONTENT_LENGTH"], leftover)
+        self._wait(conn, REQUEST_READ_TIMEOUT, self._read, request)
+        self._take(conn)
+
+    def _wait(self, conn: TConn, seconds: float, on_readable: Callable[[TConn], None],
+              request: RequestReader | None = None) -> None:
+        """Read ``conn`` in the event loop for at most ``seconds``."""
+        self.waiting[conn] = _Waiting(time.monotonic() + seconds, request)
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock: on_readable(conn))
+
+    def _read(self, conn: TConn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._close(conn)
+            return
+        self.waiting[conn].request.feed(data)
+        self._take(conn)
+
+    def _take(self, conn: TConn) -> None:
+        """Hand the request to a thread, or answer it here, once enough of it is in."""
+        request = self.waiting[conn].request
+        if request.waits_for_continue():
+            with contextlib.suppress(OSError):  # a few bytes: the socket's buffer takes them
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.framing is Framing.INCOMPLETE:
+            return
+        if request.framing.answer:
+            self._answer_and_close(conn, request.framing.answer)
+            return
+        self._forget(conn)
+        future = self.tpool.submit(self._handle_whole, conn, bytes(request.data),
+                                   request.framing is Framing.WHOLE)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done))
+
+    def _handle_whole(self, conn: TConn, data: bytes, whole: bool) -> bool:
+        conn.sock.setblocking(True)
+        conn.init()
+        conn.parser.unreader.unread(data)
+        conn.data_ready = True  # no wait for more: it is here
+        conn.whole = whole
+        return self.handle(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        if not conn.whole:  # the rest of the body was never read: the answer closes
+            req.must_close = True
+        return super().handle_request(req, conn)
+
+    def finish_request(self, conn: TConn, fs: Future) -> None:
+        if not self.alive or fs.cancelled() or fs.exception() or fs.result() is not False:
+            super().finish_request(conn, fs)
+            return
+        self._close_after_answer(conn)  # gthread would linger here, blocking the event loop
+
+    def _close_after_answer(self, conn: TConn) -> None:
+        """Close ``conn`` cleanly: a FIN after the answer, then what the client still sends is
+        read and dropped (for LINGER seconds at most) so that the close resets nothing."""
+        if conn in self.waiting:
+            self._forget(conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        self._wait(conn, LINGER, self._drain)
+
+    def _drain(self, conn: TConn) -> None:
+        try:
+            if conn.sock.recv(65536):
+                return  # dropped: the request it belonged to was answered
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close(conn)
+
+    def murder_pending(self) -> None:  # on every turn of the event loop
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, waiting in list(self.waiting.items()):
+            if waiting.deadline > now:
+                continue
+            if waiting.request and waiting.request.data:
+                self._answer_and_close(conn, b"408 Request Timeout")
+            else:
+                self._close(conn)
+
+    def _answer_and_close(self, conn: TConn, status: bytes) -> None:
+        with contextlib.suppress(OSError):  # gone, or not reading: closed all the same
+            conn.sock.send(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                           % status)
+        self._close_after_answer(conn)
+
+    def _forget(self, conn: TConn) -> None:
+        del self.waiting[conn]
+        self.poller.unregister(conn.sock)
+
+    def _close(self, conn: TConn) -> None:
+        if conn in self.waiting:
+            self._forget(conn)
+        self.nr_conns -= 1
+        conn.close()

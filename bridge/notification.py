@@ -21,6 +21,7 @@ class Notification:
     as_bot: bool = True
     account: str = "default"
     received_at: float = 0.0  # unix time the receiver accepted the webhook
+    occurred_at: float = 0.0  # unix time of the event on the platform (Event.occurred_at), 0: none
     thread_key: str = ""  # the conversation it belongs to (``order:1234``), see events.thread_key
     starts_thread: bool = False  # the first message about its order/checkout/dispute
     reply: bool = False  # post in the thread of the conversation's first message (route thread:)

@@ -129,6 +129,7 @@ def _notification(route: RouteSettings, event: Event, received_at: float, channe
         as_bot=route.as_bot,
         account=route.account,
         received_at=received_at,
+        occurred_at=event.occurred_at.timestamp() if event.occurred_at else 0.0,
         thread_key=thread_key(event),
         starts_thread=event.type in THREAD_STARTERS,
         reply=route.thread and event.type not in THREAD_STARTERS,

@@ -266,6 +266,29 @@ class PumbleClient:
                 return
             cursor = page.messages[-1].id
 
+    def iter_replies(self, root_id: str, *, channel_id: str = "", limit: int = 100,
+                     max_pages: int = 10_000) -> Iterator[Message]:
+        """Every reply in the thread of ``root_id`` (fetchThreadReplies: a bare array a page, the
+        next cursor the last reply's id). Whether a page includes its cursor is disputed, so
+        replies already seen are skipped; the walk ends on a short page or one with nothing new."""
+        seen: set[str] = set()
+        cursor = ""
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"rootMessageId": root_id, "limit": limit}
+            if channel_id:
+                params["channelId"] = channel_id
+            if cursor:
+                params["cursor"] = cursor
+            data = self._read("/fetchThreadReplies", params=params)
+            page = [Message.of(m) for m in (data if isinstance(data, list)
+                                           else (data or {}).get("messages") or [])]
+            fresh = [m for m in page if m.id not in seen]
+            yield from fresh
+            seen.update(m.id for m in fresh)
+            if not fresh or len(page) < limit:
+                return
+            cursor = page[-1].id
+
     def my_info(self) -> dict[str, Any]:
         """The key owner's user record: a cheap check that the key works."""
         return self._read("/myInfo")

@@ -24,6 +24,7 @@ from bridge.config import load_config
 from bridge.dlq import DeadLetters
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
+from bridge.marker import unmarked
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import EmbeddedRedis
@@ -58,10 +59,16 @@ class FakePumble:
         self.url = server.url
         self.http = http
 
-    def messages(self, channel: str = "") -> list[dict[str, Any]]:
+    def messages(self, channel: str = "", *, raw: bool = False) -> list[dict[str, Any]]:
+        """What was posted; each text as a person reads it (the bridge's invisible mark
+        removed) unless ``raw``."""
         response = self.http.get(f"{self.url}/_fake/messages", params={"channel": channel})
         response.raise_for_status()
-        return response.json()["messages"]
+        messages = response.json()["messages"]
+        if not raw:
+            for message in messages:
+                message["text"] = unmarked(message["text"])
+        return messages
 
 
 @pytest.fixture

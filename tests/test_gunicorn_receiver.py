@@ -1,6 +1,7 @@
 """The receiver as `pumble-bridge serve` runs it (gunicorn, its master and a worker process),
 over real HTTP: the last valid config survives SIGHUP and a worker's death; a body over
-receiver.max_body_bytes is refused whether or not it is chunked."""
+receiver.max_body_bytes is refused whether or not it is chunked, and what is left unread closes
+the connection cleanly; a captured body re-sent naming another shop is refused."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from bridge.sources import woocommerce
 from bridge.sources.shopify import sign
-from tests.conftest import TEST_SECRET, free_port, signed_order, wait_until
+from tests.conftest import TEST_KEY, TEST_SECRET, free_port, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
 from tests.test_metrics import parse, value
 from tests.test_reload import bump
@@ -44,24 +47,31 @@ class Served:
         return httpx.get(f"{self.url}/readyz", headers={"Connection": "close"})
 
 
-@pytest.fixture
-def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Served, Path]]:
-    """`pumble-bridge serve --workers 1` on a free port (one worker: every request meets it)."""
-    config = write_config(redis_url=redis_url, queue=queue_name)
-    port, log = free_port(), tmp_path / "serve.log"
+@contextlib.contextmanager
+def serving(config: Path, directory: Path, *options: str) -> Iterator[Served]:
+    """`pumble-bridge serve` of ``config`` on a free port until the block ends."""
+    port, log = free_port(), directory / "serve.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "1",
+            [sys.executable, "-m", "bridge", "--config", str(config), "serve", *options,
              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-            env=clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), start_new_session=True)
+            env=clean_env(BRIDGE_DATA_DIR=str(directory / "data")), start_new_session=True)
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_until(lambda: served.ready().status_code == 200, "serve to start")
-        yield served, config
+        yield served
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+@pytest.fixture
+def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Served, Path]]:
+    """`pumble-bridge serve --workers 1` on a free port (one worker: every request meets it)."""
+    config = write_config(redis_url=redis_url, queue=queue_name)
+    with serving(config, tmp_path, "--workers", "1") as served:
+        yield served, config
 
 
 def channel_of(served: Served, rq_queue, number: int) -> str:
@@ -164,3 +174,155 @@ def test_a_body_over_the_limit_is_413_chunked_or_not(serve, rq_queue):
                   "X-Shopify-Webhook-Id": f"w-{size}"}
         response = httpx.post(f"{served.url}/webhooks/shop", content=padded, headers=signed)
         assert response.status_code == status, response.text
+
+
+# -- connections: what is left unread closes them, cleanly ----------------------------------------
+
+def answer_of(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one answer read off ``connection``."""
+    reader = connection.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline().decode()) not in ("\r\n", ""):
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get("content-length", 0)))
+
+
+def closed_cleanly(connection: socket.socket) -> bool:
+    """The server's end of ``connection`` closed with a FIN (not a reset) within 5 s."""
+    connection.settimeout(5)
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return False
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_body_left_unread_closes_the_connection_cleanly(serve, rq_queue, framing):
+    served, _config = serve
+    body, headers = signed_order(7003)
+    length = (f"Content-Length: {2 * LIMIT}\r\n" if framing == "content-length"
+              else "Transfer-Encoding: chunked\r\n")
+    part = body.ljust(LIMIT + 64 * 1024)  # a chunked body is refused once past the limit
+    sent = part if framing == "content-length" else b"%x\r\n%s\r\n" % (len(part), part)
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall((f"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\n{length}"
+                            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                            + "\r\n").encode() + sent)  # and no more: the rest never comes
+        status, answer_headers, answer = answer_of(connection)
+        assert status == 413, answer
+        assert answer_headers["connection"] == "close"
+        assert b"body larger than" in answer
+        assert closed_cleanly(connection)
+    assert rq_queue.get_jobs() == []
+
+
+def test_headers_that_do_not_end_are_refused_without_waiting_for_them(serve):
+    served, _config = serve
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"POST /webhooks/shop HTTP/1.1\r\nX-Pad: " + b"a" * 70_000)
+        status, answer_headers, _answer = answer_of(connection)
+        assert (status, answer_headers["connection"]) == (431, "close")
+        assert closed_cleanly(connection)
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(serve, rq_queue):
+    served, _config = serve
+    body, headers = signed_order(7005)
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(b"".join([
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n",
+            b"Expect: 100-continue\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            *(f"{k}: {v}\r\n".encode() for k, v in headers.items()), b"\r\n"]))
+        reader = connection.makefile("rb")
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"  # before any of the body
+        assert reader.readline() == b"\r\n"
+        connection.sendall(body)
+        statuses = [int(line.split()[1]) for line in reader if line.startswith(b"HTTP/1.1")]
+    assert statuses[-1] == 202  # (after gunicorn's own 100 Continue, which a client skips)
+    assert len(rq_queue.get_jobs()) == 1
+
+
+def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
+    served, _config = serve
+    body, headers = signed_order(7004)
+
+    def request(source: str) -> bytes:
+        return b"".join([f"POST /webhooks/{source} HTTP/1.1\r\nHost: bridge\r\n".encode(),
+                         b"Content-Length: %d\r\n" % len(body),
+                         *(f"{k}: {v}\r\n".encode() for k, v in headers.items()),
+                         b"\r\n", body])
+
+    port = int(served.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request("nowhere"))
+        status, answer_headers, _answer = answer_of(connection)
+        assert (status, answer_headers["connection"]) == (404, "keep-alive")
+        connection.sendall(request("shop"))  # the next request on it is answered
+        status, _answer_headers, answer = answer_of(connection)
+        assert status == 202, answer
+    assert len(rq_queue.get_jobs()) == 1
+
+
+# -- a captured body re-sent with other unsigned headers ------------------------------------------
+
+WOO_BODY = (Path(__file__).parent / "payloads" / "woocommerce" / "order_created.json").read_bytes()
+
+
+@pytest.fixture
+def serve_two_shops(tmp_path, redis_url, queue_name) -> Iterator[Served]:
+    """A Shopify source with shop_domain and a WooCommerce one with site_url, every order
+    event routed."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "pumble": {"base_url": "http://127.0.0.1:9", "api_key": TEST_KEY},
+        "redis": {"url": redis_url, "queue": queue_name},
+        "sources": {
+            "shop": {"type": "shopify", "secret": TEST_SECRET,
+                     "shop_domain": "demo-shop.myshopify.com"},
+            "woo": {"type": "woocommerce", "secret": TEST_SECRET,
+                    "site_url": "https://shop.example.com"}},
+        "routes": [{"name": name, "match": {"event": [f"order.{name}"]}, "channel": "orders",
+                    "template": f"order_{name}.j2"} for name in ("created", "cancelled")],
+    }))
+    with serving(config, tmp_path, "--workers", "1") as served:
+        yield served
+
+
+def test_a_replayed_body_naming_another_shop_is_refused(serve_two_shops, rq_queue):
+    served = serve_two_shops
+    body, headers = signed_order(5001)
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    [job] = rq_queue.get_jobs()
+    assert "https://admin.shopify.com/store/demo-shop/orders/" in job.args[0]["text"]
+
+    # The issue's replay: the signed body with a new id, another topic and another shop.
+    replayed = {**headers, "X-Shopify-Webhook-Id": "w-replayed",
+                "X-Shopify-Topic": "orders/cancelled", "X-Shopify-Shop-Domain": "evil.example"}
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body, headers=replayed)
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "X-Shopify-Shop-Domain 'evil.example' is not this source's shop_domain"}
+
+    woo = {"Content-Type": "application/json", "X-WC-Webhook-Topic": "order.created",
+           "X-WC-Webhook-Source": "https://shop.example.com/",
+           "X-WC-Webhook-Delivery-ID": "d-1",
+           "X-WC-Webhook-Signature": woocommerce.sign(TEST_SECRET.encode(), WOO_BODY)}
+    response = httpx.post(f"{served.url}/webhooks/woo", content=WOO_BODY, headers=woo)
+    assert response.status_code == 202, response.text
+    response = httpx.post(f"{served.url}/webhooks/woo", content=WOO_BODY, headers={
+        **woo, "X-WC-Webhook-Delivery-ID": "d-replayed", "X-WC-Webhook-Topic": "order.updated",
+        "X-WC-Webhook-Source": "https://evil.example/"})
+    assert response.status_code == 401
+    assert "is not this source's site_url" in response.json()["error"]
+    links = [line for job in rq_queue.get_jobs() for line in job.args[0]["text"].splitlines()
+             if "https://" in line]
+    assert len(rq_queue.get_jobs()) == 2
+    assert not [link for link in links if "evil.example" in link]
+    assert any("https://shop.example.com/wp-admin/post.php?post=727" in link for link in links)

@@ -164,6 +164,19 @@ def test_iter_messages_walks_every_page(client):
     assert forward == sent[1:]
 
 
+def test_iter_replies_walks_a_whole_thread_and_nothing_else(client):
+    root = client.send_message("orders", "order #1")
+    other = client.send_message("orders", "order #2")
+    client.send_reply(other.id, "not this thread", channel_id=other.channel_id)
+    sent = [client.send_reply(root.id, f"r{i}", channel_id=root.channel_id).id
+            for i in range(7)]
+    walked = [m.id for m in client.iter_replies(root.id, channel_id=root.channel_id, limit=3)]
+    assert sorted(walked) == sorted(sent) and len(walked) == 7  # no gap, no repeat
+    assert [m.text for m in client.iter_replies(other.id, limit=3)] == ["not this thread"]
+    with pytest.raises(NotFoundError):
+        list(client.iter_replies("0" * 24))
+
+
 def test_private_channel_needs_the_bot(client, fake_pumble):
     client.create_channel("vip orders", private=True)
     with pytest.raises(AuthError):

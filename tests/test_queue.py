@@ -103,10 +103,11 @@ def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue):
                                                                    "orders/create"}
     assert connection.ttl(queue._event_key("shop", "e-1")) > queue.delivery.max_age
     assert connection.get(queue.roots.key(first)) == EXPECTED
-    # The first message is in its route's backlog; the reply is never in a digest.
+    # The first message is in its route's line; the reply in its thread's, never a digest's.
     assert connection.zrange(queue.backlog.key(first), 0, -1) == [
         job_id(queue.rq.name, first).encode()]
-    assert queue.backlog.key(paid) == ""
+    assert connection.zrange(queue.backlog.key(paid), 0, -1) == [
+        job_id(queue.rq.name, paid).encode()]
     [recorded] = activity.recent()
     assert [d.route for d in recorded.deliveries] == ["orders", "paid"]
 

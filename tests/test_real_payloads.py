@@ -51,7 +51,9 @@ WOO_SHOP = "https://shop.example.com/"
 SOURCES = {"shopify": "shopify", "woocommerce": "woo", "stripe": "stripe",
            "standard-webhooks": "svix"}
 ENRICHED = ("bigcommerce/order_created.json", "bigcommerce/order_updated.json",
-            "bigcommerce/order_statusUpdated.json", "bigcommerce/cart_abandoned.json")
+            "bigcommerce/order_statusUpdated.json", "bigcommerce/cart_abandoned.json",
+            "bigcommerce/shipment_created.json", "bigcommerce/order_refund_created.json",
+            "bigcommerce/customer_created.json")
 
 
 def corpus_config(redis_url: str, queue: str, store_api: str) -> dict[str, Any]:
@@ -191,14 +193,27 @@ def signed(run: str, body: bytes | None = None) -> tuple[str, bytes, dict[str, s
 
 def stub_store_api() -> Flask:
     app = Flask("stub-bigcommerce")
-    answers = {"": "order.json", "/products": "order_products.json",
-               "/shipping_addresses": "order_shipping_addresses.json"}
-    for suffix, name in answers.items():
-        app.add_url_rule(f"/stores/<store>/v2/orders/<int:order_id>{suffix}", name,
+    answers = {"/v2/orders/<int:order_id>": "order.json",
+               "/v2/orders/<int:order_id>/products": "order_products.json",
+               "/v2/orders/<int:order_id>/shipping_addresses": "order_shipping_addresses.json",
+               "/v2/orders/<int:order_id>/shipments/<int:shipment_id>": "order_shipment.json",
+               "/v3/carts/<cart_id>": "cart.json",
+               "/v3/customers": "customers.json"}
+    for path, name in answers.items():
+        app.add_url_rule(f"/stores/<store>{path}", name,
                          lambda name=name, **_: json.loads((STORE_API / name).read_text()))
-    app.add_url_rule("/stores/<store>/v3/carts/<cart_id>", "cart",
-                     lambda **_: json.loads((STORE_API / "cart.json").read_text()))
+    app.add_url_rule("/stores/<store>/v3/orders/<int:order_id>/payment_actions/refunds",
+                     "refunds", order_refunds)
     return app
+
+
+def order_refunds(**_: Any) -> dict[str, Any]:
+    """An order's refunds: the documented refund (12, of order 180) as the one the corpus's
+    refund webhook names, as the order examples are answered for any order; wrapped in the
+    documented shape of the list, which has no example of its own."""
+    webhook = json.loads((CORPUS / "bigcommerce" / "order_refund_created.json").read_text())
+    refund = json.loads((STORE_API / "refund.json").read_text())["data"]
+    return {"data": [refund | {"id": webhook["data"]["refund"]["refund_id"]}], "meta": {}}
 
 
 @pytest.fixture(scope="module")

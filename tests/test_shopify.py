@@ -3,6 +3,7 @@ import hashlib
 import hmac
 from decimal import Decimal
 
+import pydantic
 import pytest
 
 from bridge.config import SourceSettings
@@ -220,3 +221,40 @@ def test_a_decided_dispute_is_closed_and_one_under_review_is_not(source):
     review = source.parse(signed(body_of(dispute | {"status": "under_review"}), **topic))
     assert review.type == "shopify.disputes/update"
     assert review.payment.due_at.isoformat() == "2021-12-30T19:00:00-05:00"
+
+
+# -- shop_domain: the signature covers the body alone, not X-Shopify-Shop-Domain ----------------
+
+def with_shop_domain(domain: str) -> ShopifySource:
+    return ShopifySource("shop", SourceSettings(type="shopify", secret=SECRET,
+                                                shop_domain=domain))
+
+
+def test_a_delivery_naming_another_shop_is_refused_when_shop_domain_is_set():
+    source = with_shop_domain("demo-shop.myshopify.com")
+    replayed = signed(body_of(shopify_order(1001)), **{"X-Shopify-Shop-Domain": "evil.example"})
+    with pytest.raises(SignatureError, match=r"'evil\.example' is not this source's shop_domain"):
+        source.verify(replayed)
+    with pytest.raises(SignatureError, match="'' is not"):
+        source.verify(signed(body_of(shopify_order(1001)), **{"X-Shopify-Shop-Domain": ""}))
+
+
+def test_shop_domain_is_compared_normalised_and_builds_the_admin_link():
+    source = with_shop_domain("https://Demo-Shop.myshopify.com/")
+    request = signed(body_of(shopify_order(1001)),
+                     **{"X-Shopify-Shop-Domain": "DEMO-SHOP.myshopify.com"})
+    source.verify(request)
+    assert source.parse(request).order.admin_url == (
+        "https://admin.shopify.com/store/demo-shop/orders/5000000001001")
+
+
+def test_without_shop_domain_the_header_names_the_shop(source):
+    request = signed(body_of(shopify_order(1001)), **{"X-Shopify-Shop-Domain": "other.example"})
+    source.verify(request)
+    assert source.parse(request).order.admin_url.startswith("https://other.example/admin/")
+
+
+@pytest.mark.parametrize("domain", ["demo shop", "https://demo.myshopify.com/admin", "localhost"])
+def test_a_shop_domain_that_is_not_a_domain_is_refused(domain):
+    with pytest.raises(pydantic.ValidationError, match="is not a shop domain"):
+        with_shop_domain(domain)

@@ -10,21 +10,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
 
-from bridge.config import SourceSettings
+from bridge.config import SourceSettings, load_config
 from bridge.local_server import LocalServer
 from bridge.sources import PayloadError, SignatureError, WebhookRequest
 from bridge.sources.bigcommerce import BigCommerceSource
+from bridge.web import create_app
 
 SECRET = "bc-shared-header-secret-7f3a"
 TOKEN = "bc-api-token-do-not-leak-91d2"
 PAYLOADS = Path(__file__).parent / "payloads" / "bigcommerce"
+# BigCommerce's documented store API answers (their README says where each is from).
+DOCUMENTED = Path(__file__).parent / "real_payloads" / "bigcommerce-api"
 
 
 def load(name: str) -> Any:
     return json.loads((PAYLOADS / f"{name}.json").read_text())
+
+
+def documented(name: str) -> Any:
+    return json.loads((DOCUMENTED / f"{name}.json").read_text())
 
 
 def make_source(secret: str | list[str] = SECRET, **options: Any) -> BigCommerceSource:
@@ -320,6 +328,11 @@ class FakeBigCommerce:
         self.order = load("api_order")
         self.product = load("api_product")
         self.addresses = load("api_shipping_addresses")
+        self.shipment = documented("order_shipment")
+        refund = documented("refund")["data"]  # the webhook's is refund 3; another is listed first
+        self.refunds = {"data": [refund | {"id": 2, "total_amount": 10, "reason": ""},
+                                 refund | {"id": 3}], "meta": {}}
+        self.customers = documented("customers")
         self.seen: list[dict[str, str]] = []
         self.release = threading.Event()  # a "slow" answer waits for this, not for a clock
         self.app = Flask("fake-bigcommerce")
@@ -331,10 +344,17 @@ class FakeBigCommerce:
         self.app.add_url_rule("/stores/<store>/v3/catalog/products/<int:product_id>",
                               view_func=self.product_view)
         self.app.add_url_rule("/stores/<store>/v3/carts/<cart_id>", view_func=self.cart_view)
+        self.app.add_url_rule(
+            "/stores/<store>/v2/orders/<int:order_id>/shipments/<int:shipment_id>",
+            view_func=self.shipment_view)
+        self.app.add_url_rule("/stores/<store>/v3/orders/<int:order_id>/payment_actions/refunds",
+                              view_func=self.refunds_view)
+        self.app.add_url_rule("/stores/<store>/v3/customers", view_func=self.customers_view)
 
     def _answer(self, body: Any):
         self.seen.append({"path": request.path, "token": request.headers.get("X-Auth-Token", ""),
-                          "accept": request.headers.get("Accept", "")})
+                          "accept": request.headers.get("Accept", ""),
+                          "query": dict(request.args)})
         if self.mode == "500":
             return jsonify({"status": 500, "title": "Internal Server Error"}), 500
         if self.mode == "badjson":
@@ -354,6 +374,15 @@ class FakeBigCommerce:
 
     def product_view(self, store: str, product_id: int):
         return self._answer(self.product)
+
+    def shipment_view(self, store: str, order_id: int, shipment_id: int):
+        return self._answer(self.shipment)
+
+    def refunds_view(self, store: str, order_id: int):
+        return self._answer(self.refunds)
+
+    def customers_view(self, store: str):
+        return self._answer(self.customers)
 
     def cart_view(self, store: str, cart_id: str):
         return self._answer({"data": {
@@ -509,3 +538,116 @@ def test_an_abandoned_cart_is_enriched_with_its_value_and_items(enriching, fake_
     assert event.customer.email == "shopper@example.com"
     fake.mode = "500"
     assert enriching.parse(delivery(load("cart_abandoned"))).order.total is None
+
+
+# --- shipments, refunds and customers: what their webhooks leave to the store API ---------------
+
+def test_a_shipment_is_enriched_with_its_carrier_and_tracking(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("shipment_created")))
+    assert [s["path"] for s in fake.seen] == ["/stores/abc123xyz/v2/orders/250/shipments/12"]
+    assert fake.seen[0]["token"] == TOKEN
+    shipment = event.shipment
+    assert (event.type, shipment.id, shipment.carrier, shipment.tracking_number) == (
+        "shipment.created", "12", "USPS", "EJ958083578US")
+    assert shipment.tracking_url == ("http://trkcnfrm1.smi.usps.com/PTSInternetWeb/"
+                                     "InterLabelInquiry.do?strOrigTrackNum=EJ958083578US")
+    assert (event.order.name, event.order.admin_url) == (
+        "#250", "https://store-abc123xyz.mybigcommerce.com/manage/orders/250")
+    assert (event.customer.name, event.customer.email) == ("Jane Doe", "janedoe@example.com")
+    assert str(event.shipping.address) == (
+        "Trishy Smith, 666 Sussex St, 12345 Anywhere, Some State, US")
+    assert event.shipping.method == ""  # the API's "None"
+
+
+def test_a_shipments_own_tracking_link_wins_and_the_carrier_falls_back(enriching, fake_api):
+    fake, _ = fake_api
+    fake.shipment = fake.shipment | {
+        "shipping_provider_display_name": "", "shipping_provider": "", "tracking_carrier": "dhl",
+        "tracking_link": "https://track.example.com/EJ958083578US"}
+    shipment = enriching.parse(delivery(load("shipment_created"))).shipment
+    assert (shipment.carrier, shipment.tracking_url) == (
+        "dhl", "https://track.example.com/EJ958083578US")
+
+
+def test_a_refund_is_enriched_with_its_amount_reason_and_the_orders_currency(enriching,
+                                                                           fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("order_refund_created")))  # refund 3 of order 250
+    assert [s["path"] for s in fake.seen][-1] == (
+        "/stores/abc123xyz/v3/orders/250/payment_actions/refunds")
+    refund = event.refund
+    assert (event.type, refund.id, refund.order_id) == ("refund.created", "3", "250")
+    assert (refund.amount, refund.currency, refund.reason) == (
+        Decimal("50"), "USD", "Customer requires a refund.")
+    assert (event.order.total, event.order.currency) == (Decimal("256.1500"), "USD")
+
+
+def test_a_refund_its_order_does_not_list_has_no_amount(enriching, fake_api, caplog):
+    fake, _ = fake_api
+    fake.refunds = {"data": fake.refunds["data"][:1], "meta": {}}  # refund 2 alone
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
+        refund = enriching.parse(delivery(load("order_refund_created"))).refund
+    assert (refund.id, refund.amount, refund.currency) == ("3", None, "USD")
+    assert "refund 3 of order 250 not enriched: not among the order's refunds" in caplog.text
+
+
+def test_a_customer_is_enriched_with_their_name(enriching, fake_api):
+    fake, _ = fake_api
+    event = enriching.parse(delivery(load("customer_created")))
+    assert [(s["path"], s["query"]) for s in fake.seen] == [
+        ("/stores/abc123xyz/v3/customers", {"id:in": "32"})]
+    customer = event.customer
+    assert (event.type, customer.id, customer.name, customer.email) == (
+        "customer.created", "32", "Jane Smith", "jane.smith@example.com")
+    updated = load("customer_created") | {"scope": "store/customer/updated"}
+    assert enriching.parse(delivery(updated)).customer.name == "Jane Smith"
+    address = load("customer_created") | {"scope": "store/customer/address/created"}
+    enriching.parse(delivery(address))  # its data.id is the address's: no customer to ask for
+    assert len(fake.seen) == 2
+
+
+def test_a_customer_the_api_no_longer_has_keeps_their_id(enriching, fake_api):
+    fake, _ = fake_api
+    fake.customers = {"data": [], "meta": {}}
+    customer = enriching.parse(delivery(load("customer_created"))).customer
+    assert (customer.id, customer.name, customer.email) == ("32", "", "")
+
+
+@pytest.mark.parametrize("mode", ["500", "badjson", "slow"])
+@pytest.mark.parametrize("name", ["shipment_created", "order_refund_created", "customer_created"])
+def test_a_failing_lookup_gives_the_event_the_payload_alone_gives(enriching, fake_api, caplog,
+                                                                 name, mode):
+    fake, _ = fake_api
+    fake.mode = mode
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.bigcommerce"):
+        event = enriching.parse(delivery(load(name)))
+    fake.release.set()
+    assert fake.seen, "the fake API was asked"
+    assert event == make_source().parse(delivery(load(name)))
+    assert "not enriched" in caplog.text and TOKEN not in caplog.text
+
+
+def test_a_failing_store_api_still_posts_the_message_with_what_the_payload_has(
+        tmp_path, redis_url, queue_name, rq_queue, fake_api):
+    fake, url = fake_api
+    fake.mode = "500"
+    config = {"pumble": {"base_url": "http://127.0.0.1:9", "api_key": "test-key"},
+              "redis": {"url": redis_url, "queue": queue_name},
+              "sources": {"bc": {"type": "bigcommerce", "secret": SECRET, "api_token": TOKEN,
+                                 "api_base_url": url}},
+              "routes": [{"name": "everything", "channel": "shop"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    receiver = create_app(load_config(path, {}), redis_url, watch=False).test_client()
+    for name in ("shipment_created", "order_refund_created", "customer_created"):
+        response = receiver.post("/webhooks/bc", data=json.dumps(load(name)),
+                                 headers={"Content-Type": "application/json",
+                                          "X-Webhook-Secret": SECRET})
+        assert response.status_code == 202, response.json
+    link = "Open the order: https://store-abc123xyz.mybigcommerce.com/manage/orders/250"
+    assert [job.args[0]["text"] for job in rq_queue.get_jobs()] == [
+        f"🚚 Shipped: order #250\nShipment: 12\n\n{link}",
+        f"💸 Refund for order #250\nRefund: 3\n\n{link}",
+        "👤 New customer #32"]
+    assert {s["path"].rsplit("/", 1)[-1] for s in fake.seen} >= {"12", "refunds", "customers"}

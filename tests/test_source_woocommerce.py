@@ -351,3 +351,27 @@ def test_html_entities_in_text_fields_are_decoded(source):
     assert event.order.items[0].name == "Ship Your Idea \u2013 Color: Black"
     assert event.shipping.method == "Ground Advantage\u2122"
     assert event.customer.name.startswith("Jo&Co")
+
+
+# --- site_url: the signature covers the body alone, not X-WC-Webhook-Source ---------------------
+
+def test_a_delivery_naming_another_site_is_refused_when_site_url_is_set():
+    source = source_with(site_url="https://shop.example.com")
+    with pytest.raises(SignatureError, match=r"'https://evil\.example/' is not this source's"):
+        source.verify(signed(body_of(load("order_created")), shop="https://evil.example/"))
+    with pytest.raises(SignatureError, match="is not this source's site_url"):
+        source.verify(signed(body_of(load("order_created")), shop="https://shop.example.com.evil/"))
+
+
+def test_site_url_is_compared_normalised_and_builds_the_admin_link():
+    source = source_with(site_url="HTTPS://Shop.Example.com/")
+    request = signed(body_of(load("order_created")), shop="https://shop.example.com")
+    source.verify(request)
+    assert source.parse(request).order.admin_url == (
+        "https://shop.example.com/wp-admin/post.php?post=727&action=edit")
+
+
+@pytest.mark.parametrize("url", ["shop.example.com", "javascript:alert(1)", "https://a b"])
+def test_a_site_url_that_is_not_a_web_address_is_refused(url):
+    with pytest.raises(pydantic.ValidationError, match="is not a web address"):
+        source_with(site_url=url)

@@ -14,9 +14,9 @@ created, updated and archived webhooks of one order share it: it identifies the 
 delivery, and is never the delivery id. That is ``webhook-id`` when sent (the same on
 BigCommerce's retries), else a digest of scope, data and ``created_at``.
 
-With an API token the order, cart or product is fetched from the store API within
-``enrich_timeout`` seconds; a failed fetch is logged and the thin event is returned, so the webhook
-is never refused for it.
+With an API token the order (and a refund's amount), cart, product, shipment (carrier and
+tracking) or customer (name) is fetched from the store API within ``enrich_timeout`` seconds; a
+failed fetch is logged and the thin event is returned, so the webhook is never refused for it.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ STATUS_NAMES = {
 STORE_HASH = re.compile(r"stores/([a-z0-9]+)")
 # A converted cart is gone (its order has the details); the others can still be read.
 ENRICHED_CART_SCOPES = ("store/cart/abandoned", "store/cart/created", "store/cart/updated")
+# Scopes whose data.id is the customer's id (an address scope's is the address's).
+ENRICHED_CUSTOMER_SCOPES = ("store/customer/created", "store/customer/updated")
+# store/shipment/updated is not mapped (the generic message shows no tracking); a deleted
+# shipment cannot be read.
+ENRICHED_SHIPMENT_SCOPES = ("store/shipment/created",)
 INVENTORY_SCOPES = ("store/product/inventory/updated", "store/product/inventory/order/updated")
 
 
@@ -158,18 +163,31 @@ class BigCommerceSource(Source):
 
     def _with_enrichment(self, store_hash: str, scope: str, event_type: str,
                          parts: dict[str, Any]) -> dict[str, Any]:
-        """The thin parts, completed from the store API where it answers."""
-        order, product = parts.get("order"), parts.get("product")
+        """The thin parts, completed from the store API where it answers: all calls of one
+        webhook share one ``enrich_timeout``, as BigCommerce retries a slow answer."""
+        deadline = time.monotonic() + self.options.enrich_timeout
+        base = f"/stores/{store_hash}"
+        order, product, customer = parts.get("order"), parts.get("product"), parts.get("customer")
+        shipment = parts.get("shipment")
         if order is not None and scope.startswith("store/order/"):
-            enriched = self._enriched(store_hash, order.id, order, event_type)
-            if parts.get("refund") is not None:  # not the order's refunded_amount (all refunds)
-                enriched.pop("refund", None)
+            enriched = self._enriched(base, order, event_type, deadline)
+            refund = parts.get("refund")
+            if refund is not None:  # the webhook's refund, not the order's refunded_amount (all)
+                currency = enriched["order"].currency if enriched else ""
+                enriched["refund"] = self._enriched_refund(base, refund, currency, deadline)
             return parts | enriched
         if order is not None and scope in ENRICHED_CART_SCOPES:
-            cart = self._api_data(f"/stores/{store_hash}/v3/carts/{order.id}", f"cart {order.id}")
+            cart = self._api_answer(f"{base}/v3/carts/{order.id}", f"cart {order.id}", deadline)
             return parts if cart is None else parts | _cart_parts(cart, order)
+        if order is not None and shipment is not None and scope in ENRICHED_SHIPMENT_SCOPES:
+            found = self._api_answer(f"{base}/v2/orders/{order.id}/shipments/{shipment.id}",
+                                     f"shipment {shipment.id} of order {order.id}", deadline,
+                                     v3=False)
+            return parts if found is None else parts | _shipment_parts(found, shipment)
+        if customer is not None and scope in ENRICHED_CUSTOMER_SCOPES:
+            return parts | {"customer": self._enriched_customer(base, customer, deadline)}
         if product is not None:
-            found = self._enriched_product(store_hash, product.id)
+            found = self._enriched_product(base, product.id, deadline)
             if found is not None:  # the webhook's own new stock level is the fresher one
                 stock = found.stock if product.stock is None else product.stock
                 return parts | {"product": replace(found, id=product.id, stock=stock)}
@@ -178,42 +196,74 @@ class BigCommerceSource(Source):
     def _can_enrich(self, store_hash: str) -> bool:
         return self.options.api_token is not None and bool(store_hash)
 
-    def _enriched(self, store_hash: str, order_id: str, thin: Order,
-                  event_type: str) -> dict[str, Any]:
+    def _enriched(self, base: str, thin: Order, event_type: str,
+                  deadline: float) -> dict[str, Any]:
         """Order, customer, shipping (and refund) from the store API; {} if that fails."""
         try:
-            deadline = time.monotonic() + self.options.enrich_timeout
-            base = f"/stores/{store_hash}/v2/orders/{order_id}"
-            order = self._get(base, deadline)
-            items = self._get(f"{base}/products", deadline)
-            addresses = self._get(f"{base}/shipping_addresses", deadline)
+            path = f"{base}/v2/orders/{thin.id}"
+            order = self._get(path, deadline)
+            items = self._get(f"{path}/products", deadline)
+            addresses = self._get(f"{path}/shipping_addresses", deadline)
             if not (isinstance(order, dict) and isinstance(items, list | None)
                     and isinstance(addresses, list | None)):
                 raise EnrichmentError("unexpected JSON shape")
         except EnrichmentError as exc:
-            log.warning("source %r: order %s not enriched: %s", self.name, order_id, exc)
+            log.warning("source %r: order %s not enriched: %s", self.name, thin.id, exc)
             return {}
         return _order_parts(order, items or [], addresses or [], thin, event_type)
 
-    def _enriched_product(self, store_hash: str, product_id: str) -> Product | None:
-        product = self._api_data(f"/stores/{store_hash}/v3/catalog/products/{product_id}",
-                                 f"product {product_id}")
+    def _enriched_refund(self, base: str, thin: Refund, currency: str,
+                         deadline: float) -> Refund:
+        """The webhook's refund among its order's (GET /v3/orders/{id}/payment_actions/refunds):
+        its amount and reason. A refund carries no currency: the order's is the one refunded."""
+        if not thin.id:  # no refund to look for among the order's
+            return replace(thin, currency=currency)
+        what = f"refund {thin.id} of order {thin.order_id}"
+        refunds = self._api_answer(f"{base}/v3/orders/{thin.order_id}/payment_actions/refunds",
+                                   what, deadline, shape=list)
+        found = next((r for r in fields.records(refunds) if fields.text(r.get("id")) == thin.id),
+                     None)
+        if found is None:
+            if refunds is not None:
+                log.warning("source %r: %s not enriched: not among the order's refunds",
+                            self.name, what)
+            return replace(thin, currency=currency)
+        return replace(thin, amount=fields.amount(found.get("total_amount")), currency=currency,
+                       reason=_api_text(found.get("reason")))
+
+    def _enriched_customer(self, base: str, thin: Customer, deadline: float) -> Customer:
+        """The customer's name and email (GET /v3/customers?id:in={id}); the thin one without."""
+        customer_id = fields.integer(thin.id)  # a number only: it goes into a query
+        if customer_id is None:
+            return thin
+        found = self._api_answer(f"{base}/v3/customers?id:in={customer_id}",
+                                 f"customer {customer_id}", deadline, shape=list)
+        records = fields.records(found)  # id:in filters: the one customer, or none if deleted
+        if not records:
+            return thin
+        return replace(thin, name=_name(records[0]), email=_api_text(records[0].get("email")))
+
+    def _enriched_product(self, base: str, product_id: str, deadline: float) -> Product | None:
+        product = self._api_answer(f"{base}/v3/catalog/products/{product_id}",
+                                   f"product {product_id}", deadline)
         if product is None:
             return None
         return Product(name=_api_text(product.get("name")), sku=_api_text(product.get("sku")),
                        stock=fields.integer(product.get("inventory_level")))
 
-    def _api_data(self, path: str, what: str) -> dict[str, Any] | None:
-        """The ``data`` object of a v3 store API answer; None (logged) without one in time."""
+    def _api_answer(self, path: str, what: str, deadline: float, *, v3: bool = True,
+                    shape: type = dict) -> Any:
+        """A store API answer, if it is a ``shape``: a v3 answer's ``data``, a v2 answer as is.
+        None (logged) without one in time."""
         try:
-            body = self._get(path, time.monotonic() + self.options.enrich_timeout)
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, dict):
+            body = self._get(path, deadline)
+            found = body.get("data") if v3 and isinstance(body, dict) else body
+            if not isinstance(found, shape):
                 raise EnrichmentError("unexpected JSON shape")
         except EnrichmentError as exc:
             log.warning("source %r: %s not enriched: %s", self.name, what, exc)
             return None
-        return data
+        return found
 
     def _get(self, path: str, deadline: float) -> Any:
         """GET one store API path as JSON within what is left of the deadline. 204 -> None."""
@@ -324,6 +374,27 @@ def _order_parts(order: dict[str, Any], items: list[Any], addresses: list[Any], 
     if event_type == events.REFUND_CREATED:
         parts["refund"] = Refund(amount=fields.amount(order.get("refunded_amount")),
                                  currency=currency)
+    return parts
+
+
+def _shipment_parts(found: dict[str, Any], thin: Shipment) -> dict[str, Any]:
+    """A shipment from the store API (GET /v2/orders/{id}/shipments/{id}): its carrier and
+    tracking, and whom and where it goes to."""
+    carrier = next((text for key in ("shipping_provider_display_name", "tracking_carrier",
+                                     "shipping_provider")
+                    if (text := _api_text(found.get(key)))), "")
+    # tracking_link is the shop's own; BigCommerce generates one only when there is none.
+    link = _api_text(found.get("tracking_link")) or _api_text(found.get("generated_tracking_link"))
+    parts: dict[str, Any] = {"shipment": replace(
+        thin, carrier=carrier, tracking_number=_api_text(found.get("tracking_number")),
+        tracking_url=link)}
+    billing = fields.mapping(found.get("billing_address"))
+    customer = Customer(name=_name(billing), email=_api_text(billing.get("email")))
+    if customer.name or customer.email:
+        parts["customer"] = customer
+    address = fields.mapping(found.get("shipping_address"))
+    if address:
+        parts["shipping"] = Shipping(_address(address), _api_text(found.get("shipping_method")))
     return parts
 
 

@@ -1,7 +1,9 @@
 """Shopify: base64 HMAC-SHA256 of the raw body in ``X-Shopify-Hmac-Sha256``.
 
 Topic in ``X-Shopify-Topic``, delivery id in ``X-Shopify-Webhook-Id`` (the same on Shopify's
-retries), shop in ``X-Shopify-Shop-Domain``.
+retries), shop in ``X-Shopify-Shop-Domain``. The signature covers the body alone: these headers
+can be changed on a captured delivery, so a configured ``shop_domain`` is the shop, and a
+delivery naming another one is refused.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bridge import events
 from bridge.events import (
@@ -65,6 +68,7 @@ TOPICS = {
     # disputes/update: dispute.closed once the dispute is decided.
 }
 CLOSED_DISPUTES = frozenset({"won", "lost", "accepted", "charge_refunded"})
+DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 
 
 class ShopifyOptions(BaseModel):
@@ -72,6 +76,17 @@ class ShopifyOptions(BaseModel):
 
     # inventory_levels/update at or below this many available is inventory.low.
     low_stock_threshold: int = 5
+    # The shop's *.myshopify.com domain. Set, it is what admin links are built from and a
+    # delivery whose X-Shopify-Shop-Domain names another shop is refused.
+    shop_domain: str = ""
+
+    @field_validator("shop_domain")
+    @classmethod
+    def _a_bare_domain(cls, value: str) -> str:
+        domain = normalised_domain(value)
+        if domain and not DOMAIN.fullmatch(domain):
+            raise ValueError(f"{value!r} is not a shop domain (e.g. my-shop.myshopify.com)")
+        return domain
 
 
 class ShopifySource(Source):
@@ -84,13 +99,17 @@ class ShopifySource(Source):
             raise SignatureError("missing X-Shopify-Hmac-Sha256 header")
         if not matches_any(given, (sign(secret, request.body) for secret in self._secrets)):
             raise SignatureError("X-Shopify-Hmac-Sha256 does not match the body")
+        named = request.header("X-Shopify-Shop-Domain")
+        if self.options.shop_domain and normalised_domain(named) != self.options.shop_domain:
+            raise SignatureError(f"X-Shopify-Shop-Domain {named!r} is not this source's "
+                                 "shop_domain")
 
     def parse(self, request: WebhookRequest) -> Event:
         topic = request.header("X-Shopify-Topic")
         if not topic:
             raise PayloadError("missing X-Shopify-Topic header")
         payload = request.json()
-        shop = request.header("X-Shopify-Shop-Domain")
+        shop = self.options.shop_domain or request.header("X-Shopify-Shop-Domain")
         event_type = TOPICS.get(topic, f"shopify.{topic}")
         parts = _parts(topic, payload, shop)
         product = parts.get("product")
@@ -159,6 +178,12 @@ def _transaction_type(payment: Payment) -> str:
     if payment.status == "success" and payment.kind in ("authorization", "capture", "sale"):
         return events.PAYMENT_SUCCEEDED
     return ""
+
+
+def normalised_domain(value: str) -> str:
+    """A shop domain as compared: lower case, without a scheme or a trailing slash."""
+    domain = value.strip().lower()
+    return domain.removeprefix("https://").removeprefix("http://").rstrip("/")
 
 
 def sign(secret: bytes, body: bytes) -> str:

@@ -3,8 +3,10 @@
 The key is the webhook's secret after WordPress decodes HTML entities in it
 (``wp_specialchars_decode``), so both the secret as typed and its decoded form are tried.
 Topic in ``X-WC-Webhook-Topic`` (or ``-Resource`` + ``-Event``), delivery id in
-``X-WC-Webhook-Delivery-ID``, shop URL in ``X-WC-Webhook-Source``. When a webhook is created
-WooCommerce posts an unsigned form body ``webhook_id=N`` (see ``is_ping``).
+``X-WC-Webhook-Delivery-ID``, shop URL in ``X-WC-Webhook-Source``. The signature covers the
+body alone: these headers can be changed on a captured delivery, so a configured ``site_url`` is
+the shop, and a delivery naming another one is refused. When a webhook is created WooCommerce
+posts an unsigned form body ``webhook_id=N`` (see ``is_ping``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bridge import events
 from bridge.config import SourceSettings
@@ -54,6 +56,7 @@ CUSTOMER_TYPES = {"created": events.CUSTOMER_CREATED, "updated": events.CUSTOMER
 PRODUCT_TYPES = {"created": events.PRODUCT_CREATED, "updated": events.PRODUCT_UPDATED}
 PING = re.compile(rb"webhook_id=\d+")
 FORM = "application/x-www-form-urlencoded"
+WEB_ADDRESS = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
 class WooCommerceOptions(BaseModel):
@@ -61,6 +64,17 @@ class WooCommerceOptions(BaseModel):
 
     low_stock_threshold: int = 5
     admin_url_style: Literal["post", "hpos"] = "post"  # hpos: High-Performance Order Storage
+    # The shop's address (WordPress's home URL). Set, it is what admin links are built from
+    # and a delivery whose X-WC-Webhook-Source names another site is refused.
+    site_url: str = ""
+
+    @field_validator("site_url")
+    @classmethod
+    def _a_web_address(cls, value: str) -> str:
+        url = normalised_url(value)
+        if url and not WEB_ADDRESS.fullmatch(url):
+            raise ValueError(f"{value!r} is not a web address (e.g. https://shop.example)")
+        return url
 
 
 class WooCommerceSource(Source):
@@ -88,6 +102,9 @@ class WooCommerceSource(Source):
             raise SignatureError("missing X-WC-Webhook-Signature header")
         if not matches_any(given, (sign(key, request.body) for key in self._keys)):
             raise SignatureError("X-WC-Webhook-Signature does not match the body")
+        named = request.header("X-WC-Webhook-Source")
+        if self.options.site_url and normalised_url(named) != self.options.site_url:
+            raise SignatureError(f"X-WC-Webhook-Source {named!r} is not this source's site_url")
 
     def parse(self, request: WebhookRequest) -> Event:
         topic = request.header("X-WC-Webhook-Topic")
@@ -101,7 +118,8 @@ class WooCommerceSource(Source):
         event_type = f"woocommerce.{topic}"
         order = customer = shipping = refund = payment = product = None
         if resource == "order":
-            order = self._order(payload, request.header("X-WC-Webhook-Source"))
+            shop_url = self.options.site_url or request.header("X-WC-Webhook-Source")
+            order = self._order(payload, shop_url)
             if action == "created":
                 event_type = events.ORDER_CREATED
             elif action == "updated":
@@ -184,6 +202,15 @@ class WooCommerceSource(Source):
         if self.options.admin_url_style == "hpos":
             return f"{base}wp-admin/admin.php?page=wc-orders&action=edit&id={order_id}"
         return f"{base}wp-admin/post.php?post={order_id}&action=edit"
+
+
+def normalised_url(value: str) -> str:
+    """A site address as compared: without a trailing slash, its scheme and host lower case
+    (WordPress sends its home URL with one; an operator may write it either way)."""
+    url = value.strip().rstrip("/")
+    scheme, separator, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{separator}{host.lower()}{slash}{path}"
 
 
 def sign(key: bytes, body: bytes) -> str:
