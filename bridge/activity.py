@@ -15,7 +15,6 @@ line, terms included; measured in tests/test_activity.py).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +28,7 @@ from rq.job import Job
 
 from bridge.events import Event
 from bridge.notification import Notification
-from bridge.queue import FAILURE_TTL, ListEntry, NotificationQueue, job_id
+from bridge.queue import FAILURE_TTL, ListEntry, NotificationQueue, job_id, readable_body
 from bridge.threads import Root
 
 KEEP = 2000  # events remembered, and searchable
@@ -237,7 +236,7 @@ class Activity:
                               serializer=self.queue.rq.serializer)
         stored = self.queue.load_event(lines[-1].source, event_id)
         webhook = None if stored is None else {"headers": stored.get("headers", {}),
-                                               "body": _pretty(stored.get("body") or "")}
+                                               "body": readable_body(stored.get("body") or "")}
         return EventDetail(lines, webhook, {job.id: self._posted(job)
                                             for job in jobs if job is not None})
 
@@ -296,13 +295,6 @@ def _answer(value: Any, error: str | None) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{name} {part}" for name, part in value.items())
     return "" if value is None else str(value)
-
-
-def _pretty(body: str) -> str:
-    """A stored webhook's body for a person: JSON indented, anything else as received."""
-    with contextlib.suppress(ValueError):
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-    return body
 
 
 def _delivery(notification: dict[str, Any], job: Job | None) -> Delivery:

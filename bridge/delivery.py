@@ -421,7 +421,7 @@ class Attempt:
         return self._wait(max(1, math.ceil(delay)))
 
     def _wait(self, seconds: int) -> Retry:
-        # A returned Retry is rq's way to choose the delay per run (rq-notes §1); its own count
+        # A returned Retry is rq's way to choose the delay per run; its own count
         # is not ours, so it is set out of reach.
         return Retry(max=MAX_RETURNED_RETRIES, interval=seconds)
 

@@ -2,13 +2,11 @@
 
 They are the jobs in rq's failed-job registry of the bridge's queue, each with its reason, its
 attempts and the webhook it came from. ``retry`` puts one back on the queue with fresh counters
-(rq's own requeue keeps the old ones, so a retried job would get a single try: rq-notes §2).
+(rq's own requeue keeps the old ones, so a retried job would get a single try).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from rq.job import Job, JobStatus
 
 from bridge.notification import Notification
-from bridge.queue import CRASH_RETRIES, DELIVER, FAILURE_TTL, NotificationQueue, job_id
+from bridge.queue import (
+    CRASH_RETRIES,
+    DELIVER,
+    FAILURE_TTL,
+    NotificationQueue,
+    job_id,
+    readable_body,
+)
 from bridge.sources import WebhookRequest
 
 log = logging.getLogger(__name__)
@@ -38,12 +43,7 @@ class DeadLetterRecord:
     @property
     def webhook_body(self) -> str | None:
         """The kept webhook's body for a person: JSON indented, anything else as received."""
-        if self.event is None:
-            return None
-        body = self.event.get("body") or ""
-        with contextlib.suppress(ValueError):
-            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False) if body else body
-        return body
+        return None if self.event is None else readable_body(self.event.get("body") or "")
 
 
 class DeadLetters:

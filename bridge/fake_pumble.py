@@ -5,7 +5,7 @@ HTTP surface. Where the public record is silent (the notes mark it UNKNOWN), the
 and this is the one list of every such choice:
 
 Statuses and bodies
-- Pumble's own errors are all HTTP 403, as SPEC says the live API answers (§4):
+- Pumble's own errors are all HTTP 403, as the live API answers:
   - a missing or unknown key: legacy ``{"error": "Invalid API key"}``;
   - an unknown channel (by ``channelId`` or ``channel`` name): legacy
     ``{"error": "Could not find channel with that identifier"}``;
@@ -26,7 +26,7 @@ Statuses and bodies
 - deleteMessage answers 200 with an empty body.
 
 Keys, channels, messages
-- Both ``ApiKey`` and ``Api-Key`` headers are accepted (which one Pumble reads is disputed, §1),
+- Both ``ApiKey`` and ``Api-Key`` headers are accepted (which one Pumble reads is disputed),
   ``ApiKey`` first. With no keys configured any non-empty key is accepted. Every key belongs to
   the same owner, the user ``/myInfo`` returns.
 - ``channelId`` wins over ``channel``. Names are normalised as ``normalize_channel_name`` does

@@ -91,8 +91,8 @@ class _ConfigWatchingArbiter(Arbiter):
     app: GunicornApp
 
     def murder_workers(self) -> None:
-        # The one hook called on every turn of the loop (about once a second) in every gunicorn
-        # version this supports (23 and older have no wait_for_signals).
+        # Called on every turn of the arbiter's loop, about once a second (gunicorn is capped at
+        # its next major release for this; tests/test_gunicorn_receiver.py fails if it stops).
         super().murder_workers()
         if self.app.pipelines.reload_if_changed():
             self.handle_hup()

@@ -142,7 +142,7 @@ class PumbleClient:
     """One per process: keeps connections alive across calls.
 
     Reads (list, fetch) are retried here on transient failures, ``read_retries`` times; writes
-    are sent exactly once (§5: a retried write can post twice).
+    are sent exactly once (a retried write can post twice).
     """
 
     def __init__(
@@ -161,7 +161,7 @@ class PumbleClient:
         self.read_retries = read_retries
         self._http = httpx.Client(
             base_url=self.base_url,
-            # Public docs say Api-Key, the live-checked contract says ApiKey: send both (§1).
+            # Public docs say Api-Key, the live-checked contract says ApiKey: send both.
             headers={"ApiKey": api_key, "Api-Key": api_key},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_keepalive_connections=4),
@@ -250,7 +250,7 @@ class PumbleClient:
                       strategy: str = "BEFORE", cursor: str = "",
                       max_pages: int = 10_000) -> Iterator[Message]:
         """Every message, page after page (newest first with BEFORE). The cursor of the next page
-        is the last message of this one (§3); the walk stops when Pumble says there is no more,
+        is the last message of this one; the walk stops when Pumble says there is no more,
         on an empty page, or on a page with nothing new."""
         if strategy == "AROUND":
             raise ValueError("AROUND is one page, not a walk: use list_messages")
@@ -356,7 +356,7 @@ def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:
     if status == 401:
         return AuthError(text, status=status)
     # Pumble answers 403 for auth and validation alike; the structured body (with a numeric
-    # code) means validation, the legacy {"error": ...} shape means the key (§4).
+    # code) means validation, the legacy {"error": ...} shape means the key.
     if code is not None or status in (400, 422):
         return PumbleValidationError(text, status=status, code=code)
     return AuthError(text, status=status)

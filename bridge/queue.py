@@ -15,6 +15,7 @@ the write reached them (``redis.min_replicas``): a failover then loses nothing a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -379,3 +380,10 @@ class NotificationQueue:
     def load_event(self, source: str, event_id: str) -> dict[str, Any] | None:
         value = self.rq.connection.get(self._event_key(source, event_id))
         return json.loads(value) if value else None
+
+
+def readable_body(body: str) -> str:
+    """A kept webhook's body for a person: JSON indented, anything else as received."""
+    with contextlib.suppress(ValueError):
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    return body

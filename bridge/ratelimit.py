@@ -1,8 +1,8 @@
 """Pumble's rate limits, shared through Redis by every delivery worker, per account and kind.
 
-Pumble allows (shared/pumble-api.md §5) 80 sendMessage calls a minute per app and workspace, 80
-replies, 60 createChannel, 60 addReaction, and about 1000 requests a minute per user overall;
-over a limit it answers 429. Writes are never retried (§5), so a 429 on a write is a lost or
+Pumble allows 80 sendMessage calls a minute per app and workspace, 80 replies, 60
+createChannel, 60 addReaction, and about 1000 requests a minute per user overall; over a limit it
+answers 429. Writes are never retried, so a 429 on a write is a lost or
 delayed message: the bridge must not cause one. Every worker process, on every machine, asks
 this limiter for a slot before each call to Pumble, per account NAME (the limiter never sees an
 API key) and per kind of call: ``messages``, ``replies``, ``reactions``, ``channels``. Every call

@@ -1,7 +1,7 @@
 """The delivery worker process: an RQ SimpleWorker on the notification queue.
 
 SimpleWorker runs jobs in-process: about ten times the throughput of the forking worker, and it
-keeps the Pumble connection alive between sends (rq-notes §4; bench/worker.py measures it).
+keeps the Pumble connection alive between sends (bench/worker.py measures it).
 Scale out with more worker processes, on one machine or many: they share the queue, the rate
 limits, thread roots and digests through Redis.
 
@@ -9,7 +9,7 @@ A worker killed mid-job (SIGKILL, a lost machine) leaves its job in rq's started
 gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_timeout + 10`` (the
 job cannot outlive its timeout, which rq enforces with SIGALRM in this very process), and
 maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the job again within
-about a minute and a half by default (rq-notes §2). SIGTERM (or Ctrl-C) is a warm shutdown: the
+about a minute and a half by default. SIGTERM (or Ctrl-C) is a warm shutdown: the
 current send finishes first, then the worker is gone within a couple of seconds. A Redis that
 is full, read-only, loading or out of reach never ends it: it waits, and carries on.
 """
