@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
 LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of its line wait
 LINE_LOOK = 20  # how many of those are read at a time
+NEXT_IN_LINE_WAIT = 2.0  # seconds the next in its line waits in the worker for the one before
+NEXT_IN_LINE_LOOK = 0.05  # seconds between its looks
 MAX_RETURNED_RETRIES = 10**6  # our own attempt count and max age bound the retries, not rq's
 CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
 # Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
@@ -269,8 +271,15 @@ class Attempt:
         return None, 0
 
     def _turn_in(self) -> int:
-        """Seconds to wait for its turn in its line (0: now), as many slots as are before it."""
-        ahead = self._ahead()
+        """Seconds to wait for its turn in its line (0: now), as many slots as are before it.
+        Next in line, it first waits here a moment: the one before it is most likely being
+        posted by another worker, and a wait rescheduled by rq (in whole seconds) would hold
+        the line below the rate limit's pace."""
+        clock = self.deliverer.clock
+        ahead, until = self._ahead(), clock.time() + NEXT_IN_LINE_WAIT
+        while ahead == 1 and clock.time() < until:
+            clock.sleep(NEXT_IN_LINE_LOOK)
+            ahead = self._ahead()
         if not ahead:
             return 0
         spacing = 60 / self.deliverer.limits["messages"].per_minute
