@@ -26,7 +26,7 @@ from bridge.config import ConfigError, load_config
 from bridge.queue import NotificationQueue, connect, job_id
 from bridge.redis_embedded import EmbeddedRedisError, server_executable
 from bridge.web import create_app
-from tests.conftest import free_port, signed_order, wait_until
+from tests.conftest import free_port, long_fault, signed_order, wait_until
 from tests.test_e2e import ROOT, clean_env
 from tests.test_queue import order, received
 
@@ -201,6 +201,7 @@ def posted_orders(fake_pumble) -> Counter[int]:
                    for message in fake_pumble.messages())
 
 
+@long_fault
 def test_a_failover_under_load_loses_and_duplicates_no_acked_webhook(ha_redis, write_config,
                                                                      fake_pumble, queue_name):
     config = write_config(redis_url=ha_redis.url, queue=queue_name, pumble_url=fake_pumble.url)
@@ -299,6 +300,7 @@ def test_a_read_only_replica_is_not_ready_and_refuses_webhooks(replicated, write
     assert post(client, 1001).status_code == 503
 
 
+@long_fault
 def test_every_connection_follows_a_failover_never_to_the_old_master(ha_redis, queue_name):
     """The old master is back (and still a master, until Sentinel demotes it) when the clients
     next write: a receiver thread's own connection and the worker's patient client both write

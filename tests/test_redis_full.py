@@ -25,7 +25,15 @@ from bridge.config import load_config
 from bridge.local_server import LocalServer
 from bridge.redis_embedded import server_executable
 from bridge.web import create_app
-from tests.conftest import Bridge, faults, free_port, signed_order, texts, wait_until
+from tests.conftest import (
+    Bridge,
+    faults,
+    free_port,
+    long_fault,
+    signed_order,
+    texts,
+    wait_until,
+)
 from tests.test_e2e import ROOT, clean_env
 from tests.test_worker_processes import _children, kill, worker_process
 
@@ -166,6 +174,7 @@ def test_the_receiver_answers_503_with_retry_after_while_redis_cannot_be_written
     assert len(own_bridge.rq) == 2  # the first webhook's job kept, the retried one added
 
 
+@long_fault
 @pytest.mark.parametrize("state", STATES)
 def test_a_busy_worker_rides_out_redis_and_posts_each_message_once(
         own_redis, own_bridge, fake_pumble, state):
@@ -201,6 +210,7 @@ def run_process(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return run, url
 
 
+@long_fault
 def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
         own_redis, own_bridge, fake_pumble, tmp_path):
     """Signed webhooks to `run`'s receiver while Redis fills up (503s), and on after it is
