@@ -291,9 +291,9 @@ class Attempt:
         return max(1, min(LINE_WAIT, math.ceil(ahead * spacing)))
 
     def _ahead(self) -> int:
-        """How many notifications of its line must be posted before this one: those that
-        arrived before it, for a reply those whose event came first (``event_order``). A job
-        that vanished, failed for good or finished leaves the line here."""
+        """How many replies of its thread's line must be posted before this one: those whose
+        event came first (``event_order``). A job that vanished, failed for good or finished
+        leaves the line here."""
         n, backlog = self.notification, self.deliverer.queue.backlog
         ids, more = backlog.ahead(n, self.job.id, LINE_LOOK)
         jobs = Job.fetch_many(ids, connection=self.job.connection,
@@ -302,9 +302,7 @@ class Attempt:
                    not in (JobStatus.FAILED, JobStatus.FINISHED)]
         backlog.leave(n, *(set(ids) - {job.id for job in waiting}))
         before = [Notification.from_payload(job.args[0]) for job in waiting]
-        if n.reply:
-            before = [b for b in before if event_order(b) < event_order(n)]
-        return len(before) + more
+        return sum(event_order(b) < event_order(n) for b in before) + more
 
     def _in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
