@@ -1,6 +1,7 @@
 """Order: replies in an order's thread follow its events, whatever order the webhooks arrive and
-the retries run; a late first event never makes a second top-level message. Webhooks over real HTTP to the receiver, a real Redis, real (burst) workers, the fake
-Pumble over HTTP with its faults."""
+the retries run; a late first event never makes a second top-level message. Webhooks over real
+HTTP to the receiver, a real Redis, real (burst) workers, the fake Pumble over HTTP with its
+faults."""
 
 from __future__ import annotations
 
