@@ -39,8 +39,11 @@ if not rank then
   if owner then return {'taken', owner} end
   return {'alone'}
 end
-if redis.call('ZCARD', KEYS[1]) - rank - 1 < tonumber(ARGV[2]) then return {'alone'} end
-local popped = redis.call('ZRANGE', KEYS[1], rank + 1, rank + tonumber(ARGV[3]))
+local behind = redis.call('ZCARD', KEYS[1]) - rank - 1
+-- Out of the line as it sends, alone or as a digest's owner: no later claim can take it in.
+redis.call('ZREM', KEYS[1], ARGV[1])
+if behind < tonumber(ARGV[2]) or tonumber(ARGV[3]) < 1 then return {'alone'} end
+local popped = redis.call('ZRANGE', KEYS[1], rank, rank + tonumber(ARGV[3]) - 1)
 if #popped == 0 then return {'alone'} end
 redis.call('ZREM', KEYS[1], unpack(popped))
 for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
