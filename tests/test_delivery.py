@@ -283,6 +283,18 @@ def test_a_backlog_beyond_the_limit_becomes_digests_and_loses_nothing(bridge, fa
     assert any(text.startswith("📦 10 notifications (order.created)") for text in posted)
 
 
+def test_a_job_sending_alone_is_never_taken_into_an_earlier_jobs_digest(bridge):
+    """Two workers: the second job claims first and sends alone; the first job's digest,
+    claimed a moment later, must not take the second in too (it would be posted twice)."""
+    b = bridge()
+    first, second, *rest = [b.enqueue(f"order #{number}", event_id=f"al-{number}")
+                            for number in range(5)]
+    backlog, name = b.queue.backlog, b.queue.rq.name
+    assert backlog.claim(second, job_id(name, second), threshold=10, max_items=10).members == ()
+    members = backlog.claim(first, job_id(name, first), threshold=1, max_items=10).members
+    assert set(members) == {job_id(name, n) for n in rest}
+
+
 def test_a_digest_run_again_after_its_post_ends_without_posting_again(bridge, fake_pumble,
                                                                        rq_queue):
     """A digest's job whose post is recorded (a worker killed right after it, or a reaction
