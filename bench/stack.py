@@ -63,7 +63,6 @@ from bridge.redis_embedded import EmbeddedRedis
 BENCH_DIR = Path(__file__).resolve().parent
 PACKAGE_ROOT = Path(bridge.__file__).resolve().parent.parent  # the tree being benchmarked
 RESULTS_DIR = BENCH_DIR / "results"
-PLOTS_DIR = BENCH_DIR / "plots"
 SECRET = "bench-shop-secret-not-real"
 API_KEY = "bench-key-not-real-0123456789abcdef"
 CHANNEL = "orders"
@@ -824,7 +823,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 
 def unwind_on_sigterm() -> None:
-    """SIGTERM (``kill``, a CI timeout, run_all passing it on) unwinds like Ctrl-C, so the
+    """SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so the
     benchmark's cleanup stops every service it started instead of leaving them running."""
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
