@@ -76,9 +76,9 @@ def setup(directory: Path, redis_url: str, fake_url: str, queue: str,
 
 
 def enqueue(queue: NotificationQueue, text: str) -> None:
-    assert queue.enqueue(Notification(source="shop", event_id=text, event_type="order.created",
-                                      route="r", channel="orders", text=text,
-                                      received_at=time.time()))
+    assert queue.accept([Notification(source="shop", event_id=text, event_type="order.created",
+                                       route="r", channel="orders", text=text,
+                                       received_at=time.time())]).written == (True,)
 
 
 def drain(config, redis_url: str, queue: str, timeout: float = 30) -> None:

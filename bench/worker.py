@@ -25,7 +25,7 @@ one-box deployment):
 - Baseline: a bare ``httpx.Client`` loop in this process, POSTing to ``/sendMessage`` the body
   ``PumbleClient.send_message`` sends (text, asBot, channel; both key headers), keep-alive.
   Reference: the same loop through ``bridge.pumble.PumbleClient`` (our client, no queue).
-- Candidates: N notifications enqueued through ``NotificationQueue.enqueue`` (exactly the job the
+- Candidates: N notifications enqueued through ``NotificationQueue.accept`` (exactly the job the
   receiver makes; not timed), then ``python -m bridge --config <tmp> worker --burst`` in 1, 2 and
   4 parallel processes (``--processes``; the bridge's worker is an RQ SimpleWorker); and, once
   and for a smaller N, for reference, the same command with RQ's forking ``Worker`` swapped in.
@@ -435,7 +435,7 @@ def enqueue(store: Store, run: str, jobs: int, *, noop: bool = False) -> list[st
     if noop:
         bridge.queue.DELIVER = NOOP
     try:
-        accepted = sum(queue.enqueue(notification(run, i)) for i in range(jobs))
+        accepted = sum(queue.accept([notification(run, i)]).written[0] for i in range(jobs))
     finally:
         if noop:
             bridge.queue.DELIVER = deliver
