@@ -271,7 +271,7 @@ STAGE_TARGETS = (
     ("dispatch", "bridge.pipeline:Pipeline.dispatch"),
     ("activity entry", "bridge.activity:Activity.entry"),
     ("accept", "bridge.queue:NotificationQueue.accept"),
-    ("job fields", "bridge.queue:NotificationQueue._job_fields"),
+    ("job fields", "bridge.store.accept:Accept.job_fields"),
     ("accept script", "redis.commands.core:ScriptCommands.evalsha"),
     ("activity", "bridge.activity:Activity.record"),
     ("dead letter", "bridge.dlq:DeadLetters.add"),

@@ -3,11 +3,11 @@
 One script (``scripts.ACCEPT``) dedupes the delivery, keeps the webhook, writes each new job as
 rq's own unique enqueue writes one (its hash, its id on the queue, the queue in rq's set of
 queues), with its thread root and its line, marks the delivery seen and records the activity
-line. Written by hand, not through ``Queue.enqueue_many``: rq's public calls cannot join our keys
-in one atomic step without a WATCH/MULTI transaction, which measured about 2x the time per accept
-(bench/accept_paths.py). rq is pinned to a minor release (pyproject.toml) and
-tests/test_store.py builds a job through ``Queue.enqueue`` and compares it with ours, field by
-field and key by key: it fails the day rq's layout changes.
+line. Written by hand, not through rq's public API: ``Job.create`` and ``Queue.enqueue_job`` in
+a pipeline join our writes atomically only in a WATCH/MULTI transaction (three more round trips),
+which took 2.35x the time per accept (531 against 226 µs; bench/accept_paths.py). rq is pinned to
+a minor release (pyproject.toml), and tests/test_store.py builds a job through ``Queue.enqueue``
+and compares it with ours, key by key and field by field: it fails the day rq's layout changes.
 """
 
 from __future__ import annotations
