@@ -17,7 +17,6 @@ loses nothing acknowledged.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import threading
@@ -190,18 +189,18 @@ class NotificationQueue:
         acknowledged once they have it)."""
         webhook = None
         if received is not None:
+            record, record_ttl = b"", 0
+            if notifications or received.dead_letters:  # else nothing may need it again
+                record = orjson.dumps({"source": received.source,
+                                       "event_id": received.event_id,
+                                       "type": received.event_type, "headers": received.headers,
+                                       "body": received.body.decode("utf-8", "replace")})
+                # A dead letter keeps its webhook as long as itself (keep_event).
+                record_ttl = (FAILURE_TTL if received.dead_letters
+                              else self.delivery.max_age + 3600)
             webhook = Webhook(self.keys.seen(received.source, received.event_id),
                               self.keys.event(received.source, received.event_id),
-                              window=dedupe_window)
-            if notifications or received.dead_letters:  # else nothing may need it again
-                webhook = dataclasses.replace(
-                    webhook, record=orjson.dumps({
-                        "source": received.source, "event_id": received.event_id,
-                        "type": received.event_type, "headers": received.headers,
-                        "body": received.body.decode("utf-8", "replace")}),
-                    # A dead letter keeps its webhook as long as itself (keep_event).
-                    record_ttl=(FAILURE_TTL if received.dead_letters
-                                else self.delivery.max_age + 3600))
+                              dedupe_window, record, record_ttl)
         jobs = [NewJob(job_id(self.rq.name, notification), (DELIVER, (notification.to_payload(),)),
                        line=self.backlog.key(notification),
                        received_at=notification.received_at,

@@ -49,7 +49,7 @@ class Webhook:
     seen: str
     event: str
     window: int  # seconds a re-delivery is a duplicate (0: no dedupe)
-    record: bytes | str = ""
+    record: bytes = b""
     record_ttl: int = 0
 
 
