@@ -82,7 +82,7 @@ class Backlog:
         taken: a job in a digest needs none)."""
         if not _digestible(notification):
             return ""
-        owner = self.connection.get(self.keys.in_digest_prefix() + job_id)
+        owner = self.connection.get(self.keys.in_digest(job_id))
         return owner.decode() if owner else ""
 
     def claim(self, notification: Notification, job_id: str, threshold: int,

@@ -54,13 +54,15 @@ def test_every_key_keeps_the_name_it_had():
             keys.thread_root("default", "orders", "shop", "order:1001"),
             keys.route_line("default", "orders", "orders"),
             keys.thread_line("default", "orders", "shop", "order:1001"),
-            keys.digest_of("n-1"), keys.in_digest_prefix(), keys.rate_limit("default", "messages"),
-            keys.admin_sessions(), keys.admin_login_failures(), rq_scheduler("s-1")] == [
+            keys.digest_of("n-1"), keys.in_digest("n-1"), keys.in_digest_prefix(),
+            keys.rate_limit("default", "messages"), keys.admin_sessions(),
+            keys.admin_login_failures(), rq_scheduler("s-1")] == [
         f"pumble-bridge:q:seen:{EVENT}", f"pumble-bridge:q:event:{EVENT}",
         "pumble-bridge:q:writable", "pumble-bridge:q:activity",
         f"pumble-bridge:q:activity:replays:{EVENT}", f"pumble-bridge:q:thread:{THREAD}",
         f"pumble-bridge:q:backlog:{ROUTE_LINE}", f"pumble-bridge:q:backlog:{THREAD_LINE}",
-        "pumble-bridge:q:digest:n-1", "pumble-bridge:q:in-digest:",
+        "pumble-bridge:q:digest:n-1", "pumble-bridge:q:in-digest:n-1",
+        "pumble-bridge:q:in-digest:",
         f"pumble-bridge:q:ratelimit:{{{ACCOUNT}}}:messages", "pumble-bridge:q:admin:session:",
         "pumble-bridge:q:admin:login-failures:", "rq:scheduler:s-1"]
 

@@ -75,8 +75,12 @@ class Keys:
         """The job ids a job claimed for its digest."""
         return f"{self._prefix}digest:{job_id}"
 
+    def in_digest(self, job_id: str) -> str:
+        """The job whose digest took this one in."""
+        return self.in_digest_prefix() + job_id
+
     def in_digest_prefix(self) -> str:
-        """Followed by a job id: the job whose digest took that one in."""
+        """``in_digest`` without the job id, for the claim script, which adds it."""
         return f"{self._prefix}in-digest:"
 
     def rate_limit(self, account: str, kind: str) -> str:
