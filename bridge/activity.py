@@ -30,7 +30,6 @@ from bridge.notification import Notification
 from bridge.queue import FAILURE_TTL, NotificationQueue, job_id, readable_body
 from bridge.store import scripts
 from bridge.store.accept import ListEntry
-from bridge.store.keys import Keys
 from bridge.threads import Root
 
 KEEP = 2000  # events remembered, and searchable
@@ -135,8 +134,7 @@ class Activity:
     def __init__(self, queue: NotificationQueue, keep: int = KEEP):
         self.queue = queue
         self.keep = keep
-        self.keys = Keys(queue.rq.name)
-        self._key = self.keys.activity()
+        self._key = queue.keys.activity()
         self._search = self.connection.register_script(scripts.SEARCH_ACTIVITY)
 
     @property
@@ -221,7 +219,7 @@ class Activity:
 
     def next_replay(self, source: str, event_id: str) -> int:
         """1 for an event's first replay, 2 for the next, …: part of the replay's delivery id."""
-        key = self.keys.replays(source, event_id)
+        key = self.queue.keys.replays(source, event_id)
         with self.connection.pipeline() as pipe:
             number, _ = pipe.incr(key).expire(key, FAILURE_TTL).execute()
         return int(number)

@@ -24,7 +24,6 @@ from rq.job import Job
 from rq.utils import now, utcformat
 
 from bridge.store import scripts
-from bridge.store.keys import Keys
 
 # A job's fields that differ from one job to the next; the others are the template's.
 PER_JOB = ("created_at", "enqueued_at", "data")
@@ -73,7 +72,6 @@ class Accept:
 
     def __init__(self, queue: Queue, template: Job, expected: bytes):
         self.queue = queue
-        self.keys = Keys(queue.name)
         self._expected = expected
         self._script = queue.connection.register_script(scripts.ACCEPT)
         self._template = [field for name, value in template.to_dict().items()
