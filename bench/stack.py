@@ -430,7 +430,8 @@ def write_config(folder: Path, pumble_url: str, *, limiter_off: bool,
     """One Shopify source, one route that renders the shipped order_created.j2 into #orders;
     Redis left out (the embedded default). ``limiter_off``: the bridge's own Pumble rate limiter
     lifted out of reach (the fake's limit is off too), so no wait and no digest."""
-    from bridge.config import RATE_LIMIT_KINDS, load_config
+    from bridge.config import load_config
+    from bridge.ratelimit import DEFAULT_LIMITS
 
     config: dict[str, Any] = {
         "pumble": {"base_url": pumble_url, "api_key": API_KEY},
@@ -441,7 +442,7 @@ def write_config(folder: Path, pumble_url: str, *, limiter_off: bool,
                     "channel": CHANNEL, "template": "order_created.j2", "as_bot": True}],
     }
     if limiter_off:
-        config["delivery"] = {"rate_limits": dict.fromkeys(RATE_LIMIT_KINDS, 10**9)}
+        config["delivery"] = {"rate_limits": dict.fromkeys(DEFAULT_LIMITS, 10**9)}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
     load_config(path, environ={})  # refuse a config this tree no longer takes

@@ -9,14 +9,14 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
 
 - A person signs in with the token on ``/admin/login`` and gets a session cookie (HttpOnly,
   SameSite=Strict, path ``/admin``, Secure when the request came over HTTPS) that lasts
-  ``SESSION_TTL``. The session lives in Redis (``pumble-bridge:<queue>:admin:session:…``), keyed
+  ``SESSION_TTL``. The session lives in Redis (``Keys.admin_sessions``, bridge.store.keys), keyed
   by an HMAC of its id under the token: signing out deletes it, and a new token ends every
   session at once. A script sends ``Authorization: Bearer <token>`` instead, and may ask for
   JSON (``Accept: application/json``). Tokens are compared with ``hmac.compare_digest``; a wrong
   one gets a plain 401, with no hint. After ``LOGIN_FAILURES_PER_MINUTE`` wrong tokens (signing
   in or bearer) from one client address within a clock minute, that address gets 429 with
   ``Retry-After`` until the minute is over, the right token included; counted in Redis
-  (``pumble-bridge:<queue>:admin:login-failures:…``), so every receiver process sees them.
+  (``Keys.admin_login_failures``), so every receiver process sees them.
 - ``next`` (where to go after signing in) must be a path under the admin pages, without control
   characters or dot segments; anything else is a 400.
 - Every POST (the dead letters' Retry and Purge buttons, an event's Replay, sign-out) carries
@@ -75,6 +75,7 @@ from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.reload import Reloader
 from bridge.replay import ReplayError, replay
+from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class _Sessions:
 
     def __init__(self, connection: redis.Redis, namespace: str, token: bytes):
         self.connection = connection
-        self._prefix = f"pumble-bridge:{namespace}:admin:session:"
+        self._prefix = Keys(namespace).admin_sessions()
         self._key = hmac.new(token, b"pumble-bridge admin session", hashlib.sha256).digest()
 
     def _redis_key(self, session_id: str) -> str:
@@ -445,7 +446,7 @@ class _LoginFailures:
 
     def __init__(self, connection: redis.Redis, namespace: str, clock: Callable[[], float]):
         self.connection = connection
-        self._prefix = f"pumble-bridge:{namespace}:admin:login-failures:"
+        self._prefix = Keys(namespace).admin_login_failures()
         self._clock = clock
 
     def _key(self, address: str) -> tuple[str, float]:

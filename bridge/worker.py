@@ -36,6 +36,8 @@ from bridge import delivery
 from bridge.clock import Clock
 from bridge.config import Config
 from bridge.queue import connect
+from bridge.store import scripts
+from bridge.store.keys import rq_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,8 @@ class DeliveryWorker(SimpleWorker):
         worker's maintenance took it from rq's intermediate list first."""
         if job.id in queue.started_job_registry:
             return False
-        return bool(self.connection.eval(_REQUEUE, 2, queue.intermediate_queue.key, queue.key,
-                                         job.id))
+        return bool(self.connection.eval(scripts.REQUEUE_UNSTARTED, 2,
+                                         queue.intermediate_queue.key, queue.key, job.id))
 
     def teardown(self) -> None:
         """rq's teardown, which records the worker's end in Redis: if that fails, the worker
@@ -187,19 +189,6 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first_line[:120]}"
 
 
-# Move a job id from rq's intermediate list back to the head of its queue, if it is still there.
-_REQUEUE = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-return redis.call('LPUSH', KEYS[2], ARGV[1])
-"""
-
-# Delete the lock only if it still names the dead scheduler (another may have taken it since).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
     """rq's scheduler (which moves due retries back onto the queue) holds a lock for a minute
     after its process dies, SIGKILLed with its worker; retries wait all that time. A scheduler
@@ -210,7 +199,7 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
     holder = connection.get(key)
     if holder is None:
         return False
-    hostname, pid = connection.hmget(f"rq:scheduler:{holder.decode()}", "hostname", "pid")
+    hostname, pid = connection.hmget(rq_scheduler(holder.decode()), "hostname", "pid")
     if hostname is None or pid is None or hostname.decode() != socket.gethostname():
         return False
     try:
@@ -220,7 +209,7 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
         pass
     except (PermissionError, ValueError):
         return False
-    released = bool(connection.eval(_RELEASE, 1, key, holder))
+    released = bool(connection.eval(scripts.RELEASE_SCHEDULER_LOCK, 1, key, holder))
     if released:
         log.info("released the scheduler lock of queue %s held by dead process %s", queue,
                  int(pid))

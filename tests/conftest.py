@@ -208,7 +208,7 @@ class Bridge:
             "source": "shop", "event_id": f"e-{time.time_ns()}", "event_type": "order.created",
             "route": "r", "channel": "orders", "text": text, "received_at": self.clock.time(),
             **fields})
-        assert self.queue.enqueue(notification)
+        assert self.queue.accept([notification]).written == (True,)
         return notification
 
     def work(self) -> None:

@@ -405,7 +405,7 @@ def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
     [record] = b.dead.list()  # one, not one a delivery
     assert record.reason.startswith("the template failed: route 'broken'")
     # Its webhook is kept as long as the dead letter, to render it again from.
-    event_ttl = rq_queue.connection.ttl(b.queue._event_key("shop", record.notification.event_id))
+    event_ttl = rq_queue.connection.ttl(b.queue.keys.event("shop", record.notification.event_id))
     assert event_ttl > FAILURE_TTL - 60
     assert "X-Shopify-Hmac-Sha256".lower() not in b.dead.get(record.id).event["headers"]
 
