@@ -548,13 +548,21 @@ def fork_worker(config: str) -> int:
 
     import bridge.worker as bridge_worker
     from bridge.cli import main as cli_main
+    from bridge.delivery import Deliverer, DeliveryJob
 
     made: list[Worker] = []
 
     class ForkingWorker(Worker):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        job_class = DeliveryJob
+
+        def __init__(self, *args: Any, deliverer: Deliverer, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.deliverer = deliverer  # handed to each job, as bridge.worker's worker does
             made.append(self)
+
+        def execute_job(self, job: DeliveryJob, queue: rq.Queue) -> None:
+            job.deliverer = self.deliverer
+            super().execute_job(job, queue)
 
     for name in ("DeliveryWorker", "SimpleWorker"):
         if hasattr(bridge_worker, name):

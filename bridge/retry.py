@@ -11,6 +11,7 @@ back together), and never sooner than the server's ``Retry-After`` when it sent 
 - **The Redis client's reconnects** (``Backoff.redis_retry``): ``REDIS_PATIENT`` for the worker,
   which rides out a restart of about a minute; ``REDIS_PROMPT`` for the receiver, which gives up
   fast so the shop gets its 503 and retries.
+- **A worker waiting for an unavailable Redis** (``REDIS_UNAVAILABLE``, no jitter).
 - **rq's crash retries** (``CRASH_RETRIES``): a worker that died mid-job.
 - **"Run again later"** (``run_again_in``): how a job asks rq for its next run.
 
@@ -40,6 +41,12 @@ class Backoff:
         # tenacity's n-th attempt waits up to multiplier × 2ⁿ⁻¹: the multiplier is twice our base.
         return tenacity.wait_random_exponential(multiplier=2 * self.base, max=self.cap)
 
+    def steady_delay(self, failures: int) -> float:
+        """The whole window, no jitter: for one process waiting on its own resource (nothing
+        to spread out), ``base × 2ⁿ`` up to ``cap``."""
+        wait = tenacity.wait_exponential(multiplier=2 * self.base, max=self.cap)
+        return wait(_failed(failures))
+
     def job_delay(self, failures: int, error: BaseException) -> int:
         """Whole seconds (rq's scheduler counts in them) before a job's next attempt, after
         ``failures`` sends; past a ``Retry-After`` by one second, as rq may run a job scheduled
@@ -62,6 +69,9 @@ REDIS_PATIENT = Backoff(base=0.1, cap=2.0)  # with REDIS_PATIENT_RETRIES, about 
 REDIS_PATIENT_RETRIES = 60
 REDIS_PROMPT = Backoff(base=0.02, cap=0.2)
 REDIS_PROMPT_RETRIES = 2
+# A worker whose Redis refuses writes or is out of reach past the client's own retries probes it
+# again after 1, 2, 4, then every 5 s (bridge.worker).
+REDIS_UNAVAILABLE = Backoff(base=0.5, cap=5.0)
 
 # A job's own failures are decided by bridge.delivery; this net only catches a worker that died
 # mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times. The first time
@@ -100,10 +110,12 @@ def _retry_after(state: tenacity.RetryCallState) -> float | None:
     return getattr(error, "retry_after", None)
 
 
-def _failed(failures: int, error: BaseException) -> tenacity.RetryCallState:
+def _failed(failures: int, error: BaseException | None = None) -> tenacity.RetryCallState:
     """tenacity's record of a call that failed ``failures`` times, the last with ``error``: a
-    job's attempts are counted in its rq record, not in a tenacity loop."""
+    job's attempts are counted in its rq record, a worker's waits in the worker, not in a
+    tenacity loop."""
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
     state.attempt_number = failures
-    state.set_exception((type(error), error, error.__traceback__))
+    if error is not None:
+        state.set_exception((type(error), error, error.__traceback__))
     return state

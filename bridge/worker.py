@@ -36,6 +36,7 @@ from bridge.clock import Clock
 from bridge.config import Config
 from bridge.delivery import Deliverer, DeliveryJob
 from bridge.queue import connect
+from bridge.retry import REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,9 @@ HEARTBEAT_GRACE = 10
 PUBSUB_POLL = 0.1
 # Redis refusing writes (full under noeviction, a read-only replica), loading its data, or out of
 # reach once the connection's own retries are spent: rq's loop would end the worker on any of
-# them; ours waits, probing every REDIS_WAIT_CAP s at most, and carries on.
+# them; ours waits, probing it again by bridge.retry's REDIS_UNAVAILABLE, and carries on.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
                redis.ReadOnlyError)
-REDIS_WAIT_CAP = 5
 
 T = TypeVar("T")
 
@@ -158,15 +158,15 @@ class DeliveryWorker(SimpleWorker):
         if not self.waiting_for_redis:
             log.warning("Redis is unavailable (%s): waiting for it", _why(exc))
             self.waiting_for_redis = True
-        delay = 1.0
+        failures = 1
         while True:
             if self._stop_requested:
                 raise StopRequested
-            time.sleep(delay)
+            time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
             try:
                 SimpleWorker.heartbeat(self)
             except UNAVAILABLE:
-                delay = min(delay * 2, REDIS_WAIT_CAP)
+                failures += 1
                 continue
             return
 
@@ -248,7 +248,7 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.
     log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
-    delay = 0.0
+    failures = 0
     try:
         while True:
             worker = DeliveryWorker([queue.rq], connection=connection, deliverer=deliverer,
@@ -260,11 +260,11 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                 return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             except UNAVAILABLE as exc:  # before rq's loop: registering, starting the scheduler
                 worker.teardown()
-                if not delay:
+                if not failures:
                     log.warning("Redis is unavailable (%s): waiting for it to start the "
                                 "worker", _why(exc))
-                delay = min(2 * delay or 1.0, REDIS_WAIT_CAP)
-                time.sleep(delay)
+                failures += 1
+                time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
     finally:
         deliverer.close()
         connection.close()

@@ -68,3 +68,22 @@ def test_run_again_later_is_out_of_rqs_count():
     again = run_again_in(7)
     assert again.intervals == [7]
     assert again.max == UNCOUNTED_RUNS
+
+
+def test_a_worker_waiting_for_redis_probes_after_1_2_4_then_every_5_seconds():
+    from bridge.retry import REDIS_UNAVAILABLE
+
+    assert [REDIS_UNAVAILABLE.steady_delay(n) for n in range(1, 7)] == [1, 2, 4, 5, 5, 5]
+
+
+def test_redis_clients_reconnect_by_the_policy(redis_url):
+    from bridge.queue import connect
+    from bridge.retry import REDIS_PATIENT_RETRIES, REDIS_PROMPT_RETRIES
+
+    patient, prompt = connect(redis_url, patient=True), connect(redis_url)
+    try:
+        assert patient.get_retry().get_retries() == REDIS_PATIENT_RETRIES
+        assert prompt.get_retry().get_retries() == REDIS_PROMPT_RETRIES
+    finally:
+        patient.close()
+        prompt.close()
