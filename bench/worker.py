@@ -652,7 +652,7 @@ def profile_report(stats_file: Path, run: Run, header: str) -> str:
               f"the profiler, wall {run.wall:.2f} s incl. start-up; raw stats: {stats_file}\n\n")
 
     work = cumulative(stats, "rq/worker/base.py", "work")
-    job = cumulative(stats, "rq/job.py", "_execute") or cumulative(stats, "bridge/delivery.py",
+    job = cumulative(stats, "rq/job.py", "_execute") or cumulative(stats, "bridge/delivery/job.py",
                                                                   "deliver")
     http = cumulative(stats, "httpx/_client.py", "request")
     out.write("=== per job, by structure (cumulative wall time) ===\n")
