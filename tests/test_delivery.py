@@ -475,3 +475,19 @@ def test_a_job_run_outside_the_bridges_worker_fails_in_one_line(bridge, fake_pum
         "RuntimeError: bridge.delivery.deliver runs in the bridge's own worker "
         "(pumble-bridge worker), which gives it its config")
     assert stats(fake_pumble)["requests"] == 0
+
+
+def test_a_notifications_actions_are_what_its_route_asked_for():
+    from bridge.delivery.actions import Post, React, Thread, actions_of
+
+    base = Notification(source="shop", event_id="e-1", event_type="order.paid", route="r",
+                        channel="orders", text="paid", as_bot=False)
+    alone = actions_of(base)
+    assert alone.post == Post(channel="orders", text="paid", as_bot=False, create_channel=False)
+    assert alone.thread is None and alone.react is None
+    reply = actions_of(Notification(**{**base.to_payload(), "thread_key": "order:1",
+                                       "reply": True, "reaction": ":tada:"}))
+    assert reply.thread == Thread(starts=False, reply=True)
+    assert reply.react == React(":tada:")
+    # A reply with no conversation to be in (no order id) is a message of its own.
+    assert actions_of(Notification(**{**base.to_payload(), "reply": True})).thread is None

@@ -25,9 +25,9 @@ class Post:
 
 @dataclass(frozen=True)
 class Thread:
-    """It belongs to a conversation (an order, a checkout, a dispute) with a first message."""
+    """It belongs to a conversation (an order, a checkout, a dispute: the notification's
+    ``thread_key``) whose first message is kept in Redis (bridge.threads)."""
 
-    key: str  # ``order:1234``: bridge.events.thread_key
     starts: bool  # it is the conversation's first event
     reply: bool  # posted in the thread of the first message, waiting for it (route ``thread:``)
 
@@ -53,6 +53,5 @@ def actions_of(notification: Notification) -> Actions:
     return Actions(
         post=Post(channel=n.channel, text=n.text, as_bot=n.as_bot,
                   create_channel=n.create_channel),
-        thread=Thread(key=n.thread_key, starts=n.starts_thread, reply=n.reply)
-        if in_thread else None,
+        thread=Thread(starts=n.starts_thread, reply=n.reply) if in_thread else None,
         react=React(n.reaction) if n.reaction else None)
