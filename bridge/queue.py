@@ -27,16 +27,21 @@ from urllib.parse import unquote
 
 import orjson
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel, SentinelManagedConnection
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bridge.config import DeliverySettings, RedisSettings
 from bridge.digest import Backlog
 from bridge.notification import Notification
+from bridge.retry import (
+    CRASH_RETRIES,
+    REDIS_PATIENT,
+    REDIS_PATIENT_RETRIES,
+    REDIS_PROMPT,
+    REDIS_PROMPT_RETRIES,
+)
 from bridge.store import scripts
 from bridge.store.accept import Accept, ListEntry, NewJob, Webhook
 from bridge.store.keys import Keys
@@ -45,11 +50,6 @@ from bridge.threads import EXPECTED, ThreadRoots
 DELIVER = "bridge.delivery.deliver"
 RESULT_TTL = 24 * 3600  # a delivered job is kept a day: the window in which re-deliveries dedupe
 FAILURE_TTL = 30 * 24 * 3600  # dead letters stay a month for inspection and retry
-# The job's own failures are decided by bridge.delivery; this net only catches a worker that
-# died mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times. The first
-# time at once: the job was already given up for dead, and a dead worker's scheduler lock would
-# hold a scheduled run back for another minute.
-CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 
 # The worker rides out a Redis restart of about a minute mid-job instead of dying with the job
@@ -58,14 +58,14 @@ CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 # asks Sentinel again.
 PATIENT: dict[str, Any] = {
     "socket_connect_timeout": 2,
-    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
+    "retry": REDIS_PATIENT.redis_retry(REDIS_PATIENT_RETRIES),
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     "health_check_interval": 30,
 }
 PROMPT: dict[str, Any] = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
-    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+    "retry": REDIS_PROMPT.redis_retry(REDIS_PROMPT_RETRIES),
 }
 SENTINEL_SCHEME = "redis+sentinel://"
 

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from rq.exceptions import StopRequested
@@ -32,10 +32,11 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from bridge import delivery
 from bridge.clock import Clock
 from bridge.config import Config
+from bridge.delivery import Deliverer, DeliveryJob
 from bridge.queue import connect
+from bridge.retry import REDIS_UNAVAILABLE
 from bridge.store import scripts
 from bridge.store.keys import rq_scheduler
 
@@ -49,16 +50,23 @@ HEARTBEAT_GRACE = 10
 PUBSUB_POLL = 0.1
 # Redis refusing writes (full under noeviction, a read-only replica), loading its data, or out of
 # reach once the connection's own retries are spent: rq's loop would end the worker on any of
-# them; ours waits, probing every REDIS_WAIT_CAP s at most, and carries on.
+# them; ours waits, probing it again by bridge.retry's REDIS_UNAVAILABLE, and carries on.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
                redis.ReadOnlyError)
-REDIS_WAIT_CAP = 5
 
 T = TypeVar("T")
 
 
 class DeliveryWorker(SimpleWorker):
+    """rq's SimpleWorker, handing each job the process's ``deliverer`` (built from the config
+    the worker was given), and riding out an unavailable Redis."""
+
+    job_class = DeliveryJob
     waiting_for_redis = False  # said so in the log, and not yet said it is back
+
+    def __init__(self, *args: Any, deliverer: Deliverer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deliverer = deliverer
 
     # rq's teardown stops its pub/sub listener, whose thread wakes only every 60 s, and since
     # redis-py 8.2 that stop waits for the thread with no time limit. These two keep the stop
@@ -106,6 +114,8 @@ class DeliveryWorker(SimpleWorker):
         """Run the job. If Redis fails under it: a job it refused to start goes back on the
         queue; one that started is left 'started' (rq could not record how it ended) and runs
         again once its heartbeat runs out, looking before it sends again."""
+        if isinstance(job, DeliveryJob):
+            job.deliverer = self.deliverer
         try:
             super().execute_job(job, queue)
         except UNAVAILABLE as exc:
@@ -150,15 +160,15 @@ class DeliveryWorker(SimpleWorker):
         if not self.waiting_for_redis:
             log.warning("Redis is unavailable (%s): waiting for it", _why(exc))
             self.waiting_for_redis = True
-        delay = 1.0
+        failures = 1
         while True:
             if self._stop_requested:
                 raise StopRequested
-            time.sleep(delay)
+            time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
             try:
                 SimpleWorker.heartbeat(self)
             except UNAVAILABLE:
-                delay = min(delay * 2, REDIS_WAIT_CAP)
+                failures += 1
                 continue
             return
 
@@ -222,14 +232,15 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     """Work the queue until stopped (or, with ``burst``, until it is empty). Deliveries go by
     ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
     connection = connect(redis_url, patient=True)
-    queue = delivery.configure(config, connection, clock).queue
+    deliverer = Deliverer(config, connection, clock or Clock())
+    queue = deliverer.queue
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.
     log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
-    delay = 0.0
+    failures = 0
     try:
         while True:
-            worker = DeliveryWorker([queue.rq], connection=connection,
+            worker = DeliveryWorker([queue.rq], connection=connection, deliverer=deliverer,
                                     serializer=JSONSerializer, worker_ttl=worker_ttl,
                                     maintenance_interval=maintenance_interval,
                                     log_job_description=False)
@@ -238,10 +249,11 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                 return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             except UNAVAILABLE as exc:  # before rq's loop: registering, starting the scheduler
                 worker.teardown()
-                if not delay:
+                if not failures:
                     log.warning("Redis is unavailable (%s): waiting for it to start the "
                                 "worker", _why(exc))
-                delay = min(2 * delay or 1.0, REDIS_WAIT_CAP)
-                time.sleep(delay)
+                failures += 1
+                time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
     finally:
+        deliverer.close()
         connection.close()

@@ -18,7 +18,6 @@ from bridge.config import RedisSettings
 from bridge.events import Event, SourceRef
 from bridge.notification import Notification
 from bridge.queue import (
-    CRASH_RETRIES,
     DELIVER,
     FAILURE_TTL,
     RESULT_TTL,
@@ -29,6 +28,7 @@ from bridge.queue import (
     job_id,
 )
 from bridge.redis_embedded import EmbeddedRedis
+from bridge.retry import CRASH_RETRIES
 from bridge.threads import EXPECTED
 
 WINDOW = 600
