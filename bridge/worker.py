@@ -3,7 +3,8 @@
 SimpleWorker runs jobs in-process: about ten times the throughput of the forking worker, and it
 keeps the Pumble connection alive between sends (bench/worker.py measures it).
 Scale out with more worker processes, on one machine or many: they share the queue, the rate
-limits, thread roots and digests through Redis.
+limits, thread roots and digests through Redis. Each process builds one Deliverer from the config
+it was given and hands it to every job it runs (bridge.delivery).
 
 A worker killed mid-job (SIGKILL, a lost machine) leaves its job in rq's started registry. rq
 gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_timeout + 10`` (the
