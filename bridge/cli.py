@@ -39,7 +39,13 @@ from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_events import add_events_commands
 from bridge.cli_pumble import add_pumble_commands
-from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
+from bridge.cli_tools import (
+    CommandError,
+    add_tools_commands,
+    check_online,
+    command_config,
+    command_redis,
+)
 from bridge.config import Config, ConfigError, data_dir, load_config
 from bridge.queue import connect
 from bridge.redis_embedded import EmbeddedRedisError
@@ -51,10 +57,6 @@ DEFAULT_FAKE_PUMBLE_PORT = 8025
 FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
 RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
 RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiting
-
-
-class CommandError(Exception):
-    """A clear, one-line reason to stop; printed without a traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,37 +106,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_service_commands(commands, common)
+    _add_check_command(commands, common)
+    _add_fake_pumble_command(commands, common)
+    add_pumble_commands(commands, common)
+    add_dlq_commands(commands, common)
+    add_events_commands(commands, common)
+    add_tools_commands(commands, common)
+    _add_send_sample_command(commands, common)
+    return parser
 
-    def command(name: str, handler, help_text: str, description: str = "",
-                service: bool = False) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help_text,
-                                  description=description or help_text)
-        sub.set_defaults(command=handler, **({"log_level": logging.INFO} if service else {}))
-        return sub
 
-    def listen_flags(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=_port_number, default=None,
-                         help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
+def _command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str,
+             handler: Callable[[argparse.Namespace], int | None], help_text: str,
+             description: str = "", service: bool = False) -> argparse.ArgumentParser:
+    """A subcommand; a ``service`` (long-running) one logs its INFO lines."""
+    sub = commands.add_parser(name, parents=[common], help=help_text,
+                              description=description or help_text)
+    sub.set_defaults(command=handler, **({"log_level": logging.INFO} if service else {}))
+    return sub
 
-    run = command("run", cmd_run, "run the receiver and the worker together", service=True,
-                  description="Start, in this order: the embedded Redis (when no Redis URL is "
-                  "configured), a fake Pumble (when no Pumble API key is), the receiver "
-                  "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
-                  "the worker after its current send, the fake Pumble and Redis.")
-    listen_flags(run)
+
+def _listen_flags(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sub.add_argument("--port", type=_port_number, default=None,
+                     help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
+
+
+def _add_service_commands(commands: argparse._SubParsersAction,
+                          common: argparse.ArgumentParser) -> None:
+    run = _command(commands, common, "run", cmd_run, "run the receiver and the worker together",
+                   service=True,
+                   description="Start, in this order: the embedded Redis (when no Redis URL is "
+                   "configured), a fake Pumble (when no Pumble API key is), the receiver "
+                   "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
+                   "the worker after its current send, the fake Pumble and Redis.")
+    _listen_flags(run)
     run.add_argument("--fake-pumble-port", type=_port_number, default=0,
                      help="port of the built-in fake Pumble, used when no API key is set "
                           "(default: the receiver's port + 1)")
 
-    serve = command("serve", cmd_serve, "run the webhook receiver", service=True)
-    listen_flags(serve)
+    serve = _command(commands, common, "serve", cmd_serve, "run the webhook receiver",
+                     service=True)
+    _listen_flags(serve)
     serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     serve.add_argument("--dev", action="store_true",
                        help="Flask's development server instead of gunicorn")
 
-    worker = command("worker", cmd_worker, "run the delivery worker", service=True)
+    worker = _command(commands, common, "worker", cmd_worker, "run the delivery worker",
+                      service=True)
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--processes", type=int, default=1, metavar="N",
                         help="run N worker processes, restarted if one dies (about one per "
@@ -143,12 +164,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
 
-    check = command("check", cmd_check, "validate the config and exit non-zero on any error")
+
+def _add_check_command(commands: argparse._SubParsersAction,
+                       common: argparse.ArgumentParser) -> None:
+    check = _command(commands, common, "check", cmd_check,
+                     "validate the config and exit non-zero on any error")
     check.add_argument("--online", action="store_true",
                        help="also ask Pumble: does the key work, does every route's channel exist")
 
-    fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server",
-                   service=True)
+
+def _add_fake_pumble_command(commands: argparse._SubParsersAction,
+                             common: argparse.ArgumentParser) -> None:
+    fake = _command(commands, common, "fake-pumble", cmd_fake_pumble,
+                    "run the fake Pumble API server", service=True)
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
     fake.add_argument("--port", type=_port_number, default=DEFAULT_FAKE_PUMBLE_PORT,
                       help="port to listen on")
@@ -168,13 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--drop-next", type=int, default=0, metavar="N",
                         help="apply the next N writes, then close the connection unanswered")
 
-    add_pumble_commands(commands, common)
-    add_dlq_commands(commands, common)
-    add_events_commands(commands, common)
-    add_tools_commands(commands, common)
 
-    sample = command("send-sample", cmd_send_sample,
-                     "POST a signed sample Shopify webhook to a running receiver")
+def _add_send_sample_command(commands: argparse._SubParsersAction,
+                             common: argparse.ArgumentParser) -> None:
+    sample = _command(commands, common, "send-sample", cmd_send_sample,
+                      "POST a signed sample Shopify webhook to a running receiver")
     sample.add_argument("--url", help="receiver base URL (default: http://127.0.0.1:$PORT, "
                                       f"else port {DEFAULT_PORT})")
     sample.add_argument("--source", help="source name (default: the first shopify source)")
@@ -184,7 +210,6 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--lifecycle", action="store_true",
                       help=f"one order's life, in order: {', '.join(samples.LIFECYCLE)} (the "
                            "example config threads the later ones under the order)")
-    return parser
 
 
 # -- helpers -----------------------------------------------------------------------------------

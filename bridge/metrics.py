@@ -94,8 +94,6 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".lock"
 PREFIX = "pumble_bridge_"
 
-WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ping", "bad_signature", "rejected", "unavailable",
-                    "error")
 DELIVERY_OUTCOMES = ("sent", "in_digest", "retry", "waiting", "dead_lettered", "error")
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
