@@ -1,8 +1,8 @@
 """A fake of Pumble's API Keys addon, as docs/fake-pumble.md describes it, for tests and first runs.
 
 The state (channels, messages, faults) lives in ``bridge.fake_pumble_state``; this module is the
-HTTP surface. Where the public record is silent (the notes mark it UNKNOWN), the fake chooses,
-and this is the one list of every such choice:
+HTTP surface. Where Pumble's public documentation is silent, the fake chooses, and this is the
+one list of every such choice:
 
 Statuses and bodies
 - Pumble's own errors are all HTTP 403, as the live API answers:
@@ -19,8 +19,9 @@ Statuses and bodies
     channel name that is taken, ``limit`` not an integer 1..200, a ``strategy`` other than
     BEFORE/AFTER/AROUND (``"[Allowed values are BEFORE|AFTER|AROUND]"``);
   - listMessages on a PRIVATE channel the addon bot is not a member of: legacy
-    ``{"error": "Addon Bot is not a member of this channel"}``. Only listing checks this (it is
-    the one rule HELP states); posting (even ``asBot``), fetching, reacting and deleting do not.
+    ``{"error": "Addon Bot is not a member of this channel"}``. Only listing checks this (the
+    one rule Pumble's help pages state); posting (even ``asBot``), fetching, reacting and
+    deleting do not.
 - Not Pumble's: an unknown path is 404 ``{"error": "Not found"}``, a wrong method 405
   ``{"error": "Method not allowed"}``.
 - deleteMessage answers 200 with an empty body.
