@@ -62,8 +62,10 @@ RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiti
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # JSON lines unless stderr is a terminal (BRIDGE_LOG_FORMAT), secrets masked. A one-shot
-    # command prints its result; only the long-running ones log their INFO lines.
-    logs.setup(level=getattr(args, "log_level", logging.WARNING))
+    # command prints its result; only the long-running ones log their INFO lines. The commands
+    # find the redactor on ``args``, to add the secrets of each config they load.
+    args.redactor = logs.Redactor()
+    logs.setup(redactor=args.redactor, level=getattr(args, "log_level", logging.WARNING))
     try:
         return args.command(args) or 0
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
@@ -320,7 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _warn_short_secrets(config)
     _enable_metrics(config)  # before any metric: the gunicorn workers count together
     with command_redis(config, "serve") as redis_url:
-        app = create_app(config, redis_url)  # fails here, once, on a bad config
+        app = create_app(config, redis_url, redactor=args.redactor)  # fails here on a bad config
         problem = _redis_problem(redis_url)
         if problem:
             log.warning("Redis at %s does not answer (%s): webhooks are answered 503 until it "
@@ -335,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # With admin.listen, a second address for the admin page and /metrics only.
         binds = [f"{args.host}:{port}", *([config.admin.listen] if config.admin.listen else [])]
-        GunicornApp(lambda: create_app(config, redis_url), {
+        GunicornApp(lambda: create_app(config, redis_url, redactor=args.redactor), {
             "bind": binds,
             "workers": args.workers,
             "threads": args.threads,
@@ -381,7 +383,7 @@ def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str)
     finishes its current send."""
     stop = threading.Event()
     _stop_on_signal(stop)
-    workers = _WorkerConfig(config, os.environ)
+    workers = _WorkerConfig(config, os.environ, args.redactor)
     options = _worker_options(args)
     children = [_fork_worker(workers.config, redis_url, options) for _ in range(args.processes)]
     failed = 0
@@ -408,9 +410,10 @@ class _WorkerConfig:
     else the last version that did (a worker started on an invalid file would exit at once,
     and be started again, and again)."""
 
-    def __init__(self, config: Config, environ: Mapping[str, str]):
+    def __init__(self, config: Config, environ: Mapping[str, str], redactor: logs.Redactor):
         self.config = config
         self._environ = environ
+        self._redactor = redactor
 
     def latest(self) -> Config:
         try:
@@ -419,7 +422,7 @@ class _WorkerConfig:
             log.error("config %s is not valid; the worker starts on the last valid one: %s",
                       self.config.path, " | ".join(exc.problems))
             return self.config
-        logs.redact_secrets(self.config)
+        logs.redact_secrets(self.config, self._redactor)
         return self.config
 
 
@@ -512,7 +515,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         serve = [sys.executable, "-m", "bridge", "--config", str(config.path), "serve",
                  "--host", args.host, "--port", str(port)]
         redis_url = env["REDIS_URL"]
-        workers = _WorkerConfig(config, env)  # with the fake's key and address, if any
+        # With the fake's key and address, if any.
+        workers = _WorkerConfig(config, env, args.redactor)
         starts: dict[str, Callable[[], Child]] = {
             "web": lambda: _spawn(serve, env),
             "worker": lambda: _fork_worker(workers.latest(), redis_url, {}),

@@ -93,14 +93,14 @@ def _client(args: argparse.Namespace) -> PumbleClient:
     path = config_path(getattr(args, "config", None))
     if (not key or not base_url) and (path.exists() or getattr(args, "config", None)):
         config = load_config(path, sections=PUMBLE)  # ConfigError is reported by the caller
-        logs.redact_secrets(config)
+        logs.redact_secrets(config, args.redactor)
         pumble = config.pumble
         key = key or (pumble.api_key.get_secret_value() if pumble.api_key else "")
         base_url = base_url or pumble.base_url
     if not key:
         raise ConfigError(["no Pumble API key: set PUMBLE_API_KEY or pumble.api_key in the "
                            "config (make one in Pumble with /api-keys generate)"])
-    logs.REDACTOR.add([key])  # from the environment, it is in no config
+    args.redactor.add([key])  # from the environment, it is in no config
     return PumbleClient(key, base_url or DEFAULT_PUMBLE_BASE_URL)
 
 

@@ -101,7 +101,7 @@ def command_config(args: argparse.Namespace, sections: Collection[str] | None = 
     masked in every log line from now on. Every subcommand loads its config through here;
     ``sections``: only those it needs (see ``load_config``)."""
     config = load_config(config_path(getattr(args, "config", None)), sections=sections)
-    logs.redact_secrets(config)
+    logs.redact_secrets(config, args.redactor)
     return config
 
 

@@ -52,14 +52,16 @@ def _receiver() -> Receiver:
     return receiver_of(current_app)
 
 
-def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
+def create_app(config: Config, redis_url: str, *, watch: bool = True,
+               redactor: logs.Redactor | None = None) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything.
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
     SIGHUP), from the first request on (bridge.reload; under gunicorn its master watches
     instead); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
-    start."""
-    pipelines = Reloader(config, _build_pipeline)
+    start. ``redactor``: the process's (bridge.logs), told the secrets of each reloaded
+    config."""
+    pipelines = Reloader(config, _PipelineBuilder(redactor))
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery, config.redis)
     admin_port = int(config.admin.listen.rpartition(":")[2]) if config.admin.listen else None
@@ -83,9 +85,16 @@ def create_app(config: Config, redis_url: str, *, watch: bool = True) -> Flask:
     return app
 
 
-def _build_pipeline(config: Config) -> Pipeline:
-    logs.redact_secrets(config)  # a reloaded config may bring a new (rotated) secret
-    return Pipeline.from_config(config)
+class _PipelineBuilder:
+    """What the Reloader makes of each valid config: its Pipeline, its secrets masked first."""
+
+    def __init__(self, redactor: logs.Redactor | None):
+        self._redactor = redactor
+
+    def __call__(self, config: Config) -> Pipeline:
+        if self._redactor is not None:  # a reloaded config may bring a new (rotated) secret
+            logs.redact_secrets(config, self._redactor)
+        return Pipeline.from_config(config)
 
 
 # -- webhooks ------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ import os
 import signal
 import time
 
+from bridge import logs
 from bridge.config import load_config
 from bridge.events import Event, Order, SourceRef
 from bridge.pipeline import Pipeline
 from bridge.reload import Reloader
 from bridge.web import create_app, receiver_of
-from tests.conftest import signed_order
+from tests.conftest import TEST_SECRET, signed_order
 from tests.test_metrics import parse, value
 
 
@@ -130,3 +131,17 @@ def test_sighup_reloads(write_config, redis_url):
     while reloader.config.routes[0].channel != "sales":
         assert time.monotonic() < deadline, "not reloaded"
         time.sleep(0.02)
+
+
+def test_a_reloaded_configs_new_secret_is_masked_by_the_processs_redactor(
+        write_config, redis_url, queue_name, rq_queue):
+    path = write_config(redis_url=redis_url, queue=queue_name)
+    redactor = logs.Redactor()
+    app = create_app(load_config(path, {}), redis_url, watch=False, redactor=redactor)
+    assert redactor.redact(TEST_SECRET) == logs.MASK  # the first config's, at start
+    rotated = "rotated-webhook-secret-0123"
+    assert redactor.redact(rotated) == rotated
+    path.write_text(path.read_text().replace(TEST_SECRET, rotated))
+    bump(path)
+    assert receiver_of(app).pipelines.reload_if_changed()
+    assert redactor.redact(rotated) == logs.MASK
