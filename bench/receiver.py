@@ -261,6 +261,7 @@ def install_profiler(out_dir: Path) -> None:
 STAGES_ENV = "BENCH_RECEIVER_STAGES_DIR"
 # (label, "module:Class.method" or "module:function"), timed with the thread's CPU clock. Nested
 # ones are included in their parents (the report says "of which").
+VIEW = "webhooks.receive"  # the receiver's view, by its endpoint name
 STAGE_TARGETS = (
     ("request", "gunicorn.workers.gthread:ThreadWorker.handle"),
     ("access log", "gunicorn.glogging:Logger.access"),
@@ -275,8 +276,8 @@ STAGE_TARGETS = (
     ("accept script", "redis.commands.core:ScriptCommands.evalsha"),
     ("activity", "bridge.activity:Activity.record"),
     ("dead letter", "bridge.dlq:DeadLetters.add"),
-    ("metrics: answered", "bridge.metrics:webhook_answered"),
-    ("metrics: enqueued", "bridge.metrics:enqueued"),
+    ("metrics: answered", "bridge.metrics:Metrics.webhook_answered"),
+    ("metrics: enqueued", "bridge.metrics:Metrics.enqueued"),
     ("redis call", "redis.client:Redis.execute_command"),
     ("redis call", "redis.client:Pipeline.execute"),
 )
@@ -290,6 +291,7 @@ def install_stage_timers(out_dir: Path) -> None:
     import importlib
     import threading
 
+    import bridge.accept
     import bridge.web
     from bridge.gunicorn_app import GunicornApp
 
@@ -327,7 +329,7 @@ def install_stage_timers(out_dir: Path) -> None:
                 owner = getattr(owner, part)
             setattr(owner, name, timed(label, getattr(owner, name)))
 
-    class TimedLog:  # bridge.web's module logger: its per-event line is a stage of its own
+    class TimedLog:  # the receiver's logger: its per-event line is a stage of its own
         def __init__(self, logger: Any) -> None:
             self._logger = logger
             self.info = timed("log line", logger.info)
@@ -335,13 +337,13 @@ def install_stage_timers(out_dir: Path) -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._logger, name)
 
-    bridge.web.log = TimedLog(bridge.web.log)
+    bridge.accept.log = TimedLog(bridge.accept.log)
     create = bridge.web.create_app
 
-    def create_app(*args: Any, **kwargs: Any) -> Any:  # the view is a closure: wrap it here
+    def create_app(*args: Any, **kwargs: Any) -> Any:  # the app holds the view: wrap it there
         app = create(*args, **kwargs)
-        if "receive" in app.view_functions:
-            app.view_functions["receive"] = timed("view", app.view_functions["receive"])
+        if VIEW in app.view_functions:
+            app.view_functions[VIEW] = timed("view", app.view_functions[VIEW])
         return app
 
     bridge.web.create_app = create_app
@@ -390,10 +392,10 @@ def serve_app(case: str, cli_args: list[str]) -> int:
     if os.environ.get(NO_EXTRAS_ENV):  # what the budget would be without either (not a setting)
         import logging
 
-        from bridge import metrics
+        from bridge.metrics import Metrics
 
         logging.getLogger("bridge.web").setLevel(logging.WARNING)
-        metrics.webhook_answered = metrics.enqueued = lambda *_args, **_kwargs: None
+        Metrics.webhook_answered = Metrics.enqueued = lambda *_args, **_kwargs: None
     return cli_main(cli_args)
 
 

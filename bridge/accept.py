@@ -18,10 +18,10 @@ from typing import Any
 
 import redis
 
-from bridge import metrics
 from bridge.activity import Activity
 from bridge.dlq import DeadLetters
 from bridge.events import Event
+from bridge.metrics import Metrics
 from bridge.pipeline import Dispatch, Pipeline
 from bridge.queue import NotificationQueue, Received
 from bridge.sources import PayloadError, SignatureError, Source, WebhookRequest
@@ -60,16 +60,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Store:
-    """Where accepted webhooks go: the queue, and what is written beside their jobs."""
+    """Where accepted webhooks go: the queue, what is written beside their jobs, and the
+    counts of what was stored."""
 
     queue: NotificationQueue
     dead_letters: DeadLetters
     activity: Activity
     dedupe_window: int
+    metrics: Metrics
 
     @classmethod
-    def on(cls, queue: NotificationQueue, dedupe_window: int) -> Store:
-        return cls(queue, DeadLetters(queue), Activity(queue), dedupe_window)
+    def on(cls, queue: NotificationQueue, dedupe_window: int, metrics: Metrics) -> Store:
+        return cls(queue, DeadLetters(queue), Activity(queue), dedupe_window, metrics)
 
 
 def error(status: int, message: str) -> Answer:
@@ -118,7 +120,7 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
                 return _redelivery(inbound, event, store)
             for failure in dispatch.failures:
                 if store.dead_letters.add(failure.notification, failure.reason):
-                    metrics.dead_lettered(failure.notification.route)
+                    store.metrics.dead_lettered(failure.notification.route)
         accepted = store.queue.accept(
             dispatch.notifications, received=received, dedupe_window=store.dedupe_window,
             activity=store.activity.entry(event, source=name, received_at=inbound.received_at,
@@ -132,7 +134,7 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
                       {"Retry-After": RETRY_AFTER_SECONDS}, event.type)
     for notification, written in zip(dispatch.notifications, accepted.written, strict=True):
         if written:
-            metrics.enqueued(notification.route)
+            store.metrics.enqueued(notification.route)
     enqueued = sum(accepted.written)
     log.info("event %s %s from %s: %d notification(s), %d enqueued", event.id, event.type,
              name, len(dispatch.notifications), enqueued, extra=context)

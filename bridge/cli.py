@@ -47,6 +47,7 @@ from bridge.cli_tools import (
     command_redis,
 )
 from bridge.config import Config, ConfigError, data_dir, load_config
+from bridge.metrics import Metrics
 from bridge.queue import connect
 from bridge.redis_embedded import EmbeddedRedisError
 
@@ -237,11 +238,14 @@ def _stop_on_signal(stop: threading.Event) -> None:
         signal.signal(signum, lambda *_: stop.set())
 
 
-def _enable_metrics(config: Config) -> None:
-    """Count into the metrics directory beside the embedded Redis's data (unless
-    PROMETHEUS_MULTIPROC_DIR names one), before anything records a metric."""
-    os.environ.setdefault(metrics.ENV, str(data_dir(config_file=config.path) / "metrics"))
-    metrics.enable_multiprocess()
+def _shared_metrics(config: Config) -> Metrics:
+    """This process's metrics, counted with the machine's other processes in the directory
+    beside the embedded Redis's data (unless PROMETHEUS_MULTIPROC_DIR names one)."""
+    directory = metrics.directory(os.environ, data_dir(config_file=config.path))
+    # prometheus_client reads its directory from the environment only: set there before it is
+    # imported, where gunicorn's forked workers and the subprocesses of `run` find it too.
+    os.environ[metrics.ENV] = str(directory)
+    return Metrics.shared(directory)
 
 
 def _port_free(host: str, port: int, flag: str) -> None:
@@ -320,9 +324,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = _port(args)
     _port_free(args.host, port, "--port (or PORT)")
     _warn_short_secrets(config)
-    _enable_metrics(config)  # before any metric: the gunicorn workers count together
+    shared = _shared_metrics(config)  # the gunicorn workers count together
     with command_redis(config, "serve") as redis_url:
-        app = create_app(config, redis_url, redactor=args.redactor)  # fails here on a bad config
+        # Fails here, once, on a bad config.
+        app = create_app(config, redis_url, redactor=args.redactor, metrics=shared)
         problem = _redis_problem(redis_url)
         if problem:
             log.warning("Redis at %s does not answer (%s): webhooks are answered 503 until it "
@@ -337,14 +342,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # With admin.listen, a second address for the admin page and /metrics only.
         binds = [f"{args.host}:{port}", *([config.admin.listen] if config.admin.listen else [])]
-        GunicornApp(lambda: create_app(config, redis_url, redactor=args.redactor), {
+        GunicornApp(lambda: create_app(config, redis_url, redactor=args.redactor,
+                                       metrics=shared), {
             "bind": binds,
             "workers": args.workers,
             "threads": args.threads,
             "worker_class": WholeRequestWorker,
             "accesslog": "-",
             "logger_class": logs.gunicorn_logger_class(),  # its lines formatted like ours
-            "child_exit": metrics.gunicorn_child_exit,
+            "child_exit": shared.gunicorn_child_exit,
         }).run()
     return 0
 
@@ -358,33 +364,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
     if args.processes < 1:
         raise CommandError("--processes must be 1 or more")
-    _enable_metrics(config)  # counted with the receiver's processes, served by /metrics
+    shared = _shared_metrics(config)  # counted with the receiver's processes, served by /metrics
     with command_redis(config, "worker") as redis_url:
         problem = _redis_problem(redis_url)
         if problem:  # the worker's own connection retries for a while before it gives up
             log.warning("Redis at %s does not answer (%s): retrying (Ctrl-C to stop)",
                         _shown(redis_url), problem)
         if args.processes > 1:
-            return _supervise_workers(args, config, redis_url)
-        run_worker(config, redis_url, **_worker_options(args))
+            return _supervise_workers(args, config, redis_url, shared)
+        run_worker(config, redis_url, **_worker_options(args, shared))
     return 0
 
 
-def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"burst": args.burst}
+def _worker_options(args: argparse.Namespace, shared: Metrics) -> dict[str, Any]:
+    options: dict[str, Any] = {"burst": args.burst, "metrics": shared}
     if args.maintenance_interval:
         options["maintenance_interval"] = args.maintenance_interval
     return options
 
 
-def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str) -> int:
+def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str,
+                       shared: Metrics) -> int:
     """N worker processes, forked from this one with its config; one that dies is started
     again (in --burst mode, each runs until the queue is empty). SIGTERM reaches each, which
     finishes its current send."""
     stop = threading.Event()
     _stop_on_signal(stop)
     workers = _WorkerConfig(config, os.environ, args.redactor)
-    options = _worker_options(args)
+    options = _worker_options(args, shared)  # forked: each child counts with this one's
     children = [_fork_worker(workers.config, redis_url, options) for _ in range(args.processes)]
     failed = 0
     while not stop.wait(0.5):
@@ -505,7 +512,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _port_free(args.host, port, "--port")
         if config.pumble.api_key is None:
             _port_free("127.0.0.1", fake_port, "--fake-pumble-port")
-        _enable_metrics(config)  # the children inherit the directory through the environment
+        shared = _shared_metrics(config)  # the children count into its directory too
         env = dict(os.environ, REDIS_URL=stack.enter_context(command_redis(config, "run")))
         banner = ""
         if config.pumble.api_key is None:
@@ -519,7 +526,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers = _WorkerConfig(config, env, args.redactor)
         starts: dict[str, Callable[[], Child]] = {
             "web": lambda: _spawn(serve, env),
-            "worker": lambda: _fork_worker(workers.latest(), redis_url, {}),
+            "worker": lambda: _fork_worker(workers.latest(), redis_url, {"metrics": shared}),
         }
         children = {name: start() for name, start in starts.items()}
         # A changed config is the receiver's to take (or refuse); run itself carries on.

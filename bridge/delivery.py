@@ -42,11 +42,11 @@ import redis
 from rq import Retry, get_current_job
 from rq.job import Job, JobStatus
 
-from bridge import metrics
 from bridge.clock import Clock
 from bridge.config import Config, config_path, load_config
 from bridge.digest import Claim, digest_text
 from bridge.marker import mark, marked_by
+from bridge.metrics import Metrics
 from bridge.notification import Notification
 from bridge.pumble import (
     AmbiguousError,
@@ -86,13 +86,15 @@ class Deliverer:
     """What a worker process needs to send: its config, one Pumble client per account, the
     Redis-backed shared state (rate limits, thread roots, digests) and the clock it goes by."""
 
-    def __init__(self, config: Config, connection: redis.Redis, clock: Clock):
+    def __init__(self, config: Config, connection: redis.Redis, clock: Clock, metrics: Metrics):
         self.config = config
         self.settings = config.delivery
         self.clock = clock
+        self.metrics = metrics
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
         self.limits = limits_per_minute(self.settings.rate_limits)
-        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock)
+        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock,
+                                   metrics=metrics)
         self._clients: dict[str, PumbleClient] = {}
 
     def client(self, account: str) -> PumbleClient:
@@ -130,12 +132,14 @@ class Deliverer:
 _deliverer: Deliverer | None = None
 
 
-def configure(config: Config, connection: redis.Redis, clock: Clock | None = None) -> Deliverer:
-    """Set the config (and clock) this process delivers with (the worker does it at start-up)."""
+def configure(config: Config, connection: redis.Redis, clock: Clock | None = None,
+              metrics: Metrics | None = None) -> Deliverer:
+    """Set the config (and clock, and metrics) this process delivers with (the worker does it
+    at start-up)."""
     global _deliverer
     if _deliverer is not None:
         _deliverer.close()
-    _deliverer = Deliverer(config, connection, clock or Clock())
+    _deliverer = Deliverer(config, connection, clock or Clock(), metrics or Metrics())
     return _deliverer
 
 
@@ -159,6 +163,10 @@ class Attempt:
     def meta(self) -> dict[str, Any]:
         return self.job.meta
 
+    @property
+    def metrics(self) -> Metrics:
+        return self.deliverer.metrics
+
     def context(self, **more: Any) -> dict[str, Any]:
         """Fields for the log lines (``extra=``): one event can be followed to its message."""
         n = self.notification
@@ -179,10 +187,10 @@ class Attempt:
         except RateLimitTimeout as exc:
             log.info("job %s (route %s): %s; trying again shortly", self.job.id,
                      self.notification.route, exc, extra=self.context())
-            metrics.delivery(self.notification.route, "waiting")
+            self.metrics.delivery(self.notification.route, "waiting")
             return self._wait(max(1, math.ceil(exc.retry_after)))
         except Exception:
-            metrics.delivery(self.notification.route, "error")  # rq's crash retries take over
+            self.metrics.delivery(self.notification.route, "error")  # rq's crash retries take over
             raise
 
     # -- the steps -------------------------------------------------------------------------------
@@ -202,7 +210,7 @@ class Attempt:
         if not wait and not sent:
             wait = self._turn_in()
         if wait:
-            metrics.delivery(n.route, "waiting")
+            self.metrics.delivery(n.route, "waiting")
             return self._wait(wait)
 
         if sent:  # an earlier run posted it; a later step (the reaction) is what is left
@@ -233,10 +241,10 @@ class Attempt:
         log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
                  n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
                  extra=self.context(message_id=ref.id))
-        metrics.delivery(n.route, "sent")
+        self.metrics.delivery(n.route, "sent")
         if self.answered_at:
             for member in (n, *members):
-                metrics.end_to_end(n.route, member.received_at, self.answered_at)
+                self.metrics.end_to_end(n.route, member.received_at, self.answered_at)
         return result
 
     def _give_up_when_spent(self) -> None:
@@ -307,7 +315,7 @@ class Attempt:
     def _in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
                  self.notification.route, owner, extra=self.context())
-        metrics.delivery(self.notification.route, "in_digest")
+        self.metrics.delivery(self.notification.route, "in_digest")
         return {"in_digest_of": owner}
 
     def _too_early_to_look(self) -> int:
@@ -428,8 +436,8 @@ class Attempt:
         log.warning("job %s (route %s): %s; attempt %d of %d in %ds", self.job.id,
                     self.notification.route, self.meta["last_error"], attempts + 1,
                     settings.max_attempts, math.ceil(delay), extra=self.context())
-        metrics.delivery(self.notification.route, "retry")
-        metrics.retry(self.notification.route, type(error).__name__)
+        self.metrics.delivery(self.notification.route, "retry")
+        self.metrics.retry(self.notification.route, type(error).__name__)
         return self._wait(max(1, math.ceil(delay)))
 
     def _wait(self, seconds: int) -> Retry:
@@ -450,8 +458,8 @@ class Attempt:
         queue.backlog.leave(n, self.job.id)  # the next in its line goes
         log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
                   n.route, reason, extra=self.context())
-        metrics.delivery(n.route, "dead_lettered")
-        metrics.dead_lettered(n.route)
+        self.metrics.delivery(n.route, "dead_lettered")
+        self.metrics.dead_lettered(n.route)
 
 
 def event_order(notification: Notification) -> tuple[float, float, str]:

@@ -18,10 +18,11 @@ import orjson
 import redis
 from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 
-from bridge import logs, metrics
+from bridge import logs
 from bridge.accept import Answer, Inbound, Store, accept
 from bridge.admin import install_admin, rate_limiter
 from bridge.config import Config
+from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue, connect
 from bridge.reload import Reloader
@@ -35,11 +36,12 @@ EVERYWHERE = ("/healthz", "/readyz")
 @dataclass(frozen=True)
 class Receiver:
     """What the receiver's views read: the live config (``pipelines``), where webhooks are
-    stored, and the settings read once at start."""
+    stored, what counts them, and the settings read once at start."""
 
     config: Config
     pipelines: Reloader[Pipeline]
     store: Store
+    metrics: Metrics
     max_body: int
     admin_port: int | None  # with ``admin.listen``: the port the admin pages are served on
 
@@ -53,20 +55,22 @@ def _receiver() -> Receiver:
 
 
 def create_app(config: Config, redis_url: str, *, watch: bool = True,
-               redactor: logs.Redactor | None = None) -> Flask:
+               redactor: logs.Redactor | None = None, metrics: Metrics | None = None) -> Flask:
     """The receiver for a loaded config; raises ConfigError before serving anything.
 
     With ``watch``, routes, templates and sources follow the config file as it changes (or on
     SIGHUP), from the first request on (bridge.reload; under gunicorn its master watches
     instead); ``redis``, ``receiver``, ``delivery`` and ``admin`` settings are read once, at
     start. ``redactor``: the process's (bridge.logs), told the secrets of each reloaded
-    config."""
-    pipelines = Reloader(config, _PipelineBuilder(redactor))
+    config. ``metrics``: the process's (bridge.metrics); without it, the app counts on its
+    own."""
+    metrics = metrics or Metrics()
+    pipelines = Reloader(config, _PipelineBuilder(redactor), metrics=metrics)
     connection = connect(redis_url)
     queue = NotificationQueue(connection, config.redis.queue, config.delivery, config.redis)
     admin_port = int(config.admin.listen.rpartition(":")[2]) if config.admin.listen else None
-    state = Receiver(config, pipelines, Store.on(queue, config.receiver.dedupe_window),
-                     config.receiver.max_body_bytes, admin_port)
+    state = Receiver(config, pipelines, Store.on(queue, config.receiver.dedupe_window, metrics),
+                     metrics, config.receiver.max_body_bytes, admin_port)
 
     app = Flask("bridge")
     app.extensions[EXTENSION] = state
@@ -119,8 +123,8 @@ def _start_clock() -> None:
 @webhooks.after_request
 def _count_webhook(response: Response) -> Response:  # every answer of receive(), 413 included
     started = g.get("started") or time.perf_counter()
-    metrics.webhook_answered(g.get("source"), g.get("event_type"), response.status_code,
-                             time.perf_counter() - started)
+    _receiver().metrics.webhook_answered(g.get("source"), g.get("event_type"),
+                                         response.status_code, time.perf_counter() - started)
     return response
 
 
@@ -185,7 +189,8 @@ prometheus = Blueprint("prometheus", __name__)
 @prometheus.get("/metrics")
 def prometheus_metrics() -> tuple[bytes, int, dict[str, str]]:
     # Every process of this machine (bridge.metrics), and the queue.
-    body, content_type = metrics.exposition(_receiver().store.queue.rq)
+    state = _receiver()
+    body, content_type = state.metrics.exposition(state.store.queue.rq)
     return body, 200, {"Content-Type": content_type}
 
 

@@ -6,6 +6,7 @@ import redis
 
 from bridge.accept import Inbound, Store, accept
 from bridge.config import load_config
+from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue, connect
 from bridge.sources import WebhookRequest
@@ -15,7 +16,8 @@ from tests.conftest import signed_order
 def receiving(write_config, redis_url: str, queue_name: str) -> tuple[Pipeline, Store]:
     config = load_config(write_config(redis_url=redis_url, queue=queue_name), {})
     queue = NotificationQueue(connect(redis_url), config.redis.queue, config.delivery)
-    return Pipeline.from_config(config), Store.on(queue, config.receiver.dedupe_window)
+    return Pipeline.from_config(config), Store.on(queue, config.receiver.dedupe_window,
+                                                  Metrics())
 
 
 def inbound(body: bytes, headers: dict[str, str], mimetype: str | None = "application/json"):
@@ -55,6 +57,6 @@ def test_redis_that_cannot_be_written_is_503_with_retry_after(write_config, redi
                              store.queue.delivery)
     body, headers = signed_order(1002)
     answer = accept(inbound(body, headers), pipeline.sources["shop"], pipeline,
-                    Store.on(down, store.dedupe_window))
+                    Store.on(down, store.dedupe_window, store.metrics))
     assert (answer.status, answer.headers, answer.event_type) == (
         503, {"Retry-After": "5"}, "order.created")
