@@ -92,7 +92,7 @@ from bridge.replay import ReplayError, replay
 log = logging.getLogger(__name__)
 
 EXTENSION = "pumble_bridge_admin"  # the key of the admin's state in the app's extensions
-PREFIX = "/admin"
+URL_PREFIX = "/admin"  # where the admin pages are; their cookie is scoped to it
 SESSION_COOKIE = "pumble_bridge_admin"
 SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
 MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
@@ -136,7 +136,7 @@ class Admin:
 def install_admin(app: Flask, config: Config, queue: NotificationQueue,
                   pipelines: Reloader[Pipeline], limiter: RateLimiter, *,
                   clock: Callable[[], float] = time.time) -> None:
-    """Serve the admin pages on ``app`` under ``PREFIX``, guarded by ``config.admin.token``
+    """Serve the admin pages on ``app`` under ``URL_PREFIX``, guarded by ``config.admin.token``
     (read once: a new token takes a restart); without a token, nothing (every /admin URL is a
     404). ``clock``: the time login failures are counted by, and a replay is received at."""
     if config.admin.token is None:
@@ -150,7 +150,7 @@ def install_admin(app: Flask, config: Config, queue: NotificationQueue,
     app.register_blueprint(admin)
 
 
-admin = Blueprint("admin", __name__, url_prefix=PREFIX)
+admin = Blueprint("admin", __name__, url_prefix=URL_PREFIX)
 
 
 def _admin() -> Admin:
@@ -233,7 +233,7 @@ def _redis_down(exc: redis.RedisError) -> Response:
 def _unauthorized() -> Response | tuple[Response, int]:
     if _wants_json():
         return jsonify({"error": "unauthorized"}), 401
-    here = _next_target(request.full_path, PREFIX) if request.method == "GET" else ""
+    here = _next_target(request.full_path, URL_PREFIX) if request.method == "GET" else ""
     return _page("login.html", 401, title="Sign in", failed=False, next=here or "")
 
 
@@ -254,7 +254,7 @@ def _client() -> str:
 
 
 def _next_or_400(target: str) -> str:
-    checked = _next_target(target, PREFIX)
+    checked = _next_target(target, URL_PREFIX)
     if checked is None:
         abort(400, "next must be a path under the admin pages")
     return checked
@@ -322,7 +322,7 @@ def login() -> Response:
     state.sessions.delete(request.cookies.get(SESSION_COOKIE, ""))  # signing in again: a new one
     session_id = state.sessions.create()
     response = redirect(target or url_for("admin.events"), 303)
-    response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL, path=PREFIX,
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL, path=URL_PREFIX,
                         secure=request.is_secure, httponly=True, samesite="Strict")
     log.info("admin: signed in from %s", _client())
     return response
@@ -332,7 +332,7 @@ def login() -> Response:
 def logout() -> Response:
     _admin().sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
     response = redirect(url_for("admin.login_form"), 303)
-    response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="Strict",
+    response.delete_cookie(SESSION_COOKIE, path=URL_PREFIX, httponly=True, samesite="Strict",
                            secure=request.is_secure)
     return response
 

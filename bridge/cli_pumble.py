@@ -12,10 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bridge import logs
+from bridge.cli_tools import EXIT_FAILED
 from bridge.config import DEFAULT_PUMBLE_BASE_URL, ConfigError, config_path, load_config
 from bridge.pumble import Message, PumbleClient, PumbleError
 
-EXIT_PUMBLE_ERROR = 1
 PUMBLE = ("pumble",)  # all of the config these commands read: no webhook secret is needed
 
 
@@ -82,7 +82,7 @@ def _call(handler: Callable[[PumbleClient, argparse.Namespace], None],
             handler(client, args)
     except (PumbleError, ValueError) as exc:
         print(f"pumble-bridge: {exc}", file=sys.stderr)
-        return EXIT_PUMBLE_ERROR
+        return EXIT_FAILED
     return 0
 
 
