@@ -260,6 +260,38 @@ def test_metrics_must_be_set_up_before_prometheus_client_is_imported():
     assert "imported before the metrics directory was set" in done.stderr
 
 
+def test_nothing_is_made_at_import_and_the_environment_is_only_read(tmp_path):
+    """Importing the module makes no metric (prometheus_client is not even imported); a shared
+    Metrics counts into the directory it is given, and leaves the environment as it was."""
+    directory = tmp_path / "metrics"
+    code = ("import os, sys; from pathlib import Path; from bridge import metrics; "
+            "assert 'prometheus_client' not in sys.modules; before = dict(os.environ); "
+            f"m = metrics.Metrics.shared(Path({str(directory)!r})); m.enqueued('r'); "
+            "assert dict(os.environ) == before; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                          timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert list(directory.glob("counter_*.db"))
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code.replace(str(directory), str(tmp_path / "other"))], cwd=ROOT,
+        capture_output=True, text=True, env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        timeout=60)
+    assert elsewhere.returncode != 0
+    assert f"counts into {directory}, not {tmp_path / 'other'}" in elsewhere.stderr
+
+
+def test_each_metrics_counts_its_own():
+    """No process-wide metrics: what one receiver or worker counts is in the Metrics it was
+    given, and in no other."""
+    mine, other = metrics.Metrics(), metrics.Metrics()
+    mine.enqueued("r")
+    mine.delivery("r", "sent")
+    name = "pumble_bridge_notifications_enqueued_total"
+    assert value(parse(mine.exposition()[0].decode()), name, route="r") == 1
+    assert value(parse(other.exposition()[0].decode()), name, route="r") == 0
+
+
 # -- serve under gunicorn, a worker process beside it: one machine's totals ------------------------
 
 @pytest.fixture
