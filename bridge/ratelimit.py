@@ -50,8 +50,8 @@ from typing import Any
 
 import redis
 
-from bridge import metrics
 from bridge.clock import Clock
+from bridge.metrics import Metrics
 from bridge.store import scripts
 from bridge.store.keys import Keys
 
@@ -115,7 +115,7 @@ class RateLimiter:
 
     def __init__(self, connection: redis.Redis, namespace: str,
                  limits: Mapping[str, Limit] = DEFAULT_LIMITS, *, margin: float = 1.0,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, metrics: Metrics | None = None):
         if not namespace:
             raise ValueError("namespace must not be empty")
         if (isinstance(margin, bool) or not isinstance(margin, int | float)
@@ -134,6 +134,7 @@ class RateLimiter:
         self.margin = float(margin)
         self.clock = clock or Clock()
         self.keys = Keys(namespace)
+        self.metrics = metrics  # told each wait for a slot; None: not counted
         self._acquire = connection.register_script(scripts.ACQUIRE_SLOT)
         self._state = connection.register_script(scripts.SLOTS_STATE)
 
@@ -168,13 +169,17 @@ class RateLimiter:
         while True:
             wait = self.try_acquire(account, kind)
             if wait <= 0:
-                metrics.ratelimit_wait(kind, waited)
+                self._count_wait(kind, waited)
                 return waited
             if max_wait is not None and waited + wait > max_wait:
-                metrics.ratelimit_wait(kind, waited)  # waited, then gave up: time lost all the same
+                self._count_wait(kind, waited)  # waited, then gave up: time lost all the same
                 raise RateLimitTimeout(account, kind, wait, waited, max_wait)
             self.clock.sleep(wait)
             waited += wait
+
+    def _count_wait(self, kind: str, waited: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ratelimit_wait(kind, waited)
 
     def state(self, account: str) -> dict[str, dict[str, Any]]:
         """Each kind's bucket for ``account``, as Redis's clock sees it now.

@@ -36,6 +36,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from bridge.clock import Clock
 from bridge.config import Config
 from bridge.delivery import Deliverer, DeliveryJob
+from bridge.metrics import Metrics
 from bridge.queue import connect
 from bridge.retry import REDIS_UNAVAILABLE
 from bridge.store import scripts
@@ -229,11 +230,13 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
 
 def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                maintenance_interval: int = MAINTENANCE_INTERVAL,
-               worker_ttl: int = WORKER_TTL, clock: Clock | None = None) -> bool:
+               worker_ttl: int = WORKER_TTL, clock: Clock | None = None,
+               metrics: Metrics | None = None) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty). Deliveries go by
-    ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
+    ``clock`` (the system's unless given); rq's own scheduling goes by the system's. They are
+    counted in ``metrics``, the process's (bridge.metrics; without it, the worker's own)."""
     connection = connect(redis_url, patient=True)
-    deliverer = Deliverer(config, connection, clock or Clock())
+    deliverer = Deliverer(config, connection, clock or Clock(), metrics or Metrics())
     queue = deliverer.queue
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.

@@ -9,7 +9,6 @@ from typing import Any
 from rq import Retry
 from rq.job import Job
 
-from bridge import metrics
 from bridge.delivery.actions import Actions, actions_of
 from bridge.delivery.deliverer import Deliverer
 from bridge.digest import Claim
@@ -89,13 +88,13 @@ class Attempt:
 
     def waiting(self, seconds: int) -> Retry:
         """Not its time yet (its thread root, its turn): run again; not an attempt."""
-        metrics.delivery(self.notification.route, "waiting")
+        self.deliverer.metrics.delivery(self.notification.route, "waiting")
         return run_again_in(seconds)
 
     def in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
                  self.notification.route, owner, extra=self.context())
-        metrics.delivery(self.notification.route, "in_digest")
+        self.deliverer.metrics.delivery(self.notification.route, "in_digest")
         return {"in_digest_of": owner}
 
     def failed(self, error: PumbleError) -> Retry:
@@ -109,8 +108,8 @@ class Attempt:
         log.warning("job %s (route %s): %s; attempt %d of %d in %ds", self.job.id,
                     self.notification.route, self.meta["last_error"], attempts + 1,
                     settings.max_attempts, delay, extra=self.context())
-        metrics.delivery(self.notification.route, "retry")
-        metrics.retry(self.notification.route, type(error).__name__)
+        self.deliverer.metrics.delivery(self.notification.route, "retry")
+        self.deliverer.metrics.retry(self.notification.route, type(error).__name__)
         return run_again_in(delay)
 
     def dead(self, reason: str) -> None:
@@ -127,5 +126,5 @@ class Attempt:
         queue.backlog.leave(n, self.job.id)  # the next in its line goes
         log.error("job %s (event %s, route %s) dead-lettered: %s", self.job.id, n.event_id,
                   n.route, reason, extra=self.context())
-        metrics.delivery(n.route, "dead_lettered")
-        metrics.dead_lettered(n.route)
+        self.deliverer.metrics.delivery(n.route, "dead_lettered")
+        self.deliverer.metrics.dead_lettered(n.route)

@@ -6,6 +6,7 @@ import redis
 
 from bridge.clock import Clock
 from bridge.config import Config
+from bridge.metrics import Metrics
 from bridge.pumble import AuthError, PumbleClient
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -16,13 +17,16 @@ class Deliverer:
     """A worker process's config, one Pumble client per account, the Redis-backed shared state
     (rate limits, thread roots, digests), its jobs' backoff and the clock it goes by."""
 
-    def __init__(self, config: Config, connection: redis.Redis, clock: Clock):
+    def __init__(self, config: Config, connection: redis.Redis, clock: Clock,
+                 metrics: Metrics):
         self.config = config
         self.settings = config.delivery
         self.clock = clock
+        self.metrics = metrics
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
         self.limits = limits_per_minute(self.settings.rate_limits)
-        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock)
+        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock,
+                                   metrics=metrics)
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         self._clients: dict[str, PumbleClient] = {}
 

@@ -15,7 +15,6 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from bridge import metrics
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.steps import STEPS, run_steps
@@ -60,7 +59,7 @@ def run(attempt: Attempt) -> Outcome:
                  extra=attempt.context())
         return attempt.waiting(max(1, math.ceil(exc.retry_after)))
     except Exception:
-        metrics.delivery(route, "error")  # rq's crash retries take over
+        attempt.deliverer.metrics.delivery(route, "error")  # rq's crash retries take over
         raise
     if outcome is None:
         raise AssertionError("the last step (record) ends every run")

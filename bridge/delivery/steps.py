@@ -15,7 +15,6 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
-from bridge import metrics
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
 from bridge.digest import Claim, digest_text
 from bridge.marker import mark, marked_by
@@ -289,10 +288,10 @@ def record(a: Attempt) -> Outcome:
     log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
              n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
              extra=a.context(message_id=ref.id))
-    metrics.delivery(n.route, "sent")
+    a.deliverer.metrics.delivery(n.route, "sent")
     if a.answered_at:
         for member in (n, *members):
-            metrics.end_to_end(n.route, member.received_at, a.answered_at)
+            a.deliverer.metrics.end_to_end(n.route, member.received_at, a.answered_at)
     return result
 
 
