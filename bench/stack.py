@@ -63,7 +63,6 @@ from bridge.redis_embedded import EmbeddedRedis
 BENCH_DIR = Path(__file__).resolve().parent
 PACKAGE_ROOT = Path(bridge.__file__).resolve().parent.parent  # the tree being benchmarked
 RESULTS_DIR = BENCH_DIR / "results"
-PLOTS_DIR = BENCH_DIR / "plots"
 SECRET = "bench-shop-secret-not-real"
 API_KEY = "bench-key-not-real-0123456789abcdef"
 CHANNEL = "orders"
@@ -431,7 +430,8 @@ def write_config(folder: Path, pumble_url: str, *, limiter_off: bool,
     """One Shopify source, one route that renders the shipped order_created.j2 into #orders;
     Redis left out (the embedded default). ``limiter_off``: the bridge's own Pumble rate limiter
     lifted out of reach (the fake's limit is off too), so no wait and no digest."""
-    from bridge.config import RATE_LIMIT_KINDS, load_config
+    from bridge.config import load_config
+    from bridge.ratelimit import DEFAULT_LIMITS
 
     config: dict[str, Any] = {
         "pumble": {"base_url": pumble_url, "api_key": API_KEY},
@@ -442,7 +442,7 @@ def write_config(folder: Path, pumble_url: str, *, limiter_off: bool,
                     "channel": CHANNEL, "template": "order_created.j2", "as_bot": True}],
     }
     if limiter_off:
-        config["delivery"] = {"rate_limits": dict.fromkeys(RATE_LIMIT_KINDS, 10**9)}
+        config["delivery"] = {"rate_limits": dict.fromkeys(DEFAULT_LIMITS, 10**9)}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
     load_config(path, environ={})  # refuse a config this tree no longer takes
@@ -824,7 +824,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 
 def unwind_on_sigterm() -> None:
-    """SIGTERM (``kill``, a CI timeout, run_all passing it on) unwinds like Ctrl-C, so the
+    """SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so the
     benchmark's cleanup stops every service it started instead of leaving them running."""
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt

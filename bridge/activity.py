@@ -7,16 +7,15 @@ digest, dead-lettered with the reason).
 
 Each line carries what an operator asks about (the order's reference, amount, customer) and a
 lowercased ``terms`` field (event id, order number and name, customer name and email): that list
-is the search index. A search runs in Redis, one script over the list (``_SEARCH``), which also
-matches a Pumble message id against each job's meta (where delivery records ``sent``). The index
-is bounded by the list's cap (``KEEP``); it costs about 0.5 kB of Redis memory per event (the
-line, terms included; measured in tests/test_activity.py).
+is the search index. A search runs in Redis, one script over the list (bridge.store.scripts'
+``SEARCH_ACTIVITY``), which also matches a Pumble message id against each job's meta (where
+delivery records ``sent``). The index is bounded by the list's cap (``KEEP``); it costs about
+0.5 kB of Redis memory per event (the line, terms included; measured in tests/test_activity.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,48 +27,15 @@ from rq.job import Job
 
 from bridge.events import Event
 from bridge.notification import Notification
-from bridge.queue import FAILURE_TTL, ListEntry, NotificationQueue, job_id, readable_body
+from bridge.queue import FAILURE_TTL, NotificationQueue, job_id, readable_body
+from bridge.store import scripts
+from bridge.store.accept import ListEntry
 from bridge.threads import Root
 
 KEEP = 2000  # events remembered, and searchable
 STATES = ("sent", "waiting", "failed", "dead")  # what ``state=`` filters by
 SCAN_BATCH = 200  # lines looked at per round trip when the state filter needs rq's jobs
 _WAITING = frozenset({"queued", "started", "scheduled", "deferred"})
-
-# KEYS: 1 the activity list. ARGV: 1 the search text lowercased ('' : any), 2 as typed, 3 source,
-# 4 type, 5 event id (its line and its replays'), 6 first line to look at, 7 matches wanted,
-# 8 lines to look at, at most, 9 rq's job key prefix. Returns {next line to look at (-1: the
-# end), matching lines…}. The jobs' keys are read by name (not in KEYS): fine on a single Redis
-# (or Sentinel's master), which is what the bridge runs on. A job's meta is JSON as rq's
-# JSONSerializer writes it, with delivery's ``"sent": {"id": "<message id>", …}``.
-_SEARCH = """
-local q, typed, source, etype, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local first, want, span = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local lines = redis.call('LRANGE', KEYS[1], first, first + span - 1)
-local function sent_as(entry)
-  for _, n in ipairs(entry.notifications) do
-    local meta = redis.call('HGET', ARGV[9] .. n.job_id, 'meta')
-    if meta and string.find(meta, '"id": "' .. typed .. '"', 1, true) then return true end
-  end
-  return false
-end
-local found = {-1}
-for i, line in ipairs(lines) do
-  local entry = cjson.decode(line)
-  if (source == '' or entry.source == source) and (etype == '' or entry.type == etype)
-      and (id == '' or entry.event_id == id or entry.replay_of == id)
-      and (q == '' or string.find(entry.terms or '', q, 1, true) or sent_as(entry)) then
-    found[#found + 1] = line
-    if #found - 1 >= want then
-      found[1] = first + i
-      return found
-    end
-  end
-end
-if #lines == span then found[1] = first + span end
-return found
-"""
-
 
 @dataclass(frozen=True)
 class Filters:
@@ -168,9 +134,8 @@ class Activity:
     def __init__(self, queue: NotificationQueue, keep: int = KEEP):
         self.queue = queue
         self.keep = keep
-        self._key = f"pumble-bridge:{queue.rq.name}:activity"
-        self._replays_prefix = f"pumble-bridge:{queue.rq.name}:activity:replays:"
-        self._search = self.connection.register_script(_SEARCH)
+        self._key = queue.keys.activity()
+        self._search = self.connection.register_script(scripts.SEARCH_ACTIVITY)
 
     @property
     def connection(self) -> redis.Redis:
@@ -254,8 +219,7 @@ class Activity:
 
     def next_replay(self, source: str, event_id: str) -> int:
         """1 for an event's first replay, 2 for the next, …: part of the replay's delivery id."""
-        key = self._replays_prefix + hashlib.sha256(
-            f"{source}\0{event_id}".encode()).hexdigest()[:32]
+        key = self.queue.keys.replays(source, event_id)
         with self.connection.pipeline() as pipe:
             number, _ = pipe.incr(key).expire(key, FAILURE_TTL).execute()
         return int(number)

@@ -9,14 +9,14 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
 
 - A person signs in with the token on ``/admin/login`` and gets a session cookie (HttpOnly,
   SameSite=Strict, path ``/admin``, Secure when the request came over HTTPS) that lasts
-  ``SESSION_TTL``. The session lives in Redis (``pumble-bridge:<queue>:admin:session:…``), keyed
+  ``SESSION_TTL``. The session lives in Redis (``Keys.admin_sessions``, bridge.store.keys), keyed
   by an HMAC of its id under the token: signing out deletes it, and a new token ends every
   session at once. A script sends ``Authorization: Bearer <token>`` instead, and may ask for
   JSON (``Accept: application/json``). Tokens are compared with ``hmac.compare_digest``; a wrong
   one gets a plain 401, with no hint. After ``LOGIN_FAILURES_PER_MINUTE`` wrong tokens (signing
   in or bearer) from one client address within a clock minute, that address gets 429 with
   ``Retry-After`` until the minute is over, the right token included; counted in Redis
-  (``pumble-bridge:<queue>:admin:login-failures:…``), so every receiver process sees them.
+  (``Keys.admin_login_failures``), so every receiver process sees them.
 - ``next`` (where to go after signing in) must be a path under the admin pages, without control
   characters or dot segments; anything else is a 400.
 - Every POST (the dead letters' Retry and Purge buttons, an event's Replay, sign-out) carries
@@ -36,11 +36,12 @@ the blueprint has no routes at all, so every ``/admin`` URL is a plain 404. With
 
 Wiring (``bridge.web.create_app``)::
 
-    from bridge.admin import admin_blueprint, rate_limiter
-    app.register_blueprint(admin_blueprint(config, queue, pipelines,
-                                           rate_limiter(config, connection)))
+    from bridge.admin import install_admin, rate_limiter
+    install_admin(app, config, queue, pipelines, rate_limiter(config, connection))
 
-The blueprint needs nothing from the app (no ``secret_key``, its own templates). With
+The blueprint (``admin``, at module level) reads its state from
+``current_app.extensions[EXTENSION]`` and needs nothing else from the app (no ``secret_key``,
+its own templates). With
 ``admin.listen`` the same app serves it, on that address only (bridge.web tells the listeners
 apart by the socket a request came in on).
 """
@@ -65,7 +66,18 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import redis
-from flask import Blueprint, Response, abort, g, jsonify, redirect, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    request,
+    url_for,
+)
 
 from bridge.activity import STATES, Activity, EventActivity, EventDetail, Filters
 from bridge.config import Config
@@ -74,10 +86,14 @@ from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.reload import Reloader
+from bridge.render import RenderError
 from bridge.replay import ReplayError, replay
+from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
+EXTENSION = "pumble_bridge_admin"  # the key of the admin's state in the app's extensions
+URL_PREFIX = "/admin"  # where the admin pages are; their cookie is scoped to it
 SESSION_COOKIE = "pumble_bridge_admin"
 SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
 MAX_FORM_BYTES = 16 * 1024  # the admin's forms are a token and a button
@@ -102,307 +118,369 @@ def rate_limiter(config: Config, connection: redis.Redis) -> RateLimiter:
                        limits_per_minute(config.delivery.rate_limits))
 
 
-def admin_blueprint(config: Config, queue: NotificationQueue, pipelines: Reloader[Pipeline],
-                    limiter: RateLimiter, *, url_prefix: str = "/admin",
-                    clock: Callable[[], float] = time.time) -> Blueprint:
-    """The admin pages under ``url_prefix``, guarded by ``config.admin.token`` (read once: a new
-    token takes a restart). Routes, sources, accounts and the time zone follow ``pipelines``, the
-    receiver's live config. ``clock``: the time login failures are counted by, and a replay is
-    received at."""
-    bp = Blueprint("admin", __name__, url_prefix=url_prefix)
-    prefix = url_prefix.rstrip("/")
+@dataclasses.dataclass(frozen=True)
+class Admin:
+    """What the admin pages read, from ``current_app.extensions[EXTENSION]``."""
+
+    token: bytes
+    queue: NotificationQueue
+    pipelines: Reloader[Pipeline]  # the receiver's live config: routes, sources, accounts, zone
+    limiter: RateLimiter
+    sessions: _Sessions
+    failures: _LoginFailures
+    activity: Activity
+    letters: DeadLetters
+    env: jinja2.Environment
+    clock: Callable[[], float]
+
+
+def install_admin(app: Flask, config: Config, queue: NotificationQueue,
+                  pipelines: Reloader[Pipeline], limiter: RateLimiter, *,
+                  clock: Callable[[], float] = time.time) -> None:
+    """Serve the admin pages on ``app`` under ``URL_PREFIX``, guarded by ``config.admin.token``
+    (read once: a new token takes a restart); without a token, nothing (every /admin URL is a
+    404). ``clock``: the time login failures are counted by, and a replay is received at."""
     if config.admin.token is None:
-        return bp  # off: no routes, every /admin URL is a 404
+        return
     token = config.admin.token.get_secret_value().encode()
-    sessions = _Sessions(queue.rq.connection, queue.rq.name, token)
-    failures = _LoginFailures(queue.rq.connection, queue.rq.name, clock)
-    activity = Activity(queue)
-    letters = DeadLetters(queue)
-    env = _environment()
+    app.extensions[EXTENSION] = Admin(
+        token, queue, pipelines, limiter,
+        _Sessions(queue.rq.connection, queue.rq.name, token),
+        _LoginFailures(queue.rq.connection, queue.rq.name, clock),
+        Activity(queue), DeadLetters(queue), _environment(), clock)
+    app.register_blueprint(admin)
 
-    # -- guards ------------------------------------------------------------------------------
 
-    @bp.before_request
-    def guard():
-        request.max_content_length = MAX_FORM_BYTES
-        request.max_form_memory_size = MAX_FORM_BYTES
-        if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-            return page("message.html", 413, title="Too large",
-                        text="That request is larger than the admin page accepts.")
-        if request.method not in ("GET", "HEAD") and _cross_site():
-            log.warning("admin: cross-site %s %s refused", request.method, request.path)
-            return page("message.html", 403, title="Refused",
-                        text="This request did not come from the admin page.")
-        g.admin_bearer, g.admin_csrf = False, None
-        authorization = request.headers.get("Authorization")
-        if authorization is not None or request.endpoint == "admin.login":
-            wait = failures.wait(client())
-            if wait:
-                return throttled(wait)
-        if authorization is not None:
-            scheme, _, given = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not _same(given.strip().encode(), token):
-                log.warning("admin: wrong bearer token from %s", client())
-                failures.add(client())
-                return unauthorized()
-            g.admin_bearer = True
-        else:
-            g.admin_csrf = sessions.csrf(request.cookies.get(SESSION_COOKIE, ""))
-        if request.endpoint in ("admin.login", "admin.login_form"):
-            return None
-        if not g.admin_bearer and g.admin_csrf is None:
-            return unauthorized()
-        if request.method == "POST" and not g.admin_bearer:
-            given = request.form.get("csrf", "")
-            if not _same(given.encode(), g.admin_csrf.encode()):
-                log.warning("admin: POST %s without a valid CSRF token refused", request.path)
-                return page("message.html", 403, title="Refused",
-                            text="This form has expired. Go back, reload the page and try again.")
-        return None
+admin = Blueprint("admin", __name__, url_prefix=URL_PREFIX)
 
-    @bp.after_request
-    def headers(response: Response) -> Response:
-        nonce = g.get("admin_nonce", "")
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'none'; "
-            + (f"style-src 'nonce-{nonce}'; " if nonce else "")
-            + ("script-src 'self'; connect-src 'self'; " if g.get("admin_live") else "")
-            + "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would null Origin
-        response.vary.update(("Cookie", "Authorization"))
-        return response
 
-    @bp.errorhandler(redis.RedisError)
-    def redis_down(exc: redis.RedisError):
-        log.error("admin: Redis error: %s", type(exc).__name__)
-        return page("message.html", 503, title="Redis unavailable",
-                    text="Redis cannot be reached right now; try again in a moment.")
+def _admin() -> Admin:
+    return current_app.extensions[EXTENSION]
 
-    def unauthorized():
-        if wants_json():
-            return jsonify({"error": "unauthorized"}), 401
-        here = _next_target(request.full_path, prefix) if request.method == "GET" else ""
-        return page("login.html", 401, title="Sign in", failed=False, next=here or "")
 
-    def throttled(wait: int):
-        log.warning("admin: sign-in refused for %s: too many wrong tokens", client())
-        if wants_json() or request.headers.get("Authorization") is not None:
-            answer = jsonify({"error": "too many wrong tokens; try again later"})
-        else:
-            answer = page("message.html", title="Too many attempts",
-                          text="Too many wrong tokens from this address. Try again later.")
-        answer.status_code = 429
-        answer.headers["Retry-After"] = str(wait)
-        return answer
+# -- guards ----------------------------------------------------------------------------------
 
-    def client() -> str:
-        return request.remote_addr or ""
 
-    def next_or_400(target: str) -> str:
-        checked = _next_target(target, prefix)
-        if checked is None:
-            abort(400, "next must be a path under the admin pages")
-        return checked
+@admin.before_request
+def _guard() -> Response | tuple[Response, int] | None:
+    request.max_content_length = MAX_FORM_BYTES
+    request.max_form_memory_size = MAX_FORM_BYTES
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        return _page("message.html", 413, title="Too large",
+                     text="That request is larger than the admin page accepts.")
+    if request.method not in ("GET", "HEAD") and _cross_site():
+        log.warning("admin: cross-site %s %s refused", request.method, request.path)
+        return _page("message.html", 403, title="Refused",
+                     text="This request did not come from the admin page.")
+    refused = _authenticate()
+    if refused is not None or request.endpoint in ("admin.login", "admin.login_form"):
+        return refused
+    if not g.admin_bearer and g.admin_csrf is None:
+        return _unauthorized()
+    if request.method == "POST" and not g.admin_bearer:
+        given = request.form.get("csrf", "")
+        if not _same(given.encode(), g.admin_csrf.encode()):
+            log.warning("admin: POST %s without a valid CSRF token refused", request.path)
+            return _page("message.html", 403, title="Refused",
+                         text="This form has expired. Go back, reload the page and try again.")
+    return None
 
-    # -- rendering ---------------------------------------------------------------------------
 
-    def page(template: str, status: int = 200, **data: Any):
-        g.admin_nonce = secrets.token_urlsafe(16)
-        csrf = g.get("admin_csrf")
-        html = env.get_template(template).render(
-            **{"tab": "", "title": "Admin", **data}, nonce=g.admin_nonce, csrf=csrf,
-            signed_in=csrf is not None, url_for=url_for)
-        return Response(html, status, mimetype="text/html")
+def _authenticate() -> Response | tuple[Response, int] | None:
+    """Sets ``g.admin_bearer`` (a right bearer token came) and ``g.admin_csrf`` (the session's
+    CSRF token, None without a live session); the answer when the client is refused."""
+    state = _admin()
+    g.admin_bearer, g.admin_csrf = False, None
+    authorization = request.headers.get("Authorization")
+    if authorization is not None or request.endpoint == "admin.login":
+        wait = state.failures.wait(_client())
+        if wait:
+            return _throttled(wait)
+    if authorization is not None:
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not _same(given.strip().encode(), state.token):
+            log.warning("admin: wrong bearer token from %s", _client())
+            state.failures.add(_client())
+            return _unauthorized()
+        g.admin_bearer = True
+    else:
+        g.admin_csrf = state.sessions.csrf(request.cookies.get(SESSION_COOKIE, ""))
+    return None
 
-    def respond(template: str, data: dict[str, Any], status: int = 200, **extra: Any):
-        """JSON for a script that asks for it, else the page; the same data either way."""
-        if wants_json():
-            return jsonify(data), status
-        return page(template, status, **data, **extra)
 
-    def wants_json() -> bool:
-        accept = request.accept_mimetypes
-        return accept.best_match(["text/html", "application/json"]) == "application/json"
+@admin.after_request
+def _headers(response: Response) -> Response:
+    nonce = g.get("admin_nonce", "")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; "
+        + (f"style-src 'nonce-{nonce}'; " if nonce else "")
+        + ("script-src 'self'; connect-src 'self'; " if g.get("admin_live") else "")
+        + "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would null Origin
+    response.vary.update(("Cookie", "Authorization"))
+    return response
 
-    def zone() -> tzinfo:
-        return ZoneInfo(pipelines.config.timezone)
 
-    def done(code: str, count: int = 0, status: int = 200):
+@admin.errorhandler(redis.RedisError)
+def _redis_down(exc: redis.RedisError) -> Response:
+    log.error("admin: Redis error: %s", type(exc).__name__)
+    return _page("message.html", 503, title="Redis unavailable",
+                 text="Redis cannot be reached right now; try again in a moment.")
+
+
+def _unauthorized() -> Response | tuple[Response, int]:
+    if _wants_json():
+        return jsonify({"error": "unauthorized"}), 401
+    here = _next_target(request.full_path, URL_PREFIX) if request.method == "GET" else ""
+    return _page("login.html", 401, title="Sign in", failed=False, next=here or "")
+
+
+def _throttled(wait: int) -> Response:
+    log.warning("admin: sign-in refused for %s: too many wrong tokens", _client())
+    if _wants_json() or request.headers.get("Authorization") is not None:
+        answer = jsonify({"error": "too many wrong tokens; try again later"})
+    else:
+        answer = _page("message.html", title="Too many attempts",
+                       text="Too many wrong tokens from this address. Try again later.")
+    answer.status_code = 429
+    answer.headers["Retry-After"] = str(wait)
+    return answer
+
+
+def _client() -> str:
+    return request.remote_addr or ""
+
+
+def _next_or_400(target: str) -> str:
+    checked = _next_target(target, URL_PREFIX)
+    if checked is None:
+        abort(400, "next must be a path under the admin pages")
+    return checked
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def _page(template: str, status: int = 200, **data: Any) -> Response:
+    g.admin_nonce = secrets.token_urlsafe(16)
+    csrf = g.get("admin_csrf")
+    html = _admin().env.get_template(template).render(
+        **{"tab": "", "title": "Admin", **data}, nonce=g.admin_nonce, csrf=csrf,
+        signed_in=csrf is not None, url_for=url_for)
+    return Response(html, status, mimetype="text/html")
+
+
+def _respond(template: str, data: dict[str, Any], status: int = 200,
+             **extra: Any) -> Response | tuple[Response, int]:
+    """JSON for a script that asks for it, else the page; the same data either way."""
+    if _wants_json():
+        return jsonify(data), status
+    return _page(template, status, **data, **extra)
+
+
+def _wants_json() -> bool:
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/html", "application/json"]) == "application/json"
+
+
+def _zone() -> tzinfo:
+    return ZoneInfo(_admin().pipelines.config.timezone)
+
+
+def _done(code: str, count: int = 0, status: int = 200) -> Response | tuple[Response, int]:
+    if g.admin_bearer:
+        return jsonify({code: count}), status
+    return redirect(url_for("admin.dead_letters", done=code, count=count), 303)
+
+
+def _bad_request(text: str) -> Response | tuple[Response, int]:
+    if _wants_json():
+        return jsonify({"error": text}), 400
+    return _page("message.html", 400, title="Bad request", text=text)
+
+
+# -- sign in and out -------------------------------------------------------------------------
+
+@admin.get("/login")
+def login_form() -> Response:
+    if g.admin_bearer or g.admin_csrf is not None:
+        return redirect(url_for("admin.events"), 303)
+    return _page("login.html", title="Sign in", failed=False,
+                 next=_next_or_400(request.args.get("next", "")))
+
+
+@admin.post("/login")
+def login() -> Response:
+    state = _admin()
+    given = request.form.get("token", "")
+    target = _next_or_400(request.form.get("next", ""))
+    if not _same(given.encode(), state.token):
+        log.warning("admin: wrong token from %s", _client())
+        state.failures.add(_client())
+        return _page("login.html", 401, title="Sign in", failed=True, next=target)
+    state.sessions.delete(request.cookies.get(SESSION_COOKIE, ""))  # signing in again: a new one
+    session_id = state.sessions.create()
+    response = redirect(target or url_for("admin.events"), 303)
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL, path=URL_PREFIX,
+                        secure=request.is_secure, httponly=True, samesite="Strict")
+    log.info("admin: signed in from %s", _client())
+    return response
+
+
+@admin.post("/logout")
+def logout() -> Response:
+    _admin().sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
+    response = redirect(url_for("admin.login_form"), 303)
+    response.delete_cookie(SESSION_COOKIE, path=URL_PREFIX, httponly=True, samesite="Strict",
+                           secure=request.is_secure)
+    return response
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+@admin.get("")
+@admin.get("/")
+def events() -> Response | tuple[Response, int]:
+    limit = min(max(request.args.get("limit", RECENT_EVENTS, type=int) or 1, 1), 500)
+    try:
+        filters = _filters(request.args)
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    state = _admin()
+    found = state.activity.search(filters, limit)
+    data = {"filters": dataclasses.asdict(filters),
+            "events": [event_json(event, _zone()) for event in found]}
+    g.admin_live = True  # its script (live.js) may run, and fetch the page again
+    return _respond("events.html", data, title="Recent events", tab="events",
+                    states=STATES, sources=sorted(state.pipelines.config.sources),
+                    live_seconds=LIVE_SECONDS)
+
+
+@admin.get("/live.js")
+def live_script() -> Response:
+    return Response((TEMPLATES / "live.js").read_bytes(), mimetype="text/javascript")
+
+
+@admin.get("/events/<event_id>")
+def event_detail(event_id: str) -> Response | tuple[Response, int]:
+    detail = _admin().activity.detail(event_id)
+    if detail is None:
+        abort(404)
+    replayed = request.args.get("done") == "replayed"
+    return _respond("event.html", _detail(event_id, detail, _zone()), title="Event",
+                    tab="events", notice=_NOTICES["replayed"] if replayed else "")
+
+
+@admin.post("/events/<event_id>/replay")
+def replay_event(event_id: str) -> Response | tuple[Response, int]:
+    state = _admin()
+    try:
+        replayed = replay(state.queue, state.pipelines.current, event_id,
+                          route=request.form.get("route", ""), clock=state.clock)
+    except ReplayError as exc:
         if g.admin_bearer:
-            return jsonify({code: count}), status
-        return redirect(url_for("admin.dead_letters", done=code, count=count), 303)
+            return jsonify({"error": str(exc)}), 409
+        return _page("message.html", 409, title="Not replayed", text=str(exc))
+    if g.admin_bearer:
+        return jsonify({"replayed": replayed.delivery_id,
+                        "notifications": len(replayed.notifications),
+                        "failed": replayed.failures})
+    return redirect(url_for("admin.event_detail", event_id=event_id, done="replayed"), 303)
 
-    # -- sign in and out ---------------------------------------------------------------------
 
-    @bp.get("/login")
-    def login_form():
-        if g.admin_bearer or g.admin_csrf is not None:
-            return redirect(url_for("admin.events"), 303)
-        return page("login.html", title="Sign in", failed=False,
-                    next=next_or_400(request.args.get("next", "")))
+def _newest_first() -> list[dict[str, Any]]:
+    records = sorted(_admin().letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
+    return [_dead_letter(record, _zone()) for record in records]
 
-    @bp.post("/login")
-    def login():
-        given = request.form.get("token", "")
-        target = next_or_400(request.form.get("next", ""))
-        if not _same(given.encode(), token):
-            log.warning("admin: wrong token from %s", client())
-            failures.add(client())
-            return page("login.html", 401, title="Sign in", failed=True, next=target)
-        sessions.delete(request.cookies.get(SESSION_COOKIE, ""))  # signing in again: a new one
-        session_id = sessions.create()
-        response = redirect(target or url_for("admin.events"), 303)
-        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_TTL,
-                            path=prefix or "/", secure=request.is_secure, httponly=True,
-                            samesite="Strict")
-        log.info("admin: signed in from %s", client())
-        return response
 
-    @bp.post("/logout")
-    def logout():
-        sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
-        response = redirect(url_for("admin.login_form"), 303)
-        response.delete_cookie(SESSION_COOKIE, path=prefix or "/", httponly=True,
-                               samesite="Strict", secure=request.is_secure)
-        return response
+@admin.get("/dead-letters")
+def dead_letters() -> Response | tuple[Response, int]:
+    data = {"dead_letters": _newest_first()}
+    code = request.args.get("done", "")
+    notice = _NOTICES.get(code, "").format(count=request.args.get("count", 0, type=int))
+    return _respond("dead_letters.html", data, title="Dead letters", tab="dead",
+                    notice=notice, error="")
 
-    # -- pages -------------------------------------------------------------------------------
 
-    @bp.get("")
-    @bp.get("/")
-    def events():
-        limit = min(max(request.args.get("limit", RECENT_EVENTS, type=int) or 1, 1), 500)
-        try:
-            filters = _filters(request.args)
-        except ValueError as exc:
-            return bad_request(str(exc))
-        found = activity.search(filters, limit)
-        data = {"filters": dataclasses.asdict(filters),
-                "events": [event_json(event, zone()) for event in found]}
-        g.admin_live = True  # its script (live.js) may run, and fetch the page again
-        return respond("events.html", data, title="Recent events", tab="events",
-                       states=STATES, sources=sorted(pipelines.config.sources),
-                       live_seconds=LIVE_SECONDS)
+@admin.get("/dead-letters/<job_id>")
+def dead_letter(job_id: str) -> Response | tuple[Response, int]:
+    record = _admin().letters.get(job_id) if _JOB_ID.match(job_id) else None
+    if record is None:
+        abort(404)
+    data = {"dead_letter": _dead_letter(record, _zone(), full=True)}
+    return _respond("dead_letter.html", data, title="Dead letter", tab="dead")
 
-    @bp.get("/live.js")
-    def live_script():
-        return Response((TEMPLATES / "live.js").read_bytes(), mimetype="text/javascript")
 
-    @bp.get("/events/<event_id>")
-    def event_detail(event_id: str):
-        detail = activity.detail(event_id)
-        if detail is None:
-            abort(404)
-        replayed = request.args.get("done") == "replayed"
-        return respond("event.html", _detail(event_id, detail, zone()), title="Event",
-                       tab="events", notice=_NOTICES["replayed"] if replayed else "")
+@admin.post("/dead-letters/<job_id>/retry")
+def retry(job_id: str) -> Response | tuple[Response, int]:
+    state = _admin()
+    return _retried(lambda: int(_JOB_ID.match(job_id) is not None and state.letters.retry(
+        job_id, state.pipelines.current)), single=True)
 
-    @bp.post("/events/<event_id>/replay")
-    def replay_event(event_id: str):
-        try:
-            replayed = replay(queue, pipelines.current, event_id,
-                              route=request.form.get("route", ""), clock=clock)
-        except ReplayError as exc:
-            if g.admin_bearer:
-                return jsonify({"error": str(exc)}), 409
-            return page("message.html", 409, title="Not replayed", text=str(exc))
+
+@admin.post("/dead-letters/retry-all")
+def retry_all() -> Response | tuple[Response, int]:
+    state = _admin()
+    return _retried(lambda: state.letters.retry_all(state.pipelines.current))
+
+
+def _retried(action: Callable[[], int], single: bool = False) -> Response | tuple[Response, int]:
+    try:
+        count = action()
+    except RenderError as exc:  # its template still fails with the current config
         if g.admin_bearer:
-            return jsonify({"replayed": replayed.delivery_id,
-                            "notifications": len(replayed.notifications),
-                            "failed": replayed.failures})
-        return redirect(url_for("admin.event_detail", event_id=event_id, done="replayed"), 303)
+            return jsonify({"error": str(exc)}), 409
+        return _page("dead_letters.html", 409, title="Dead letters", tab="dead", notice="",
+                     error=f"Not retried: {exc}", dead_letters=_newest_first())
+    log.info("admin: %d dead letter(s) retried", count)
+    return _done("gone" if single and not count else "retried", count,
+                 404 if single and not count else 200)
 
-    def bad_request(text: str):
-        if wants_json():
-            return jsonify({"error": text}), 400
-        return page("message.html", 400, title="Bad request", text=text)
 
-    def newest_first() -> list[dict[str, Any]]:
-        records = sorted(letters.list(), key=lambda r: r.failed_at or _EPOCH, reverse=True)
-        return [_dead_letter(record, zone()) for record in records]
+@admin.post("/dead-letters/<job_id>/purge")
+def purge(job_id: str) -> Response | tuple[Response, int]:
+    count = _admin().letters.purge(job_id) if _JOB_ID.match(job_id) else 0
+    log.info("admin: %d dead letter(s) purged", count)
+    return _done("purged" if count else "gone", count, 200 if count else 404)
 
-    @bp.get("/dead-letters")
-    def dead_letters():
-        data = {"dead_letters": newest_first()}
-        code = request.args.get("done", "")
-        notice = _NOTICES.get(code, "").format(count=request.args.get("count", 0, type=int))
-        return respond("dead_letters.html", data, title="Dead letters", tab="dead",
-                       notice=notice, error="")
 
-    @bp.get("/dead-letters/<job_id>")
-    def dead_letter(job_id: str):
-        record = letters.get(job_id) if _JOB_ID.match(job_id) else None
-        if record is None:
-            abort(404)
-        data = {"dead_letter": _dead_letter(record, zone(), full=True)}
-        return respond("dead_letter.html", data, title="Dead letter", tab="dead")
+@admin.post("/dead-letters/purge-all")
+def purge_all() -> Response | tuple[Response, int]:
+    if request.form.get("confirm") != "yes":
+        if g.admin_bearer:
+            return jsonify({"error": "purge-all needs confirm=yes"}), 400
+        return redirect(url_for("admin.dead_letters"), 303)
+    count = _admin().letters.purge()
+    log.info("admin: all %d dead letter(s) purged", count)
+    return _done("purged", count)
 
-    @bp.post("/dead-letters/<job_id>/retry")
-    def retry(job_id: str):
-        return retried(lambda: int(_JOB_ID.match(job_id) is not None and letters.retry(
-            job_id, pipelines.current)), single=True)
 
-    @bp.post("/dead-letters/retry-all")
-    def retry_all():
-        return retried(lambda: letters.retry_all(pipelines.current))
+@admin.get("/routes")
+def routes() -> Response | tuple[Response, int]:
+    pipelines = _admin().pipelines
+    data = {
+        "routes": [_route(route) for route in pipelines.current.router.routes],
+        "sources": [{"name": name, "type": source.type}
+                    for name, source in pipelines.config.sources.items()],
+    }
+    return _respond("routes.html", data, title="Routes", tab="routes")
 
-    def retried(action: Callable[[], int], single: bool = False):
-        from bridge.render import RenderError
 
-        try:
-            count = action()
-        except RenderError as exc:  # its template still fails with the current config
-            if g.admin_bearer:
-                return jsonify({"error": str(exc)}), 409
-            return page("dead_letters.html", 409, title="Dead letters", tab="dead", notice="",
-                        error=f"Not retried: {exc}", dead_letters=newest_first())
-        log.info("admin: %d dead letter(s) retried", count)
-        return done("gone" if single and not count else "retried", count,
-                    404 if single and not count else 200)
-
-    @bp.post("/dead-letters/<job_id>/purge")
-    def purge(job_id: str):
-        count = letters.purge(job_id) if _JOB_ID.match(job_id) else 0
-        log.info("admin: %d dead letter(s) purged", count)
-        return done("purged" if count else "gone", count, 200 if count else 404)
-
-    @bp.post("/dead-letters/purge-all")
-    def purge_all():
-        if request.form.get("confirm") != "yes":
-            if g.admin_bearer:
-                return jsonify({"error": "purge-all needs confirm=yes"}), 400
-            return redirect(url_for("admin.dead_letters"), 303)
-        count = letters.purge()
-        log.info("admin: all %d dead letter(s) purged", count)
-        return done("purged", count)
-
-    @bp.get("/routes")
-    def routes():
-        current = pipelines.config
-        data = {
-            "routes": [_route(route) for route in pipelines.current.router.routes],
-            "sources": [{"name": name, "type": source.type}
-                        for name, source in current.sources.items()],
-        }
-        return respond("routes.html", data, title="Routes", tab="routes")
-
-    @bp.get("/queue")
-    def queue_page():
-        rq = queue.rq
-        depth = {"queued": rq.count, "scheduled": rq.scheduled_job_registry.count,
-                 "started": rq.started_job_registry.count,
-                 "deferred": rq.deferred_job_registry.count,
-                 "failed": rq.failed_job_registry.count,
-                 "finished": rq.finished_job_registry.count}
-        accounts = ["default", *pipelines.config.pumble.accounts]
-        data = {"queue": rq.name, "depth": depth,
-                "rate_limits": {account: limiter.state(account) for account in accounts}}
-        return respond("queue.html", data, title="Queue", tab="queue")
-
-    return bp
+@admin.get("/queue")
+def queue_page() -> Response | tuple[Response, int]:
+    state = _admin()
+    rq = state.queue.rq
+    depth = {"queued": rq.count, "scheduled": rq.scheduled_job_registry.count,
+             "started": rq.started_job_registry.count,
+             "deferred": rq.deferred_job_registry.count,
+             "failed": rq.failed_job_registry.count,
+             "finished": rq.finished_job_registry.count}
+    accounts = ["default", *state.pipelines.config.pumble.accounts]
+    data = {"queue": rq.name, "depth": depth,
+            "rate_limits": {account: state.limiter.state(account) for account in accounts}}
+    return _respond("queue.html", data, title="Queue", tab="queue")
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -414,7 +492,7 @@ class _Sessions:
 
     def __init__(self, connection: redis.Redis, namespace: str, token: bytes):
         self.connection = connection
-        self._prefix = f"pumble-bridge:{namespace}:admin:session:"
+        self._prefix = Keys(namespace).admin_sessions()
         self._key = hmac.new(token, b"pumble-bridge admin session", hashlib.sha256).digest()
 
     def _redis_key(self, session_id: str) -> str:
@@ -445,7 +523,7 @@ class _LoginFailures:
 
     def __init__(self, connection: redis.Redis, namespace: str, clock: Callable[[], float]):
         self.connection = connection
-        self._prefix = f"pumble-bridge:{namespace}:admin:login-failures:"
+        self._prefix = Keys(namespace).admin_login_failures()
         self._clock = clock
 
     def _key(self, address: str) -> tuple[str, float]:

@@ -39,8 +39,15 @@ from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_events import add_events_commands
 from bridge.cli_pumble import add_pumble_commands
-from bridge.cli_tools import add_tools_commands, check_online, command_config, command_redis
+from bridge.cli_tools import (
+    CommandError,
+    add_tools_commands,
+    check_online,
+    command_config,
+    command_redis,
+)
 from bridge.config import Config, ConfigError, data_dir, load_config
+from bridge.metrics import Metrics
 from bridge.queue import connect
 from bridge.redis_embedded import EmbeddedRedisError
 
@@ -53,15 +60,13 @@ RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
 RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiting
 
 
-class CommandError(Exception):
-    """A clear, one-line reason to stop; printed without a traceback."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # JSON lines unless stderr is a terminal (BRIDGE_LOG_FORMAT), secrets masked. A one-shot
-    # command prints its result; only the long-running ones log their INFO lines.
-    logs.setup(level=getattr(args, "log_level", logging.WARNING))
+    # command prints its result; only the long-running ones log their INFO lines. The commands
+    # find the redactor on ``args``, to add the secrets of each config they load.
+    args.redactor = logs.Redactor()
+    logs.setup(redactor=args.redactor, level=getattr(args, "log_level", logging.WARNING))
     try:
         return args.command(args) or 0
     except (ConfigError, CommandError, EmbeddedRedisError) as exc:
@@ -104,37 +109,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_service_commands(commands, common)
+    _add_check_command(commands, common)
+    _add_fake_pumble_command(commands, common)
+    add_pumble_commands(commands, common)
+    add_dlq_commands(commands, common)
+    add_events_commands(commands, common)
+    add_tools_commands(commands, common)
+    _add_send_sample_command(commands, common)
+    return parser
 
-    def command(name: str, handler, help_text: str, description: str = "",
-                service: bool = False) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help_text,
-                                  description=description or help_text)
-        sub.set_defaults(command=handler, **({"log_level": logging.INFO} if service else {}))
-        return sub
 
-    def listen_flags(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=_port_number, default=None,
-                         help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
+def _command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str,
+             handler: Callable[[argparse.Namespace], int | None], help_text: str,
+             description: str = "", service: bool = False) -> argparse.ArgumentParser:
+    """A subcommand; a ``service`` (long-running) one logs its INFO lines."""
+    sub = commands.add_parser(name, parents=[common], help=help_text,
+                              description=description or help_text)
+    sub.set_defaults(command=handler, **({"log_level": logging.INFO} if service else {}))
+    return sub
 
-    run = command("run", cmd_run, "run the receiver and the worker together", service=True,
-                  description="Start, in this order: the embedded Redis (when no Redis URL is "
-                  "configured), a fake Pumble (when no Pumble API key is), the receiver "
-                  "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
-                  "the worker after its current send, the fake Pumble and Redis.")
-    listen_flags(run)
+
+def _listen_flags(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sub.add_argument("--port", type=_port_number, default=None,
+                     help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})")
+
+
+def _add_service_commands(commands: argparse._SubParsersAction,
+                          common: argparse.ArgumentParser) -> None:
+    run = _command(commands, common, "run", cmd_run, "run the receiver and the worker together",
+                   service=True,
+                   description="Start, in this order: the embedded Redis (when no Redis URL is "
+                   "configured), a fake Pumble (when no Pumble API key is), the receiver "
+                   "(`serve`) and the worker (`worker`). Ctrl-C stops the receiver first, then "
+                   "the worker after its current send, the fake Pumble and Redis.")
+    _listen_flags(run)
     run.add_argument("--fake-pumble-port", type=_port_number, default=0,
                      help="port of the built-in fake Pumble, used when no API key is set "
                           "(default: the receiver's port + 1)")
 
-    serve = command("serve", cmd_serve, "run the webhook receiver", service=True)
-    listen_flags(serve)
+    serve = _command(commands, common, "serve", cmd_serve, "run the webhook receiver",
+                     service=True)
+    _listen_flags(serve)
     serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     serve.add_argument("--dev", action="store_true",
                        help="Flask's development server instead of gunicorn")
 
-    worker = command("worker", cmd_worker, "run the delivery worker", service=True)
+    worker = _command(commands, common, "worker", cmd_worker, "run the delivery worker",
+                      service=True)
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--processes", type=int, default=1, metavar="N",
                         help="run N worker processes, restarted if one dies (about one per "
@@ -143,12 +167,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
 
-    check = command("check", cmd_check, "validate the config and exit non-zero on any error")
+
+def _add_check_command(commands: argparse._SubParsersAction,
+                       common: argparse.ArgumentParser) -> None:
+    check = _command(commands, common, "check", cmd_check,
+                     "validate the config and exit non-zero on any error")
     check.add_argument("--online", action="store_true",
                        help="also ask Pumble: does the key work, does every route's channel exist")
 
-    fake = command("fake-pumble", cmd_fake_pumble, "run the fake Pumble API server",
-                   service=True)
+
+def _add_fake_pumble_command(commands: argparse._SubParsersAction,
+                             common: argparse.ArgumentParser) -> None:
+    fake = _command(commands, common, "fake-pumble", cmd_fake_pumble,
+                    "run the fake Pumble API server", service=True)
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
     fake.add_argument("--port", type=_port_number, default=DEFAULT_FAKE_PUMBLE_PORT,
                       help="port to listen on")
@@ -168,13 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--drop-next", type=int, default=0, metavar="N",
                         help="apply the next N writes, then close the connection unanswered")
 
-    add_pumble_commands(commands, common)
-    add_dlq_commands(commands, common)
-    add_events_commands(commands, common)
-    add_tools_commands(commands, common)
 
-    sample = command("send-sample", cmd_send_sample,
-                     "POST a signed sample Shopify webhook to a running receiver")
+def _add_send_sample_command(commands: argparse._SubParsersAction,
+                             common: argparse.ArgumentParser) -> None:
+    sample = _command(commands, common, "send-sample", cmd_send_sample,
+                      "POST a signed sample Shopify webhook to a running receiver")
     sample.add_argument("--url", help="receiver base URL (default: http://127.0.0.1:$PORT, "
                                       f"else port {DEFAULT_PORT})")
     sample.add_argument("--source", help="source name (default: the first shopify source)")
@@ -184,7 +213,6 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--lifecycle", action="store_true",
                       help=f"one order's life, in order: {', '.join(samples.LIFECYCLE)} (the "
                            "example config threads the later ones under the order)")
-    return parser
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -210,11 +238,14 @@ def _stop_on_signal(stop: threading.Event) -> None:
         signal.signal(signum, lambda *_: stop.set())
 
 
-def _enable_metrics(config: Config) -> None:
-    """Count into the metrics directory beside the embedded Redis's data (unless
-    PROMETHEUS_MULTIPROC_DIR names one), before anything records a metric."""
-    os.environ.setdefault(metrics.ENV, str(data_dir(config_file=config.path) / "metrics"))
-    metrics.enable_multiprocess()
+def _shared_metrics(config: Config) -> Metrics:
+    """This process's metrics, counted with the machine's other processes in the directory
+    beside the embedded Redis's data (unless PROMETHEUS_MULTIPROC_DIR names one)."""
+    directory = metrics.directory(os.environ, data_dir(config_file=config.path))
+    # prometheus_client reads its directory from the environment only: set there before it is
+    # imported, where gunicorn's forked workers and the subprocesses of `run` find it too.
+    os.environ[metrics.ENV] = str(directory)
+    return Metrics.shared(directory)
 
 
 def _port_free(host: str, port: int, flag: str) -> None:
@@ -293,9 +324,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = _port(args)
     _port_free(args.host, port, "--port (or PORT)")
     _warn_short_secrets(config)
-    _enable_metrics(config)  # before any metric: the gunicorn workers count together
+    shared = _shared_metrics(config)  # the gunicorn workers count together
     with command_redis(config, "serve") as redis_url:
-        app = create_app(config, redis_url)  # fails here, once, on a bad config
+        # Fails here, once, on a bad config.
+        app = create_app(config, redis_url, redactor=args.redactor, metrics=shared)
         problem = _redis_problem(redis_url)
         if problem:
             log.warning("Redis at %s does not answer (%s): webhooks are answered 503 until it "
@@ -310,14 +342,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # With admin.listen, a second address for the admin page and /metrics only.
         binds = [f"{args.host}:{port}", *([config.admin.listen] if config.admin.listen else [])]
-        GunicornApp(lambda: create_app(config, redis_url), {
+        GunicornApp(lambda: create_app(config, redis_url, redactor=args.redactor,
+                                       metrics=shared), {
             "bind": binds,
             "workers": args.workers,
             "threads": args.threads,
             "worker_class": WholeRequestWorker,
             "accesslog": "-",
             "logger_class": logs.gunicorn_logger_class(),  # its lines formatted like ours
-            "child_exit": metrics.gunicorn_child_exit,
+            "child_exit": shared.gunicorn_child_exit,
         }).run()
     return 0
 
@@ -331,33 +364,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            "PUMBLE_API_KEY (or use `run`, which falls back to a fake Pumble)")
     if args.processes < 1:
         raise CommandError("--processes must be 1 or more")
-    _enable_metrics(config)  # counted with the receiver's processes, served by /metrics
+    shared = _shared_metrics(config)  # counted with the receiver's processes, served by /metrics
     with command_redis(config, "worker") as redis_url:
         problem = _redis_problem(redis_url)
         if problem:  # the worker's own connection retries for a while before it gives up
             log.warning("Redis at %s does not answer (%s): retrying (Ctrl-C to stop)",
                         _shown(redis_url), problem)
         if args.processes > 1:
-            return _supervise_workers(args, config, redis_url)
-        run_worker(config, redis_url, **_worker_options(args))
+            return _supervise_workers(args, config, redis_url, shared)
+        run_worker(config, redis_url, **_worker_options(args, shared))
     return 0
 
 
-def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"burst": args.burst}
+def _worker_options(args: argparse.Namespace, shared: Metrics) -> dict[str, Any]:
+    options: dict[str, Any] = {"burst": args.burst, "metrics": shared}
     if args.maintenance_interval:
         options["maintenance_interval"] = args.maintenance_interval
     return options
 
 
-def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str) -> int:
+def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str,
+                       shared: Metrics) -> int:
     """N worker processes, forked from this one with its config; one that dies is started
     again (in --burst mode, each runs until the queue is empty). SIGTERM reaches each, which
     finishes its current send."""
     stop = threading.Event()
     _stop_on_signal(stop)
-    workers = _WorkerConfig(config, os.environ)
-    options = _worker_options(args)
+    workers = _WorkerConfig(config, os.environ, args.redactor)
+    options = _worker_options(args, shared)  # forked: each child counts with this one's
     children = [_fork_worker(workers.config, redis_url, options) for _ in range(args.processes)]
     failed = 0
     while not stop.wait(0.5):
@@ -383,9 +417,10 @@ class _WorkerConfig:
     else the last version that did (a worker started on an invalid file would exit at once,
     and be started again, and again)."""
 
-    def __init__(self, config: Config, environ: Mapping[str, str]):
+    def __init__(self, config: Config, environ: Mapping[str, str], redactor: logs.Redactor):
         self.config = config
         self._environ = environ
+        self._redactor = redactor
 
     def latest(self) -> Config:
         try:
@@ -394,7 +429,7 @@ class _WorkerConfig:
             log.error("config %s is not valid; the worker starts on the last valid one: %s",
                       self.config.path, " | ".join(exc.problems))
             return self.config
-        logs.redact_secrets(self.config)
+        logs.redact_secrets(self.config, self._redactor)
         return self.config
 
 
@@ -477,7 +512,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _port_free(args.host, port, "--port")
         if config.pumble.api_key is None:
             _port_free("127.0.0.1", fake_port, "--fake-pumble-port")
-        _enable_metrics(config)  # the children inherit the directory through the environment
+        shared = _shared_metrics(config)  # the children count into its directory too
         env = dict(os.environ, REDIS_URL=stack.enter_context(command_redis(config, "run")))
         banner = ""
         if config.pumble.api_key is None:
@@ -487,10 +522,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         serve = [sys.executable, "-m", "bridge", "--config", str(config.path), "serve",
                  "--host", args.host, "--port", str(port)]
         redis_url = env["REDIS_URL"]
-        workers = _WorkerConfig(config, env)  # with the fake's key and address, if any
+        # With the fake's key and address, if any.
+        workers = _WorkerConfig(config, env, args.redactor)
         starts: dict[str, Callable[[], Child]] = {
             "web": lambda: _spawn(serve, env),
-            "worker": lambda: _fork_worker(workers.latest(), redis_url, {}),
+            "worker": lambda: _fork_worker(workers.latest(), redis_url, {"metrics": shared}),
         }
         children = {name: start() for name, start in starts.items()}
         # A changed config is the receiver's to take (or refuse); run itself carries on.

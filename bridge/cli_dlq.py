@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bridge.cli_tools import command_config, command_redis
+from bridge.cli_tools import EXIT_FAILED, command_config, command_redis
 from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
 from bridge.queue import NotificationQueue, connect
 
-EXIT_FAILED = 1  # no such dead letter, or one whose template still fails
 # What reading the dead letters needs of the config: no source, so no webhook secret.
 READING = ("redis", "delivery")
 

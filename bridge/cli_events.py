@@ -15,11 +15,10 @@ from zoneinfo import ZoneInfo
 
 from bridge.activity import STATES, Activity, Filters
 from bridge.admin import RECENT_EVENTS, event_json
-from bridge.cli_tools import command_config, command_redis
+from bridge.cli_tools import EXIT_FAILED, command_config, command_redis
 from bridge.config import Config
 from bridge.queue import NotificationQueue, connect
 
-EXIT_FAILED = 1  # the event cannot be replayed
 # What listing needs of the config: no source, so no webhook secret.
 READING = ("redis", "delivery", "timezone")
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bridge import logs
+from bridge.cli_tools import EXIT_FAILED
 from bridge.config import DEFAULT_PUMBLE_BASE_URL, ConfigError, config_path, load_config
 from bridge.pumble import Message, PumbleClient, PumbleError
 
-EXIT_PUMBLE_ERROR = 1
 PUMBLE = ("pumble",)  # all of the config these commands read: no webhook secret is needed
 
 
@@ -82,7 +82,7 @@ def _call(handler: Callable[[PumbleClient, argparse.Namespace], None],
             handler(client, args)
     except (PumbleError, ValueError) as exc:
         print(f"pumble-bridge: {exc}", file=sys.stderr)
-        return EXIT_PUMBLE_ERROR
+        return EXIT_FAILED
     return 0
 
 
@@ -93,14 +93,14 @@ def _client(args: argparse.Namespace) -> PumbleClient:
     path = config_path(getattr(args, "config", None))
     if (not key or not base_url) and (path.exists() or getattr(args, "config", None)):
         config = load_config(path, sections=PUMBLE)  # ConfigError is reported by the caller
-        logs.redact_secrets(config)
+        logs.redact_secrets(config, args.redactor)
         pumble = config.pumble
         key = key or (pumble.api_key.get_secret_value() if pumble.api_key else "")
         base_url = base_url or pumble.base_url
     if not key:
         raise ConfigError(["no Pumble API key: set PUMBLE_API_KEY or pumble.api_key in the "
                            "config (make one in Pumble with /api-keys generate)"])
-    logs.REDACTOR.add([key])  # from the environment, it is in no config
+    args.redactor.add([key])  # from the environment, it is in no config
     return PumbleClient(key, base_url or DEFAULT_PUMBLE_BASE_URL)
 
 

@@ -35,7 +35,11 @@ from bridge.sources import PayloadError, Source, WebhookRequest
 
 log = logging.getLogger(__name__)
 
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # every command's "it did not work" (exit 2 is a config or usage error)
+
+
+class CommandError(Exception):
+    """A usage or config problem: printed on one line by ``bridge.cli.main``, exit 2."""
 
 # Platforms that take the topic from a header; the others read the event type from the body.
 TOPIC_HEADERS = {"shopify": "X-Shopify-Topic", "woocommerce": "X-WC-Webhook-Topic"}
@@ -92,19 +96,12 @@ def add_tools_commands(commands: argparse._SubParsersAction,
                            "(repeatable)")
 
 
-def _error(message: str) -> Exception:
-    """A usage or config problem: printed on one line by ``main``, exit 2."""
-    from bridge.cli import CommandError  # bridge.cli imports this module
-
-    return CommandError(message)
-
-
 def command_config(args: argparse.Namespace, sections: Collection[str] | None = None) -> Config:
     """The config a command names (``--config``, else the default path), its keys and secrets
     masked in every log line from now on. Every subcommand loads its config through here;
     ``sections``: only those it needs (see ``load_config``)."""
     config = load_config(config_path(getattr(args, "config", None)), sections=sections)
-    logs.redact_secrets(config)
+    logs.redact_secrets(config, args.redactor)
     return config
 
 
@@ -133,8 +130,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_config(config)
     source = pipeline.sources.get(args.source)
     if source is None:
-        raise _error(f"no source named {args.source!r} in {config.path} "
-                     f"(configured: {', '.join(config.sources) or 'none'})")
+        raise CommandError(f"no source named {args.source!r} in {config.path} "
+                           f"(configured: {', '.join(config.sources) or 'none'})")
     request = _request(source, config, args)
     label = "stdin" if args.payload == "-" else args.payload
     topic = f", topic {args.topic}" if args.topic else ""
@@ -164,18 +161,18 @@ def _request(source: Source, config: Config, args: argparse.Namespace) -> Webhoo
     if header:
         if not args.topic:
             example = TOPIC_EXAMPLES.get(source.platform, "the sender's event name")
-            raise _error(f"{source.platform} source {source.name!r} takes the event topic from "
-                         f"the {header} header: give --topic (e.g. {example})")
+            raise CommandError(f"{source.platform} source {source.name!r} takes the event "
+                               f"topic from the {header} header: give --topic (e.g. {example})")
         headers[header] = args.topic
     elif args.topic is not None:
-        raise _error(f"--topic does not apply to {source.platform} source {source.name!r}: "
-                     "its event type is read from the body")
+        raise CommandError(f"--topic does not apply to {source.platform} source {source.name!r}: "
+                           "its event type is read from the body")
     if source.platform == "bigcommerce":  # not checked here, but present as BigCommerce sends it
         headers[source.options.header] = config.sources[source.name].secrets[0]
     for line in args.header:
         name, colon, value = line.partition(":")
         if not colon or not name.strip():
-            raise _error(f"--header {line!r}: write it as 'Name: value'")
+            raise CommandError(f"--header {line!r}: write it as 'Name: value'")
         headers[name.strip()] = value.strip()
     return WebhookRequest.of(headers, body)
 
@@ -186,7 +183,7 @@ def _read_payload(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise _error(f"{path}: cannot read the payload: {exc.strerror}") from None
+        raise CommandError(f"{path}: cannot read the payload: {exc.strerror}") from None
 
 
 # -- routes test -------------------------------------------------------------------------------
@@ -195,11 +192,11 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     config = command_config(args)
     pipeline = Pipeline.from_config(config)
     if not config.sources:
-        raise _error(f"no sources in {config.path}")
+        raise CommandError(f"no sources in {config.path}")
     name = args.source or next(iter(config.sources))
     if name not in config.sources:
-        raise _error(f"no source named {name!r} in {config.path} "
-                     f"(configured: {', '.join(config.sources)})")
+        raise CommandError(f"no source named {name!r} in {config.path} "
+                           f"(configured: {', '.join(config.sources)})")
     event = synthetic_event(args.event_type, SourceRef(name, config.sources[name].type),
                             args.values)
     print(f"routes test: synthetic event, nothing sent: source {name!r} "
@@ -257,16 +254,17 @@ def synthetic_event(event_type: str, source: SourceRef, assignments: Sequence[st
         dotted, equals, text = assignment.partition("=")
         dotted = dotted.strip()
         if not equals:
-            raise _error(f"--set {assignment!r}: write it as FIELD=VALUE, e.g. order.total=600")
+            raise CommandError(f"--set {assignment!r}: write it as FIELD=VALUE, "
+                               "e.g. order.total=600")
         if dotted not in known:
             hint = difflib.get_close_matches(dotted, known, n=1)
             guess = f" (did you mean {hint[0]}?)" if hint else ""
-            raise _error(f"--set {dotted}: unknown field{guess}; known fields: "
-                         f"{', '.join(known)}")
+            raise CommandError(f"--set {dotted}: unknown field{guess}; known fields: "
+                               f"{', '.join(known)}")
         try:
             value = known[dotted](text.strip())
         except ValueError as exc:
-            raise _error(f"--set {dotted}: {text.strip()!r} {exc}") from None
+            raise CommandError(f"--set {dotted}: {text.strip()!r} {exc}") from None
         part, _, field = dotted.partition(".")
         values.setdefault(part, {})[field] = value
     parts = {part: PARTS[part](**{**PART_DEFAULTS.get(part, {}), **fields})
@@ -358,8 +356,8 @@ def check_online(config: Config) -> int:
     if not by_account or pumble.api_key is not None:
         by_account.setdefault("default", [])  # the key `pumble` and the worker fall back to
     if "default" in by_account and pumble.api_key is None:
-        raise _error("check --online needs a Pumble API key: set pumble.api_key in the config "
-                     "or PUMBLE_API_KEY (make one in Pumble with /api-keys generate)")
+        raise CommandError("check --online needs a Pumble API key: set pumble.api_key in the "
+                           "config or PUMBLE_API_KEY (make one in Pumble with /api-keys generate)")
     problems: list[str] = []
     for account in sorted(by_account, key=lambda name: (name != "default", name)):
         key, base_url = pumble.account(account)  # every named account has a key (config.py)

@@ -109,7 +109,6 @@ class ReceiverSettings(_Model):
     dedupe_window: int = Field(3 * 24 * 3600, ge=0)
 
 
-RATE_LIMIT_KINDS = ("messages", "replies", "reactions", "channels", "requests")
 REACTION = re.compile(r"^:[a-zA-Z0-9_+\-]+:$")  # Pumble's colon form
 
 
@@ -143,9 +142,12 @@ class DeliverySettings(_Model):
     @field_validator("rate_limits")
     @classmethod
     def _known_kinds(cls, limits: dict[str, int]) -> dict[str, int]:
+        # The kinds are ratelimit's own; imported here, as ratelimit imports config (by metrics).
+        from bridge.ratelimit import DEFAULT_LIMITS
+
         for kind, per_minute in limits.items():
-            if kind not in RATE_LIMIT_KINDS:
-                raise ValueError(f"unknown kind {kind!r} (known: {', '.join(RATE_LIMIT_KINDS)})")
+            if kind not in DEFAULT_LIMITS:
+                raise ValueError(f"unknown kind {kind!r} (known: {', '.join(DEFAULT_LIMITS)})")
             if not isinstance(per_minute, int) or per_minute < 1:
                 raise ValueError(f"{kind}: calls a minute must be a whole number >= 1")
         return limits

@@ -17,7 +17,6 @@ job's retry, with the same lines: no order is dropped, every one appears alone o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,32 +24,8 @@ from dataclasses import dataclass
 import redis
 
 from bridge.notification import Notification
-
-# Atomic. A digest once claimed (KEYS[2]) is answered again: {"owner", ids-json}. A job taken
-# into another's digest is {"taken", owner}. Else, if at least ARGV[2] others wait behind it in
-# its line, it takes the next ARGV[3] of them out of the line: {"owner", ids-json}; or {"alone"}.
-# Self stays in the line until its post is recorded (``leave``).
-_CLAIM = """
-local mine = redis.call('GET', KEYS[2])
-if mine then return {'owner', mine} end
-local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
-if not rank then
-  local owner = redis.call('GET', ARGV[5] .. ARGV[1])
-  if owner then return {'taken', owner} end
-  return {'alone'}
-end
-local behind = redis.call('ZCARD', KEYS[1]) - rank - 1
--- Out of the line as it sends, alone or as a digest's owner: no later claim can take it in.
-redis.call('ZREM', KEYS[1], ARGV[1])
-if behind < tonumber(ARGV[2]) or tonumber(ARGV[3]) < 1 then return {'alone'} end
-local popped = redis.call('ZRANGE', KEYS[1], rank, rank + tonumber(ARGV[3]) - 1)
-if #popped == 0 then return {'alone'} end
-redis.call('ZREM', KEYS[1], unpack(popped))
-for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
-local ids = cjson.encode(popped)
-redis.call('SET', KEYS[2], ids, 'EX', ARGV[4])
-return {'owner', ids}
-"""
+from bridge.store import scripts
+from bridge.store.keys import Keys
 
 
 @dataclass(frozen=True)
@@ -64,22 +39,20 @@ class Backlog:
         """``ttl``: seconds claims are kept: as long as a dead-lettered digest may be retried."""
         self.connection = connection
         self.ttl = ttl
-        self._prefix = f"pumble-bridge:{namespace}:"
-        self._claim = connection.register_script(_CLAIM)
+        self.keys = Keys(namespace)
+        self._claim = connection.register_script(scripts.CLAIM_DIGEST)
 
     def key(self, notification: Notification) -> str:
         """The line the notification waits in: its thread's for a reply, else its route's in
         its channel. The queue adds each new job to it (scored by ``received_at``) as it
         enqueues it."""
-        if notification.reply:
-            if not notification.thread_key:
-                return ""
-            parts = ("thread", notification.account, notification.channel,
-                     notification.source, notification.thread_key)
-        else:
-            parts = (notification.account, notification.channel, notification.route)
-        return (self._prefix + "backlog:"
-                + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
+        if not notification.reply:
+            return self.keys.route_line(notification.account, notification.channel,
+                                        notification.route)
+        if not notification.thread_key:
+            return ""
+        return self.keys.thread_line(notification.account, notification.channel,
+                                     notification.source, notification.thread_key)
 
     def ahead(self, notification: Notification, job_id: str,
               limit: int) -> tuple[list[str], int]:
@@ -109,7 +82,7 @@ class Backlog:
         taken: a job in a digest needs none)."""
         if not _digestible(notification):
             return ""
-        owner = self.connection.get(self._prefix + "in-digest:" + job_id)
+        owner = self.connection.get(self.keys.in_digest(job_id))
         return owner.decode() if owner else ""
 
     def claim(self, notification: Notification, job_id: str, threshold: int,
@@ -119,9 +92,9 @@ class Backlog:
         answered again to the same job (``max_items=1``: only that)."""
         if not _digestible(notification):
             return Claim()
-        answer = self._claim(keys=[self.key(notification), self._prefix + "digest:" + job_id],
+        answer = self._claim(keys=[self.key(notification), self.keys.digest_of(job_id)],
                              args=[job_id, threshold, max_items - 1, self.ttl,
-                                   self._prefix + "in-digest:"])
+                                   self.keys.in_digest_prefix()])
         kind = answer[0].decode()
         if kind == "owner":
             return Claim(members=tuple(json.loads(answer[1])))

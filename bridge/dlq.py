@@ -15,14 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rq.job import Job, JobStatus
 
 from bridge.notification import Notification
-from bridge.queue import (
-    CRASH_RETRIES,
-    DELIVER,
-    FAILURE_TTL,
-    NotificationQueue,
-    job_id,
-    readable_body,
-)
+from bridge.queue import DELIVER, FAILURE_TTL, NotificationQueue, job_id, readable_body
+from bridge.retry import CRASH_RETRIES
 from bridge.sources import WebhookRequest
 
 log = logging.getLogger(__name__)

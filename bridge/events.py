@@ -57,6 +57,9 @@ CUSTOMER_UPDATED = "customer.updated"
 PRODUCT_CREATED = "product.created"
 PRODUCT_UPDATED = "product.updated"
 MESSAGE_CREATED = "message.created"  # a message on an order, from the customer or the shop
+# Every canonical type above: a sender already using one keeps it (generic sources).
+CANONICAL_TYPES = frozenset(
+    value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """A fake of Pumble's API Keys addon, as docs/fake-pumble.md describes it, for tests and first runs.
 
 The state (channels, messages, faults) lives in ``bridge.fake_pumble_state``; this module is the
-HTTP surface. Where the public record is silent (the notes mark it UNKNOWN), the fake chooses,
-and this is the one list of every such choice:
+HTTP surface. Where Pumble's public documentation is silent, the fake chooses, and this is the
+one list of every such choice:
 
 Statuses and bodies
 - Pumble's own errors are all HTTP 403, as the live API answers:
@@ -19,8 +19,9 @@ Statuses and bodies
     channel name that is taken, ``limit`` not an integer 1..200, a ``strategy`` other than
     BEFORE/AFTER/AROUND (``"[Allowed values are BEFORE|AFTER|AROUND]"``);
   - listMessages on a PRIVATE channel the addon bot is not a member of: legacy
-    ``{"error": "Addon Bot is not a member of this channel"}``. Only listing checks this (it is
-    the one rule HELP states); posting (even ``asBot``), fetching, reacting and deleting do not.
+    ``{"error": "Addon Bot is not a member of this channel"}``. Only listing checks this (the
+    one rule Pumble's help pages state); posting (even ``asBot``), fetching, reacting and
+    deleting do not.
 - Not Pumble's: an unknown path is 404 ``{"error": "Not found"}``, a wrong method 405
   ``{"error": "Method not allowed"}``.
 - deleteMessage answers 200 with an empty body.
@@ -96,16 +97,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template_string, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    jsonify,
+    render_template_string,
+    request,
+)
 from markupsafe import Markup, escape
 
+from bridge.config import REACTION
 from bridge.fake_pumble_state import (
     ADDON_BOT_ID,
     CHANNEL_TYPES,
     OWNER,
-    STRATEGIES,
     ApiError,
     FaultPlan,
     Faults,
@@ -115,11 +125,21 @@ from bridge.fake_pumble_state import (
     legacy_error,
     structured_error,
 )
-from bridge.pumble import normalize_channel_name
+from bridge.pumble import STRATEGIES, normalize_channel_name
 
 __all__ = ["Faults", "create_fake_pumble", "print_message"]
 
-REACTION = re.compile(r":[a-zA-Z0-9_+\-]+:")
+EXTENSION = "fake_pumble"
+
+
+@dataclass(frozen=True)
+class FakePumble:
+    """What the fake's views read, from ``current_app.extensions[EXTENSION]``."""
+
+    workspace: Workspace
+    plan: FaultPlan
+    accepted: frozenset[str]  # the keys accepted; empty: any non-empty key
+    echo: Callable[[str], None] | None
 
 
 def create_fake_pumble(
@@ -134,220 +154,263 @@ def create_fake_pumble(
 
     ``echo`` gets one line per posted message; ``clock`` drives the rate limit's window.
     """
-    workspace = Workspace(channels)
-    plan = FaultPlan(faults, clock)
-    accepted = frozenset(keys)
     app = Flask("fake_pumble")
-    app.config.update(workspace=workspace, faults=plan)
-
-    @app.errorhandler(ApiError)
-    def api_error(error: ApiError):
-        return jsonify(error.body), error.status, error.headers
-
-    @app.errorhandler(404)
-    def unknown_path(_error: Exception):
-        return jsonify({"error": "Not found"}), 404
-
-    @app.errorhandler(405)
-    def wrong_method(_error: Exception):
-        return jsonify({"error": "Method not allowed"}), 405
-
-    @app.before_request
-    def guard() -> None:
-        if is_control():
-            return
-        pause = plan.delay()
-        if pause > 0:
-            time.sleep(pause)
-        key = request.headers.get("ApiKey") or request.headers.get("Api-Key") or ""
-        if not key or (accepted and key not in accepted):
-            raise legacy_error("Invalid API key")
-        refusal = plan.refusal(key)
-        if refusal is not None:
-            raise refusal
-
-    @app.after_request
-    def maybe_drop(response: Response) -> Response:
-        if (request.method in ("POST", "DELETE") and not is_control()
-                and response.status_code == 200 and plan.take_drop()):
-            drop_connection()
-        return response
-
-    def post(channel_id: str, text: str, as_bot: bool, root_id: str = "",
-             also_to_channel: bool = False):
-        message = workspace.post(channel_id, text, as_bot, root_id, also_to_channel)
-        if echo is not None:
-            name = workspace.find_channel(channel_id)["channel"]["name"]
-            echo(f"[fake-pumble] #{name}: {text}")
-        return jsonify({"id": message["id"], "channelId": channel_id})
-
-    def channel_in(params: Mapping[str, Any], required: bool) -> dict[str, Any] | None:
-        """The target channel's entry, None when none was named and none is required."""
-        channel_id, name = params.get("channelId") or "", params.get("channel") or ""
-        if not isinstance(channel_id, str) or not isinstance(name, str):
-            raise structured_error("channel and channelId must be strings")
-        if not channel_id and not name:
-            if required:
-                raise structured_error("channel or channelId is required")
-            return None
-        entry = workspace.find_channel(channel_id, name)
-        if entry is None:
-            raise channel_not_found()
-        return entry
-
-    @app.post("/sendMessage")
-    def send_message():
-        params = json_body()
-        text = text_in(params)
-        as_bot = flag(params, "asBot")
-        root_id = params.get("threadRootId") or ""
-        if not isinstance(root_id, str):
-            raise structured_error("threadRootId must be a string")
-        channel = channel_in(params, required=True)
-        return post(channel["channel"]["id"], text, as_bot, root_id)
-
-    @app.post("/sendReply")
-    def send_reply():
-        params = json_body()
-        root_id, text = message_id(params), text_in(params)
-        as_bot, also_to_channel = flag(params, "asBot"), flag(params, "alsoSendToChannel")
-        channel = channel_in(params, required=False)
-        channel_id = channel["channel"]["id"] if channel else workspace.fetch(root_id)["channelId"]
-        return post(channel_id, text, as_bot, root_id, also_to_channel)
-
-    @app.post("/addReaction")
-    def add_reaction():
-        params = json_body()
-        target = message_id(params)
-        reaction = params.get("reaction")
-        if not isinstance(reaction, str) or not 3 <= len(reaction) <= 100 \
-                or not REACTION.fullmatch(reaction):
-            raise structured_error("reaction must be an emoji code like :grin:")
-        tone = params.get("skinTone")
-        if tone is not None and (not isinstance(tone, int) or isinstance(tone, bool)
-                                 or not 1 <= tone <= 6):
-            raise structured_error("skinTone must be an integer from 1 to 6")
-        channel = channel_in(params, required=False)
-        workspace.react(target, channel["channel"]["id"] if channel else "", reaction)
-        return jsonify({"status": "ok"})
-
-    @app.post("/createChannel")
-    def create_channel():
-        params = json_body()
-        name, description = params.get("name"), params.get("description") or ""
-        if not isinstance(name, str) or not normalize_channel_name(name):
-            raise structured_error("name must be a non-empty string")
-        if params.get("type") not in CHANNEL_TYPES:
-            raise structured_error("[Allowed values are PUBLIC|PRIVATE]")
-        if not isinstance(description, str):
-            raise structured_error("description must be a string")
-        entry = workspace.create_channel(name, params["type"], description)
-        if entry is None:
-            raise structured_error("Channel with that name already exists")
-        return jsonify({"id": entry["channel"]["id"], "name": entry["channel"]["name"]})
-
-    @app.delete("/deleteMessage")
-    def delete_message():
-        target = message_id(request.args)
-        channel = channel_in(request.args, required=False)
-        workspace.delete(target, channel["channel"]["id"] if channel else "")
-        return Response(status=200)
-
-    @app.get("/fetchMessage")
-    def fetch_message():
-        target = message_id(request.args)
-        channel = channel_in(request.args, required=False)
-        return jsonify(workspace.fetch(target, channel["channel"]["id"] if channel else ""))
-
-    @app.get("/fetchThreadReplies")
-    def fetch_thread_replies():
-        root_id = request.args.get("rootMessageId") or ""
-        if not root_id:
-            raise structured_error("rootMessageId is required")
-        limit = request.args.get("limit", "100")
-        if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
-            raise structured_error("limit must be an integer from 1 to 200")
-        channel = channel_in(request.args, required=False)
-        return jsonify(workspace.replies(root_id, channel["channel"]["id"] if channel else "",
-                                         request.args.get("cursor", ""), int(limit)))
-
-    @app.get("/listMessages")
-    def list_messages():
-        limit = request.args.get("limit", "100")
-        if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
-            raise structured_error("limit must be an integer from 1 to 200")
-        strategy = request.args.get("strategy", "BEFORE")
-        if strategy not in STRATEGIES:
-            raise structured_error("[Allowed values are BEFORE|AFTER|AROUND]")
-        channel = channel_in(request.args, required=True)
-        if channel["channel"]["channelType"] == "PRIVATE" and ADDON_BOT_ID not in channel["users"]:
-            raise legacy_error("Addon Bot is not a member of this channel")
-        return jsonify(workspace.page(channel["channel"]["id"], request.args.get("cursor", ""),
-                                      int(limit), strategy))
-
-    @app.get("/listChannels")
-    def list_channels():
-        return jsonify(workspace.channel_entries())
-
-    @app.get("/myInfo")
-    def my_info():
-        return jsonify(OWNER)
-
-    # -- control API: not Pumble's ------------------------------------------------------------
-
-    @app.get("/_fake/messages")
-    def posted_messages():
-        return jsonify({"messages": workspace.posted(request.args.get("channel", ""))})
-
-    @app.post("/_fake/channels")
-    def control_channel():
-        params = request.get_json(silent=True)
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str) \
-                or not normalize_channel_name(params["name"]):
-            return control_error("a JSON object with a non-empty name is required")
-        channel_type, bot_member = params.get("type", "PUBLIC"), params.get("bot_member")
-        if channel_type not in CHANNEL_TYPES:
-            return control_error("type must be PUBLIC or PRIVATE")
-        if bot_member is not None and not isinstance(bot_member, bool):
-            return control_error("bot_member must be a boolean")
-        entry = workspace.create_channel(params["name"], channel_type, bot_member=bool(bot_member))
-        if entry is None and bot_member is not None:
-            entry = workspace.set_bot_member(params["name"], bot_member)
-        return jsonify(entry or workspace.find_channel(name=params["name"]))
-
-    @app.route("/_fake/faults", methods=["GET", "POST", "DELETE"])
-    def control_faults():
-        if request.method == "POST":
-            changes = request.get_json(silent=True)
-            if not isinstance(changes, dict):
-                return control_error("a JSON object of faults is required")
-            try:
-                plan.merge(changes)
-            except ValueError as error:
-                return control_error(str(error))
-        elif request.method == "DELETE":
-            plan.clear()
-        return jsonify(plan.current().as_json())
-
-    @app.get("/_fake/")
-    def control_view():
-        messages = workspace.posted(request.args.get("channel", ""))
-        return render_template_string(CHANNEL_VIEW, emoji=EMOJI, count=len(messages),
-                                      threads=conversations(messages), linked=linked)
-
-    @app.get("/_fake/stats")
-    def control_stats():
-        counts = plan.counts
-        return jsonify({name: counts[name] for name in
-                        ("requests", "rate_limited", "failed", "dropped")})
-
-    @app.post("/_fake/reset")
-    def control_reset():
-        workspace.reset()
-        plan.clear()
-        return jsonify({"status": "ok"})
-
+    app.extensions[EXTENSION] = FakePumble(Workspace(channels), FaultPlan(faults, clock),
+                                           frozenset(keys), echo)
+    app.register_blueprint(api)
+    app.register_blueprint(control)
     return app
+
+
+def _fake() -> FakePumble:
+    return current_app.extensions[EXTENSION]
+
+
+# -- Pumble's API --------------------------------------------------------------------------------
+
+api = Blueprint("api", __name__)
+
+
+@api.app_errorhandler(ApiError)
+def _api_error(error: ApiError) -> tuple[Response, int, dict[str, str]]:
+    return jsonify(error.body), error.status, error.headers
+
+
+@api.app_errorhandler(404)
+def _unknown_path(_exc: Exception) -> tuple[Response, int]:
+    return jsonify({"error": "Not found"}), 404
+
+
+@api.app_errorhandler(405)
+def _wrong_method(_exc: Exception) -> tuple[Response, int]:
+    return jsonify({"error": "Method not allowed"}), 405
+
+
+@api.before_app_request  # every path but the control API's, unknown ones included
+def _guard() -> None:
+    if is_control():
+        return
+    fake = _fake()
+    pause = fake.plan.delay()
+    if pause > 0:
+        time.sleep(pause)
+    key = request.headers.get("ApiKey") or request.headers.get("Api-Key") or ""
+    if not key or (fake.accepted and key not in fake.accepted):
+        raise legacy_error("Invalid API key")
+    refusal = fake.plan.refusal(key)
+    if refusal is not None:
+        raise refusal
+
+
+@api.after_app_request
+def _maybe_drop(response: Response) -> Response:
+    if (request.method in ("POST", "DELETE") and not is_control()
+            and response.status_code == 200 and _fake().plan.take_drop()):
+        drop_connection()
+    return response
+
+
+def _post(channel_id: str, text: str, as_bot: bool, root_id: str = "",
+          also_to_channel: bool = False) -> Response:
+    fake = _fake()
+    message = fake.workspace.post(channel_id, text, as_bot, root_id, also_to_channel)
+    if fake.echo is not None:
+        name = fake.workspace.find_channel(channel_id)["channel"]["name"]
+        fake.echo(f"[fake-pumble] #{name}: {text}")
+    return jsonify({"id": message["id"], "channelId": channel_id})
+
+
+def _channel_in(params: Mapping[str, Any], required: bool) -> dict[str, Any] | None:
+    """The target channel's entry, None when none was named and none is required."""
+    channel_id, name = params.get("channelId") or "", params.get("channel") or ""
+    if not isinstance(channel_id, str) or not isinstance(name, str):
+        raise structured_error("channel and channelId must be strings")
+    if not channel_id and not name:
+        if required:
+            raise structured_error("channel or channelId is required")
+        return None
+    entry = _fake().workspace.find_channel(channel_id, name)
+    if entry is None:
+        raise channel_not_found()
+    return entry
+
+
+def _channel_id_in(params: Mapping[str, Any]) -> str:
+    """The id of the channel named with a message, "" when none is."""
+    channel = _channel_in(params, required=False)
+    return channel["channel"]["id"] if channel else ""
+
+
+@api.post("/sendMessage")
+def send_message() -> Response:
+    params = json_body()
+    text = text_in(params)
+    as_bot = flag(params, "asBot")
+    root_id = params.get("threadRootId") or ""
+    if not isinstance(root_id, str):
+        raise structured_error("threadRootId must be a string")
+    channel = _channel_in(params, required=True)
+    return _post(channel["channel"]["id"], text, as_bot, root_id)
+
+
+@api.post("/sendReply")
+def send_reply() -> Response:
+    params = json_body()
+    root_id, text = message_id(params), text_in(params)
+    as_bot, also_to_channel = flag(params, "asBot"), flag(params, "alsoSendToChannel")
+    channel_id = _channel_id_in(params) or _fake().workspace.fetch(root_id)["channelId"]
+    return _post(channel_id, text, as_bot, root_id, also_to_channel)
+
+
+@api.post("/addReaction")
+def add_reaction() -> Response:
+    params = json_body()
+    target = message_id(params)
+    reaction = params.get("reaction")
+    if not isinstance(reaction, str) or not 3 <= len(reaction) <= 100 \
+            or not REACTION.fullmatch(reaction):
+        raise structured_error("reaction must be an emoji code like :grin:")
+    tone = params.get("skinTone")
+    if tone is not None and (not isinstance(tone, int) or isinstance(tone, bool)
+                             or not 1 <= tone <= 6):
+        raise structured_error("skinTone must be an integer from 1 to 6")
+    _fake().workspace.react(target, _channel_id_in(params), reaction)
+    return jsonify({"status": "ok"})
+
+
+@api.post("/createChannel")
+def create_channel() -> Response:
+    params = json_body()
+    name, description = params.get("name"), params.get("description") or ""
+    if not isinstance(name, str) or not normalize_channel_name(name):
+        raise structured_error("name must be a non-empty string")
+    if params.get("type") not in CHANNEL_TYPES:
+        raise structured_error("[Allowed values are PUBLIC|PRIVATE]")
+    if not isinstance(description, str):
+        raise structured_error("description must be a string")
+    entry = _fake().workspace.create_channel(name, params["type"], description)
+    if entry is None:
+        raise structured_error("Channel with that name already exists")
+    return jsonify({"id": entry["channel"]["id"], "name": entry["channel"]["name"]})
+
+
+@api.delete("/deleteMessage")
+def delete_message() -> Response:
+    target = message_id(request.args)
+    _fake().workspace.delete(target, _channel_id_in(request.args))
+    return Response(status=200)
+
+
+@api.get("/fetchMessage")
+def fetch_message() -> Response:
+    target = message_id(request.args)
+    return jsonify(_fake().workspace.fetch(target, _channel_id_in(request.args)))
+
+
+def _limit() -> int:
+    limit = request.args.get("limit", "100")
+    if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
+        raise structured_error("limit must be an integer from 1 to 200")
+    return int(limit)
+
+
+@api.get("/fetchThreadReplies")
+def fetch_thread_replies() -> Response:
+    root_id = request.args.get("rootMessageId") or ""
+    if not root_id:
+        raise structured_error("rootMessageId is required")
+    limit = _limit()
+    return jsonify(_fake().workspace.replies(root_id, _channel_id_in(request.args),
+                                             request.args.get("cursor", ""), limit))
+
+
+@api.get("/listMessages")
+def list_messages() -> Response:
+    limit = _limit()
+    strategy = request.args.get("strategy", "BEFORE")
+    if strategy not in STRATEGIES:
+        raise structured_error("[Allowed values are BEFORE|AFTER|AROUND]")
+    channel = _channel_in(request.args, required=True)
+    if channel["channel"]["channelType"] == "PRIVATE" and ADDON_BOT_ID not in channel["users"]:
+        raise legacy_error("Addon Bot is not a member of this channel")
+    return jsonify(_fake().workspace.page(channel["channel"]["id"],
+                                          request.args.get("cursor", ""), limit, strategy))
+
+
+@api.get("/listChannels")
+def list_channels() -> Response:
+    return jsonify(_fake().workspace.channel_entries())
+
+
+@api.get("/myInfo")
+def my_info() -> Response:
+    return jsonify(OWNER)
+
+
+# -- control API: not Pumble's -------------------------------------------------------------------
+
+control = Blueprint("control", __name__, url_prefix="/_fake")
+
+
+@control.get("/messages")
+def posted_messages() -> Response:
+    return jsonify({"messages": _fake().workspace.posted(request.args.get("channel", ""))})
+
+
+@control.post("/channels")
+def control_channel() -> Response | tuple[Response, int]:
+    workspace = _fake().workspace
+    params = request.get_json(silent=True)
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str) \
+            or not normalize_channel_name(params["name"]):
+        return control_error("a JSON object with a non-empty name is required")
+    channel_type, bot_member = params.get("type", "PUBLIC"), params.get("bot_member")
+    if channel_type not in CHANNEL_TYPES:
+        return control_error("type must be PUBLIC or PRIVATE")
+    if bot_member is not None and not isinstance(bot_member, bool):
+        return control_error("bot_member must be a boolean")
+    entry = workspace.create_channel(params["name"], channel_type, bot_member=bool(bot_member))
+    if entry is None and bot_member is not None:
+        entry = workspace.set_bot_member(params["name"], bot_member)
+    return jsonify(entry or workspace.find_channel(name=params["name"]))
+
+
+@control.route("/faults", methods=["GET", "POST", "DELETE"])
+def control_faults() -> Response | tuple[Response, int]:
+    plan = _fake().plan
+    if request.method == "POST":
+        changes = request.get_json(silent=True)
+        if not isinstance(changes, dict):
+            return control_error("a JSON object of faults is required")
+        try:
+            plan.merge(changes)
+        except ValueError as error:
+            return control_error(str(error))
+    elif request.method == "DELETE":
+        plan.clear()
+    return jsonify(plan.current().as_json())
+
+
+@control.get("/")
+def control_view() -> str:
+    messages = _fake().workspace.posted(request.args.get("channel", ""))
+    return render_template_string(CHANNEL_VIEW, emoji=EMOJI, count=len(messages),
+                                  threads=conversations(messages), linked=linked)
+
+
+@control.get("/stats")
+def control_stats() -> Response:
+    counts = _fake().plan.counts
+    return jsonify({name: counts[name] for name in
+                    ("requests", "rate_limited", "failed", "dropped")})
+
+
+@control.post("/reset")
+def control_reset() -> Response:
+    fake = _fake()
+    fake.workspace.reset()
+    fake.plan.clear()
+    return jsonify({"status": "ok"})
 
 
 def print_message(line: str) -> None:

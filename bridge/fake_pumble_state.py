@@ -26,7 +26,6 @@ OWNER = {"id": OWNER_USER_ID, "name": "Fake Owner", "email": "owner@example.com"
          "workspaceId": WORKSPACE_ID, "role": "ADMINISTRATOR"}
 DEFAULT_CHANNELS = ("general", "random")
 CHANNEL_TYPES = ("PUBLIC", "PRIVATE")
-STRATEGIES = ("BEFORE", "AFTER", "AROUND")
 RATE_WINDOW_SECONDS = 60.0
 
 

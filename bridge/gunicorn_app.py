@@ -35,6 +35,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bridge.reload import Reloader
+from bridge.web import receiver_of
 
 # A request (headers and body) not all here this many seconds after its first byte could come is
 # answered 408 and its connection closed. Platforms send a webhook at once, in well under this.
@@ -73,7 +74,7 @@ class GunicornApp(BaseApplication):
     @property
     def pipelines(self) -> Reloader:
         assert self._app is not None, "run() makes the app"
-        return self._app.config["reloader"]
+        return receiver_of(self._app).pipelines
 
     def reload(self) -> None:  # SIGHUP, in the master: read the file before the new workers
         self.pipelines.reload_if_changed()

@@ -13,7 +13,9 @@ the access log) go through the same handler.
 Secrets: every value the config holds as a secret (Pumble keys, webhook signing secrets,
 source API tokens, the admin token, the Redis password) is replaced by ``[redacted]`` in any
 line, its arguments, its context fields and its traceback, should a bug or a library ever log
-one. ``redact_secrets(config)`` adds a config's secrets; the CLI calls it whenever it loads one.
+one. The process builds its ``Redactor`` and installs it with ``setup``;
+``redact_secrets(config, redactor)`` adds a config's secrets to it, which the CLI does whenever
+it loads one.
 A secret of ``SAFE_SECRET_LENGTH`` characters or more is masked wherever it occurs; a shorter
 one only where it stands whole (between ``:`` and ``@`` in a URL, after ``key=``, in quotes),
 not inside a longer word, which a short value would garble ("embedded Redi[redacted]").
@@ -129,9 +131,6 @@ def _occurrence(secret: str) -> str:
     return f"{before}{escaped}{after}"
 
 
-REDACTOR = Redactor()
-
-
 def _secrets_by_place(config: Config) -> dict[str, str]:
     """Where each secret value of a config is (a dotted path) -> the value: its SecretStr fields
     wherever they are, credential-like keys of the sources' platform options, and the password
@@ -178,7 +177,7 @@ def short_secrets(config: Config) -> list[str]:
             if len(value) < SAFE_SECRET_LENGTH]
 
 
-def redact_secrets(config: Config, redactor: Redactor = REDACTOR) -> None:
+def redact_secrets(config: Config, redactor: Redactor) -> None:
     """From now on, mask this config's secrets in every line the handler writes."""
     redactor.add(config_secrets(config))
 
@@ -209,12 +208,13 @@ def choose_format(stream: IO[str], environ: Mapping[str, str] = os.environ) -> s
         return "json"
 
 
-def setup(*, stream: IO[str] | None = None, fmt: str | None = None, level: int = logging.INFO,
-          force: bool = False, redactor: Redactor = REDACTOR) -> logging.Handler | None:
+def setup(*, redactor: Redactor, stream: IO[str] | None = None, fmt: str | None = None,
+          level: int = logging.INFO, force: bool = False) -> logging.Handler | None:
     """Log to stderr (or ``stream``) as JSON or text (``fmt``, else ``choose_format``), with
-    secrets masked. Like ``logging.basicConfig``, leaves alone a process whose logging was set
-    up by someone else (a test runner, an application embedding the bridge) unless ``force``;
-    calling it again replaces the handler it installed. Returns the handler, or None."""
+    the secrets ``redactor`` knows (now and later) masked. Like ``logging.basicConfig``, leaves
+    alone a process whose logging was set up by someone else (a test runner, an application
+    embedding the bridge) unless ``force``; calling it again replaces the handler it installed.
+    Returns the handler, or None."""
     root = logging.getLogger()
     ours = [h for h in root.handlers if getattr(h, "_bridge_handler", False)]
     if root.handlers and not ours and not force:

@@ -41,20 +41,24 @@ answers when Redis does not, with ``redis_up 0`` and without these):
 
 Several processes (prometheus-client's multiprocess mode)
 ---------------------------------------------------------
+Each process makes one ``Metrics`` and hands it to what counts (the receiver's app, its
+config reloader, the worker's deliverer and rate limiter); nothing here is made at import.
 ``serve`` runs several gunicorn workers and ``worker`` processes run beside them; a scrape is
 answered by one gunicorn worker but must add up all of them. So ``serve``, ``worker`` and
-``run`` call ``enable_multiprocess()`` first thing, before anything imports prometheus_client
-(this module imports it only when the first metric is recorded or served): it sets
-``PROMETHEUS_MULTIPROC_DIR`` (kept if already set, else ``<BRIDGE_DATA_DIR>/metrics``) in the
-process's environment, where gunicorn's forked workers and the subprocesses of ``run`` find
-it. Each process then writes its values to its own files there (``counter_<pid>.db``, …) and
-``/metrics`` sums every file. Without it (a library use, the tests' in-process receiver and
-workers) metrics stay in the process and ``/metrics`` shows that process's.
+``run`` use ``Metrics.shared(directory)`` (``directory()``: ``PROMETHEUS_MULTIPROC_DIR`` if
+set, else ``<BRIDGE_DATA_DIR>/metrics``). prometheus_client takes that directory from the
+process's environment only, when it is first imported (this module imports it only when a
+``Metrics`` is made): the CLI puts it there first thing, where gunicorn's forked workers and
+the subprocesses of ``run`` find it too, and ``Metrics.shared`` refuses a directory other than
+the one prometheus_client counts into. Each process then writes its values to its own files
+there (``counter_<pid>.db``, …) and ``/metrics`` sums every file. A plain ``Metrics()`` (a
+library use, the tests' in-process receiver and workers) keeps its counts in the process, and
+``/metrics`` shows those.
 
 Cleaning up. A dead process's counter and histogram files must stay while anything else runs:
 their counts are part of the totals, and removing them would make counters go backwards. They
 are removed when nothing uses the directory any more, at the next start: every process that
-enables the directory holds a shared ``flock`` on ``<dir>/.lock`` for its whole life (gunicorn's
+shares the directory holds a shared ``flock`` on ``<dir>/.lock`` for its whole life (gunicorn's
 workers and rq's scheduler share their parent's by fork); a starting process first tries for it
 exclusively, without waiting, and only if it gets it (so no other live process uses the
 directory) deletes the ``*.db`` files before taking its shared lock. The kernel drops a
@@ -74,15 +78,13 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ParamSpec
+from typing import IO, TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 import redis
-
-from bridge.config import data_dir
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -94,8 +96,6 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".lock"
 PREFIX = "pumble_bridge_"
 
-WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ping", "bad_signature", "rejected", "unavailable",
-                    "error")
 DELIVERY_OUTCOMES = ("sent", "in_digest", "retry", "waiting", "dead_lettered", "error")
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -109,95 +109,112 @@ _TYPE_LABEL = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 # -- the directory -------------------------------------------------------------------------------
 
-def directory(environ: Mapping[str, str] = os.environ) -> Path:
-    """``PROMETHEUS_MULTIPROC_DIR`` if set, else ``<BRIDGE_DATA_DIR>/metrics``."""
-    return Path(environ.get(ENV) or data_dir(environ) / "metrics").resolve()
+def directory(environ: Mapping[str, str], data: Path) -> Path:
+    """``PROMETHEUS_MULTIPROC_DIR`` if ``environ`` sets it, else ``<data>/metrics``."""
+    return Path(environ.get(ENV) or data / "metrics").resolve()
 
 
-_claims: dict[Path, IO[str]] = {}
-_claims_lock = threading.Lock()
+@dataclass
+class Claim:
+    """A process's hold on a metrics directory (see the module docstring): until released, or
+    the process ends."""
+
+    path: Path
+    wiped: bool  # it deleted the files of earlier runs: no other live process held the directory
+    lock: IO[str]
+
+    def release(self) -> None:
+        self.lock.close()
 
 
-def enable_multiprocess() -> Path:
-    """Count into the shared directory (see the module docstring); call before anything records
-    a metric. Returns the directory. Idempotent within a process."""
-    path = directory()
-    if "prometheus_client" in sys.modules and not _multiprocess_mode():
-        raise RuntimeError("prometheus_client was imported before the metrics directory was set "
-                           f"({ENV}); call bridge.metrics.enable_multiprocess() first")
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ[ENV] = str(path)  # prometheus_client reads it; children inherit it
-    claim(path)
-    return path
-
-
-def claim(path: Path) -> bool:
-    """Hold ``path`` as in use by this process (until it exits); first delete the files of
-    earlier runs if no other live process holds it. True when it deleted them."""
+def claim(path: Path) -> Claim:
+    """Hold ``path`` as in use by this process; first delete the files of earlier runs if no
+    other live process (or other claim of this one) holds it."""
     path = Path(path)
-    with _claims_lock:
-        if path in _claims:
-            return False
-        lock = (path / LOCK_FILE).open("a")  # held open for the life of the process
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            wiped = False
-        else:
-            for stale in path.glob("*.db"):
-                stale.unlink(missing_ok=True)
-            wiped = True
-        fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another starting process wipes
-        _claims[path] = lock
-        return wiped
+    lock = (path / LOCK_FILE).open("a")  # held open for as long as the claim lasts
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        wiped = False
+    else:
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        wiped = True
+    fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another starting process wipes
+    return Claim(path, wiped, lock)
 
 
-def release(path: Path) -> None:
-    """Give up this process's claim on ``path`` (tests; a process's claim ends with it)."""
-    with _claims_lock:
-        lock = _claims.pop(Path(path), None)
-    if lock is not None:
-        lock.close()
+def _counted_into() -> Path | None:
+    """The directory prometheus_client counts into in this process; None in its in-process
+    mode. Before it is imported: the one it will count into."""
+    if "prometheus_client" in sys.modules:
+        from prometheus_client import values
 
-
-def gunicorn_child_exit(_server: Any, worker: Any) -> None:
-    """gunicorn's ``child_exit`` hook (in the master): forget the exited worker's live gauges."""
-    if _multiprocess_mode():
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid, os.environ[ENV])
-
-
-def _multiprocess_mode() -> bool:
-    if "prometheus_client" not in sys.modules:
-        return ENV in os.environ
-    from prometheus_client import values
-
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+        if not getattr(values.ValueClass, "_multiprocess", False):
+            return None
+    named = os.environ.get(ENV)
+    return Path(named).resolve() if named else None
 
 
 # -- the metrics -------------------------------------------------------------------------------
 
-class _Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            Histogram,
-            disable_created_metrics,
-        )
+def _never_raises(
+        record: Callable[Concatenate[Metrics, P], None]) -> Callable[Concatenate[Metrics, P], None]:
+    """Counting must never fail a webhook or a send (a metrics directory deleted under a
+    running process, a full disk): the failure is logged once and the count is lost."""
+
+    @functools.wraps(record)
+    def guarded(self: Metrics, *args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            record(self, *args, **kwargs)
+        except Exception:
+            if not self.failed:
+                self.failed = True
+                log.exception("metrics: cannot record %s; further failures are not logged",
+                              record.__name__)
+
+    return guarded
+
+
+class Metrics:
+    """What one process counts. ``Metrics()`` keeps the counts in the process;
+    ``Metrics.shared(directory)`` adds them up with every process counting into that directory.
+    Make one a process (two in one multiprocess directory would overwrite each other's counts)
+    and hand it to whatever counts."""
+
+    def __init__(self, claimed: Claim | None = None) -> None:
+        from prometheus_client import CollectorRegistry, disable_created_metrics
 
         disable_created_metrics()  # as in multiprocess mode, which has no _created series
+        self.claimed = claimed  # the shared directory, held for as long as this lives
+        self.failed = False  # a count was lost (and logged)
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._define(self.registry)
+
+    @classmethod
+    def shared(cls, path: Path) -> Metrics:
+        """Count into ``path`` with the machine's other processes (see the module docstring);
+        RuntimeError when prometheus_client counts elsewhere in this process."""
+        path = Path(path).resolve()
+        counted_into = _counted_into()
+        if counted_into is None:
+            raise RuntimeError("prometheus_client was imported before the metrics directory was "
+                               f"set ({ENV}={path}): set it first thing")
+        if counted_into != path:
+            raise RuntimeError(f"prometheus_client counts into {counted_into}, not {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(claim(path))
+
+    def _define(self, r: Any) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
         self.events_received = Counter(
             PREFIX + "events_received", "Webhooks answered by the receiver, by outcome.",
             ["source", "type", "outcome"], registry=r)
         self.ack_latency = Histogram(
             PREFIX + "ack_latency_seconds", "Time from a webhook reaching the receiver to its "
             "answer.", ["outcome"], buckets=ACK_BUCKETS, registry=r)
-        self.enqueued = Counter(
+        self.enqueued_total = Counter(
             PREFIX + "notifications_enqueued", "Notifications stored as delivery jobs.",
             ["route"], registry=r)
         self.deliveries = Counter(
@@ -206,62 +223,90 @@ class _Metrics:
         self.retries = Counter(
             PREFIX + "delivery_retries", "Failed sends that will be tried again, by error.",
             ["route", "error"], registry=r)
-        self.dead_lettered = Counter(
+        self.dead_lettered_total = Counter(
             PREFIX + "dead_lettered", "Notifications that became dead letters.",
             ["route"], registry=r)
-        self.ratelimit_wait = Histogram(
+        self.ratelimit_waits = Histogram(
             PREFIX + "ratelimit_wait_seconds", "Time waited for a Pumble rate-limit slot.",
             ["kind"], buckets=WAIT_BUCKETS, registry=r)
-        self.end_to_end = Histogram(
+        self.end_to_end_seconds = Histogram(
             PREFIX + "end_to_end_seconds", "Time from the receiver accepting a webhook to "
             "Pumble's answer to its message.", ["route"], buckets=END_TO_END_BUCKETS,
             registry=r)
-        self.config_valid = Gauge(
+        self.config_valid_gauge = Gauge(
             PREFIX + "config_valid", "1 while the config file as it is on disk is in force, 0 "
             "once a change to it was refused.", multiprocess_mode="mostrecent", registry=r)
 
+    # -- recording ---------------------------------------------------------------------------
 
-_metrics: _Metrics | None = None
-_metrics_lock = threading.Lock()
-_failed = False
+    @_never_raises
+    def webhook_answered(self, source: str | None, event_type: str | None, status: int,
+                         seconds: float) -> None:
+        """One webhook answered with ``status`` after ``seconds``. ``source`` only when the
+        config names it; ``event_type`` once the body was read (None for a set-up ping)."""
+        outcome = _webhook_outcome(status, event_type)
+        self.events_received.labels(source or UNKNOWN, _type_label(event_type), outcome).inc()
+        self.ack_latency.labels(outcome).observe(max(0.0, seconds))
 
+    @_never_raises
+    def enqueued(self, route: str) -> None:
+        self.enqueued_total.labels(route).inc()
 
-def _never_raises(record: Callable[P, None]) -> Callable[P, None]:
-    """Counting must never fail a webhook or a send (a metrics directory deleted under a
-    running process, a full disk): the failure is logged once and the count is lost."""
+    @_never_raises
+    def delivery(self, route: str, outcome: str) -> None:
+        """How one run of a delivery job ended (one of ``DELIVERY_OUTCOMES``)."""
+        if outcome not in DELIVERY_OUTCOMES:
+            raise ValueError(f"unknown delivery outcome {outcome!r}")
+        self.deliveries.labels(route, outcome).inc()
 
-    @functools.wraps(record)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
-        global _failed
-        try:
-            record(*args, **kwargs)
-        except Exception:
-            if not _failed:
-                _failed = True
-                log.exception("metrics: cannot record %s; further failures are not logged",
-                              record.__name__)
+    @_never_raises
+    def retry(self, route: str, error: str) -> None:
+        self.retries.labels(route, error).inc()
 
-    return guarded
+    @_never_raises
+    def dead_lettered(self, route: str) -> None:
+        self.dead_lettered_total.labels(route).inc()
 
+    @_never_raises
+    def ratelimit_wait(self, kind: str, seconds: float) -> None:
+        self.ratelimit_waits.labels(kind).observe(max(0.0, seconds))
 
-def _m() -> _Metrics:
-    global _metrics
-    if _metrics is None:
-        with _metrics_lock:
-            if _metrics is None:
-                _metrics = _Metrics()
-    return _metrics
+    @_never_raises
+    def end_to_end(self, route: str, received_at: float, answered_at: float) -> None:
+        """A send Pumble answered at ``answered_at`` for a webhook accepted at ``received_at``."""
+        if received_at > 0:
+            self.end_to_end_seconds.labels(route).observe(max(0.0, answered_at - received_at))
 
+    @_never_raises
+    def config_valid(self, valid: bool) -> None:
+        self.config_valid_gauge.set(1 if valid else 0)
 
-@_never_raises
-def webhook_answered(source: str | None, event_type: str | None, status: int,
-                     seconds: float) -> None:
-    """One webhook answered with ``status`` after ``seconds``. ``source`` only when the config
-    names it; ``event_type`` once the body was read (None for a set-up ping)."""
-    outcome = _webhook_outcome(status, event_type)
-    m = _m()
-    m.events_received.labels(source or UNKNOWN, _type_label(event_type), outcome).inc()
-    m.ack_latency.labels(outcome).observe(max(0.0, seconds))
+    # -- the scrape and the gunicorn hook --------------------------------------------------------
+
+    def exposition(self, queue: Queue | None = None) -> tuple[bytes, str]:
+        """The text format for ``GET /metrics``: this machine's processes (for a shared one; else
+        this process's) and, with ``queue``, its state in Redis. Returns (body, content type)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry(auto_describe=False)
+        if self.claimed is not None:
+            from prometheus_client import multiprocess
+
+            self.claimed.path.mkdir(parents=True, exist_ok=True)
+            multiprocess.MultiProcessCollector(registry, str(self.claimed.path))
+        else:
+            registry.register(_Forward(self.registry))
+        if queue is not None:
+            registry.register(QueueCollector(queue))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def gunicorn_child_exit(self, _server: Any, worker: Any) -> None:
+        """gunicorn's ``child_exit`` hook (in the master): forget the exited worker's live
+        gauges."""
+        if self.claimed is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, str(self.claimed.path))
 
 
 def _webhook_outcome(status: int, event_type: str | None) -> str:
@@ -280,68 +325,6 @@ def _type_label(event_type: str | None) -> str:
     if not event_type:
         return UNKNOWN
     return event_type if _TYPE_LABEL.match(event_type) else "other"
-
-
-@_never_raises
-def enqueued(route: str) -> None:
-    _m().enqueued.labels(route).inc()
-
-
-@_never_raises
-def delivery(route: str, outcome: str) -> None:
-    """How one run of a delivery job ended (one of ``DELIVERY_OUTCOMES``)."""
-    if outcome not in DELIVERY_OUTCOMES:
-        raise ValueError(f"unknown delivery outcome {outcome!r}")
-    _m().deliveries.labels(route, outcome).inc()
-
-
-@_never_raises
-def retry(route: str, error: str) -> None:
-    _m().retries.labels(route, error).inc()
-
-
-@_never_raises
-def dead_lettered(route: str) -> None:
-    _m().dead_lettered.labels(route).inc()
-
-
-@_never_raises
-def ratelimit_wait(kind: str, seconds: float) -> None:
-    _m().ratelimit_wait.labels(kind).observe(max(0.0, seconds))
-
-
-@_never_raises
-def end_to_end(route: str, received_at: float, answered_at: float) -> None:
-    """A send Pumble answered at ``answered_at`` for a webhook accepted at ``received_at``."""
-    if received_at > 0:
-        _m().end_to_end.labels(route).observe(max(0.0, answered_at - received_at))
-
-
-@_never_raises
-def config_valid(valid: bool) -> None:
-    _m().config_valid.set(1 if valid else 0)
-
-
-# -- the scrape ----------------------------------------------------------------------------------
-
-def exposition(queue: Queue | None = None) -> tuple[bytes, str]:
-    """The text format for ``GET /metrics``: this machine's processes (or, without multiprocess
-    mode, this one's) and, with ``queue``, its state in Redis. Returns (body, content type)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    m = _m()  # defines the metrics, so they are listed (empty) before anything happened
-    registry = CollectorRegistry(auto_describe=False)
-    if _multiprocess_mode():
-        from prometheus_client import multiprocess
-
-        path = os.environ[ENV]
-        Path(path).mkdir(parents=True, exist_ok=True)
-        multiprocess.MultiProcessCollector(registry, path)
-    else:
-        registry.register(_Forward(m.registry))
-    if queue is not None:
-        registry.register(QueueCollector(queue))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class _Forward:

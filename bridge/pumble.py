@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from bridge.config import DEFAULT_PUMBLE_BASE_URL
+from bridge.retry import READ_RETRIES, read_retries
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def _target(channel: str, channel_id: str) -> dict[str, str]:
 class PumbleClient:
     """One per process: keeps connections alive across calls.
 
-    Reads (list, fetch) are retried here on transient failures, ``read_retries`` times; writes
-    are sent exactly once (a retried write can post twice).
+    Reads (list, fetch) are retried here on transient failures, ``read_retries`` times, with
+    bridge.retry's backoff; writes are sent exactly once (a retried write can post twice).
     """
 
     def __init__(
@@ -152,7 +152,7 @@ class PumbleClient:
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
-        read_retries: int = 2,
+        read_retries: int = READ_RETRIES,
         transport: httpx.BaseTransport | None = None,
     ):
         if not api_key:
@@ -303,14 +303,10 @@ class PumbleClient:
         return self._request(method, path, write=True, **kwargs)
 
     def _read(self, path: str, **kwargs: Any) -> Any:
-        for attempt in range(self.read_retries + 1):
-            try:
+        for attempt in read_retries((TransientError, RateLimitedError), self.read_retries + 1):
+            with attempt:
                 return self._request("GET", path, write=False, **kwargs)
-            except (TransientError, RateLimitedError) as exc:
-                if attempt == self.read_retries:
-                    raise
-                time.sleep(_read_backoff(attempt, exc))
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last failed try raises")
 
     def _request(self, method: str, path: str, *, write: bool, **kwargs: Any) -> Any:
         try:
@@ -329,17 +325,6 @@ class PumbleClient:
                 raise TransientError(f"{method} {path}: answer is not JSON",
                                      status=response.status_code) from None
         raise _error_for(method, path, response)
-
-
-READ_BACKOFF_BASE = 0.25
-READ_BACKOFF_CAP = 8.0
-
-
-def _read_backoff(attempt: int, error: PumbleError) -> float:
-    """Seconds before retrying a read: the server's Retry-After, else jittered exponential."""
-    if isinstance(error, RateLimitedError) and error.retry_after is not None:
-        return min(error.retry_after, READ_BACKOFF_CAP)
-    return min(READ_BACKOFF_CAP, READ_BACKOFF_BASE * 2**attempt * random.uniform(0.5, 1.5))
 
 
 def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:

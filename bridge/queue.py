@@ -1,16 +1,17 @@
-"""Put notifications on the RQ queue durably, once each. The only module that knows RQ's keys.
+"""Put notifications on the RQ queue durably, once each.
 
 A notification's job id is derived from (queue, source, delivery id, route), and a job is written
 only if none with its id exists: a shop re-delivering the same webhook cannot make a second job
 while the first exists (a plain ``job_id=`` would run it twice).
 
-A webhook is accepted in one step (``accept``): one Lua script checks its delivery id against
-the dedupe window, keeps the webhook, writes each notification's job (the hash fields rq's Job
-makes; the same check-and-write as rq's ``unique=True`` enqueue) with its thread root and
-digest backlog entries, marks the delivery seen and records it for the admin page. One round
-trip instead of eight, and atomic: a crash leaves all of it or none, so a platform's retry never
-finds a seen marker without its jobs. When the Redis has replicas, ``accept`` returns only once
-the write reached them (``redis.min_replicas``): a failover then loses nothing acknowledged.
+A webhook is accepted in one step (``accept``): one Lua script (bridge.store.accept) checks
+its delivery id against the dedupe window, keeps the webhook, writes each notification's job
+(the hash fields rq's Job makes; the same check-and-write as rq's ``unique=True`` enqueue) with
+its thread root and digest backlog entries, marks the delivery seen and records it for the
+admin page. One round trip instead of eight, and atomic: a crash leaves all of it or none, so a
+platform's retry never finds a seen marker without its jobs. When the Redis has replicas,
+``accept`` returns only once the write reached them (``redis.min_replicas``): a failover then
+loses nothing acknowledged.
 """
 
 from __future__ import annotations
@@ -26,28 +27,29 @@ from urllib.parse import unquote
 
 import orjson
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError
-from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel, SentinelManagedConnection
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import now, utcformat
 
 from bridge.config import DeliverySettings, RedisSettings
 from bridge.digest import Backlog
 from bridge.notification import Notification
+from bridge.retry import (
+    CRASH_RETRIES,
+    REDIS_PATIENT,
+    REDIS_PATIENT_RETRIES,
+    REDIS_PROMPT,
+    REDIS_PROMPT_RETRIES,
+)
+from bridge.store import scripts
+from bridge.store.accept import Accept, ListEntry, NewJob, Webhook
+from bridge.store.keys import Keys
 from bridge.threads import EXPECTED, ThreadRoots
 
 DELIVER = "bridge.delivery.deliver"
 RESULT_TTL = 24 * 3600  # a delivered job is kept a day: the window in which re-deliveries dedupe
 FAILURE_TTL = 30 * 24 * 3600  # dead letters stay a month for inspection and retry
-# The job's own failures are decided by bridge.delivery; this net only catches a worker that
-# died mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times. The first
-# time at once: the job was already given up for dead, and a dead worker's scheduler lock would
-# hold a scheduled run back for another minute.
-CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 
 
 # The worker rides out a Redis restart of about a minute mid-job instead of dying with the job
@@ -56,14 +58,14 @@ CRASH_RETRIES = Retry(max=3, interval=[0, 30, 120])
 # asks Sentinel again.
 PATIENT: dict[str, Any] = {
     "socket_connect_timeout": 2,
-    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=2, base=0.1), 60),
+    "retry": REDIS_PATIENT.redis_retry(REDIS_PATIENT_RETRIES),
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     "health_check_interval": 30,
 }
 PROMPT: dict[str, Any] = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
-    "retry": RedisRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+    "retry": REDIS_PROMPT.redis_retry(REDIS_PROMPT_RETRIES),
 }
 SENTINEL_SCHEME = "redis+sentinel://"
 
@@ -123,74 +125,12 @@ def job_id(queue: str, notification: Notification) -> str:
     return "n-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _event_digest(source: str, event_id: str) -> str:
-    return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
-
-
-# Replicas that are online (not still syncing): ROLE is not allowed in scripts, INFO is.
-_ONLINE_REPLICAS = """
-local function online_replicas(wanted)
-  if wanted == '' then return -1 end
-  local _, online = string.gsub(redis.call('INFO', 'replication'), 'state=online', '')
-  return online
-end
-"""
-# Makes a write for /readyz to try. KEYS: 1 the probe key. ARGV: 1 its ttl (ms), 2 as the
-# accept script's 8. Returns the online replicas (-1: not counted).
-_PROBE = _ONLINE_REPLICAS + """
-redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
-return online_replicas(ARGV[2])
-"""
 PROBE_TTL_MS = 60_000
 
 
 class NotReplicated(redis.RedisError):
     """A write did not reach ``redis.min_replicas`` replicas within
     ``redis.replica_timeout_ms``: it may be lost in a failover, so it is not acknowledged."""
-
-
-# KEYS: 1 seen marker, 2 stored webhook, 3 the rq queue, 4 rq's set of queues, 5 the activity
-# list; then per notification: its job, its thread root ('' for none), its backlog ('' for none).
-# ARGV: 1 dedupe window (0: none), 2 webhook record ('' : none), 3 its ttl, 4 activity entry
-# ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker, 8 '1' to
-# count the online replicas ('' : don't); then per notification: job id, root ttl, backlog
-# score, number of job fields, fields and values.
-# Returns {0, replicas} for a delivery seen before, else {1, replicas, then 1 (written) or 0
-# (job already there) per notification}; replicas is -1 when not counted.
-_ACCEPT = _ONLINE_REPLICAS + """
-local window = tonumber(ARGV[1])
-if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  -- Written again as it is: a write to WAIT for, which reaches a replica only after the
-  -- first accept's, so a re-delivery is acknowledged only once those are replicated too.
-  redis.call('SET', KEYS[1], 1, 'KEEPTTL')
-  return {0, online_replicas(ARGV[8])}
-end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
-local written = {1, online_replicas(ARGV[8])}
-local at = 9
-for i = 0, tonumber(ARGV[6]) - 1 do
-  local job, root, backlog = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
-  local id, root_ttl, score = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local first = at + 4
-  at = first + 2 * tonumber(ARGV[at + 3])
-  if redis.call('EXISTS', job) == 1 then
-    written[#written + 1] = 0
-  else
-    redis.call('HSET', job, unpack(ARGV, first, at - 1))
-    redis.call('RPUSH', KEYS[3], id)
-    redis.call('SADD', KEYS[4], KEYS[3])
-    if root ~= '' then redis.call('SET', root, ARGV[7], 'EX', root_ttl, 'NX') end
-    if backlog ~= '' then redis.call('ZADD', backlog, score, id) end
-    written[#written + 1] = 1
-  end
-end
-if window > 0 then redis.call('SET', KEYS[1], 1, 'EX', window) end
-if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[5], ARGV[4])
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
-end
-return written
-"""
 
 
 @dataclass(frozen=True)
@@ -207,26 +147,9 @@ class Received:
 
 
 @dataclass(frozen=True)
-class ListEntry:
-    """A line for a capped Redis list (the activity record), pushed by ``accept`` when the
-    delivery is not one seen before."""
-
-    key: str
-    entry: bytes  # JSON
-    keep: int
-
-
-@dataclass(frozen=True)
 class Accepted:
     duplicate: bool  # the delivery id was seen within the dedupe window: nothing was written
     written: tuple[bool, ...] = ()  # per notification: False when its job was already there
-
-
-PER_JOB = ("created_at", "enqueued_at", "data")
-
-
-def _text(value: Any) -> Any:
-    return value if isinstance(value, bytes | str) else str(value)
 
 
 class NotificationQueue:
@@ -238,21 +161,21 @@ class NotificationQueue:
         self.replication = replication or RedisSettings()
         self.backlog = Backlog(connection, name, ttl=FAILURE_TTL)
         self.roots = ThreadRoots(connection, name, ttl=FAILURE_TTL)
-        self._seen_prefix = f"pumble-bridge:{name}:seen:"
-        self._event_prefix = f"pumble-bridge:{name}:event:"
-        self._accept = connection.register_script(_ACCEPT)
-        self._probe = connection.register_script(_PROBE)
-        self._probe_key = f"pumble-bridge:{name}:writable"
-        self._count_replicas = "1" if self.replication.min_replicas is None else ""
-        self._job_template: list[Any] | None = None
+        self.keys = Keys(name)
+        template = Job.create(DELIVER, args=[{}], connection=connection,
+                              serializer=self.rq.serializer, id="n-template",
+                              status=JobStatus.QUEUED, origin=name,
+                              description="deliver",  # not the text: it would be logged
+                              timeout=self.delivery.job_timeout, result_ttl=RESULT_TTL,
+                              failure_ttl=FAILURE_TTL, retry=CRASH_RETRIES)
+        self._accept = Accept(self.rq, template, EXPECTED)
+        self._probe = connection.register_script(scripts.PROBE)
+        self._count_replicas = self.replication.min_replicas is None
         self._per_thread = threading.local()
-
-    def _seen_key(self, source: str, event_id: str) -> str:
-        return self._seen_prefix + _event_digest(source, event_id)
 
     def seen(self, source: str, event_id: str) -> bool:
         """True when this delivery was accepted before, within the dedupe window."""
-        return bool(self.rq.connection.exists(self._seen_key(source, event_id)))
+        return bool(self.rq.connection.exists(self.keys.seen(source, event_id)))
 
     def accept(self, notifications: Sequence[Notification], *, received: Received | None = None,
                dedupe_window: int = 0, activity: ListEntry | None = None) -> Accepted:
@@ -264,12 +187,9 @@ class NotificationQueue:
         when Redis cannot be written (then nothing was), and NotReplicated (a RedisError too)
         when the write did not reach them in time (then a retry of the delivery is a duplicate,
         acknowledged once they have it)."""
-        seen_key = event_key = record = ""
-        record_ttl = window = 0
+        webhook = None
         if received is not None:
-            seen_key = self._seen_key(received.source, received.event_id)
-            event_key = self._event_key(received.source, received.event_id)
-            window = dedupe_window
+            record, record_ttl = b"", 0
             if notifications or received.dead_letters:  # else nothing may need it again
                 record = orjson.dumps({"source": received.source,
                                        "event_id": received.event_id,
@@ -278,25 +198,17 @@ class NotificationQueue:
                 # A dead letter keeps its webhook as long as itself (keep_event).
                 record_ttl = (FAILURE_TTL if received.dead_letters
                               else self.delivery.max_age + 3600)
-        keys: list[str] = [seen_key, event_key, self.rq.key, self.rq.redis_queues_keys,
-                           activity.key if activity else ""]
-        args: list[Any] = [window, record, record_ttl, activity.entry if activity else "",
-                           activity.keep if activity else 0, len(notifications), EXPECTED,
-                           self._count_replicas]
-        for notification in notifications:
-            new_id = job_id(self.rq.name, notification)
-            root = self.roots.key(notification) if notification.starts_thread else ""
-            keys += [self.rq.job_class.key_for(new_id), root,
-                     self.backlog.key(notification)]
-            fields = self._job_fields(new_id, notification)
-            args += [new_id, self.delivery.max_age, notification.received_at, len(fields) // 2,
-                     *fields]
+            webhook = Webhook(self.keys.seen(received.source, received.event_id),
+                              self.keys.event(received.source, received.event_id),
+                              dedupe_window, record, record_ttl)
+        jobs = [NewJob(job_id(self.rq.name, notification), (DELIVER, (notification.to_payload(),)),
+                       line=self.backlog.key(notification),
+                       received_at=notification.received_at,
+                       root=self.roots.key(notification) if notification.starts_thread else "",
+                       root_ttl=self.delivery.max_age)
+                for notification in notifications]
         client = self._thread_client()
-        try:  # not through the Script object: it copies every argument twice, for nothing here
-            answer = client.evalsha(self._accept.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted (or other) Redis: load it, once
-            client.script_load(_ACCEPT)
-            answer = client.evalsha(self._accept.sha, len(keys), *keys, *args)
+        answer = self._accept.run(client, webhook, jobs, activity, self._count_replicas)
         self._replicate(client, answer[1])
         if not answer[0]:
             return Accepted(duplicate=True)
@@ -307,7 +219,8 @@ class NotificationQueue:
         read-only (a replica, a master Sentinel demoted), full or loading, or a write not
         reaching ``redis.min_replicas`` replicas in time. Tries a real write, as ``accept``."""
         client = self._thread_client()
-        online = self._probe(keys=[self._probe_key], args=[PROBE_TTL_MS, self._count_replicas],
+        online = self._probe(keys=[self.keys.writable()],
+                             args=[PROBE_TTL_MS, "1" if self._count_replicas else ""],
                              client=client)
         self._replicate(client, online)
 
@@ -343,42 +256,13 @@ class NotificationQueue:
                 connection_pool=self.rq.connection.connection_pool, single_connection_client=True)
         return client
 
-    def enqueue(self, notification: Notification) -> bool:
-        """Store one notification's job; False when the same notification is already there.
-        Raises redis.RedisError when Redis cannot be written."""
-        return self.accept([notification]).written[0]
-
-    def _job_fields(self, new_id: str, notification: Notification) -> list[Any]:
-        """The job's hash as rq's own unique enqueue writes it (rq.scripts): the fields that
-        are the same for every job come from a Job rq made; the three that are not (the two
-        times and the call) are made here the way rq makes them, except that the call is not
-        zlib-compressed (rq reads either; compressing ~800 bytes saved little memory for ~10 µs
-        a job). rq is pinned to a minor version, and tests/test_queue.py compares the two
-        field by field."""
-        if self._job_template is None:
-            template = Job.create(DELIVER, args=[{}], connection=self.rq.connection,
-                                  serializer=self.rq.serializer, id="n-template",
-                                  status=JobStatus.QUEUED, origin=self.rq.name,
-                                  description="deliver",  # not the text: it would be logged
-                                  timeout=self.delivery.job_timeout, result_ttl=RESULT_TTL,
-                                  failure_ttl=FAILURE_TTL, retry=CRASH_RETRIES)
-            self._job_template = [field for name, value in template.to_dict().items()
-                                  if value is not None and name not in PER_JOB
-                                  for field in (name, _text(value))]
-        at = utcformat(now())
-        call = orjson.dumps((DELIVER, None, (notification.to_payload(),), {}))
-        return [*self._job_template, "created_at", at, "enqueued_at", at, "data", call]
-
     # -- the original events, for dead letters ---------------------------------------------------
 
-    def _event_key(self, source: str, event_id: str) -> str:
-        return self._event_prefix + _event_digest(source, event_id)
-
     def keep_event(self, source: str, event_id: str) -> None:
-        self.rq.connection.expire(self._event_key(source, event_id), FAILURE_TTL)
+        self.rq.connection.expire(self.keys.event(source, event_id), FAILURE_TTL)
 
     def load_event(self, source: str, event_id: str) -> dict[str, Any] | None:
-        value = self.rq.connection.get(self._event_key(source, event_id))
+        value = self.rq.connection.get(self.keys.event(source, event_id))
         return json.loads(value) if value else None
 
 

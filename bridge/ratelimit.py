@@ -32,15 +32,14 @@ limit as long as no request takes more than ``margin`` seconds (default 1 s) fro
 to reaching Pumble. Take the slot immediately before each HTTP attempt, never before a retry
 loop.
 
-Keys: ``pumble-bridge:{namespace}:ratelimit:{<account digest>}:<kind>``. The account digest is
+Keys (bridge.store.keys): one per namespace, account digest and kind. The account digest is
 the first 32 hex digits of SHA-256 of the account name, so any name (colons, braces, a key
-pasted by mistake) is safe and is never stored; the braces make it a Redis Cluster hash tag, so
-an account's buckets share a slot and one script can touch them all.
+pasted by mistake) is safe and is never stored; braces around it make it a Redis Cluster hash
+tag, so an account's buckets share a slot and one script can touch them all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import secrets
@@ -51,72 +50,14 @@ from typing import Any
 
 import redis
 
-from bridge import metrics
 from bridge.clock import Clock
+from bridge.metrics import Metrics
+from bridge.store import scripts
+from bridge.store.keys import Keys
 
 OVERALL = "requests"
 _KIND_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MICROS = 1_000_000
-
-# Redis < 7 needs effects replication to write after TIME; on 7 replicate_commands is a no-op
-# (and may be removed one day), hence the pcall.
-_ACQUIRE_LUA = """
--- KEYS: the buckets to take one slot from (the kind's, then the overall one unless it is the
--- kind). ARGV: for each key its limit and its window in microseconds; then the clock's offset
--- in microseconds; then a random suffix.
-pcall(redis.replicate_commands)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV - 1])
-local wait = 0
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local span = tonumber(ARGV[2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - span))
-  local used = redis.call('ZCARD', key)
-  if used >= limit then
-    -- the slot that must leave the window for one to be free
-    local oldest = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
-    local free_in = tonumber(oldest[2]) + span - now
-    if free_in < 1 then free_in = 1 end
-    if free_in > wait then wait = free_in end
-  end
-end
-if wait > 0 then
-  return wait
-end
-local score = string.format('%.0f', now)
-local member = t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. ARGV[#ARGV]
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, score, member)
-  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[2 * i]) / 1000))
-end
-return 0
-"""
-
-_STATE_LUA = """
--- KEYS: buckets; ARGV: for each key its limit and window in microseconds; then the clock's
--- offset in microseconds. Read-only.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local span = tonumber(ARGV[2 * i])
-  local after = '(' .. string.format('%.0f', now - span)
-  local used = redis.call('ZCOUNT', key, after, '+inf')
-  local wait = 0
-  if used >= limit then
-    local oldest = redis.call('ZRANGEBYSCORE', key, after, '+inf', 'WITHSCORES',
-                              'LIMIT', used - limit, 1)
-    wait = tonumber(oldest[2]) + span - now
-    if wait < 1 then wait = 1 end
-  end
-  out[#out + 1] = used
-  out[#out + 1] = wait
-end
-return out
-"""
-
 
 @dataclass(frozen=True)
 class Limit:
@@ -174,7 +115,7 @@ class RateLimiter:
 
     def __init__(self, connection: redis.Redis, namespace: str,
                  limits: Mapping[str, Limit] = DEFAULT_LIMITS, *, margin: float = 1.0,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, metrics: Metrics | None = None):
         if not namespace:
             raise ValueError("namespace must not be empty")
         if (isinstance(margin, bool) or not isinstance(margin, int | float)
@@ -192,14 +133,15 @@ class RateLimiter:
         self.limits: Mapping[str, Limit] = MappingProxyType(dict(limits))
         self.margin = float(margin)
         self.clock = clock or Clock()
-        self._acquire = connection.register_script(_ACQUIRE_LUA)
-        self._state = connection.register_script(_STATE_LUA)
+        self.keys = Keys(namespace)
+        self.metrics = metrics  # told each wait for a slot; None: not counted
+        self._acquire = connection.register_script(scripts.ACQUIRE_SLOT)
+        self._state = connection.register_script(scripts.SLOTS_STATE)
 
     def key(self, account: str, kind: str) -> str:
         """The Redis key of one bucket (the account name only appears as a digest)."""
         self._limit(kind)
-        digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return f"pumble-bridge:{self.namespace}:ratelimit:{{{digest}}}:{kind}"
+        return self.keys.rate_limit(account, kind)
 
     def window(self, kind: str) -> float:
         """The effective window of a kind, in seconds: its ``window`` plus the margin."""
@@ -227,13 +169,17 @@ class RateLimiter:
         while True:
             wait = self.try_acquire(account, kind)
             if wait <= 0:
-                metrics.ratelimit_wait(kind, waited)
+                self._count_wait(kind, waited)
                 return waited
             if max_wait is not None and waited + wait > max_wait:
-                metrics.ratelimit_wait(kind, waited)  # waited, then gave up: time lost all the same
+                self._count_wait(kind, waited)  # waited, then gave up: time lost all the same
                 raise RateLimitTimeout(account, kind, wait, waited, max_wait)
             self.clock.sleep(wait)
             waited += wait
+
+    def _count_wait(self, kind: str, waited: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ratelimit_wait(kind, waited)
 
     def state(self, account: str) -> dict[str, dict[str, Any]]:
         """Each kind's bucket for ``account``, as Redis's clock sees it now.

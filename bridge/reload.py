@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from bridge import metrics
 from bridge.config import Config, ConfigError, load_config
+from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ class Reloader(Generic[T]):
     """Holds what ``build`` made of the last config that validated; swaps it when a valid new
     one appears."""
 
-    def __init__(self, config: Config, build: Callable[[Config], T], interval: float = 2.0):
+    def __init__(self, config: Config, build: Callable[[Config], T], interval: float = 2.0, *,
+                 metrics: Metrics | None = None):
         self.config = config
+        self._metrics = metrics  # told whether the files on disk are in force (config_valid)
         self.current: T = build(config)
         self.refused = ""  # why the files as they are now are not in force; "" when they are
         self._build = build
@@ -46,7 +48,7 @@ class Reloader(Generic[T]):
         self._lock = threading.Lock()  # one check (or watcher start) at a time
         self._watcher: threading.Thread | None = None
         self._watch_here = True
-        metrics.config_valid(True)
+        self._valid(True)
 
     def start(self) -> None:
         """Start the watcher thread, once (a no-op after ``leave_watching_to_caller``)."""
@@ -86,13 +88,13 @@ class Reloader(Generic[T]):
                 self._refuse(f"{self.config.path}: cannot be built ({type(exc).__name__})")
                 return True
             self.config, self.current, self.refused = config, built, ""
-            metrics.config_valid(True)
+            self._valid(True)
             log.info("config %s reloaded", self.config.path)
             return True
 
     def _refuse(self, reason: str) -> None:
         self.refused = reason
-        metrics.config_valid(False)
+        self._valid(False)
         # One line; each problem names the file (and line) itself.
         log.error("config changed but is not valid; the last valid config stays in force: %s",
                   reason)
@@ -118,3 +120,7 @@ class Reloader(Generic[T]):
                 continue
             stamp.append((str(path), info.st_mtime_ns, info.st_size))
         return tuple(stamp)
+
+    def _valid(self, valid: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.config_valid(valid)

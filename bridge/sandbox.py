@@ -8,9 +8,9 @@ only its HTML escaping is replaced, by ``filters.finalize``. Rendering stops a l
 ``delivery.max_message_chars``, and ``*`` or ``**`` that would build more is refused.
 
 Routing and rendering run for every route of every event, so Jinja's per-call overheads are
-avoided where that changes nothing (bench/route_render.py measures it): an event's names are
-handed to a template, or to all of its ``when`` conditions at once, without being copied, and the
-event's own dataclass fields are read without the sandbox's per-access checks.
+avoided where that changes nothing (bench/receiver.py measures the whole receiver): an event's
+names are handed to a template, or to all of its ``when`` conditions at once, without being
+copied, and the event's own dataclass fields are read without the sandbox's per-access checks.
 """
 
 from __future__ import annotations

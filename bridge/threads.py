@@ -8,29 +8,16 @@ enqueues a conversation's first notification, so a reply that is processed first
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import redis
 
 from bridge.notification import Notification
+from bridge.store import scripts
+from bridge.store.keys import Keys
 
 EXPECTED = b"expected"
 ABANDONED = b"abandoned"
-
-# Compare-and-set in one step, so two workers never both take the root.
-_CLAIM = """
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[5] then current = false end
-if current and (current ~= ARGV[3] or ARGV[4] ~= '1') then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
-_GIVE_UP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
-return 0
-"""
-
 
 @dataclass(frozen=True)
 class Root:
@@ -43,9 +30,9 @@ class ThreadRoots:
         """``ttl``: seconds a root is remembered; later events of an older order start anew."""
         self.connection = connection
         self.ttl = ttl
-        self._prefix = f"pumble-bridge:{namespace}:thread:"
-        self._claim = connection.register_script(_CLAIM)
-        self._give_up = connection.register_script(_GIVE_UP)
+        self.keys = Keys(namespace)
+        self._claim = connection.register_script(scripts.CLAIM_ROOT)
+        self._give_up = connection.register_script(scripts.GIVE_UP_ROOT)
 
     def key(self, notification: Notification) -> str:
         """Where the conversation's root is kept; "" for a notification outside any. The queue
@@ -53,9 +40,8 @@ class ThreadRoots:
         wait for it."""
         if not notification.thread_key:
             return ""
-        parts = (notification.account, notification.channel, notification.source,
-                 notification.thread_key)
-        return self._prefix + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+        return self.keys.thread_root(notification.account, notification.channel,
+                                     notification.source, notification.thread_key)
 
     def get(self, notification: Notification) -> Root | bool | None:
         """The root; True while one is expected but not sent; False when the expected one was

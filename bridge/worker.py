@@ -3,7 +3,8 @@
 SimpleWorker runs jobs in-process: about ten times the throughput of the forking worker, and it
 keeps the Pumble connection alive between sends (bench/worker.py measures it).
 Scale out with more worker processes, on one machine or many: they share the queue, the rate
-limits, thread roots and digests through Redis.
+limits, thread roots and digests through Redis. Each process builds one Deliverer from the config
+it was given and hands it to every job it runs (bridge.delivery).
 
 A worker killed mid-job (SIGKILL, a lost machine) leaves its job in rq's started registry. rq
 gives such a job up ``job_timeout + 60`` s after it started; ours says ``job_timeout + 10`` (the
@@ -22,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from rq.exceptions import StopRequested
@@ -32,10 +33,14 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from bridge import delivery
 from bridge.clock import Clock
 from bridge.config import Config
+from bridge.delivery import Deliverer, DeliveryJob
+from bridge.metrics import Metrics
 from bridge.queue import connect
+from bridge.retry import REDIS_UNAVAILABLE
+from bridge.store import scripts
+from bridge.store.keys import rq_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +52,23 @@ HEARTBEAT_GRACE = 10
 PUBSUB_POLL = 0.1
 # Redis refusing writes (full under noeviction, a read-only replica), loading its data, or out of
 # reach once the connection's own retries are spent: rq's loop would end the worker on any of
-# them; ours waits, probing every REDIS_WAIT_CAP s at most, and carries on.
+# them; ours waits, probing it again by bridge.retry's REDIS_UNAVAILABLE, and carries on.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
                redis.ReadOnlyError)
-REDIS_WAIT_CAP = 5
 
 T = TypeVar("T")
 
 
 class DeliveryWorker(SimpleWorker):
+    """rq's SimpleWorker, handing each job the process's ``deliverer`` (built from the config
+    the worker was given), and riding out an unavailable Redis."""
+
+    job_class = DeliveryJob
     waiting_for_redis = False  # said so in the log, and not yet said it is back
+
+    def __init__(self, *args: Any, deliverer: Deliverer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deliverer = deliverer
 
     # rq's teardown stops its pub/sub listener, whose thread wakes only every 60 s, and since
     # redis-py 8.2 that stop waits for the thread with no time limit. These two keep the stop
@@ -104,6 +116,8 @@ class DeliveryWorker(SimpleWorker):
         """Run the job. If Redis fails under it: a job it refused to start goes back on the
         queue; one that started is left 'started' (rq could not record how it ended) and runs
         again once its heartbeat runs out, looking before it sends again."""
+        if isinstance(job, DeliveryJob):
+            job.deliverer = self.deliverer
         try:
             super().execute_job(job, queue)
         except UNAVAILABLE as exc:
@@ -122,8 +136,8 @@ class DeliveryWorker(SimpleWorker):
         worker's maintenance took it from rq's intermediate list first."""
         if job.id in queue.started_job_registry:
             return False
-        return bool(self.connection.eval(_REQUEUE, 2, queue.intermediate_queue.key, queue.key,
-                                         job.id))
+        return bool(self.connection.eval(scripts.REQUEUE_UNSTARTED, 2,
+                                         queue.intermediate_queue.key, queue.key, job.id))
 
     def teardown(self) -> None:
         """rq's teardown, which records the worker's end in Redis: if that fails, the worker
@@ -148,15 +162,15 @@ class DeliveryWorker(SimpleWorker):
         if not self.waiting_for_redis:
             log.warning("Redis is unavailable (%s): waiting for it", _why(exc))
             self.waiting_for_redis = True
-        delay = 1.0
+        failures = 1
         while True:
             if self._stop_requested:
                 raise StopRequested
-            time.sleep(delay)
+            time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
             try:
                 SimpleWorker.heartbeat(self)
             except UNAVAILABLE:
-                delay = min(delay * 2, REDIS_WAIT_CAP)
+                failures += 1
                 continue
             return
 
@@ -187,19 +201,6 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first_line[:120]}"
 
 
-# Move a job id from rq's intermediate list back to the head of its queue, if it is still there.
-_REQUEUE = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-return redis.call('LPUSH', KEYS[2], ARGV[1])
-"""
-
-# Delete the lock only if it still names the dead scheduler (another may have taken it since).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
     """rq's scheduler (which moves due retries back onto the queue) holds a lock for a minute
     after its process dies, SIGKILLed with its worker; retries wait all that time. A scheduler
@@ -210,7 +211,7 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
     holder = connection.get(key)
     if holder is None:
         return False
-    hostname, pid = connection.hmget(f"rq:scheduler:{holder.decode()}", "hostname", "pid")
+    hostname, pid = connection.hmget(rq_scheduler(holder.decode()), "hostname", "pid")
     if hostname is None or pid is None or hostname.decode() != socket.gethostname():
         return False
     try:
@@ -220,7 +221,7 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
         pass
     except (PermissionError, ValueError):
         return False
-    released = bool(connection.eval(_RELEASE, 1, key, holder))
+    released = bool(connection.eval(scripts.RELEASE_SCHEDULER_LOCK, 1, key, holder))
     if released:
         log.info("released the scheduler lock of queue %s held by dead process %s", queue,
                  int(pid))
@@ -229,18 +230,21 @@ def release_dead_scheduler_lock(connection: redis.Redis, queue: str) -> bool:
 
 def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                maintenance_interval: int = MAINTENANCE_INTERVAL,
-               worker_ttl: int = WORKER_TTL, clock: Clock | None = None) -> bool:
+               worker_ttl: int = WORKER_TTL, clock: Clock | None = None,
+               metrics: Metrics | None = None) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty). Deliveries go by
-    ``clock`` (the system's unless given); rq's own scheduling goes by the system's."""
+    ``clock`` (the system's unless given); rq's own scheduling goes by the system's. They are
+    counted in ``metrics``, the process's (bridge.metrics; without it, the worker's own)."""
     connection = connect(redis_url, patient=True)
-    queue = delivery.configure(config, connection, clock).queue
+    deliverer = Deliverer(config, connection, clock or Clock(), metrics or Metrics())
+    queue = deliverer.queue
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.
     log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
-    delay = 0.0
+    failures = 0
     try:
         while True:
-            worker = DeliveryWorker([queue.rq], connection=connection,
+            worker = DeliveryWorker([queue.rq], connection=connection, deliverer=deliverer,
                                     serializer=JSONSerializer, worker_ttl=worker_ttl,
                                     maintenance_interval=maintenance_interval,
                                     log_job_description=False)
@@ -249,10 +253,11 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
                 return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             except UNAVAILABLE as exc:  # before rq's loop: registering, starting the scheduler
                 worker.teardown()
-                if not delay:
+                if not failures:
                     log.warning("Redis is unavailable (%s): waiting for it to start the "
                                 "worker", _why(exc))
-                delay = min(2 * delay or 1.0, REDIS_WAIT_CAP)
-                time.sleep(delay)
+                failures += 1
+                time.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
     finally:
+        deliverer.close()
         connection.close()

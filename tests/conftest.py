@@ -25,6 +25,7 @@ from bridge.dlq import DeadLetters
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.marker import unmarked
+from bridge.metrics import Metrics
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import EmbeddedRedis
@@ -199,6 +200,7 @@ class Bridge:
         self.redis_url = redis_url
         self.rq = rq_queue
         self.clock = MovedClock(also=self._move_rq_on)
+        self.metrics = Metrics()  # its workers', which a test may hand its receiver too
         self.queue = NotificationQueue(connect(redis_url), self.config.redis.queue,
                                        self.config.delivery)
         self.dead = DeadLetters(self.queue)
@@ -208,12 +210,13 @@ class Bridge:
             "source": "shop", "event_id": f"e-{time.time_ns()}", "event_type": "order.created",
             "route": "r", "channel": "orders", "text": text, "received_at": self.clock.time(),
             **fields})
-        assert self.queue.enqueue(notification)
+        assert self.queue.accept([notification]).written == (True,)
         return notification
 
     def work(self) -> None:
         """One burst worker: it works the queue until it is empty."""
-        run_worker(self.config, self.redis_url, burst=True, clock=self.clock)
+        run_worker(self.config, self.redis_url, burst=True, clock=self.clock,
+                   metrics=self.metrics)
 
     def _move_rq_on(self, seconds: float) -> None:
         """rq's time moves with the clock (a worker's sleep included): its scheduled jobs

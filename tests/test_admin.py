@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bridge.admin import SESSION_COOKIE
-from bridge.web import create_app
+from bridge.web import create_app, receiver_of
 from tests.conftest import TEST_KEY, TEST_SECRET, Bridge, signed_order
 
 TOKEN = "admin-token-7d1f0c9e4b2a6583"
@@ -278,7 +278,7 @@ def test_a_template_dead_letter_is_rendered_again_by_the_live_config(admin, fake
     fixed = yaml.safe_load(a.bridge.path.read_text())
     fixed["routes"][0]["text"] = "order {{ order.number }} at last"
     a.bridge.path.write_text(yaml.safe_dump(fixed))
-    assert a.app.config["reloader"].reload_if_changed()
+    assert receiver_of(a.app).pipelines.reload_if_changed()
     answer = a.client.post(f"/admin/dead-letters/{letter}/retry", data={"csrf": csrf})
     assert answer.status_code == 303
     a.bridge.drain()

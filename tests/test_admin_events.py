@@ -168,7 +168,7 @@ def test_replay_refuses_what_it_cannot_send(three_orders):
     assert no_route.status_code == 409
     assert no_route.json["error"] == "event 'ev-42857': no route named 'vip' matches it today"
     a.bridge.queue.rq.connection.delete(
-        a.bridge.queue._event_key("shop", "ev-42856"))  # its webhook has expired
+        a.bridge.queue.keys.event("shop", "ev-42856"))  # its webhook has expired
     gone = a.client.post("/admin/events/ev-42856/replay", headers=BEARER)
     assert gone.json == {"error": "event 'ev-42856': its webhook is no longer kept"}
 

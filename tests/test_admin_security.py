@@ -11,7 +11,7 @@ from markupsafe import escape
 from bridge.admin import (
     LOGIN_FAILURES_PER_MINUTE,
     SESSION_COOKIE,
-    admin_blueprint,
+    install_admin,
     rate_limiter,
 )
 from bridge.local_server import LocalServer
@@ -52,9 +52,8 @@ def guarded(bridge):
     clock = Clock()
     queue = NotificationQueue(connect(b.redis_url), b.config.redis.queue, b.config.delivery)
     app = Flask("admin-test")
-    app.register_blueprint(admin_blueprint(
-        b.config, queue, Reloader(b.config, Pipeline.from_config),
-        rate_limiter(b.config, queue.rq.connection), clock=clock))
+    install_admin(app, b.config, queue, Reloader(b.config, Pipeline.from_config),
+                  rate_limiter(b.config, queue.rq.connection), clock=clock)
     return app, clock
 
 

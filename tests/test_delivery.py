@@ -10,8 +10,9 @@ import httpx
 import pytest
 import yaml
 
-from bridge import delivery
 from bridge.config import load_config
+from bridge.delivery import deliverer
+from bridge.delivery.steps import LATE_WRITE
 from bridge.fake_pumble import create_fake_pumble
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
@@ -190,7 +191,7 @@ def test_a_post_pumble_applies_after_the_timeout_is_not_doubled(bridge, fake_pum
     b.drain()
     assert texts(fake_pumble) == ["order #4001 · 41.00 EUR"]
     # ... which the look waited for, past the client's timeouts.
-    assert b.clock.time() >= sent_at + 0.3 + 0.3 + delivery.LATE_WRITE
+    assert b.clock.time() >= sent_at + 0.3 + 0.3 + LATE_WRITE
 
 
 # -- threads and reactions ------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_a_steady_stream_faster_than_the_limit_becomes_digests(bridge, fake_pumb
     outruns the limit is merged (not only a burst that arrives all at once)."""
     from bridge.ratelimit import Limit, limits_per_minute
 
-    monkeypatch.setattr(delivery, "limits_per_minute", lambda overrides: {
+    monkeypatch.setattr(deliverer, "limits_per_minute", lambda overrides: {
         kind: Limit(limit.per_minute, window=2) for kind, limit in
         limits_per_minute(overrides).items()})  # 2 messages in any 2 (+1) s
     # job_timeout 5 leaves no time to wait for a slot inside a job: it is rescheduled instead.
@@ -405,7 +406,7 @@ def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
     [record] = b.dead.list()  # one, not one a delivery
     assert record.reason.startswith("the template failed: route 'broken'")
     # Its webhook is kept as long as the dead letter, to render it again from.
-    event_ttl = rq_queue.connection.ttl(b.queue._event_key("shop", record.notification.event_id))
+    event_ttl = rq_queue.connection.ttl(b.queue.keys.event("shop", record.notification.event_id))
     assert event_ttl > FAILURE_TTL - 60
     assert "X-Shopify-Hmac-Sha256".lower() not in b.dead.get(record.id).event["headers"]
 
@@ -420,3 +421,73 @@ def test_a_template_failing_at_run_time_is_a_dead_letter_retried_once_fixed(
     assert retried.returncode == 0, retried.stdout + retried.stderr
     b.drain()
     assert texts(fake_pumble) == ["order 6006 at last"]
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+def test_jobs_queued_by_the_previous_version_are_delivered(bridge, fake_pumble, rq_queue):
+    """A job's payload as this and earlier versions queue it (the route's options as flat
+    fields; before occurred_at, without it) is read after an upgrade: a thread's first
+    message, then a reply in its thread with the reaction the route asked for."""
+    from bridge.queue import DELIVER
+    from bridge.retry import CRASH_RETRIES
+
+    b = bridge({"thread_wait": 0})
+    old = {"source": "shop", "event_type": "order.created", "route": "r", "channel": "orders",
+           "as_bot": True, "account": "default", "received_at": b.clock.time(),
+           "thread_key": "order:62", "starts_thread": False, "reply": False, "reaction": "",
+           "create_channel": False, "digest": True}
+    payloads = [{**old, "event_id": "e-62", "text": "order 62 created", "starts_thread": True},
+                {**old, "event_id": "e-63", "event_type": "order.paid", "route": "later",
+                 "text": "order 62 paid", "reply": True, "reaction": ":moneybag:",
+                 "occurred_at": 0.0}]
+    for payload in payloads:
+        rq_queue.enqueue(DELIVER, payload, job_id=f"n-{payload['event_id']}",
+                         retry=CRASH_RETRIES)
+    b.drain()
+    root, reply = fake_pumble.messages()
+    assert (root["text"], reply["text"]) == ("order 62 created", "order 62 paid")
+    assert reply["threadReplyInfo"]["rootId"] == root["id"]
+    assert [r["code"] for r in root["reactions"]] == [":moneybag:"]
+
+
+def test_a_job_run_outside_the_bridges_worker_fails_in_one_line(bridge, fake_pumble, rq_queue,
+                                                                  monkeypatch):
+    """A worker not given a Deliverer (rq's own, or ours built without one; rq's own takes a
+    minute to stop on redis-py 8.2): no config was handed over, and none is guessed
+    ($BRIDGE_CONFIG names a working one here, and nothing is sent with it)."""
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import DELIVER
+    from bridge.worker import DeliveryWorker
+
+    b = bridge()
+    monkeypatch.setenv("BRIDGE_CONFIG", str(b.path))
+    notification = Notification(source="shop", event_id="e-elsewhere", event_type="order.created",
+                                route="r", channel="orders", text="not through our worker",
+                                received_at=b.clock.time())
+    job = rq_queue.enqueue(DELIVER, notification.to_payload())
+    DeliveryWorker([rq_queue], connection=rq_queue.connection,
+                   serializer=JSONSerializer).work(burst=True)
+    job = rq_queue.fetch_job(job.id)
+    assert job.is_failed
+    assert job.latest_result().exc_string.strip().splitlines()[-1] == (
+        "RuntimeError: bridge.delivery.deliver runs in the bridge's own worker "
+        "(pumble-bridge worker), which gives it its config")
+    assert stats(fake_pumble)["requests"] == 0
+
+
+def test_a_notifications_actions_are_what_its_route_asked_for():
+    from bridge.delivery.actions import Post, React, Thread, actions_of
+
+    base = Notification(source="shop", event_id="e-1", event_type="order.paid", route="r",
+                        channel="orders", text="paid", as_bot=False)
+    alone = actions_of(base)
+    assert alone.post == Post(channel="orders", text="paid", as_bot=False, create_channel=False)
+    assert alone.thread is None and alone.react is None
+    reply = actions_of(Notification(**{**base.to_payload(), "thread_key": "order:1",
+                                       "reply": True, "reaction": ":tada:"}))
+    assert reply.thread == Thread(starts=False, reply=True)
+    assert reply.react == React(":tada:")
+    # A reply with no conversation to be in (no order id) is a message of its own.
+    assert actions_of(Notification(**{**base.to_payload(), "reply": True})).thread is None

@@ -22,7 +22,7 @@ def test_accepted_jobs_survive_a_restart(tmp_path):
         queue = NotificationQueue(connect(url), "persist")
         notification = Notification(source="shop", event_id="e-1", event_type="order.created",
                                     route="r", channel="orders", text="hello")
-        assert queue.enqueue(notification)
+        assert queue.accept([notification]).written == (True,)
     finally:
         embedded.stop()
     assert not embedded.socket.exists()

@@ -28,8 +28,8 @@ SECRETS = (TEST_KEY, TEST_SECRET, ADMIN_TOKEN, API_TOKEN, REDIS_PASSWORD)
 
 @pytest.fixture
 def captured() -> Iterator[tuple[io.StringIO, logs.Redactor]]:
-    """The bridge's own handler, writing JSON into a buffer, with a redactor of its own (the
-    process-wide one keeps the secrets of every config this test session loaded)."""
+    """The bridge's own handler, writing JSON into a buffer, with a redactor of its own (as
+    each process builds its own)."""
     stream, redactor = io.StringIO(), logs.Redactor()
     root = logging.getLogger()
     level = root.level

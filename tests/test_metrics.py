@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
@@ -59,7 +60,7 @@ def unique_route(name: str = "orders") -> dict:
 def test_a_webhook_and_its_delivery_are_counted(bridge, fake_pumble, redis_url):
     route = unique_route()
     b = bridge(routes=[route])
-    client = create_app(b.config, redis_url, watch=False).test_client()
+    client = create_app(b.config, redis_url, watch=False, metrics=b.metrics).test_client()
     r = route["name"]
     before = scrape(client)
 
@@ -105,13 +106,14 @@ def test_a_webhook_and_its_delivery_are_counted(bridge, fake_pumble, redis_url):
 def test_retries_and_dead_letters_are_counted(bridge, fake_pumble, redis_url, rq_queue):
     route = unique_route()["name"]
     b = bridge()
-    client = create_app(b.config, redis_url, watch=False).test_client()
+    client = create_app(b.config, redis_url, watch=False, metrics=b.metrics).test_client()
     before = scrape(client)
 
     faults(fake_pumble, fail_next={"count": 1, "status": 503})
     b.enqueue("order #7", route=route)
     b.enqueue("to nowhere", route=route, channel="no-such-channel")
-    run_worker(b.config, b.redis_url, burst=True)  # one run each: #7 fails once, is scheduled
+    # One run each: #7 fails once, is scheduled.
+    run_worker(b.config, b.redis_url, burst=True, metrics=b.metrics)
     waiting = scrape(client)
     assert value(waiting, "pumble_bridge_queue_depth", state="scheduled") == 1
     assert value(waiting, "pumble_bridge_queue_depth", state="queued") == 0
@@ -157,10 +159,10 @@ def test_receiver_outcomes_keep_labels_bounded(bridge, redis_url):
 
 def test_a_failure_to_count_never_fails_a_webhook_or_a_send(bridge, fake_pumble, redis_url,
                                                            monkeypatch):
-    def broken():
+    def broken(*_args, **_kwargs):
         raise OSError("the metrics directory is gone")
 
-    monkeypatch.setattr(metrics, "_m", broken)
+    monkeypatch.setattr(MetricWrapperBase, "labels", broken)  # every count of a webhook or send
     b = bridge()
     client = create_app(b.config, redis_url, watch=False).test_client()
     body, headers = signed_order(5004)
@@ -190,7 +192,7 @@ def test_the_scrape_answers_when_redis_is_down(write_config, fake_pumble):
 def _holder(directory: Path) -> subprocess.Popen[str]:
     """Another process that claims the directory and holds it until killed."""
     code = ("import sys; from pathlib import Path; from bridge import metrics; "
-            f"metrics.claim(Path({str(directory)!r})); print('held', flush=True); "
+            f"held = metrics.claim(Path({str(directory)!r})); print('held', flush=True); "
             "sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -207,21 +209,24 @@ def test_files_of_earlier_runs_are_wiped_only_when_no_live_process_uses_the_dire
     stale = tmp_path / "counter_999998.db"  # then a file of a process that shares it
     stale.write_bytes(b"counts")
     try:
-        assert metrics.claim(tmp_path) is False  # a live process uses it: its files stay
+        shared = metrics.claim(tmp_path)
+        assert shared.wiped is False  # a live process uses it: its files stay
         assert stale.exists()
-        metrics.release(tmp_path)
+        shared.release()
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock all the same
         holder.wait()
-    assert metrics.claim(tmp_path) is True
+    alone = metrics.claim(tmp_path)
+    assert alone.wiped is True
     assert not stale.exists()
     assert (tmp_path / metrics.LOCK_FILE).exists()
-    metrics.release(tmp_path)
+    alone.release()
 
 
 def test_processes_writing_to_one_directory_are_summed(tmp_path):
     env = clean_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
-    prelude = "import sys; from bridge import metrics; metrics.enable_multiprocess(); "
+    prelude = ("import os, sys; from pathlib import Path; from bridge import metrics; "
+               "m = metrics.Metrics.shared(Path(os.environ[metrics.ENV])); ")
 
     def run(code: str) -> str:
         done = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, env=env,
@@ -231,14 +236,14 @@ def test_processes_writing_to_one_directory_are_summed(tmp_path):
 
     # The first stays alive while the others run, as the receiver does beside the workers.
     first = subprocess.Popen(
-        [sys.executable, "-c", prelude + "[metrics.enqueued('r') for _ in range(3)]; "
+        [sys.executable, "-c", prelude + "[m.enqueued('r') for _ in range(3)]; "
          "print('counted', flush=True); sys.stdin.read()"], cwd=ROOT, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline().strip() == "counted"
-        run("[metrics.enqueued('r') for _ in range(4)]; metrics.delivery('r', 'sent')")
+        run("[m.enqueued('r') for _ in range(4)]; m.delivery('r', 'sent')")
         assert len(list((tmp_path / "metrics").glob("counter_*.db"))) == 2
-        samples = parse(run("sys.stdout.write(metrics.exposition()[0].decode())"))
+        samples = parse(run("sys.stdout.write(m.exposition()[0].decode())"))
     finally:
         first.communicate("", timeout=30)
     assert value(samples, "pumble_bridge_notifications_enqueued_total", route="r") == 7
@@ -247,11 +252,44 @@ def test_processes_writing_to_one_directory_are_summed(tmp_path):
 
 def test_metrics_must_be_set_up_before_prometheus_client_is_imported():
     done = subprocess.run(
-        [sys.executable, "-c", "import prometheus_client; from bridge import metrics; "
-         "metrics.enable_multiprocess()"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", "import prometheus_client, tempfile; from pathlib import Path; "
+         "from bridge import metrics; metrics.Metrics.shared(Path(tempfile.mkdtemp()))"],
+        cwd=ROOT, capture_output=True, text=True,
         env={k: v for k, v in clean_env().items() if k != metrics.ENV}, timeout=60)
     assert done.returncode != 0
     assert "imported before the metrics directory was set" in done.stderr
+
+
+def test_nothing_is_made_at_import_and_the_environment_is_only_read(tmp_path):
+    """Importing the module makes no metric (prometheus_client is not even imported); a shared
+    Metrics counts into the directory it is given, and leaves the environment as it was."""
+    directory = tmp_path / "metrics"
+    code = ("import os, sys; from pathlib import Path; from bridge import metrics; "
+            "assert 'prometheus_client' not in sys.modules; before = dict(os.environ); "
+            f"m = metrics.Metrics.shared(Path({str(directory)!r})); m.enqueued('r'); "
+            "assert dict(os.environ) == before; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                          timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert list(directory.glob("counter_*.db"))
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code.replace(str(directory), str(tmp_path / "other"))], cwd=ROOT,
+        capture_output=True, text=True, env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        timeout=60)
+    assert elsewhere.returncode != 0
+    assert f"counts into {directory}, not {tmp_path / 'other'}" in elsewhere.stderr
+
+
+def test_each_metrics_counts_its_own():
+    """No process-wide metrics: what one receiver or worker counts is in the Metrics it was
+    given, and in no other."""
+    mine, other = metrics.Metrics(), metrics.Metrics()
+    mine.enqueued("r")
+    mine.delivery("r", "sent")
+    name = "pumble_bridge_notifications_enqueued_total"
+    assert value(parse(mine.exposition()[0].decode()), name, route="r") == 1
+    assert value(parse(other.exposition()[0].decode()), name, route="r") == 0
 
 
 # -- serve under gunicorn, a worker process beside it: one machine's totals ------------------------

@@ -150,7 +150,7 @@ def test_bare_reaction_is_a_validation_error(client):
 def test_reply_to_unknown_message_is_not_found(client):
     with pytest.raises(NotFoundError) as caught:
         client.send_reply("0" * 24, "hello", channel="orders")
-    assert caught.value.status == 403  # Pumble's status for everything (§4)
+    assert caught.value.status == 403  # Pumble's status for every error (bridge/fake_pumble.py)
 
 
 def test_iter_messages_walks_every_page(client):

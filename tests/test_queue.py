@@ -18,7 +18,6 @@ from bridge.config import RedisSettings
 from bridge.events import Event, SourceRef
 from bridge.notification import Notification
 from bridge.queue import (
-    CRASH_RETRIES,
     DELIVER,
     FAILURE_TTL,
     RESULT_TTL,
@@ -29,6 +28,7 @@ from bridge.queue import (
     job_id,
 )
 from bridge.redis_embedded import EmbeddedRedis
+from bridge.retry import CRASH_RETRIES
 from bridge.threads import EXPECTED
 
 WINDOW = 600
@@ -59,7 +59,7 @@ def job_hash(queue: NotificationQueue, new_id: str) -> dict[bytes, bytes]:
 def test_the_job_is_the_one_rqs_own_unique_enqueue_writes(queue):
     """rq is pinned to a minor version; this says when a new one changes what a job holds."""
     notification = order()
-    assert queue.enqueue(notification)
+    assert queue.accept([notification]).written == (True,)
     ours = job_hash(queue, job_id(queue.rq.name, notification))
 
     rq_id = "n-by-rq"
@@ -97,11 +97,11 @@ def test_a_delivery_is_accepted_once_with_everything_that_comes_with_it(queue):
     connection = queue.rq.connection
     assert len(queue.rq) == 2
     assert queue.seen("shop", "e-1")
-    assert 0 < connection.ttl(queue._seen_key("shop", "e-1")) <= WINDOW
+    assert 0 < connection.ttl(queue.keys.seen("shop", "e-1")) <= WINDOW
     stored = queue.load_event("shop", "e-1")
     assert stored["body"] == '{"id": 1}' and stored["headers"] == {"X-Shopify-Topic":
                                                                    "orders/create"}
-    assert connection.ttl(queue._event_key("shop", "e-1")) > queue.delivery.max_age
+    assert connection.ttl(queue.keys.event("shop", "e-1")) > queue.delivery.max_age
     assert connection.get(queue.roots.key(first)) == EXPECTED
     # The first message is in its route's line; the reply in its thread's, never a digest's.
     assert connection.zrange(queue.backlog.key(first), 0, -1) == [
@@ -138,7 +138,7 @@ def test_a_job_already_there_is_not_written_again_nor_counted_twice(queue):
 def test_a_thread_root_already_posted_is_not_made_expected_again(queue):
     first = order()
     queue.rq.connection.set(queue.roots.key(first), "m-1 c-1")
-    assert queue.enqueue(first)
+    assert queue.accept([first]).written == (True,)
     assert queue.rq.connection.get(queue.roots.key(first)) == b"m-1 c-1"
 
 
@@ -150,7 +150,7 @@ def test_an_event_no_route_wanted_is_marked_seen_but_not_kept(queue):
 
 def test_a_webhook_with_dead_letters_is_kept_as_long_as_they_are(queue):
     queue.accept([], received=received("e-dead", dead_letters=True), dedupe_window=WINDOW)
-    ttl = queue.rq.connection.ttl(queue._event_key("shop", "e-dead"))
+    ttl = queue.rq.connection.ttl(queue.keys.event("shop", "e-dead"))
     assert FAILURE_TTL - 60 < ttl <= FAILURE_TTL
 
 

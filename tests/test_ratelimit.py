@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from bridge.config import RATE_LIMIT_KINDS
+from bridge.config import DeliverySettings
 from bridge.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, RateLimitTimeout
 from tests.conftest import TEST_KEY, MovedClock
 
@@ -53,7 +54,10 @@ def test_limit_validation():
     assert {k: v.per_minute for k, v in DEFAULT_LIMITS.items()} == {
         "messages": 80, "replies": 80, "reactions": 60, "channels": 60, "requests": 1000}
     # The kinds a config may set (delivery.rate_limits) are exactly the ones with a default.
-    assert set(DEFAULT_LIMITS) == set(RATE_LIMIT_KINDS)
+    assert DeliverySettings(rate_limits=dict.fromkeys(DEFAULT_LIMITS, 5)).rate_limits
+    with pytest.raises(ValueError, match=re.escape("unknown kind 'posts' (known: messages, "
+                                                   "replies, reactions, channels, requests)")):
+        DeliverySettings(rate_limits={"posts": 5})
 
 
 def test_limiter_validation(connection: redis.Redis, make):

@@ -49,8 +49,9 @@ def test_sentinel_url_reaches_the_master(sentinel):
     client = connect(url, patient=True)
     assert client.info("server")["tcp_port"] == master_port
     queue = NotificationQueue(client, "sentinel-test")
-    assert queue.enqueue(Notification(source="shop", event_id="e-1", event_type="order.created",
-                                      route="r", channel="orders", text="via sentinel"))
+    assert queue.accept([Notification(source="shop", event_id="e-1", event_type="order.created",
+                                       route="r", channel="orders", text="via sentinel")]
+                        ).written == (True,)
     assert [job.args[0]["text"] for job in queue.rq.get_jobs()] == ["via sentinel"]
 
 

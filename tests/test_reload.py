@@ -5,12 +5,13 @@ import os
 import signal
 import time
 
+from bridge import logs
 from bridge.config import load_config
 from bridge.events import Event, Order, SourceRef
 from bridge.pipeline import Pipeline
 from bridge.reload import Reloader
-from bridge.web import create_app
-from tests.conftest import signed_order
+from bridge.web import create_app, receiver_of
+from tests.conftest import TEST_SECRET, signed_order
 from tests.test_metrics import parse, value
 
 
@@ -34,7 +35,7 @@ def channel_of(client, rq_queue, webhook_id: str) -> str:
 def test_a_valid_change_is_put_in_force(write_config, redis_url, queue_name, rq_queue):
     path = write_config(redis_url=redis_url, queue=queue_name)
     app = create_app(load_config(path, {}), redis_url, watch=False)
-    client, reloader = app.test_client(), app.config["reloader"]
+    client, reloader = app.test_client(), receiver_of(app).pipelines
     assert channel_of(client, rq_queue, "w-1") == "orders"
 
     path.write_text(path.read_text().replace("channel: orders", "channel: sales"))
@@ -47,7 +48,7 @@ def test_an_invalid_change_is_refused_and_reported(write_config, redis_url, queu
                                                    rq_queue, caplog):
     path = write_config(redis_url=redis_url, queue=queue_name)
     app = create_app(load_config(path, {}), redis_url, watch=False)
-    client, reloader = app.test_client(), app.config["reloader"]
+    client, reloader = app.test_client(), receiver_of(app).pipelines
     valid = path.read_text()
 
     path.write_text(valid.replace("channel: orders", "chanel: orders"))
@@ -74,7 +75,7 @@ def test_the_last_valid_config_wins_not_the_startup_one(write_config, redis_url,
                                                         rq_queue):
     path = write_config(redis_url=redis_url, queue=queue_name)
     app = create_app(load_config(path, {}), redis_url, watch=False)
-    client, reloader = app.test_client(), app.config["reloader"]
+    client, reloader = app.test_client(), receiver_of(app).pipelines
     path.write_text(path.read_text().replace("channel: orders", "channel: sales"))
     bump(path)
     assert reloader.reload_if_changed()
@@ -118,7 +119,7 @@ def test_a_config_older_than_its_file_reloads_at_once(write_config):
 def test_sighup_reloads(write_config, redis_url):
     path = write_config(redis_url=redis_url)
     app = create_app(load_config(path, {}), redis_url)  # watches, and handles SIGHUP
-    reloader = app.config["reloader"]
+    reloader = receiver_of(app).pipelines
     reloader._interval = 3600  # only the signal can wake it within the test
     assert app.test_client().get("/healthz").status_code == 200  # starts the watcher
     reloader.check_now()  # let the thread settle into its long wait
@@ -130,3 +131,17 @@ def test_sighup_reloads(write_config, redis_url):
     while reloader.config.routes[0].channel != "sales":
         assert time.monotonic() < deadline, "not reloaded"
         time.sleep(0.02)
+
+
+def test_a_reloaded_configs_new_secret_is_masked_by_the_processs_redactor(
+        write_config, redis_url, queue_name, rq_queue):
+    path = write_config(redis_url=redis_url, queue=queue_name)
+    redactor = logs.Redactor()
+    app = create_app(load_config(path, {}), redis_url, watch=False, redactor=redactor)
+    assert redactor.redact(TEST_SECRET) == logs.MASK  # the first config's, at start
+    rotated = "rotated-webhook-secret-0123"
+    assert redactor.redact(rotated) == rotated
+    path.write_text(path.read_text().replace(TEST_SECRET, rotated))
+    bump(path)
+    assert receiver_of(app).pipelines.reload_if_changed()
+    assert redactor.redact(rotated) == logs.MASK

@@ -13,7 +13,8 @@ import time
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker, SimpleWorker
 
-from bridge.queue import CRASH_RETRIES, connect
+from bridge.queue import connect
+from bridge.retry import CRASH_RETRIES
 
 
 def test_a_finished_job_is_not_run_again_after_a_connection_drop(redis_url, rq_queue, monkeypatch):

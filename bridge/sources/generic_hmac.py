@@ -22,9 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge import events
 from bridge.config import SourceSettings
-from bridge.events import Event, SourceRef
+from bridge.events import CANONICAL_TYPES, Event, SourceRef
 from bridge.sources import fields
 from bridge.sources.base import (
     PayloadError,
@@ -34,9 +33,6 @@ from bridge.sources.base import (
     matches_any,
 )
 
-# Every canonical type of bridge/events.py: a sender already using one keeps it.
-CANONICAL_TYPES = frozenset(
-    value for name, value in vars(events).items() if name.isupper() and isinstance(value, str))
 PLACEHOLDERS = frozenset({"body", "timestamp"})
 
 

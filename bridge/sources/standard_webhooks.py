@@ -21,9 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge import events
 from bridge.config import SourceSettings
-from bridge.events import Customer, Event, LineItem, Order, Payment, SourceRef
+from bridge.events import CANONICAL_TYPES, Customer, Event, LineItem, Order, Payment, SourceRef
 from bridge.sources import fields
 from bridge.sources.base import (
     PayloadError,
@@ -34,9 +33,6 @@ from bridge.sources.base import (
 )
 
 SECRET_PREFIX = "whsec_"
-# Every canonical type of bridge/events.py: a sender already using one keeps it.
-CANONICAL_TYPES = frozenset(
-    value for name, value in vars(events).items() if name.isupper() and isinstance(value, str))
 # Types whose money is a payment rather than an order.
 PAYMENT_PREFIXES = ("payment.", "invoice.", "dispute.")
 

@@ -1,0 +1,66 @@
+"""What a worker process sends with, built once from the config the worker was given."""
+
+from __future__ import annotations
+
+import redis
+
+from bridge.clock import Clock
+from bridge.config import Config
+from bridge.metrics import Metrics
+from bridge.pumble import AuthError, PumbleClient
+from bridge.queue import NotificationQueue
+from bridge.ratelimit import RateLimiter, limits_per_minute
+from bridge.retry import Backoff
+
+
+class Deliverer:
+    """A worker process's config, one Pumble client per account, the Redis-backed shared state
+    (rate limits, thread roots, digests), its jobs' backoff and the clock it goes by."""
+
+    def __init__(self, config: Config, connection: redis.Redis, clock: Clock,
+                 metrics: Metrics):
+        self.config = config
+        self.settings = config.delivery
+        self.clock = clock
+        self.metrics = metrics
+        self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+        self.limits = limits_per_minute(self.settings.rate_limits)
+        self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock,
+                                   metrics=metrics)
+        self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+        self._clients: dict[str, PumbleClient] = {}
+
+    def client(self, account: str) -> PumbleClient:
+        """The account's client, made once: its connections stay open between sends."""
+        if account not in self._clients:
+            pumble = self.config.pumble
+            credentials = pumble.account(account)
+            if credentials is None:
+                raise AuthError(f"no key for Pumble account {account!r} in this worker's config")
+            key, base_url = credentials
+            self._clients[account] = PumbleClient(
+                key, base_url, connect_timeout=pumble.connect_timeout,
+                read_timeout=pumble.read_timeout)
+        return self._clients[account]
+
+    @property
+    def digest_threshold(self) -> int:
+        """Others waiting that make a digest: as many as the message limit posts in the window."""
+        per_minute = self.limits["messages"].per_minute
+        return max(1, per_minute * self.settings.digest.window // 60)
+
+    @property
+    def max_slot_wait(self) -> float:
+        """How long a job may wait for a rate-limit slot and still finish its send in time."""
+        pumble = self.config.pumble
+        return max(0.0, self.settings.job_timeout - pumble.connect_timeout
+                   - pumble.read_timeout - 2)
+
+    def take_slot(self, account: str, kind: str) -> None:
+        """A slot of the rate limiter every worker shares, for one call of ``kind``."""
+        self.limiter.acquire(account, kind, max_wait=self.max_slot_wait)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

@@ -1,0 +1,327 @@
+"""The steps of a delivery, run in order (``STEPS``); each reads the attempt's actions.
+
+A step returns None to go on, or an outcome that ends this run (its result, or a "run again
+later"); it raises DeadLetter for a notification that will not be sent, and lets a PumbleError
+through for bridge.delivery.job to decide on. The steps that send (``SEND``) run only for a
+notification not posted yet; one an earlier run posted goes on from what was still due.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from rq.job import Job, JobStatus
+
+from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
+from bridge.digest import Claim, digest_text
+from bridge.marker import mark, marked_by
+from bridge.notification import Notification
+from bridge.pumble import (
+    AmbiguousError,
+    Message,
+    MessageRef,
+    NotFoundError,
+    PumbleClient,
+    PumbleError,
+    PumbleValidationError,
+)
+from bridge.retry import run_again_in
+from bridge.threads import Root
+
+log = logging.getLogger(__package__)
+
+Step = Callable[[Attempt], Outcome | None]
+
+WAIT_INTERVAL = 2  # seconds between looks while a reply waits for its thread root
+LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of its line wait
+LINE_LOOK = 20  # how many of those are read at a time
+NEXT_IN_LINE_WAIT = 2.0  # seconds the next in its line waits in the worker for the one before
+NEXT_IN_LINE_LOOK = 0.05  # seconds between its looks
+CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
+# Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
+# a request our client gave up on.
+LATE_WRITE = 10
+LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel (a thread) is searched
+
+
+def run_steps(steps: Sequence[Step], attempt: Attempt) -> Outcome | None:
+    """Each step in turn, until one ends the run."""
+    for step in steps:
+        outcome = step(attempt)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+# -- before sending -------------------------------------------------------------------------------
+
+def too_old(a: Attempt) -> None:
+    max_age = a.deliverer.settings.max_age
+    if a.notification.received_at and a.age > max_age:
+        raise DeadLetter(f"not delivered within delivery.max_age ({max_age} s)")
+
+
+def already_in_a_digest(a: Attempt) -> Outcome | None:
+    owner = a.deliverer.queue.backlog.taken_by(a.notification, a.job.id)
+    return a.in_digest(owner) if owner else None
+
+
+def thread_root(a: Attempt) -> Outcome | None:
+    """A reply waits while its thread's first message is expected, and up to thread_wait for
+    one never announced; then it goes alone (and becomes the root). A first event arriving once
+    its thread was begun by a later one joins that thread: never a second top-level message."""
+    thread = a.actions.thread
+    if thread is None:
+        return None
+    known = a.deliverer.queue.roots.get(a.notification)
+    thread_wait = a.deliverer.settings.thread_wait
+    if thread.reply and (known is True or (known is None and a.age < thread_wait)):
+        return a.waiting(WAIT_INTERVAL)
+    if isinstance(known, Root) and known.message_id != (a.meta.get("sent") or {}).get("id"):
+        a.root = known
+    return None
+
+
+def its_turn(a: Attempt) -> Outcome | None:
+    """A reply waits while one of its thread's line whose event came first is not posted, as
+    many slots as are before it. Next in line, it first waits here a moment: the one before it
+    is most likely being posted by another worker, and a wait rescheduled by rq (in whole
+    seconds) would hold the line below the rate limit's pace."""
+    if a.meta.get("sent") or not (a.actions.thread and a.actions.thread.reply):
+        # A top-level message goes in the queue's order (arrival) and is not held behind the
+        # ones before it: held through rq's rescheduling, a backlog of hundreds drained at a
+        # few a second (bench/soak.py), far below the rate limit.
+        return None
+    clock = a.deliverer.clock
+    ahead, until = _ahead(a), clock.time() + NEXT_IN_LINE_WAIT
+    while ahead == 1 and clock.time() < until:
+        clock.sleep(NEXT_IN_LINE_LOOK)
+        ahead = _ahead(a)
+    if not ahead:
+        return None
+    spacing = 60 / a.deliverer.limits["messages"].per_minute
+    return a.waiting(max(1, min(LINE_WAIT, math.ceil(ahead * spacing))))
+
+
+def _ahead(a: Attempt) -> int:
+    """How many replies of its thread's line must be posted before this one: those whose event
+    came first (``event_order``). A job that vanished, failed for good or finished leaves the
+    line here."""
+    n, backlog = a.notification, a.deliverer.queue.backlog
+    ids, more = backlog.ahead(n, a.job.id, LINE_LOOK)
+    jobs = Job.fetch_many(ids, connection=a.job.connection,
+                          serializer=a.job.serializer) if ids else []
+    waiting = [job for job in jobs if job is not None and job.get_status(refresh=False)
+               not in (JobStatus.FAILED, JobStatus.FINISHED)]
+    backlog.leave(n, *(set(ids) - {job.id for job in waiting}))
+    before = [Notification.from_payload(job.args[0]) for job in waiting]
+    return sum(event_order(b) < event_order(n) for b in before) + more
+
+
+def event_order(notification: Notification) -> tuple[float, float, str]:
+    """When its event happened (the platform's time, else arrival); then arrival."""
+    return (notification.occurred_at or notification.received_at, notification.received_at,
+            notification.event_id)
+
+
+def post_unless_posted(a: Attempt) -> Outcome | None:
+    """An earlier run posted it (recorded in the job): what was due after the post is what is
+    left. Else the steps that send."""
+    sent = a.meta.get("sent")
+    if not sent:
+        return run_steps(SEND, a)
+    a.posted = MessageRef(**sent)
+    a.members = a.members_of(_claim(a))
+    return None
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+def too_early_to_look(a: Attempt) -> Outcome | None:
+    """Until an earlier attempt's post, if Pumble applies it late (after our timeout), would be
+    in the channel: looking sooner could miss it and post twice."""
+    maybe_sent_at = a.meta.get("maybe_sent_at")
+    if not maybe_sent_at:
+        return None
+    pumble = a.deliverer.config.pumble
+    look_at = maybe_sent_at + pumble.connect_timeout + pumble.read_timeout + LATE_WRITE
+    early = max(0, math.ceil(look_at - a.deliverer.clock.time()))
+    return run_again_in(early) if early else None
+
+
+def attempts_left(a: Attempt) -> None:
+    a.give_up_when_spent()
+
+
+def rate_limit_slot(a: Attempt) -> None:
+    # The slot before the digest's claim: a job waiting for one stays in its route's backlog,
+    # where it counts toward a digest.
+    a.deliverer.take_slot(a.notification.account, "replies" if a.root else "messages")
+
+
+def digest_claim(a: Attempt) -> Outcome | None:
+    claim = _claim(a)
+    if claim.owner:  # taken into a digest while this one waited for its slot
+        return a.in_digest(claim.owner)
+    a.members = a.members_of(claim)
+    return None
+
+
+def _claim(a: Attempt) -> Claim:
+    """Its digest, if it sends one; a message posted in a thread never is one. Once a message
+    may have been posted, only the digest already claimed: nothing joins it then."""
+    if a.root:
+        return Claim()
+    d = a.deliverer
+    fresh = not a.meta.get("sent") and not a.meta.get("maybe_sent_at")
+    return d.queue.backlog.claim(a.notification, a.job.id, d.digest_threshold,
+                                 d.settings.digest.max_items if fresh else 1)
+
+
+def look_for_an_earlier_post(a: Attempt) -> None:
+    """After an attempt that may have posted: its message, by its mark, in the channel (for a
+    reply, the thread). Found, it is this notification's post: not sent again."""
+    maybe_sent_at = a.meta.get("maybe_sent_at")
+    if not maybe_sent_at:
+        return
+    n, root = a.notification, a.root
+    client = a.deliverer.client(n.account)
+    a.deliverer.take_slot(n.account, "requests")
+    # Replies are not listed in the channel: a reply is looked for in its thread.
+    messages = (client.iter_replies(root.message_id, channel_id=root.channel_id,
+                                    max_pages=LOOK_BACK_PAGES) if root else
+                client.iter_messages(n.channel, limit=100, max_pages=LOOK_BACK_PAGES))
+    # A thread's order is not documented: it is read whole, not up to the attempt.
+    found = find_posted(messages, a.job.id, None if root else maybe_sent_at,
+                        f"the thread of message {root.message_id}" if root else f"#{n.channel}")
+    if found:
+        log.info("job %s: an earlier attempt did post it (message %s): not sending again",
+                 a.job.id, found.id, extra=a.context(message_id=found.id))
+        a.record_posted(found)
+
+
+def post_or_create_channel(a: Attempt) -> None:
+    """Post once, with the slot taken, the mark at the end of the text; with ``create_channel``
+    a channel Pumble does not know is created and the post sent again."""
+    if a.posted:  # found by the look
+        return
+    d, n = a.deliverer, a.notification
+    client = d.client(n.account)
+    text = digest_text([n, *a.members]) if a.members else a.actions.post.text
+    attempts = int(a.meta.get("attempts", 0))
+    a.meta.update(attempts=attempts + 1, maybe_sent_at=d.clock.time())
+    a.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
+    try:
+        try:
+            ref = _post(a, client, text)
+        except NotFoundError:
+            if not a.actions.post.create_channel or a.root:
+                raise
+            _create_channel(a, client)
+            ref = _post(a, client, text)
+    except AmbiguousError:
+        raise  # maybe_sent_at stays: the next attempt looks first
+    except PumbleError:
+        a.meta.pop("maybe_sent_at", None)  # certainly not posted
+        raise
+    a.answered_at = d.clock.time()
+    a.record_posted(ref)
+
+
+def _post(a: Attempt, client: PumbleClient, text: str) -> MessageRef:
+    post, text = a.actions.post, mark(text, a.job.id)
+    if a.root:
+        return client.send_reply(a.root.message_id, text, channel_id=a.root.channel_id,
+                                 as_bot=post.as_bot)
+    return client.send_message(post.channel, text, as_bot=post.as_bot)
+
+
+def _create_channel(a: Attempt, client: PumbleClient) -> None:
+    n = a.notification
+    a.deliverer.take_slot(n.account, "channels")
+    try:
+        client.create_channel(a.actions.post.channel)
+        log.info("created channel #%s (route %s: create_channel)", n.channel, n.route,
+                 extra=a.context())
+    except PumbleValidationError:
+        pass  # another worker created it a moment ago: the name is taken
+    a.deliverer.take_slot(n.account, "messages")
+
+
+# -- after the post -------------------------------------------------------------------------------
+
+def leave_its_line(a: Attempt) -> None:
+    a.deliverer.queue.backlog.leave(a.notification, a.job.id)  # posted: the next may go
+
+
+def become_thread_root(a: Attempt) -> None:
+    """The first message about each notification it carries becomes its thread's root."""
+    if a.root:
+        return
+    for member in (a.notification, *a.members):
+        a.deliverer.queue.roots.claim(member, a.message.id, a.message.channel_id)
+
+
+def react(a: Attempt) -> None:
+    """To the thread's first message (this very message when it is the first); once."""
+    if a.actions.react is None or a.meta.get("reacted"):
+        return
+    n = a.notification
+    target = a.root or a.deliverer.queue.roots.get(n)
+    message_id, channel_id = ((target.message_id, target.channel_id) if isinstance(target, Root)
+                              else (a.message.id, a.message.channel_id))
+    a.deliverer.take_slot(n.account, "reactions")
+    a.deliverer.client(n.account).add_reaction(message_id, a.actions.react.reaction,
+                                               channel_id=channel_id)
+    a.meta["reacted"] = True
+    a.job.save_meta()
+
+
+def record(a: Attempt) -> Outcome:
+    n, ref, members = a.notification, a.message, a.members
+    result: dict[str, Any] = {"message_id": ref.id, "channel_id": ref.channel_id}
+    if members:
+        result["digest"] = len(members) + 1
+    log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
+             n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
+             extra=a.context(message_id=ref.id))
+    a.deliverer.metrics.delivery(n.route, "sent")
+    if a.answered_at:
+        for member in (n, *members):
+            a.deliverer.metrics.end_to_end(n.route, member.received_at, a.answered_at)
+    return result
+
+
+def find_posted(messages: Iterable[Message], owner: str, since: float | None,
+                where: str) -> MessageRef | None:
+    """The message of ``messages`` that carries ``owner``'s mark: the earlier attempt's post, if
+    it was made. With ``since``, ``messages`` are newest first and the walk stops at ones older
+    than that (less clock skew). A place too busy to reach that far within ``LOOK_BACK_PAGES``
+    cannot be checked: the notification becomes a dead letter rather than risk a second post.
+
+    The same text is no evidence (two refunds may both read "Refund issued"); the mark is, as no
+    payload value can put one in a message (bridge.marker)."""
+    oldest = since - CLOCK_SKEW if since is not None else 0.0
+    seen = 0
+    for message in messages:
+        seen += 1
+        if message.timestamp_milli and message.timestamp_milli / 1000 < oldest:
+            return None  # newest first: the rest are older still
+        if marked_by(message.text, owner):
+            return MessageRef(message.id, message.channel_id)
+    if seen >= LOOK_BACK_PAGES * 100:
+        raise DeadLetter(f"an earlier attempt may have posted this (no answer from Pumble) and "
+                         f"{where} has had more than {seen} messages since: it cannot be "
+                         "checked; look there, and post it by hand if it is missing")
+    return None
+
+
+# Not posted yet: look first if an attempt may have posted, else take a slot and post.
+SEND: tuple[Step, ...] = (too_early_to_look, attempts_left, rate_limit_slot, digest_claim,
+                          look_for_an_earlier_post, post_or_create_channel)
+# A delivery, in order.
+STEPS: tuple[Step, ...] = (too_old, already_in_a_digest, thread_root, its_turn,
+                           post_unless_posted, leave_its_line, become_thread_root, react, record)

@@ -1,0 +1,108 @@
+"""The receiver's one write: a webhook accepted, with rq's records for its jobs written by hand.
+
+One script (``scripts.ACCEPT``) dedupes the delivery, keeps the webhook, writes each new job as
+rq's own unique enqueue writes one (its hash, its id on the queue, the queue in rq's set of
+queues), with its thread root and its line, marks the delivery seen and records the activity
+line. Written by hand, not through rq's public API: ``Job.create`` and ``Queue.enqueue_job`` in
+a pipeline join our writes atomically only in a WATCH/MULTI transaction (three more round trips),
+which took 2.35x the time per accept (531 against 226 µs; bench/accept_paths.py). rq is pinned to
+a minor release (pyproject.toml), and tests/test_store.py builds a job through ``Queue.enqueue``
+and compares it with ours, key by key and field by field: it fails the day rq's layout changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from redis.exceptions import NoScriptError
+from rq import Queue
+from rq.job import Job
+from rq.utils import now, utcformat
+
+from bridge.store import scripts
+
+# A job's fields that differ from one job to the next; the others are the template's.
+PER_JOB = ("created_at", "enqueued_at", "data")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to write, and where it waits."""
+
+    id: str
+    call: tuple[str, tuple[Any, ...]]  # the function's dotted name and its arguments
+    line: str  # the backlog it joins ("" for none), scored by ``received_at``
+    received_at: float
+    root: str = ""  # the thread root to mark expected, if none is there ("" for none)
+    root_ttl: int = 0
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """The delivery accepted: its dedupe marker, the webhook kept (when ``record``)."""
+
+    seen: str
+    event: str
+    window: int  # seconds a re-delivery is a duplicate (0: no dedupe)
+    record: bytes = b""
+    record_ttl: int = 0
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """A line for a capped Redis list (the activity record), pushed by the accept when the
+    delivery is not one seen before."""
+
+    key: str
+    entry: bytes  # JSON
+    keep: int
+
+
+def _text(value: Any) -> Any:
+    return value if isinstance(value, bytes | str) else str(value)
+
+
+class Accept:
+    """The accept script of one rq queue. ``template``: a job as rq's ``Job.create`` makes it,
+    whose fields (all but ``PER_JOB``) every job written here shares."""
+
+    def __init__(self, queue: Queue, template: Job, expected: bytes):
+        self.queue = queue
+        self._expected = expected
+        self._script = queue.connection.register_script(scripts.ACCEPT)
+        self._template = [field for name, value in template.to_dict().items()
+                          if value is not None and name not in PER_JOB
+                          for field in (name, _text(value))]
+
+    def job_fields(self, call: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        """The job's hash as rq's own unique enqueue writes it (rq.scripts), but for the call,
+        which is not zlib-compressed (rq reads either; compressing ~800 bytes saved little
+        memory for ~10 µs a job)."""
+        at = utcformat(now())
+        data = orjson.dumps((call[0], None, call[1], {}))
+        return [*self._template, "created_at", at, "enqueued_at", at, "data", data]
+
+    def run(self, client: redis.Redis, webhook: Webhook | None, jobs: Sequence[NewJob],
+            activity: ListEntry | None, count_replicas: bool) -> list[Any]:
+        """Run the script on ``client``'s connection (the one a WAIT after it must use).
+        Answers as ``scripts.ACCEPT`` does."""
+        keys: list[str] = [webhook.seen if webhook else "", webhook.event if webhook else "",
+                           self.queue.key, self.queue.redis_queues_keys,
+                           activity.key if activity else ""]
+        args: list[Any] = [webhook.window if webhook else 0, webhook.record if webhook else "",
+                           webhook.record_ttl if webhook else 0,
+                           activity.entry if activity else "", activity.keep if activity else 0,
+                           len(jobs), self._expected, "1" if count_replicas else ""]
+        for job in jobs:
+            keys += [self.queue.job_class.key_for(job.id), job.root, job.line]
+            fields = self.job_fields(job.call)
+            args += [job.id, job.root_ttl, job.received_at, len(fields) // 2, *fields]
+        try:  # not through the Script object: it copies every argument twice, for nothing here
+            return client.evalsha(self._script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted (or other) Redis: load it, once
+            client.script_load(scripts.ACCEPT)
+            return client.evalsha(self._script.sha, len(keys), *keys, *args)

@@ -1,0 +1,232 @@
+"""Every Lua script the bridge runs in Redis, each with what it takes and what it answers.
+
+A script is one atomic step: no other client's command runs between its reads and its writes.
+The modules that run them (named beside each) register them on their connection.
+"""
+
+from __future__ import annotations
+
+# -- the receiver (bridge.queue) ----------------------------------------------------------------
+
+# Replicas that are online (not still syncing): ROLE is not allowed in scripts, INFO is.
+_ONLINE_REPLICAS = """
+local function online_replicas(wanted)
+  if wanted == '' then return -1 end
+  local _, online = string.gsub(redis.call('INFO', 'replication'), 'state=online', '')
+  return online
+end
+"""
+
+# Makes a write for /readyz to try. KEYS: 1 the probe key. ARGV: 1 its ttl (ms), 2 as ACCEPT's 8.
+# Returns the online replicas (-1: not counted).
+PROBE = _ONLINE_REPLICAS + """
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+return online_replicas(ARGV[2])
+"""
+
+# A webhook accepted (bridge.store.accept writes its arguments).
+# KEYS: 1 seen marker, 2 stored webhook, 3 the rq queue, 4 rq's set of queues, 5 the activity
+# list; then per notification: its job, its thread root ('' for none), its backlog ('' for none).
+# ARGV: 1 dedupe window (0: none), 2 webhook record ('' : none), 3 its ttl, 4 activity entry
+# ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker, 8 '1' to
+# count the online replicas ('' : don't); then per notification: job id, root ttl, backlog
+# score, number of job fields, fields and values.
+# Returns {0, replicas} for a delivery seen before, else {1, replicas, then 1 (written) or 0
+# (job already there) per notification}; replicas is -1 when not counted.
+# A job is written as rq's own unique enqueue writes one (rq.scripts): its hash if none is
+# there, its id pushed on the queue, the queue in rq's set of queues.
+ACCEPT = _ONLINE_REPLICAS + """
+local window = tonumber(ARGV[1])
+if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Written again as it is: a write to WAIT for, which reaches a replica only after the
+  -- first accept's, so a re-delivery is acknowledged only once those are replicated too.
+  redis.call('SET', KEYS[1], 1, 'KEEPTTL')
+  return {0, online_replicas(ARGV[8])}
+end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+local written = {1, online_replicas(ARGV[8])}
+local at = 9
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local job, root, backlog = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
+  local id, root_ttl, score = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local first = at + 4
+  at = first + 2 * tonumber(ARGV[at + 3])
+  if redis.call('EXISTS', job) == 1 then
+    written[#written + 1] = 0
+  else
+    redis.call('HSET', job, unpack(ARGV, first, at - 1))
+    redis.call('RPUSH', KEYS[3], id)
+    redis.call('SADD', KEYS[4], KEYS[3])
+    if root ~= '' then redis.call('SET', root, ARGV[7], 'EX', root_ttl, 'NX') end
+    if backlog ~= '' then redis.call('ZADD', backlog, score, id) end
+    written[#written + 1] = 1
+  end
+end
+if window > 0 then redis.call('SET', KEYS[1], 1, 'EX', window) end
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
+return written
+"""
+
+# -- the activity record (bridge.activity) ------------------------------------------------------
+
+# KEYS: 1 the activity list. ARGV: 1 the search text lowercased ('' : any), 2 as typed, 3 source,
+# 4 type, 5 event id (its line and its replays'), 6 first line to look at, 7 matches wanted,
+# 8 lines to look at, at most, 9 rq's job key prefix. Returns {next line to look at (-1: the
+# end), matching lines…}. The jobs' keys are read by name (not in KEYS): fine on a single Redis
+# (or Sentinel's master), which is what the bridge runs on. A job's meta is JSON as rq's
+# JSONSerializer writes it, with delivery's ``"sent": {"id": "<message id>", …}``.
+SEARCH_ACTIVITY = """
+local q, typed, source, etype, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local first, want, span = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local lines = redis.call('LRANGE', KEYS[1], first, first + span - 1)
+local function sent_as(entry)
+  for _, n in ipairs(entry.notifications) do
+    local meta = redis.call('HGET', ARGV[9] .. n.job_id, 'meta')
+    if meta and string.find(meta, '"id": "' .. typed .. '"', 1, true) then return true end
+  end
+  return false
+end
+local found = {-1}
+for i, line in ipairs(lines) do
+  local entry = cjson.decode(line)
+  if (source == '' or entry.source == source) and (etype == '' or entry.type == etype)
+      and (id == '' or entry.event_id == id or entry.replay_of == id)
+      and (q == '' or string.find(entry.terms or '', q, 1, true) or sent_as(entry)) then
+    found[#found + 1] = line
+    if #found - 1 >= want then
+      found[1] = first + i
+      return found
+    end
+  end
+end
+if #lines == span then found[1] = first + span end
+return found
+"""
+
+# -- digests (bridge.digest) --------------------------------------------------------------------
+
+# KEYS: 1 the job's line, 2 its digest. ARGV: 1 the job id, 2 the threshold, 3 how many to take,
+# 4 the claims' ttl, 5 the in-digest key prefix.
+# A digest once claimed (KEYS[2]) is answered again: {"owner", ids-json}. A job taken
+# into another's digest is {"taken", owner}. Else, if at least ARGV[2] others wait behind it in
+# its line, it takes the next ARGV[3] of them out of the line: {"owner", ids-json}; or {"alone"}.
+# Self stays in the line until its post is recorded (``leave``).
+CLAIM_DIGEST = """
+local mine = redis.call('GET', KEYS[2])
+if mine then return {'owner', mine} end
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+if not rank then
+  local owner = redis.call('GET', ARGV[5] .. ARGV[1])
+  if owner then return {'taken', owner} end
+  return {'alone'}
+end
+local behind = redis.call('ZCARD', KEYS[1]) - rank - 1
+-- Out of the line as it sends, alone or as a digest's owner: no later claim can take it in.
+redis.call('ZREM', KEYS[1], ARGV[1])
+if behind < tonumber(ARGV[2]) or tonumber(ARGV[3]) < 1 then return {'alone'} end
+local popped = redis.call('ZRANGE', KEYS[1], rank, rank + tonumber(ARGV[3]) - 1)
+if #popped == 0 then return {'alone'} end
+redis.call('ZREM', KEYS[1], unpack(popped))
+for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
+local ids = cjson.encode(popped)
+redis.call('SET', KEYS[2], ids, 'EX', ARGV[4])
+return {'owner', ids}
+"""
+
+# -- thread roots (bridge.threads) --------------------------------------------------------------
+
+# Compare-and-set in one step, so two workers never both take the root. KEYS: 1 the root.
+# ARGV: 1 the new root, 2 its ttl, 3 the "expected" marker, 4 '1' when this message may take an
+# expected root's place, 5 the "abandoned" marker. Returns 1 when it became the root.
+CLAIM_ROOT = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[5] then current = false end
+if current and (current ~= ARGV[3] or ARGV[4] ~= '1') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+# KEYS: 1 the root. ARGV: 1 the "expected" marker, 2 the "abandoned" one, which replaces it.
+GIVE_UP_ROOT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+return 0
+"""
+
+# -- rate limits (bridge.ratelimit) -------------------------------------------------------------
+
+# Redis < 7 needs effects replication to write after TIME; on 7 replicate_commands is a no-op
+# (and may be removed one day), hence the pcall.
+ACQUIRE_SLOT = """
+-- KEYS: the buckets to take one slot from (the kind's, then the overall one unless it is the
+-- kind). ARGV: for each key its limit and its window in microseconds; then the clock's offset
+-- in microseconds; then a random suffix.
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV - 1])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local span = tonumber(ARGV[2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - span))
+  local used = redis.call('ZCARD', key)
+  if used >= limit then
+    -- the slot that must leave the window for one to be free
+    local oldest = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+    local free_in = tonumber(oldest[2]) + span - now
+    if free_in < 1 then free_in = 1 end
+    if free_in > wait then wait = free_in end
+  end
+end
+if wait > 0 then
+  return wait
+end
+local score = string.format('%.0f', now)
+local member = t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, score, member)
+  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[2 * i]) / 1000))
+end
+return 0
+"""
+
+SLOTS_STATE = """
+-- KEYS: buckets; ARGV: for each key its limit and window in microseconds; then the clock's
+-- offset in microseconds. Read-only.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local span = tonumber(ARGV[2 * i])
+  local after = '(' .. string.format('%.0f', now - span)
+  local used = redis.call('ZCOUNT', key, after, '+inf')
+  local wait = 0
+  if used >= limit then
+    local oldest = redis.call('ZRANGEBYSCORE', key, after, '+inf', 'WITHSCORES',
+                              'LIMIT', used - limit, 1)
+    wait = tonumber(oldest[2]) + span - now
+    if wait < 1 then wait = 1 end
+  end
+  out[#out + 1] = used
+  out[#out + 1] = wait
+end
+return out
+"""
+
+# -- the worker (bridge.worker) -----------------------------------------------------------------
+
+# Move a job id from rq's intermediate list back to the head of its queue, if it is still there.
+# KEYS: 1 rq's intermediate list, 2 the queue. ARGV: 1 the job id.
+REQUEUE_UNSTARTED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+return redis.call('LPUSH', KEYS[2], ARGV[1])
+"""
+
+# Delete the lock only if it still names the dead scheduler (another may have taken it since).
+# KEYS: 1 rq's scheduler lock. ARGV: 1 the dead scheduler's name.
+RELEASE_SCHEDULER_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
