@@ -25,6 +25,8 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Dispatch, Pipeline
 from bridge.queue import NotificationQueue, Received
 from bridge.sources import PayloadError, SignatureError, Source, WebhookRequest
+from bridge.store.accept import Tally
+from bridge.summaries_totals import SummaryTotals
 
 # The receiver's lines, under the name they have always had (log filters and dashboards use it).
 log = logging.getLogger("bridge.web")
@@ -68,10 +70,12 @@ class Store:
     activity: Activity
     dedupe_window: int
     metrics: Metrics
+    summaries: SummaryTotals
 
     @classmethod
     def on(cls, queue: NotificationQueue, dedupe_window: int, metrics: Metrics) -> Store:
-        return cls(queue, DeadLetters(queue), Activity(queue), dedupe_window, metrics)
+        return cls(queue, DeadLetters(queue), Activity(queue), dedupe_window, metrics,
+                   SummaryTotals(queue.rq.connection, queue.keys))
 
 
 def error(status: int, message: str) -> Answer:
@@ -104,11 +108,13 @@ def accept(inbound: Inbound, source: Source, pipeline: Pipeline, store: Store) -
     dispatch = pipeline.dispatch(event, inbound.received_at)
     received = Received(name, event.id, event.type, source.keepable_headers(webhook),
                         webhook.body, dead_letters=bool(dispatch.failures))
-    return _store(inbound, event, received, dispatch, store)
+    tallies = [store.summaries.tally(summary, added)
+               for summary, added in pipeline.summaries.contributions(event)]
+    return _store(inbound, event, received, dispatch, store, tallies)
 
 
 def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatch,
-           store: Store) -> Answer:
+           store: Store, tallies: list[Tally]) -> Answer:
     name = inbound.source
     context = {"source": name, "event_id": event.id, "event_type": event.type}
     failed = [failure.reason for failure in dispatch.failures]
@@ -124,7 +130,8 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
         accepted = store.queue.accept(
             dispatch.notifications, received=received, dedupe_window=store.dedupe_window,
             activity=store.activity.entry(event, source=name, received_at=inbound.received_at,
-                                          notifications=dispatch.notifications, failures=failed))
+                                          notifications=dispatch.notifications, failures=failed),
+            tallies=tallies)
         if accepted.duplicate:
             return _redelivery(inbound, event, store)
     except redis.RedisError as exc:

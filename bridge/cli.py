@@ -9,6 +9,8 @@ routes test  the same for an event made of a few fields (--set order.total=600)
 pumble       call Pumble's API with a key: channels, messages, send, reply, react, …
 fake-pumble  the fake Pumble server alone
 dlq          the dead letters: list, show, retry, purge
+summary      post (or print) a summary of the events accepted (summaries: in the config)
+status       the bridge at a glance; exit 1 when degraded
 send-sample  POST a signed sample Shopify webhook (or one order's life) to a running receiver
 """
 
@@ -39,6 +41,7 @@ from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_events import add_events_commands
 from bridge.cli_pumble import add_pumble_commands
+from bridge.cli_status import add_status_commands
 from bridge.cli_tools import (
     CommandError,
     add_tools_commands,
@@ -116,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dlq_commands(commands, common)
     add_events_commands(commands, common)
     add_tools_commands(commands, common)
+    add_status_commands(commands, common)
     _add_send_sample_command(commands, common)
     return parser
 

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -260,6 +261,49 @@ class RouteSettings(_Model):
         return self
 
 
+class SummaryMatch(RouteMatch):
+    """The events a summary counts: ``source``/``event`` globs as a route's; test events only
+    when ``test`` asks for them (true: only them; null: either)."""
+
+    test: bool | None = False
+
+
+class SummarySettings(_Model):
+    """One ``summaries:`` entry: the accepted events' totals, posted on a cron ``schedule``
+    (in ``timezone``) to ``channel`` (bridge/summaries.py)."""
+
+    name: str
+    channel: str
+    account: str = "default"
+    schedule: str
+    timezone: str = "UTC"
+    match: SummaryMatch = SummaryMatch()
+    template: str | None = None  # default: the shipped summary.j2
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"summary name {name!r} must be letters, digits, '-' or '_' (it "
+                             "is the argument of `pumble-bridge summary NAME`)")
+        return name
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        from croniter import croniter  # only a config with summaries needs it
+
+        if not croniter.is_valid(schedule):
+            raise ValueError(f"{schedule!r} is not a cron schedule (five fields: minute hour "
+                             "day-of-month month day-of-week, e.g. \"0 18 * * *\")")
+        return schedule
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        return _zone_name(name)
+
+
 class Config(_Model):
     pumble: PumbleSettings = PumbleSettings()
     redis: RedisSettings = RedisSettings()
@@ -268,6 +312,7 @@ class Config(_Model):
     admin: AdminSettings = AdminSettings()
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
+    summaries: list[SummarySettings] = []
     templates_dir: Path | None = None
     timezone: str = "UTC"  # for dates in messages (the `datetime` filter)
     # Where the file was read from; relative paths in it are relative to its folder.
@@ -300,12 +345,7 @@ class Config(_Model):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, name: str) -> str:
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {name!r} (an IANA name such as "
-                             "Europe/Berlin)") from None
-        return name
+        return _zone_name(name)
 
     @field_validator("routes")
     @classmethod
@@ -327,6 +367,24 @@ class Config(_Model):
                                  f"{', '.join(sorted(known))})")
         return self
 
+    @field_validator("summaries")
+    @classmethod
+    def _summaries_valid(cls, summaries: list[SummarySettings],
+                         info: ValidationInfo) -> list[SummarySettings]:
+        """Names unique, accounts known (``pumble`` is validated before, when it is valid)."""
+        pumble = info.data.get("pumble")
+        known = {"default", *(pumble.accounts if pumble else ())}
+        seen: set[str] = set()
+        for summary in summaries:
+            if summary.name in seen:
+                raise ValueError(f"summary name {summary.name!r} is used twice")
+            seen.add(summary.name)
+            if pumble is not None and summary.account not in known:
+                raise ValueError(f"summary {summary.name!r} sends with account "
+                                 f"{summary.account!r}, which is not under pumble.accounts "
+                                 f"(known: {', '.join(sorted(known))})")
+        return summaries
+
     @property
     def template_dirs(self) -> list[Path]:
         """User templates first (so they can override), then the shipped ones."""
@@ -335,6 +393,15 @@ class Config(_Model):
             dirs.append(self.path.parent / self.templates_dir)
         dirs.append(shipped_templates_dir())
         return dirs
+
+
+def _zone_name(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as "
+                         "Europe/Berlin)") from None
+    return name
 
 
 def shipped_templates_dir() -> Path:

@@ -19,6 +19,7 @@ from bridge.notification import Notification
 from bridge.render import Renderer, RenderError
 from bridge.routing import Router
 from bridge.sources import SOURCE_TYPES, Source, WebhookRequest, build_source
+from bridge.summaries import SummaryMatcher, summary_problems
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,12 @@ class Dispatch:
 
 
 class Pipeline:
-    def __init__(self, sources: dict[str, Source], router: Router, renderer: Renderer):
+    def __init__(self, sources: dict[str, Source], router: Router, renderer: Renderer,
+                 summaries: SummaryMatcher | None = None):
         self.sources = sources
         self.router = router
         self.renderer = renderer
+        self.summaries = summaries or SummaryMatcher(())  # the totals an event counts in
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
@@ -81,9 +84,10 @@ class Pipeline:
                 if not any(ch in pattern for ch in "*?[") and pattern not in config.sources:
                     problems.append(f"{locate(route, 'match')}: source {pattern!r} is not "
                                     "under sources:")
+        problems.extend(summary_problems(config, env))
         if problems:
             raise ConfigError(problems)
-        return cls(sources, router, renderer)
+        return cls(sources, router, renderer, SummaryMatcher(config.summaries))
 
     def dispatch(self, event: Event, received_at: float) -> Dispatch:
         result = Dispatch()

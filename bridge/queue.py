@@ -43,8 +43,9 @@ from bridge.retry import (
     REDIS_PROMPT_RETRIES,
 )
 from bridge.store import scripts
-from bridge.store.accept import Accept, ListEntry, NewJob, Webhook
+from bridge.store.accept import Accept, ListEntry, NewJob, Tally, Webhook
 from bridge.store.keys import Keys
+from bridge.summaries_totals import CAPS as SUMMARY_CAPS
 from bridge.threads import EXPECTED, ThreadRoots
 
 DELIVER = "bridge.delivery.deliver"
@@ -178,11 +179,13 @@ class NotificationQueue:
         return bool(self.rq.connection.exists(self.keys.seen(source, event_id)))
 
     def accept(self, notifications: Sequence[Notification], *, received: Received | None = None,
-               dedupe_window: int = 0, activity: ListEntry | None = None) -> Accepted:
+               dedupe_window: int = 0, activity: ListEntry | None = None,
+               tallies: Sequence[Tally] = ()) -> Accepted:
         """Store a webhook's notifications as jobs, in one atomic step with what comes with
         them: with ``received``, the webhook itself (while any of its notifications may fail)
         and, with a ``dedupe_window`` (seconds), the check that its delivery id is new and the
-        marker that makes a re-delivery within the window a duplicate; the ``activity`` line.
+        marker that makes a re-delivery within the window a duplicate; the ``activity`` line;
+        what the event adds to its summaries' totals (``tallies``, bridge.summaries_totals).
         Returns once the write reached ``redis.min_replicas`` replicas. Raises redis.RedisError
         when Redis cannot be written (then nothing was), and NotReplicated (a RedisError too)
         when the write did not reach them in time (then a retry of the delivery is a duplicate,
@@ -208,7 +211,8 @@ class NotificationQueue:
                        root_ttl=self.delivery.max_age)
                 for notification in notifications]
         client = self._thread_client()
-        answer = self._accept.run(client, webhook, jobs, activity, self._count_replicas)
+        answer = self._accept.run(client, webhook, jobs, activity, self._count_replicas,
+                                  tallies, SUMMARY_CAPS)
         self._replicate(client, answer[1])
         if not answer[0]:
             return Accepted(duplicate=True)

@@ -9,16 +9,21 @@ event adds and, from the schedule (cron, in the summary's time zone), which peri
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
+import jinja2
 from croniter import croniter
 
+from bridge.config import Config, SummaryMatch, SummarySettings
 from bridge.events import INVOICE_FAILED, ORDER_CREATED, PAYMENT_FAILED, REFUND_CREATED, Event
 
 AMOUNT_SCALE = 10_000  # amounts are kept as integers of 1/10,000 of a unit: exact, 4 decimals
 LATE_AFTER = dt.timedelta(minutes=5)  # a summary posted later than this past its time says so
+DEFAULT_TEMPLATE = "summary.j2"  # shipped in templates/
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,6 @@ def unscaled(amount: int) -> Decimal:
     return (Decimal(amount) / AMOUNT_SCALE).normalize()
 
 
-def valid_schedule(expression: str) -> bool:
-    return croniter.is_valid(expression)
-
-
 @dataclass(frozen=True)
 class Period:
     """The period a summary is due for: since the previous post (or ``start`` of the totals),
@@ -89,3 +90,46 @@ def due(schedule: str, zone: ZoneInfo, last_end: dt.datetime, now: dt.datetime) 
     if ends <= last_end:
         return None
     return Period(ends, now - ends > LATE_AFTER)
+
+
+class SummaryMatcher:
+    """The configured summaries an accepted event counts in (``match:``, as a route's)."""
+
+    def __init__(self, summaries: Sequence[SummarySettings]):
+        self.summaries = tuple(summaries)
+
+    def contributions(self, event: Event) -> list[tuple[str, Contribution]]:
+        """(summary name, what the event adds to it), for each summary it matches."""
+        matched = [summary.name for summary in self.summaries if _matches(summary.match, event)]
+        if not matched:
+            return []
+        added = contribution(event)
+        return [(name, added) for name in matched]
+
+
+def _matches(match: SummaryMatch, event: Event) -> bool:
+    return (any(fnmatchcase(event.source.name, pattern) for pattern in match.source)
+            and any(fnmatchcase(event.type, pattern) for pattern in match.event)
+            and (match.test is None or match.test == event.test))
+
+
+def summary_problems(config: Config, env: jinja2.Environment) -> list[str]:
+    """What in ``summaries:`` cannot work, found at load time: a template missing or broken,
+    a source that is not configured."""
+    problems = []
+    for index, summary in enumerate(config.summaries):
+        def where(key: str, at: int = index, name: str = summary.name) -> str:
+            return f"{config.locate('summaries', at, key)} (summary {name!r})"
+
+        try:
+            env.get_template(summary.template or DEFAULT_TEMPLATE)
+        except jinja2.TemplateNotFound as exc:
+            problems.append(f"{where('template')}: template {exc.name!r} not found")
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{where('template')}: template syntax error at "
+                            f"{exc.name}:{exc.lineno}: {exc.message}")
+        problems.extend(f"{where('match')}: source {pattern!r} is not under sources:"
+                        for pattern in summary.match.source
+                        if not any(ch in pattern for ch in "*?[")
+                        and pattern not in config.sources)
+    return problems

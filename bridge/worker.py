@@ -13,6 +13,8 @@ maintenance runs every ``MAINTENANCE_INTERVAL`` s, so another worker runs the jo
 about a minute and a half by default. SIGTERM (or Ctrl-C) is a warm shutdown: the
 current send finishes first, then the worker is gone within a couple of seconds. A Redis that
 is full, read-only, loading or out of reach never ends it: it waits, and carries on.
+Its maintenance also posts the summaries that are due (bridge/summaries_post.py): no process
+of their own, and one post a period however many workers run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bridge.queue import connect
 from bridge.retry import REDIS_UNAVAILABLE
 from bridge.store import scripts
 from bridge.store.keys import rq_scheduler
+from bridge.summaries_post import SummaryPoster
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,11 @@ class DeliveryWorker(SimpleWorker):
     job_class = DeliveryJob
     waiting_for_redis = False  # said so in the log, and not yet said it is back
 
-    def __init__(self, *args: Any, deliverer: Deliverer | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deliverer: Deliverer | None = None,
+                 summaries: SummaryPoster | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deliverer = deliverer
+        self.summaries = summaries  # posted when due, at each maintenance
 
     # rq's teardown stops its pub/sub listener, whose thread wakes only every 60 s, and since
     # redis-py 8.2 that stop waits for the thread with no time limit. These two keep the stop
@@ -185,6 +190,7 @@ class DeliveryWorker(SimpleWorker):
     def _maintain(self) -> None:
         for queue in self.queues:
             release_dead_scheduler_lock(self.connection, queue.name)
+        self._post_due_summaries()
         try:
             super().run_maintenance_tasks()
         except UNAVAILABLE:
@@ -193,6 +199,21 @@ class DeliveryWorker(SimpleWorker):
             for queue in self.queues:
                 queue.release_maintenance_lock()
             raise
+
+
+    def _post_due_summaries(self) -> None:
+        """The summaries whose time has come (one worker of all gets each period: see
+        bridge/summaries_post.py). A summary that cannot be made is logged, never the end of
+        the worker; its claim stays, and the next maintenance tries it again."""
+        if self.summaries is None:
+            return
+        try:
+            self.summaries.post_due()
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            log.exception("summaries: could not post a due summary; trying again at the "
+                          "next maintenance")
 
 
 def _why(exc: Exception) -> str:
@@ -238,6 +259,7 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     connection = connect(redis_url, patient=True)
     deliverer = Deliverer(config, connection, clock or Clock(), metrics or Metrics())
     queue = deliverer.queue
+    summaries = SummaryPoster(config, queue, deliverer.clock) if config.summaries else None
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.
     log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
@@ -245,6 +267,7 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     try:
         while True:
             worker = DeliveryWorker([queue.rq], connection=connection, deliverer=deliverer,
+                                    summaries=summaries,
                                     serializer=JSONSerializer, worker_ttl=worker_ttl,
                                     maintenance_interval=maintenance_interval,
                                     log_job_description=False)

@@ -62,6 +62,24 @@ class ListEntry:
     keep: int
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What an accepted event adds to one summary's totals (``scripts.ACCEPT`` adds it)."""
+
+    totals: str  # the hash of counts and amounts
+    products: str  # the sorted set of quantities by product
+    increments: tuple[tuple[str, int], ...]  # (field, by)
+    quantities: tuple[tuple[str, int], ...]  # (product, quantity)
+
+
+@dataclass(frozen=True)
+class TallyCaps:
+    """How far a summary's totals may grow: fields of its hash, products kept."""
+
+    fields: int
+    products: int
+
+
 def _text(value: Any) -> Any:
     return value if isinstance(value, bytes | str) else str(value)
 
@@ -87,7 +105,8 @@ class Accept:
         return [*self._template, "created_at", at, "enqueued_at", at, "data", data]
 
     def run(self, client: redis.Redis, webhook: Webhook | None, jobs: Sequence[NewJob],
-            activity: ListEntry | None, count_replicas: bool) -> list[Any]:
+            activity: ListEntry | None, count_replicas: bool,
+            tallies: Sequence[Tally] = (), caps: TallyCaps = TallyCaps(0, 0)) -> list[Any]:
         """Run the script on ``client``'s connection (the one a WAIT after it must use).
         Answers as ``scripts.ACCEPT`` does."""
         keys: list[str] = [webhook.seen if webhook else "", webhook.event if webhook else "",
@@ -101,6 +120,11 @@ class Accept:
             keys += [self.queue.job_class.key_for(job.id), job.root, job.line]
             fields = self.job_fields(job.call)
             args += [job.id, job.root_ttl, job.received_at, len(fields) // 2, *fields]
+        args += [caps.fields, caps.products, len(tallies)]
+        for tally in tallies:
+            keys += [tally.totals, tally.products]
+            args += [len(tally.increments), *(part for pair in tally.increments for part in pair),
+                     len(tally.quantities), *(part for pair in tally.quantities for part in pair)]
         try:  # not through the Script object: it copies every argument twice, for nothing here
             return client.evalsha(self._script.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted (or other) Redis: load it, once

@@ -98,3 +98,24 @@ class Keys:
     def admin_login_failures(self) -> str:
         """Followed by ``<minute>:<address>``: wrong tokens that minute."""
         return f"{self._prefix}admin:login-failures:"
+
+    # -- summaries (bridge/summaries_totals.py): a summary's name is a config name ([A-Za-z0-9_-])
+
+    def summary_totals(self, name: str) -> str:
+        """A hash: the counts and scaled amounts accepted since the summary's last post."""
+        return f"{self._prefix}summary:{name}:totals"
+
+    def summary_products(self, name: str) -> str:
+        """A sorted set: quantity ordered by product name, since the last post (capped)."""
+        return f"{self._prefix}summary:{name}:products"
+
+    def summary_state(self, name: str) -> str:
+        """A hash: where the last period ended, and the period claimed but not yet queued."""
+        return f"{self._prefix}summary:{name}:state"
+
+    def summary_claimed_totals(self, name: str) -> str:
+        """The totals of the period claimed, until its message is queued."""
+        return f"{self._prefix}summary:{name}:claimed:totals"
+
+    def summary_claimed_products(self, name: str) -> str:
+        return f"{self._prefix}summary:{name}:claimed:products"

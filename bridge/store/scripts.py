@@ -31,6 +31,11 @@ return online_replicas(ARGV[2])
 # ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker, 8 '1' to
 # count the online replicas ('' : don't); then per notification: job id, root ttl, backlog
 # score, number of job fields, fields and values.
+# Then, after the notifications', the summaries' totals (bridge.summaries_totals): KEYS per
+# summary: its totals, its products; ARGV: the totals' field cap, the products' cap, the number
+# of summaries, then per summary: its fields, each field and increment, its products, each
+# name and quantity. Added unless every job of the webhook was there already (a re-delivery
+# the dedupe window did not catch); a new field past the cap counts in 'dropped' instead.
 # Returns {0, replicas} for a delivery seen before, else {1, replicas, then 1 (written) or 0
 # (job already there) per notification}; replicas is -1 when not counted.
 # A job is written as rq's own unique enqueue writes one (rq.scripts): its hash if none is
@@ -45,6 +50,7 @@ if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
 local written = {1, online_replicas(ARGV[8])}
+local fresh = tonumber(ARGV[6]) == 0  -- a webhook without notifications is new here
 local at = 9
 for i = 0, tonumber(ARGV[6]) - 1 do
   local job, root, backlog = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
@@ -60,7 +66,33 @@ for i = 0, tonumber(ARGV[6]) - 1 do
     if root ~= '' then redis.call('SET', root, ARGV[7], 'EX', root_ttl, 'NX') end
     if backlog ~= '' then redis.call('ZADD', backlog, score, id) end
     written[#written + 1] = 1
+    fresh = true
   end
+end
+local k = 6 + 3 * tonumber(ARGV[6])
+local max_fields, max_products = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+local summaries = tonumber(ARGV[at + 2])
+at = at + 3
+for _ = 1, summaries do
+  local totals, products = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  for _ = 1, tonumber(ARGV[at]) do
+    local field, by = ARGV[at + 1], ARGV[at + 2]
+    at = at + 2
+    if fresh then
+      if redis.call('HLEN', totals) >= max_fields and redis.call('HEXISTS', totals, field) == 0
+          then field, by = 'dropped', 1 end
+      redis.call('HINCRBY', totals, field, by)
+    end
+  end
+  at = at + 1
+  for _ = 1, tonumber(ARGV[at]) do
+    if fresh then redis.call('ZINCRBY', products, ARGV[at + 2], ARGV[at + 1]) end
+    at = at + 2
+  end
+  at = at + 1
+  -- Capped: the products ordered least go first (their counts are lost, said in docs).
+  if fresh then redis.call('ZREMRANGEBYRANK', products, 0, -max_products - 1) end
 end
 if window > 0 then redis.call('SET', KEYS[1], 1, 'EX', window) end
 if ARGV[4] ~= '' then
@@ -68,6 +100,35 @@ if ARGV[4] ~= '' then
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 end
 return written
+"""
+
+# -- summaries (bridge.summaries_totals) ------------------------------------------------------
+
+# A period claimed: exactly one worker (or command) gets it. KEYS: 1 the totals, 2 the products,
+# 3 the state, 4 the claimed totals, 5 the claimed products. ARGV: 1 the period's end (epoch
+# seconds), 2 '1' when late, 3 where a summary with no state starts. A period already posted
+# (ending at or before the state's 'ends') or one claimed and not yet queued answers 0. Else the
+# totals become the claimed ones (the next event counts in the next period), the state records
+# the claim ('claimed_since', 'claimed_ends', 'claimed_late') and the new end; answers 1.
+CLAIM_SUMMARY = """
+local ends = redis.call('HGET', KEYS[3], 'ends') or ARGV[3]
+if tonumber(ends) >= tonumber(ARGV[1]) or redis.call('HEXISTS', KEYS[3], 'claimed_ends') == 1
+    then return 0 end
+redis.call('DEL', KEYS[4], KEYS[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
+redis.call('HSET', KEYS[3], 'ends', ARGV[1], 'claimed_since', ends, 'claimed_ends', ARGV[1],
+           'claimed_late', ARGV[2])
+return 1
+"""
+
+# The claimed period's message is queued: its totals go. KEYS: as CLAIM_SUMMARY's. ARGV: 1 the
+# period's end. Answers 1, or 0 when that period is no longer the one claimed.
+SETTLE_SUMMARY = """
+if redis.call('HGET', KEYS[3], 'claimed_ends') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('HDEL', KEYS[3], 'claimed_since', 'claimed_ends', 'claimed_late')
+return 1
 """
 
 # -- the activity record (bridge.activity) ------------------------------------------------------
