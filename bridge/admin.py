@@ -89,6 +89,7 @@ from bridge.reload import Reloader
 from bridge.render import RenderError
 from bridge.replay import ReplayError, replay
 from bridge.store.keys import Keys
+from bridge.summaries import upcoming
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +480,11 @@ def queue_page() -> Response | tuple[Response, int]:
              "finished": rq.finished_job_registry.count}
     accounts = ["default", *state.pipelines.config.pumble.accounts]
     data = {"queue": rq.name, "depth": depth,
-            "rate_limits": {account: state.limiter.state(account) for account in accounts}}
+            "rate_limits": {account: state.limiter.state(account) for account in accounts},
+            "summaries": [{"name": coming.name, "channel": coming.channel,
+                           "next": coming.at.strftime("%Y-%m-%d %H:%M %Z")}
+                          for coming in upcoming(state.pipelines.config.summaries,
+                                                 state.clock())]}
     return _respond("queue.html", data, title="Queue", tab="queue")
 
 

@@ -18,6 +18,7 @@ from bridge.cli_tools import EXIT_FAILED, CommandError, command_config, command_
 from bridge.config import ConfigError, config_path, load_config
 from bridge.queue import NotificationQueue, connect
 from bridge.status import Status, gather
+from bridge.summaries import upcoming
 from bridge.summaries_post import SummaryPoster
 
 # What the summary command needs of the config: no source, so no webhook secret.
@@ -73,8 +74,9 @@ def _summary(poster: SummaryPoster, args: argparse.Namespace) -> int:
     if args.name in poster.post_due():
         print(f"summary {args.name!r} queued: a worker posts it")
     else:
-        [upcoming] = [u for u in poster.upcoming() if u.name == args.name]
-        print(f"summary {args.name!r} is not due: next at {upcoming.at:%Y-%m-%d %H:%M %Z} "
+        [coming] = [u for u in upcoming(poster.config.summaries, poster.clock.time())
+                    if u.name == args.name]
+        print(f"summary {args.name!r} is not due: next at {coming.at:%Y-%m-%d %H:%M %Z} "
               "(--now posts it now)")
     return 0
 

@@ -19,7 +19,8 @@ from bridge.clock import Clock
 from bridge.config import Config
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
-from bridge.summaries_post import SummaryPoster
+from bridge.summaries import upcoming
+from bridge.summaries_totals import SummaryTotals
 
 STALE_QUEUE = 300  # seconds: a queued job older than this means sending has fallen behind
 LOOKED_AT = 500  # recent webhooks read to find each source's last one
@@ -118,13 +119,10 @@ def _rate_limits(config: Config, connection: redis.Redis,
 
 
 def _summaries(config: Config, queue: NotificationQueue, clock: Clock) -> list[dict[str, Any]]:
-    if not config.summaries:
-        return []
-    poster = SummaryPoster(config, queue, clock)
-    return [{"name": upcoming.name, "channel": upcoming.channel,
-             "next": upcoming.at.isoformat(),
-             "posted_until": _iso(poster.totals.posted_until(upcoming.name))}
-            for upcoming in poster.upcoming()]
+    totals = SummaryTotals(queue.rq.connection, queue.keys)
+    return [{"name": coming.name, "channel": coming.channel, "next": coming.at.isoformat(),
+             "posted_until": _iso(totals.posted_until(coming.name))}
+            for coming in upcoming(config.summaries, clock.time())]
 
 
 def _iso(stamp: float | None) -> str | None:

@@ -82,6 +82,24 @@ def next_time(schedule: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
     return croniter(schedule, now.astimezone(zone)).get_next(dt.datetime)
 
 
+@dataclass(frozen=True)
+class Upcoming:
+    """A summary's next post, for the admin page and ``status``."""
+
+    name: str
+    channel: str
+    at: dt.datetime  # in the summary's time zone
+
+
+def upcoming(summaries: Sequence[SummarySettings], now: float) -> list[Upcoming]:
+    """Each summary's next post after ``now`` (epoch seconds), soonest first."""
+    times = [Upcoming(s.name, s.channel, next_time(
+                 s.schedule, ZoneInfo(s.timezone),
+                 dt.datetime.fromtimestamp(now, ZoneInfo(s.timezone))))
+             for s in summaries]
+    return sorted(times, key=lambda coming: coming.at)
+
+
 def due(schedule: str, zone: ZoneInfo, last_end: dt.datetime, now: dt.datetime) -> Period | None:
     """The period to post now (ending at the schedule's latest time), or None while the one
     posted last (``last_end``) is the latest. Periods missed while nothing ran are posted

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,22 +22,13 @@ from bridge.clock import Clock
 from bridge.config import Config, SummarySettings
 from bridge.notification import Notification
 from bridge.queue import NotificationQueue
-from bridge.summaries import DEFAULT_TEMPLATE, due, last_time, next_time, unscaled
+from bridge.summaries import DEFAULT_TEMPLATE, due, last_time, unscaled
 from bridge.summaries_totals import Claimed, SummaryTotals, Totals, as_time
 
 log = logging.getLogger(__name__)
 
 SOURCE = "summary"  # a summary's notification names this as its source, and its route
 EVENT_TYPE = "summary"
-
-
-@dataclass(frozen=True)
-class Upcoming:
-    """A summary's next post, for the admin page and ``status``."""
-
-    name: str
-    channel: str
-    at: dt.datetime
 
 
 class SummaryPoster:
@@ -89,13 +79,6 @@ class SummaryPoster:
         since = self.totals.posted_until(name) or first
         return self.render(summary, Claimed(since, now.timestamp(), False,
                                             self.totals.current(name)))
-
-    def upcoming(self) -> list[Upcoming]:
-        """Each summary's next post, soonest first."""
-        times = [Upcoming(s.name, s.channel,
-                          next_time(s.schedule, ZoneInfo(s.timezone), self._now(s)))
-                 for s in self.config.summaries]
-        return sorted(times, key=lambda upcoming: upcoming.at)
 
     def render(self, summary: SummarySettings, claimed: Claimed) -> str:
         """The message, from ``summary.j2`` (or the summary's ``template``) in the sandbox

@@ -20,6 +20,7 @@ from bridge.web import create_app
 from tests.conftest import TEST_SECRET, Bridge, texts
 
 BERLIN = ZoneInfo("Europe/Berlin")
+ADMIN_TOKEN = "admin-token-5c2e8f1a9b3d7460"
 DAILY = {"name": "daily", "channel": "orders", "schedule": "0 18 * * *",
          "timezone": "Europe/Berlin"}
 
@@ -93,7 +94,7 @@ def test_a_due_period_is_posted_once_however_many_workers(bridge, fake_pumble, r
     assert other.post_due() == []
     b.work()
     [summary] = summaries_posted(fake_pumble)
-    assert summary.startswith("📊 daily · Yesterday 18:00 – today 18:00: 1 order, 368.40 EUR")
+    assert summary.startswith("📊 daily · Yesterday 18:00 \u2013 today 18:00: 1 order, 368.40 EUR")
     assert "late" not in summary
     assert other.post_due() == []  # the next period is tomorrow's
 
@@ -106,7 +107,7 @@ def test_periods_missed_while_down_are_posted_once_late(bridge, fake_pumble):
     b.work()
     b.work()
     [summary] = summaries_posted(fake_pumble)
-    assert summary.startswith("📊 daily · Mon 8 Mar 18:00 – today 18:00: 0 orders")
+    assert summary.startswith("📊 daily · Mon 8 Mar 18:00 \u2013 today 18:00: 0 orders")
     assert "⏰ Posted late: the bridge was not running at 18:00." in summary
 
 
@@ -143,3 +144,19 @@ def test_an_unknown_summary_is_one_clear_line(bridge, capsys):
     assert main(["--config", str(b.path), "summary", "weekly"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"pumble-bridge: no summary named 'weekly' in {b.path} (configured: daily)"]
+
+
+def test_the_admin_page_shows_upcoming_summaries(bridge):
+    b = with_summaries(bridge, routes=[])
+    config = yaml.safe_load(b.path.read_text())
+    config["admin"] = {"token": ADMIN_TOKEN}
+    b.path.write_text(yaml.safe_dump(config))
+    app = create_app(Bridge(b.path, b.redis_url, b.rq).config, b.redis_url, watch=False)
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answer = app.test_client().get("/admin/queue",
+                                   headers={**bearer, "Accept": "application/json"})
+    [daily] = answer.json["summaries"]
+    assert (daily["name"], daily["channel"]) == ("daily", "orders")
+    assert daily["next"].endswith(" 18:00 " + dt.datetime.now(BERLIN).strftime("%Z"))
+    html = app.test_client().get("/admin/queue", headers=bearer).text
+    assert "Upcoming summaries" in html and f"<td>{daily['next']}</td>" in html
