@@ -19,7 +19,7 @@ from bridge.config import ConfigError, config_path, load_config
 from bridge.queue import NotificationQueue, connect
 from bridge.status import Status, gather
 from bridge.summaries import upcoming
-from bridge.summaries_post import SummaryPoster
+from bridge.summaries_post import SummaryPoster, UnknownSummary
 
 # What the summary command needs of the config: no source, so no webhook secret.
 SUMMARY_SECTIONS = ("pumble", "redis", "delivery", "summaries", "templates_dir", "timezone")
@@ -52,11 +52,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         try:
             poster = SummaryPoster(config, NotificationQueue(connection, config.redis.queue,
                                                              config.delivery))
-            if poster.named(args.name) is None:
-                known = ", ".join(s.name for s in config.summaries) or "none"
-                raise CommandError(f"no summary named {args.name!r} in {config.path} "
-                                   f"(configured: {known})")
             return _summary(poster, args)
+        except UnknownSummary as exc:
+            raise CommandError(str(exc)) from None
         finally:
             connection.close()
 
@@ -71,7 +69,7 @@ def _summary(poster: SummaryPoster, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         print(f"summary {args.name!r} queued: a worker posts it")
         return 0
-    if args.name in poster.post_due():
+    if poster.post_if_due(poster.named(args.name)):
         print(f"summary {args.name!r} queued: a worker posts it")
     else:
         [coming] = [u for u in upcoming(poster.config.summaries, poster.clock.time())

@@ -31,6 +31,10 @@ SOURCE = "summary"  # a summary's notification names this as its source, and its
 EVENT_TYPE = "summary"
 
 
+class UnknownSummary(ValueError):
+    """The config has no summary of that name."""
+
+
 class SummaryPoster:
     """The configured summaries of one bridge, posted to its queue."""
 
@@ -42,14 +46,21 @@ class SummaryPoster:
         self._env = sandbox.environment(config.template_dirs, ZoneInfo(config.timezone),
                                         config.delivery.max_message_chars)
 
-    def named(self, name: str) -> SummarySettings | None:
-        return next((s for s in self.config.summaries if s.name == name), None)
+    def named(self, name: str) -> SummarySettings:
+        """The summary called ``name``; UnknownSummary (one line, for a person) if none is."""
+        summary = next((s for s in self.config.summaries if s.name == name), None)
+        if summary is None:
+            known = ", ".join(s.name for s in self.config.summaries) or "none"
+            raise UnknownSummary(f"no summary named {name!r} in {self.config.path} "
+                                 f"(configured: {known})")
+        return summary
 
     def post_due(self) -> list[str]:
         """Queue every summary whose period has ended and is not yet posted; the names."""
-        return [summary.name for summary in self.config.summaries if self._post_if_due(summary)]
+        return [summary.name for summary in self.config.summaries if self.post_if_due(summary)]
 
-    def _post_if_due(self, summary: SummarySettings) -> bool:
+    def post_if_due(self, summary: SummarySettings) -> bool:
+        """Queue the summary's period that has ended, if one has and nobody posted it."""
         finished = self._queue_claimed(summary)  # one a worker claimed, then died
         zone, now = ZoneInfo(summary.timezone), self._now(summary)
         first = last_time(summary.schedule, zone, now).timestamp()
@@ -63,7 +74,7 @@ class SummaryPoster:
     def post_now(self, name: str) -> bool:
         """Close summary ``name``'s period now and queue its message. False when another
         claim of it is under way."""
-        summary = self._summary(name)
+        summary = self.named(name)
         self._queue_claimed(summary)
         now = self._now(summary)
         first = last_time(summary.schedule, ZoneInfo(summary.timezone), now).timestamp()
@@ -73,7 +84,7 @@ class SummaryPoster:
 
     def preview(self, name: str) -> str:
         """The message summary ``name`` would post now; nothing is claimed or sent."""
-        summary = self._summary(name)
+        summary = self.named(name)
         zone, now = ZoneInfo(summary.timezone), self._now(summary)
         first = last_time(summary.schedule, zone, now).timestamp()
         since = self.totals.posted_until(name) or first
@@ -111,14 +122,6 @@ class SummaryPoster:
                  as_time(claimed.ends, ZoneInfo(summary.timezone)).isoformat(),
                  " (late)" if claimed.late else "")
         return True
-
-    def _summary(self, name: str) -> SummarySettings:
-        summary = self.named(name)
-        if summary is None:
-            known = ", ".join(s.name for s in self.config.summaries) or "none"
-            raise KeyError(f"no summary named {name!r} in {self.config.path} "
-                           f"(configured: {known})")
-        return summary
 
     def _now(self, summary: SummarySettings) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock.time(), ZoneInfo(summary.timezone))
