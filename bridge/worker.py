@@ -200,7 +200,6 @@ class DeliveryWorker(SimpleWorker):
                 queue.release_maintenance_lock()
             raise
 
-
     def _post_due_summaries(self) -> None:
         """The summaries whose time has come (one worker of all gets each period: see
         bridge/summaries_post.py). A summary that cannot be made is logged, never the end of
