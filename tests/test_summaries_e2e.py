@@ -5,6 +5,7 @@ Pumble through the normal delivery path."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -18,6 +19,7 @@ from bridge.sources.shopify import sign
 from bridge.summaries_post import SummaryPoster
 from bridge.web import create_app
 from tests.conftest import TEST_SECRET, Bridge, texts
+from tests.test_e2e import clean_env, cli
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ADMIN_TOKEN = "admin-token-5c2e8f1a9b3d7460"
@@ -109,6 +111,18 @@ def test_periods_missed_while_down_are_posted_once_late(bridge, fake_pumble):
     [summary] = summaries_posted(fake_pumble)
     assert summary.startswith("📊 daily · Mon 8 Mar 18:00 \u2013 today 18:00: 0 orders")
     assert "⏰ Posted late: the bridge was not running at 18:00." in summary
+
+
+def test_a_worker_process_posts_a_due_summary_with_no_process_of_its_own(bridge, fake_pumble):
+    b = with_summaries(bridge, routes=[], summaries=[{**DAILY, "schedule": "* * * * *"}])
+    # Posted last two minutes ago: a period (a minute) has ended since, which is due now.
+    poster = SummaryPoster(b.config, b.queue, b.clock)
+    poster.totals.last_end("daily", (math.floor(b.clock.time() / 60) - 2) * 60)
+    worker = cli("--config", str(b.path), "worker", "--burst", env=clean_env())
+    assert worker.returncode == 0, worker.stderr
+    [summary] = summaries_posted(fake_pumble)
+    assert summary.startswith("📊 daily · ") and "No events in this period." in summary
+    assert "late" not in summary
 
 
 def test_a_claim_whose_worker_died_is_finished_by_the_next(bridge, fake_pumble):
