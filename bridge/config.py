@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -291,8 +292,6 @@ class SummarySettings(_Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, schedule: str) -> str:
-        from croniter import croniter  # only a config with summaries needs it
-
         if not croniter.is_valid(schedule):
             raise ValueError(f"{schedule!r} is not a cron schedule (five fields: minute hour "
                              "day-of-month month day-of-week, e.g. \"0 18 * * *\")")

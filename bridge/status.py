@@ -7,6 +7,7 @@ Read from Redis and the config file only: it works whether the bridge runs here 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,7 +91,7 @@ def _oldest_queued_age(queue: NotificationQueue, now: float) -> float | None:
     return max(0.0, now - job.enqueued_at.replace(tzinfo=dt.UTC).timestamp())
 
 
-def last_webhooks(activity: Activity, sources: Any) -> dict[str, LastWebhook | None]:
+def last_webhooks(activity: Activity, sources: Iterable[str]) -> dict[str, LastWebhook | None]:
     """Each source's newest accepted webhook among the recent ones, and what came of it."""
     last: dict[str, LastWebhook | None] = dict.fromkeys(sources)
     for line in activity.recent(LOOKED_AT):

@@ -13,6 +13,7 @@ from bridge import sandbox
 from bridge.config import Config, ConfigError, SummarySettings, load_config
 from bridge.events import Event, LineItem, Order, Refund, SourceRef
 from bridge.queue import NotificationQueue, Received, connect
+from bridge.store.keys import Keys
 from bridge.summaries import (
     Contribution,
     SummaryMatcher,
@@ -180,3 +181,13 @@ def test_summary_names_are_unique_and_test_events_left_out_by_default(tmp_path):
     assert matcher.contributions(Event("e", "order.created", SHOP, test=True)) == []
     assert [name for name, _ in matcher.contributions(Event("e", "order.created", SHOP))] \
         == ["daily"]
+
+
+def test_summary_keys_keep_their_names():
+    keys = Keys("q")
+    assert [keys.summary_totals("daily"), keys.summary_products("daily"),
+            keys.summary_state("daily"), keys.summary_claimed_totals("daily"),
+            keys.summary_claimed_products("daily")] == [
+        "pumble-bridge:q:summary:daily:totals", "pumble-bridge:q:summary:daily:products",
+        "pumble-bridge:q:summary:daily:state", "pumble-bridge:q:summary:daily:claimed:totals",
+        "pumble-bridge:q:summary:daily:claimed:products"]

@@ -171,6 +171,6 @@ def test_the_admin_page_shows_upcoming_summaries(bridge):
                                    headers={**bearer, "Accept": "application/json"})
     [daily] = answer.json["summaries"]
     assert (daily["name"], daily["channel"]) == ("daily", "orders")
-    assert daily["next"].endswith(" 18:00 " + dt.datetime.now(BERLIN).strftime("%Z"))
+    assert " 18:00 " in daily["next"]
     html = app.test_client().get("/admin/queue", headers=bearer).text
     assert "Upcoming summaries" in html and f"<td>{daily['next']}</td>" in html
