@@ -15,8 +15,6 @@ import logging
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import jinja2
-
 from bridge import sandbox
 from bridge.clock import Clock
 from bridge.config import Config, SummarySettings
@@ -98,11 +96,11 @@ class SummaryPoster:
         try:
             template = self._env.get_template(summary.template or DEFAULT_TEMPLATE)
             return sandbox.render(template, names).strip()
-        except jinja2.TemplateError as exc:  # a shop's own template failing on these totals
+        except Exception as exc:  # a shop's own template or filter failing on these totals
             if summary.template is None:
                 raise
-            log.error("summary %s: its template %s failed (%s); posted with %s", summary.name,
-                      summary.template, exc, DEFAULT_TEMPLATE)
+            log.error("summary %s: its template %s failed (%s: %s); posted with %s",
+                      summary.name, summary.template, type(exc).__name__, exc, DEFAULT_TEMPLATE)
             return sandbox.render(self._env.get_template(DEFAULT_TEMPLATE), names).strip()
 
     def _queue_claimed(self, summary: SummarySettings) -> bool:

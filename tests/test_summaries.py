@@ -77,8 +77,8 @@ def settings(**changes) -> SummarySettings:
                               "timezone": "Europe/Berlin", **changes})
 
 
-def message(totals: Totals, late: bool = False) -> str:
-    config = Config(sources={}, summaries=[settings()])
+def message(totals: Totals, late: bool = False, config: Config | None = None) -> str:
+    config = config or Config(sources={}, summaries=[settings()])
     poster = SummaryPoster.__new__(SummaryPoster)  # rendering needs no Redis
     poster._env = sandbox.environment(config.template_dirs, UTC)
     since, ends = at("2026-12-06 18:00").timestamp(), at("2026-12-07 18:00").timestamp()
@@ -112,6 +112,17 @@ def test_product_names_from_payloads_are_chat_safe():
     [products] = [line for line in text.splitlines() if line.startswith("Top products")]
     assert "@here" not in products and "](" not in products
     assert text.splitlines()[-1] == "Events: order.created 1"  # no line of its own
+
+
+def test_a_shops_own_template_that_fails_is_logged_and_the_shipped_one_posts(tmp_path, caplog):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mine.j2").write_text("{{ 100 // events }} per event")
+    config = Config(sources={}, summaries=[settings(template="mine.j2")], templates_dir="mine",
+                    path=tmp_path / "config.yaml")
+    assert message(Totals({"order.created": 4}), config=config) == "25 per event"
+    text = message(Totals(), config=config)
+    assert text.startswith("📊 daily · ") and "No events in this period." in text
+    assert "its template mine.j2 failed (ZeroDivisionError" in caplog.text
 
 
 # -- the totals in Redis stay bounded -------------------------------------------------------
