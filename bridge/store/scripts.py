@@ -163,6 +163,7 @@ return {'owner', ids}
 # seconds from now (Redis's clock; rq's scores are Unix seconds) is moved here, as rq's
 # scheduler moves one (status "queued", ``enqueued_at``, its id on the queue): never twice.
 LEAVE_LINE = """
+pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
 local leaving = tonumber(ARGV[5])
 for i = 6, 5 + leaving do
   redis.call('ZREM', KEYS[1], ARGV[i])
