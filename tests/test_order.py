@@ -17,10 +17,11 @@ from rq.scheduler import RQScheduler
 from bridge.digest import HANDOVER_MARGIN
 from bridge.local_server import LocalServer
 from bridge.queue import job_id
+from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.samples import body_of, shopify_headers, shopify_order
 from bridge.sources.shopify import sign
 from bridge.web import create_app
-from tests.conftest import TEST_SECRET, FakePumble, faults, stats
+from tests.conftest import TEST_SECRET, FakePumble, faults, stats, wait_until
 from tests.test_delivery import THREAD_ROUTES
 from tests.test_identity import LossyProxy
 from tests.test_worker_processes import kill, worker_process
@@ -131,23 +132,56 @@ def test_new_orders_under_the_rate_limit_read_in_arrival_order_alone_and_in_dige
     assert stats(fake_pumble)["rate_limited"] == 0
 
 
+@contextmanager
+def two_workers(b) -> Iterator[None]:
+    """Two worker processes on the test's queue, for as long as the block runs."""
+    workers = [worker_process(b.path) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for worker in workers:
+            kill(worker)
+
+
+def posted_in_order(fake: FakePumble, numbers: range, timeout: float = 90) -> list[int]:
+    """Once every order is posted: each order's number, as the channel reads."""
+    def shown() -> list[int]:
+        return [n for message in order_numbers(fake) for n in message]
+
+    wait_until(lambda: len(shown()) >= len(numbers), "every order posted", timeout)
+    return shown()
+
+
 def test_orders_after_one_whose_first_send_fails_wait_for_it(bridge, fake_pumble):
     """Two worker processes; the first send (of the first order) answers 503: the orders after
     it wait until it is posted, a backoff later."""
     b = bridge()
-    enqueue_orders(b, range(5001, 5031))
+    numbers = range(5001, 5031)
+    enqueue_orders(b, numbers)
     faults(fake_pumble, fail_next={"count": 1, "status": 503})
-    workers = [worker_process(b.path, "--burst") for _ in range(2)]
-    try:
-        for worker in workers:
-            assert worker.wait(120) == 0
-    finally:
-        for worker in workers:
-            kill(worker)
-    b.drain()  # anything a worker left scheduled
+    with two_workers(b):
+        assert posted_in_order(fake_pumble, numbers) == list(numbers)
     assert stats(fake_pumble)["failed"] == 1
-    assert [n for message in order_numbers(fake_pumble) for n in message] == \
-        list(range(5001, 5031))
+
+
+def test_two_workers_under_a_full_rate_limit_window_post_in_arrival_order(bridge, fake_pumble):
+    """20 messages a minute, the window already full, a slot freed every half second; no worker
+    waits for a slot (job_timeout 2: it runs again later instead), digests of 4 while 5 or
+    more wait: 32 orders read in arrival order, alone and in digests."""
+    b = bridge({"rate_limits": {"messages": 20}, "job_timeout": 2,
+                "digest": {"window": 15, "max_items": 4}})
+    numbers = range(7001, 7033)
+    enqueue_orders(b, numbers)
+    limiter = RateLimiter(b.rq.connection, b.config.redis.queue, limits_per_minute({}))
+    now = float(b.rq.connection.time()[0])
+    b.rq.connection.zadd(limiter.key("default", "messages"), {
+        f"earlier-{k}": (now - limiter.window("messages") + 0.5 * (k + 1)) * 1_000_000
+        for k in range(20)})
+    with two_workers(b):
+        assert posted_in_order(fake_pumble, numbers) == list(numbers)
+    read = order_numbers(fake_pumble)
+    assert any(len(message) > 1 for message in read), read
+    assert stats(fake_pumble)["rate_limited"] == 0
 
 
 def test_a_dead_lettered_head_releases_its_line(bridge, fake_pumble):
