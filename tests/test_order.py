@@ -14,6 +14,7 @@ import httpx
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
+from bridge.delivery.steps import PARK_MIN
 from bridge.digest import HANDOVER_MARGIN
 from bridge.local_server import LocalServer
 from bridge.queue import job_id
@@ -21,7 +22,7 @@ from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.samples import body_of, shopify_headers, shopify_order
 from bridge.sources.shopify import sign
 from bridge.web import create_app
-from tests.conftest import TEST_SECRET, FakePumble, faults, stats, wait_until
+from tests.conftest import TEST_SECRET, FakePumble, faults, stats, texts, wait_until
 from tests.test_delivery import THREAD_ROUTES
 from tests.test_identity import LossyProxy
 from tests.test_worker_processes import kill, worker_process
@@ -236,3 +237,19 @@ def test_a_handover_moves_a_parked_head_as_rqs_scheduler_does(bridge, rq_queue):
     _park(rq_queue, job_id(name, third), HANDOVER_MARGIN - 1)
     assert b.queue.backlog.leave(second, second_id) == 0  # due too soon: rq's scheduler's
     assert rq_queue.scheduled_job_registry.get_job_ids() == [job_id(name, third)]
+
+
+def test_a_lost_handover_is_made_up_by_the_parked_jobs_fallback(bridge, fake_pumble, rq_queue):
+    """The one before it leaves its line without handing over (its worker SIGKILLed between
+    the two, say): the parked job still runs when its fallback is due."""
+    b = bridge()
+    first, second = (b.enqueue(f"order #{n}", event_id=f"lost-{n}") for n in (1, 2))
+    name = b.queue.rq.name
+    rq_queue.remove(job_id(name, first))  # on its way elsewhere: not on this queue
+    b.work()
+    assert rq_queue.scheduled_job_registry.get_job_ids() == [job_id(name, second)]  # parked
+    rq_queue.connection.zrem(b.queue.backlog.key(first), job_id(name, first))  # no handover
+    parked_at = b.clock.time()
+    b.drain()
+    assert texts(fake_pumble) == ["order #2"]
+    assert b.clock.time() - parked_at >= PARK_MIN - 1  # rq may run it up to a second early
