@@ -7,6 +7,11 @@ when no notification before it in its line is still waiting (``ahead``): new ord
 the order they arrived, replies in the order of their events (bridge.delivery decides which are
 before, by event time). A job that fails and is retried keeps its place.
 
+A new message that is not at its line's head *parks*: rq runs it again after a fallback delay.
+Whatever leaves a line of new messages hands over (``leave``): the new head, if parked, goes to
+the front of the queue at once, so a line drains at the pace of its posts, not of rq's
+scheduling in whole seconds; the fallback only matters if a handover is lost.
+
 When a route falls behind Pumble's rate limit, its line is merged into digests: the job whose turn
 it is, if more are still waiting than the message limit can post in the configured window, also
 takes up to ``max_items - 1`` of the next ones and sends one digest listing them all. Those jobs
@@ -22,10 +27,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
+from rq import Queue
+from rq.job import Job
+from rq.utils import now, utcformat
 
 from bridge.notification import Notification
 from bridge.store import scripts
 from bridge.store.keys import Keys
+
+# Seconds: a parked job due sooner than this is left to rq's scheduler, which may be moving it
+# already (scripts.LEAVE_LINE); it reads due jobs by whole seconds, so two leave room for that
+# and a second of clock difference between machines.
+HANDOVER_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,8 @@ class Backlog:
         self.ttl = ttl
         self.keys = Keys(namespace)
         self._claim = connection.register_script(scripts.CLAIM_DIGEST)
+        self._leave = connection.register_script(scripts.LEAVE_LINE)
+        self._rq = Queue(namespace, connection=connection)  # its keys, for the handover
 
     def key(self, notification: Notification) -> str:
         """The line the notification waits in: its thread's for a reply, else its route's in
@@ -71,11 +86,21 @@ class Backlog:
         ids = [m.decode() for m in self.connection.zrange(key, 0, min(rank, limit) - 1)]
         return ids, rank - len(ids)
 
-    def leave(self, notification: Notification, *job_ids: str) -> None:
-        """Out of the line: posted, dead-lettered, or gone."""
+    def leave(self, notification: Notification, *job_ids: str, wake: Sequence[str] = ()) -> int:
+        """Out of the line: posted, dead-lettered, or gone. A line of new messages hands over:
+        its new head, and the jobs of ``wake`` (a digest's, just posted), if parked, go to the
+        front of the queue at once. Returns how many were moved there."""
         key = self.key(notification)
-        if key and job_ids:
-            self.connection.zrem(key, *job_ids)
+        if not key:
+            return 0
+        if notification.reply:  # a thread's next is decided by event time: no handover
+            if job_ids:
+                self.connection.zrem(key, *job_ids)
+            return 0
+        return int(self._leave(
+            keys=[key, self._rq.scheduled_job_registry.key, self._rq.key],
+            args=[Job.redis_job_namespace_prefix, utcformat(now()), HANDOVER_MARGIN,
+                  self.keys.digest_of_prefix(), len(job_ids), *job_ids, *wake]))
 
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
@@ -94,9 +119,9 @@ class Backlog:
             return Claim()
         answer = self._claim(keys=[self.key(notification), self.keys.digest_of(job_id)],
                              args=[job_id, threshold, max_items - 1, self.ttl,
-                                   self.keys.in_digest_prefix()])
+                                   self.keys.in_digest_prefix(), self.keys.digest_of_prefix()])
         kind = answer[0].decode()
-        if kind == "owner":
+        if kind == "owner":  # its digest's members; none when it claimed to go alone
             return Claim(members=tuple(json.loads(answer[1])))
         if kind == "taken":
             return Claim(owner=answer[1].decode())

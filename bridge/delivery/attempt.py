@@ -38,6 +38,7 @@ class Attempt:
     age: float = field(init=False)  # seconds since the receiver accepted it
     root: Root | None = None  # the thread's first message, to post in (None: a message alone)
     members: list[Notification] = field(default_factory=list)  # the others in its digest
+    member_ids: tuple[str, ...] = ()  # their jobs
     posted: MessageRef | None = None  # its message, once posted (or found posted)
     answered_at: float = 0.0  # when Pumble answered this attempt's send, if it sent
 
@@ -62,13 +63,16 @@ class Attempt:
         return {"event_id": n.event_id, "event_type": n.event_type, "source": n.source,
                 "route": n.route, "job_id": self.job.id, **more}
 
-    def members_of(self, claim: Claim) -> list[Notification]:
+    def join_digest(self, claim: Claim) -> None:
+        """The others its digest carries (none: it goes alone)."""
+        self.member_ids = claim.members
         if not claim.members:
-            return []
+            self.members = []
+            return
         jobs = Job.fetch_many(list(claim.members), connection=self.job.connection,
                               serializer=self.job.serializer)
         # A member whose job has vanished (purged by hand) is left out, not guessed.
-        return [Notification.from_payload(job.args[0]) for job in jobs if job is not None]
+        self.members = [Notification.from_payload(job.args[0]) for job in jobs if job is not None]
 
     def record_posted(self, ref: MessageRef) -> None:
         self.meta.pop("maybe_sent_at", None)

@@ -40,6 +40,11 @@ LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of 
 LINE_LOOK = 20  # how many of those are read at a time
 NEXT_IN_LINE_WAIT = 2.0  # seconds the next in its line waits in the worker for the one before
 NEXT_IN_LINE_LOOK = 0.05  # seconds between its looks
+# Seconds a new message not at its line's head stays parked: its estimated turn, within these.
+# It is handed the turn as soon as the one before it leaves (bridge.digest), so the fallback only
+# runs when a handover was lost or not possible; above HANDOVER_MARGIN, so a handover can move it.
+PARK_MIN = 10
+PARK_MAX = 120
 CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looking for a post
 # Seconds past our own timeouts before an unanswered post is looked for: Pumble may still apply
 # a request our client gave up on.
@@ -86,39 +91,75 @@ def thread_root(a: Attempt) -> Outcome | None:
 
 
 def its_turn(a: Attempt) -> Outcome | None:
-    """A reply waits while one of its thread's line whose event came first is not posted, as
-    many slots as are before it. Next in line, it first waits here a moment: the one before it
-    is most likely being posted by another worker, and a wait rescheduled by rq (in whole
-    seconds) would hold the line below the rate limit's pace."""
-    if a.meta.get("sent") or not (a.actions.thread and a.actions.thread.reply):
-        # A top-level message goes in the queue's order (arrival) and is not held behind the
-        # ones before it: held through rq's rescheduling, a backlog of hundreds drained at a
-        # few a second (bench/soak.py), far below the rate limit.
+    """A message waits while one before it in its line is not posted: a reply, one of its
+    thread whose event came first; a new message, one that arrived first (``its_place``)."""
+    if a.meta.get("sent"):
         return None
+    if not (a.actions.thread and a.actions.thread.reply):
+        return its_place(a)
     clock = a.deliverer.clock
-    ahead, until = _ahead(a), clock.time() + NEXT_IN_LINE_WAIT
+    ahead, until = _replies_ahead(a), clock.time() + NEXT_IN_LINE_WAIT
+    # Next in line, it first waits here a moment: the one before it is most likely being
+    # posted by another worker, and a wait rescheduled by rq (in whole seconds) would hold the
+    # line below the rate limit's pace.
     while ahead == 1 and clock.time() < until:
         clock.sleep(NEXT_IN_LINE_LOOK)
-        ahead = _ahead(a)
+        ahead = _replies_ahead(a)
     if not ahead:
         return None
-    spacing = 60 / a.deliverer.limits["messages"].per_minute
-    return a.waiting(max(1, min(LINE_WAIT, math.ceil(ahead * spacing))))
+    return a.waiting(max(1, min(LINE_WAIT, math.ceil(ahead * _spacing(a)))))
 
 
-def _ahead(a: Attempt) -> int:
+def its_place(a: Attempt) -> Outcome | None:
+    """A new message goes only from its line's head (arrival order): the head waits for its
+    rate-limit slot, and a digest takes the next ones in line. Right behind one being sent, it
+    waits here a moment for the handover; else it parks, and the one before it hands it the
+    turn when it leaves the line (bridge.digest), or its fallback, its estimated turn, runs it."""
+    waiting, more = _waiting_ahead(a)
+    if len(waiting) == 1 and not more and waiting[0].get_status(refresh=False) == \
+            JobStatus.STARTED:
+        clock, backlog = a.deliverer.clock, a.deliverer.queue.backlog
+        until = clock.time() + NEXT_IN_LINE_WAIT
+        while backlog.ahead(a.notification, a.job.id, 1)[0] and clock.time() < until:
+            clock.sleep(NEXT_IN_LINE_LOOK)
+        owner = backlog.taken_by(a.notification, a.job.id)  # into the digest of the one before
+        if owner:
+            return a.in_digest(owner)
+        waiting, more = _waiting_ahead(a)
+    ahead = len(waiting) + more
+    if not ahead:
+        return None
+    return a.waiting(max(PARK_MIN, min(PARK_MAX, math.ceil(ahead * _spacing(a)))))
+
+
+def _spacing(a: Attempt) -> float:
+    """Seconds between two messages at the message limit's pace."""
+    return 60 / a.deliverer.limits["messages"].per_minute
+
+
+def _replies_ahead(a: Attempt) -> int:
     """How many replies of its thread's line must be posted before this one: those whose event
-    came first (``event_order``). A job that vanished, failed for good or finished leaves the
-    line here."""
+    came first (``event_order``)."""
+    n = a.notification
+    waiting, more = _waiting_ahead(a)
+    before = [Notification.from_payload(job.args[0]) for job in waiting]
+    return sum(event_order(b) < event_order(n) for b in before) + more
+
+
+def _waiting_ahead(a: Attempt) -> tuple[list[Job], int]:
+    """The jobs of its line to look at before this one that still wait, and how many more
+    there are (bridge.digest's ``ahead``). A job that vanished, failed for good or finished
+    leaves the line here."""
     n, backlog = a.notification, a.deliverer.queue.backlog
     ids, more = backlog.ahead(n, a.job.id, LINE_LOOK)
     jobs = Job.fetch_many(ids, connection=a.job.connection,
                           serializer=a.job.serializer) if ids else []
     waiting = [job for job in jobs if job is not None and job.get_status(refresh=False)
                not in (JobStatus.FAILED, JobStatus.FINISHED)]
-    backlog.leave(n, *(set(ids) - {job.id for job in waiting}))
-    before = [Notification.from_payload(job.args[0]) for job in waiting]
-    return sum(event_order(b) < event_order(n) for b in before) + more
+    gone = set(ids) - {job.id for job in waiting}
+    if gone:
+        backlog.leave(n, *gone)
+    return waiting, more
 
 
 def event_order(notification: Notification) -> tuple[float, float, str]:
@@ -134,7 +175,7 @@ def post_unless_posted(a: Attempt) -> Outcome | None:
     if not sent:
         return run_steps(SEND, a)
     a.posted = MessageRef(**sent)
-    a.members = a.members_of(_claim(a))
+    a.join_digest(_claim(a))
     return None
 
 
@@ -166,7 +207,7 @@ def digest_claim(a: Attempt) -> Outcome | None:
     claim = _claim(a)
     if claim.owner:  # taken into a digest while this one waited for its slot
         return a.in_digest(claim.owner)
-    a.members = a.members_of(claim)
+    a.join_digest(claim)
     return None
 
 
@@ -254,7 +295,8 @@ def _create_channel(a: Attempt, client: PumbleClient) -> None:
 # -- after the post -------------------------------------------------------------------------------
 
 def leave_its_line(a: Attempt) -> None:
-    a.deliverer.queue.backlog.leave(a.notification, a.job.id)  # posted: the next may go
+    """Posted: the next in its line may go, and its digest's others end (bridge.digest)."""
+    a.deliverer.queue.backlog.leave(a.notification, a.job.id, wake=a.member_ids)
 
 
 def become_thread_root(a: Attempt) -> None:

@@ -73,7 +73,11 @@ class Keys:
 
     def digest_of(self, job_id: str) -> str:
         """The job ids a job claimed for its digest."""
-        return f"{self._prefix}digest:{job_id}"
+        return self.digest_of_prefix() + job_id
+
+    def digest_of_prefix(self) -> str:
+        """``digest_of`` without the job id, for the claim script, which adds it."""
+        return f"{self._prefix}digest:"
 
     def in_digest(self, job_id: str) -> str:
         """The job whose digest took this one in."""

@@ -170,11 +170,14 @@ return found
 # -- digests (bridge.digest) --------------------------------------------------------------------
 
 # KEYS: 1 the job's line, 2 its digest. ARGV: 1 the job id, 2 the threshold, 3 how many to take,
-# 4 the claims' ttl, 5 the in-digest key prefix.
-# A digest once claimed (KEYS[2]) is answered again: {"owner", ids-json}. A job taken
+# 4 the claims' ttl, 5 the in-digest key prefix, 6 the digest key prefix.
+# A claim once made (KEYS[2]) is answered again: {"owner", ids-json} ("[]": alone). A job taken
 # into another's digest is {"taken", owner}. Else, if at least ARGV[2] others wait behind it in
-# its line, it takes the next ARGV[3] of them out of the line: {"owner", ids-json}; or {"alone"}.
-# Self stays in the line until its post is recorded (``leave``).
+# its line, it takes up to ARGV[3] of the next ones out of the line: {"owner", ids-json}; or
+# {"alone"}. It takes a contiguous run, and never a job that claimed itself (it is sending). The
+# line's head stays in it until its post is recorded (``LEAVE_LINE``, which drops an alone
+# claim), so nothing behind it or its digest goes first; a job sending from further back (out of
+# turn) leaves it now.
 CLAIM_DIGEST = """
 local mine = redis.call('GET', KEYS[2])
 if mine then return {'owner', mine} end
@@ -185,16 +188,63 @@ if not rank then
   return {'alone'}
 end
 local behind = redis.call('ZCARD', KEYS[1]) - rank - 1
--- Out of the line as it sends, alone or as a digest's owner: no later claim can take it in.
-redis.call('ZREM', KEYS[1], ARGV[1])
-if behind < tonumber(ARGV[2]) or tonumber(ARGV[3]) < 1 then return {'alone'} end
-local popped = redis.call('ZRANGE', KEYS[1], rank, rank + tonumber(ARGV[3]) - 1)
-if #popped == 0 then return {'alone'} end
+local from = rank + 1
+if rank > 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  from = rank
+end
+local popped = {}
+if behind >= tonumber(ARGV[2]) and tonumber(ARGV[3]) >= 1 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[3]) - 1)) do
+    if redis.call('EXISTS', ARGV[6] .. id) == 1 then break end
+    popped[#popped + 1] = id
+  end
+end
+if #popped == 0 then
+  redis.call('SET', KEYS[2], '[]', 'EX', ARGV[4])
+  return {'alone'}
+end
 redis.call('ZREM', KEYS[1], unpack(popped))
 for _, id in ipairs(popped) do redis.call('SET', ARGV[5] .. id, ARGV[1], 'EX', ARGV[4]) end
 local ids = cjson.encode(popped)
 redis.call('SET', KEYS[2], ids, 'EX', ARGV[4])
 return {'owner', ids}
+"""
+
+# Jobs leave a line of new messages (posted, dead-lettered, gone) and hand over: the line's new
+# head, and the jobs of a digest just posted, if *parked* (in rq's scheduled registry, waiting
+# their turn), go to the front of the queue at once instead of when their fallback is due.
+# KEYS: 1 the line, 2 rq's scheduled registry of the queue, 3 the queue.
+# ARGV: 1 rq's job key prefix, 2 the enqueue time as rq writes it, 3 seconds: a job due sooner
+# is left to rq's scheduler, 4 the digest key prefix (a leaving job's claim to send alone is
+# dropped: a retry from the dead letters claims afresh), 5 how many leave; then those job ids;
+# then the ids to wake. Returns how many jobs were moved.
+# rq's scheduler reads the due jobs, then moves them in a transaction of its own, not atomic with
+# that read: a job due by then may be on its way already. So only a job due more than ARGV[3]
+# seconds from now (Redis's clock; rq's scores are Unix seconds) is moved here, as rq's
+# scheduler moves one (status "queued", ``enqueued_at``, its id on the queue): never twice.
+LEAVE_LINE = """
+pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
+local leaving = tonumber(ARGV[5])
+for i = 6, 5 + leaving do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  if redis.call('GET', ARGV[4] .. ARGV[i]) == '[]' then redis.call('DEL', ARGV[4] .. ARGV[i]) end
+end
+local now = tonumber(redis.call('TIME')[1])
+local moved = 0
+local function wake(id)
+  local due = redis.call('ZSCORE', KEYS[2], id)
+  if not due or tonumber(due) <= now + tonumber(ARGV[3]) then return end
+  redis.call('ZREM', KEYS[2], id)
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then return end
+  redis.call('HSET', ARGV[1] .. id, 'status', 'queued', 'enqueued_at', ARGV[2])
+  redis.call('LPUSH', KEYS[3], id)
+  moved = moved + 1
+end
+for i = 6 + leaving, #ARGV do wake(ARGV[i]) end
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if head then wake(head) end
+return moved
 """
 
 # -- thread roots (bridge.threads) --------------------------------------------------------------
