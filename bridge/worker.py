@@ -193,6 +193,8 @@ class DeliveryWorker(SimpleWorker):
             for queue in self.queues:
                 queue.release_maintenance_lock()
             raise
+        if self.deliverer is not None:
+            self.deliverer.watch.check()  # alerts: bad signatures, a stalled queue, silent sources
 
 
 def _why(exc: Exception) -> str:
