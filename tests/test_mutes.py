@@ -4,6 +4,7 @@ workers that go by the test's clock (held notifications are posted when it is mo
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -266,3 +267,37 @@ def test_the_keys_keep_their_literal_form():
         "pumble-bridge:q:alert:8a65ff673ab3123a5998fde8d1550f9d",
         "pumble-bridge:q:signature-failures:8d9001d32c6a703d95921a77115050f3",
         "pumble-bridge:q:heard-from:8d9001d32c6a703d95921a77115050f3"]
+
+
+# -- the admin page --------------------------------------------------------------------------------
+
+ADMIN_TOKEN = "admin-token-for-mutes-2f7c1e9a"
+
+
+def test_the_admin_page_lists_mutes_and_unmutes_with_its_csrf_token(bridge, fake_pumble):
+    b = with_config(bridge(), admin={"token": ADMIN_TOKEN}, routes=[
+        ORDERS, {**ORDERS, "name": "nightly", "mute_time_intervals": ["always"]}],
+        time_intervals=[ALWAYS])
+    mutes(b).mute("new-orders", b.clock.time() + 3600, "alice", "stock <count>")
+    post_orders(b, 1001)
+    b.work()
+    client = create_app(b.config, b.redis_url, watch=False).test_client()
+    assert client.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+
+    page = client.get("/admin/routes").text
+    assert "<b>new-orders</b>" in page and "alice" in page and "stock &lt;count&gt;" in page
+    assert "<b>nightly</b>" in page and "interval always, with no end in sight" in page
+    assert page.count(">Unmute</button>") == 1  # an interval is ended in the config, not here
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    refused = client.post("/admin/mutes/unmute", data={"route": "new-orders", "csrf": "x"})
+    assert refused.status_code == 403 and mutes(b).get("new-orders", b.clock.time())
+
+    done = client.post("/admin/mutes/unmute", data={"route": "new-orders", "csrf": csrf})
+
+    assert done.status_code == 303
+    assert "1 held notification(s) sent now" in client.get(done.headers["Location"]).text
+    assert mutes(b).all(b.clock.time()) == []
+    b.work()
+    assert len(texts(fake_pumble, "orders")) == 1
+    again = client.post("/admin/mutes/unmute", data={"route": "new-orders", "csrf": csrf})
+    assert "was not muted" in client.get(again.headers["Location"]).text
