@@ -54,12 +54,13 @@ class Alerter:
         if settings is None or not self.wants(alert.condition):
             return False
         key = self.keys.alert_sent(alert.condition, alert.subject)
-        if not self.connection.set(key, 1, nx=True, ex=ALERT_EVERY):
-            return False
         try:
+            if not self.connection.set(key, 1, nx=True, ex=ALERT_EVERY):
+                return False
             self.client(settings.account).send_message(settings.channel, alert.text,
                                                        as_bot=True)
-        except PumbleError as exc:
+        except (PumbleError, redis.RedisError) as exc:
+            # Never raised into what it reports on (a dead letter, the maintenance loop).
             log.warning("alert %s about %s could not be posted to #%s (account %s): %s: %s",
                         alert.condition, alert.subject, settings.channel, settings.account,
                         type(exc).__name__, exc)

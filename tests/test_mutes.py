@@ -301,3 +301,15 @@ def test_the_admin_page_lists_mutes_and_unmutes_with_its_csrf_token(bridge, fake
     assert len(texts(fake_pumble, "orders")) == 1
     again = client.post("/admin/mutes/unmute", data={"route": "new-orders", "csrf": csrf})
     assert "was not muted" in client.get(again.headers["Location"]).text
+
+
+def test_many_held_notifications_of_a_route_are_posted_as_a_digest(bridge, fake_pumble):
+    b = bridge({"rate_limits": {"messages": 2}, "digest": {"window": 60, "max_items": 10}})
+    mutes(b).mute("new-orders", b.clock.time() + 120, "alice")
+    post_orders(b, *range(1001, 1006))
+
+    b.drain()
+
+    posted = texts(fake_pumble, "orders")
+    assert len(posted) < 5 and sum(f"#{n}" in t for t in posted for n in range(1001, 1006)) == 5
+    assert any("sent as one digest" in t for t in posted)
