@@ -99,14 +99,17 @@ def _mute(fields: Mapping[bytes, bytes], now: float) -> Mute | None:
 
 def release_held(queue: Queue, route: str) -> int:
     """Move the route's held notifications from rq's scheduled registry to the queue, to be
-    sent now; how many moved. One another worker or an earlier release moved first is skipped."""
+    sent now, oldest first; how many moved. One another caller moved first is skipped."""
     registry = queue.scheduled_job_registry
     ids = registry.get_job_ids()
-    jobs = Job.fetch_many(ids, connection=queue.connection, serializer=queue.serializer)
+    jobs = [job for job in Job.fetch_many(ids, connection=queue.connection,
+                                          serializer=queue.serializer)
+            if job is not None and HELD in job.meta and job.args[0].get("route") == route]
+    # Oldest first, as they arrived: the first one sent takes the others behind it in its
+    # route's line into a digest (bridge.digest) when many wait.
+    jobs.sort(key=lambda job: job.args[0].get("received_at", 0))
     released = 0
     for job in jobs:
-        if job is None or HELD not in job.meta or job.args[0].get("route") != route:
-            continue
         try:
             registry.requeue(job)
         except InvalidJobOperation:
