@@ -653,7 +653,8 @@ def event_json(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
         "replay_of": event.replay_of, "states": sorted(event.states),
         "deliveries": [{"route": d.route, "channel": d.channel, "job_id": d.job_id,
                         "state": d.state, "outcome": d.outcome, "message_id": d.message_id,
-                        "in_digest_of": d.in_digest_of, "error": d.error}
+                        "in_digest_of": d.in_digest_of, "error": d.error,
+                        "dropped": d.dropped}
                        for d in event.deliveries],
     }
 

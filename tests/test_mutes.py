@@ -29,6 +29,7 @@ NIGHTS = {"name": "nights", "time_intervals": [
     {"times": [{"start_time": "22:00", "end_time": "24:00"}], "location": "Europe/Berlin"},
     {"times": [{"start_time": "00:00", "end_time": "07:00"}], "location": "Europe/Berlin"}]}
 ALWAYS = {"name": "always", "time_intervals": [{"months": ["january:december"]}]}
+ADMIN_TOKEN = "admin-token-for-mutes-2f7c1e9a"
 ORDERS = {"name": "new-orders", "match": {"source": ["shop"], "event": ["order.created"]},
           "channel": "orders", "template": "order_created.j2"}
 
@@ -107,9 +108,10 @@ def test_unmute_releases_the_held_notifications_at_once(bridge, fake_pumble):
     assert b.clock.offset == 0  # no time passed: released, not due
 
 
-def test_when_muted_drop_ends_it_unsent_and_counted(bridge, fake_pumble):
-    b = bridge(routes=[{**ORDERS, "when_muted": "drop"}])
-    mutes(b).mute("new-orders", b.clock.time() + 120, "alice")
+def test_when_muted_drop_ends_it_unsent_counted_and_shown(bridge, fake_pumble):
+    b = with_config(bridge(routes=[{**ORDERS, "when_muted": "drop"}]),
+                    admin={"token": ADMIN_TOKEN})
+    mutes(b).mute("new-orders", b.clock.time() + 120, "alice", "stock count")
     post_orders(b, 1001)
 
     b.drain()
@@ -120,6 +122,16 @@ def test_when_muted_drop_ends_it_unsent_and_counted(bridge, fake_pumble):
     assert "dropped" in job(b, job_id).return_value()
     samples = b.metrics.exposition()[0].decode()
     assert 'deliveries_total{outcome="dropped",route="new-orders"} 1.0' in samples
+    client = create_app(b.config, b.redis_url, watch=False).test_client()
+    event = client.get("/admin/events/mute-1001", headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"}).json
+    [line] = event["lines"]
+    [delivery] = line["deliveries"]
+    assert (delivery["outcome"], delivery["dropped"]) == ("dropped",
+                                                          "muted by alice (stock count)")
+    page = client.get("/admin/events/mute-1001",
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    assert "dropped while muted" in page and "muted by alice (stock count)" in page
 
 
 def test_mutes_list_and_expire_by_themselves(bridge, redis_url):
@@ -272,8 +284,6 @@ def test_the_keys_keep_their_literal_form():
 
 
 # -- the admin page --------------------------------------------------------------------------------
-
-ADMIN_TOKEN = "admin-token-for-mutes-2f7c1e9a"
 
 
 def test_the_admin_page_lists_mutes_and_unmutes_with_its_csrf_token(bridge, fake_pumble):
