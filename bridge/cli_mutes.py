@@ -23,6 +23,8 @@ from bridge.mutes import Mutes, intervals_of, muted_now, parse_duration, release
 from bridge.queue import NotificationQueue, connect
 
 Handler = Callable[[Config, NotificationQueue, Mutes, argparse.Namespace], int]
+# What muting needs of the config: no source, so no webhook secret.
+MUTING = ("pumble", "redis", "delivery", "routes", "time_intervals", "timezone")
 
 
 def add_mutes_commands(commands: argparse._SubParsersAction,
@@ -46,7 +48,7 @@ def add_mutes_commands(commands: argparse._SubParsersAction,
 
 
 def _with_mutes(handler: Handler, args: argparse.Namespace, name: str) -> int:
-    config = command_config(args)
+    config = command_config(args, MUTING)
     with command_redis(config, name) as url:
         connection = connect(url)
         try:

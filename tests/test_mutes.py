@@ -329,3 +329,16 @@ def test_many_held_notifications_released_by_unmute_go_out_as_one_digest(bridge,
     assert digest.startswith("📦 5 notifications (order.created)")
     assert [line.split(" · ")[0] for line in digest.splitlines()[1:]] == [
         f"• 🛒 New order #{n}" for n in range(1001, 1006)]  # in arrival order
+
+
+def test_muting_needs_no_webhook_secret(bridge, capsys, monkeypatch):
+    b = bridge()
+    config = yaml.safe_load(b.path.read_text())
+    config["sources"]["shop"]["secret"] = "${SHOP_SECRET}"  # not set
+    b.path.write_text(yaml.safe_dump(config))
+    monkeypatch.delenv("SHOP_SECRET", raising=False)
+
+    assert main(["mute", "new-orders", "--for", "2m", "--config", str(b.path)]) == 0
+    assert main(["check", "--config", str(b.path)]) == 2  # a command that needs it says so
+
+    assert "SHOP_SECRET is not set" in capsys.readouterr().err
