@@ -3,20 +3,20 @@
 A mute by hand is a hash in Redis (``Keys.mute``: route, who, why, until) that expires by
 itself when the mute ends. A notification due while its route is muted is held (run again when
 the mute ends) or, with the route's ``when_muted: drop``, dropped (bridge.delivery.steps).
-``unmute`` releases the held ones at once: rq's own ``requeue`` moves each from the scheduled
-registry to the queue (one ZREM decides which caller moves it, so none is queued twice).
+``unmute`` releases the held ones at once, each moved from rq's scheduled registry to the queue
+in one transaction (``release_held``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
-from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.queue import Queue
 
@@ -24,11 +24,14 @@ from bridge.config import Config, RouteSettings
 from bridge.intervals import TimeInterval, muted_until, parse_interval
 from bridge.store.keys import Keys
 
+log = logging.getLogger(__name__)
+
 # Each part a number and a unit: "2m", "1h30m", "2d", "45s".
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 HELD = "held_since"  # in a held job's meta: when it was first held (released ones lose it)
 LIST_BATCH = 100  # keys read per SCAN while listing mutes
+RELEASE_TRIES = 10  # transactions tried per held job while other jobs change the registry
 
 
 def parse_duration(text: str) -> int:
@@ -100,22 +103,37 @@ def _mute(fields: Mapping[bytes, bytes], now: float) -> Mute | None:
 def release_held(queue: Queue, route: str) -> int:
     """Move the route's held notifications from rq's scheduled registry to the queue, to be
     sent now, oldest first; how many moved. One another caller moved first is skipped."""
-    registry = queue.scheduled_job_registry
-    ids = registry.get_job_ids()
+    ids = queue.scheduled_job_registry.get_job_ids()
     jobs = [job for job in Job.fetch_many(ids, connection=queue.connection,
                                           serializer=queue.serializer)
             if job is not None and HELD in job.meta and job.args[0].get("route") == route]
     # Oldest first, as they arrived: the first one sent takes the others behind it in its
     # route's line into a digest (bridge.digest) when many wait.
     jobs.sort(key=lambda job: job.args[0].get("received_at", 0))
-    released = 0
-    for job in jobs:
-        try:
-            registry.requeue(job)
-        except InvalidJobOperation:
-            continue  # no longer scheduled: already moved
-        released += 1
-    return released
+    return sum(_release(queue, job) for job in jobs)
+
+
+def _release(queue: Queue, job: Job) -> bool:
+    """One held job out of the scheduled registry and onto the queue in one transaction, with
+    rq's own calls (as rq's scheduler moves a due job); WATCH makes "still scheduled?" and the
+    move one step, so two callers never both move it. False when it was no longer scheduled."""
+    registry = queue.scheduled_job_registry
+    with queue.connection.pipeline() as pipe:
+        for _ in range(RELEASE_TRIES):
+            try:
+                pipe.watch(registry.key)
+                if pipe.zscore(registry.key, job.id) is None:
+                    return False
+                pipe.multi()
+                registry.remove(job, pipeline=pipe)
+                queue.enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue  # the registry changed meanwhile (any job): look again
+    log.warning("job %s: the scheduled registry kept changing; it is sent when its mute "
+                "would have ended", job.id)
+    return False
 
 
 # -- whether a route is muted at a moment --------------------------------------------------------

@@ -99,9 +99,13 @@ def test_unmute_releases_the_held_notifications_at_once(bridge, fake_pumble):
     b.work()
     assert texts(fake_pumble) == []
 
+    [held] = b.rq.scheduled_job_registry.get_job_ids()
     assert mutes(b).unmute("new-orders")
     assert release_held(b.rq, "new-orders") == 1
     assert release_held(b.rq, "new-orders") == 0  # moved once
+    # As rq's own scheduler leaves a due job: on the queue, queued, out of the registry.
+    assert b.rq.get_job_ids() == [held] and b.rq.scheduled_job_registry.get_job_ids() == []
+    assert job(b, held).get_status() == "queued"
     b.work()
 
     assert len(texts(fake_pumble, "orders")) == 1
