@@ -77,8 +77,9 @@ def held_while_muted(a: Attempt) -> Outcome | None:
         return None
     if route.when_muted == "drop":
         return a.dropped(muted.reason)
-    a.meta.setdefault(HELD, now)
-    a.job.save_meta()
+    if HELD not in a.meta:
+        a.meta[HELD] = now
+        a.job.save_meta()
     until = muted.until.timestamp() if muted.until else now + MUTED_LOOK_AGAIN
     return a.held(muted.reason, max(1, math.ceil(until - now)))
 
