@@ -3,10 +3,12 @@
 A named time interval is a list of periods; a moment is in it when it is in any of them. A period
 matches a moment when every field it gives matches; a field left out matches every moment:
 
-- ``times``: ``[{start_time: "HH:MM", end_time: "HH:MM"}]``, start included, end excluded
-  (``"24:00"`` ends the day); a range that wraps midnight is two ranges;
+- ``times``: ``[{start_time: "HH:MM", end_time: "HH:MM"}]`` (two digits each, as Alertmanager
+  reads them), start included, end excluded (``"24:00"`` ends the day); a range that wraps
+  midnight is two ranges;
 - ``weekdays``: ``["monday:friday", "sunday"]``;
-- ``days_of_month``: ``["1:5", "-1"]`` (a negative day counts back from the month's last);
+- ``days_of_month``: ``["1:5", "-1", "1:-1"]`` (a negative day counts back from the month's
+  last; as in Alertmanager, a negative start needs a negative end);
 - ``months``: ``["january:march", "12"]``; ``years``: ``["2026:2027"]``;
 - ``location``: the IANA time zone the fields are read in (default UTC).
 """
