@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from bridge.activity import Activity
+from bridge.alerts_sender import count_bad_signature, heard_from
 from bridge.dlq import DeadLetters
 from bridge.events import Event
 from bridge.metrics import Metrics
@@ -94,6 +95,7 @@ def accept(inbound: Inbound, source: Source, pipeline: Pipeline, store: Store) -
         source.verify(webhook)
     except SignatureError as exc:
         log.warning("source %s: rejected: %s", name, exc, extra=context)
+        _count_bad_signature(store, name, inbound.received_at)
         return error(401, str(exc))
     if "json" not in (inbound.mimetype or "json"):
         return error(400, f"expected a JSON body, got Content-Type {inbound.mimetype}")
@@ -134,6 +136,7 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
             tallies=tallies)
         if accepted.duplicate:
             return _redelivery(inbound, event, store)
+        heard_from(store.queue.rq.connection, store.queue.rq.name, name, inbound.received_at)
     except redis.RedisError as exc:
         log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                   type(exc).__name__, extra=context)
@@ -149,6 +152,15 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
     # dedupe marker but not the jobs.
     duplicate = bool(dispatch.notifications) and enqueued == 0
     return _answer(event, duplicate, len(dispatch.notifications), enqueued, failed)
+
+
+def _count_bad_signature(store: Store, source: str, now: float) -> None:
+    """For the signature_failures alert, checked by the worker (bridge.alerts_sender)."""
+    try:
+        count_bad_signature(store.queue.rq.connection, store.queue.rq.name, source, now)
+    except redis.RedisError as exc:  # the answer is 401 all the same
+        log.warning("source %s: could not count the bad signature (%s)", source,
+                    type(exc).__name__, extra={"source": source})
 
 
 def _redelivery(inbound: Inbound, event: Event, store: Store) -> Answer:

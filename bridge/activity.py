@@ -60,13 +60,14 @@ class Delivery:
     message_id: str = ""
     in_digest_of: str = ""
     error: str = ""
+    dropped: str = ""  # why it was dropped unsent (its route muted, when_muted: drop)
 
     @property
     def outcome(self) -> str:
         """The state filter's word for it: sent, waiting, failed (retrying after an error),
-        dead; "" once the job has expired."""
+        dead; "dropped" (muted); "" once the job has expired."""
         if self.state == "finished":
-            return "sent"
+            return "dropped" if self.dropped else "sent"
         if self.state == "failed":
             return "dead"
         if self.state in _WAITING:
@@ -274,5 +275,6 @@ def _delivery(notification: dict[str, Any], job: Job | None) -> Delivery:
         state=state,
         message_id=result.get("message_id", ""),
         in_digest_of=result.get("in_digest_of", ""),
+        dropped=result.get("dropped", ""),
         error=job.meta.get("dead_reason") or job.meta.get("last_error") or "",
     )

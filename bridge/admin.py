@@ -82,6 +82,7 @@ from flask import (
 from bridge.activity import STATES, Activity, EventActivity, EventDetail, Filters
 from bridge.config import Config
 from bridge.dlq import DeadLetterRecord, DeadLetters
+from bridge.mutes import Mutes, intervals_of, muted_now, release_held, zone_of
 from bridge.pipeline import Pipeline
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -110,6 +111,8 @@ _NOTICES = {  # ?done=… after a POST: fixed texts, so nothing from the URL is 
     "purged": "{count} dead letter(s) deleted.",
     "gone": "That dead letter is no longer there.",
     "replayed": "Sent again: its notifications are back on the queue, marked as a replay.",
+    "unmuted": "Unmuted: {count} held notification(s) sent now.",
+    "not-muted": "That route was not muted (any more).",
 }
 
 
@@ -133,6 +136,7 @@ class Admin:
     letters: DeadLetters
     env: jinja2.Environment
     clock: Callable[[], float]
+    mutes: Mutes
 
 
 def install_admin(app: Flask, config: Config, queue: NotificationQueue,
@@ -148,7 +152,8 @@ def install_admin(app: Flask, config: Config, queue: NotificationQueue,
         token, queue, pipelines, limiter,
         _Sessions(queue.rq.connection, queue.rq.name, token),
         _LoginFailures(queue.rq.connection, queue.rq.name, clock),
-        Activity(queue), DeadLetters(queue), _environment(), clock)
+        Activity(queue), DeadLetters(queue), _environment(), clock,
+        Mutes(queue.rq.connection, queue.rq.name))
     app.register_blueprint(admin)
 
 
@@ -460,13 +465,45 @@ def purge_all() -> Response | tuple[Response, int]:
 
 @admin.get("/routes")
 def routes() -> Response | tuple[Response, int]:
-    pipelines = _admin().pipelines
+    state = _admin()
+    pipelines = state.pipelines
     data = {
         "routes": [_route(route) for route in pipelines.current.router.routes],
         "sources": [{"name": name, "type": source.type}
                     for name, source in pipelines.config.sources.items()],
+        "mutes": _mutes(state),
     }
-    return _respond("routes.html", data, title="Routes", tab="routes")
+    code = request.args.get("done", "")
+    notice = _NOTICES.get(code, "").format(count=request.args.get("count", 0, type=int))
+    return _respond("routes.html", data, title="Routes", tab="routes", notice=notice)
+
+
+def _mutes(state: Admin) -> list[dict[str, Any]]:
+    """The routes muted now: by hand (with an Unmute button) and by their time intervals."""
+    now, config, zone = state.clock(), state.pipelines.config, _zone()
+    shown = [{"route": m.route, "by": m.by, "why": m.why, "until": _when(m.until, zone),
+              "by_hand": True} for m in state.mutes.all(now)]
+    intervals = intervals_of(config)
+    for route in config.routes:
+        muted = muted_now(route, intervals, None, now)
+        if muted:
+            shown.append({"route": route.name, "by": "", "by_hand": False,
+                          "why": muted.describe(zone_of(route, intervals, zone)), "until": ""})
+    return shown
+
+
+@admin.post("/mutes/unmute")
+def unmute() -> Response | tuple[Response, int]:
+    """End a route's mute by hand; its held notifications are sent now."""
+    state, route = _admin(), request.form.get("route", "")
+    if not state.mutes.unmute(route):
+        code, count, status = "not-muted", 0, 404
+    else:
+        code, count, status = "unmuted", release_held(state.queue.rq, route), 200
+        log.info("admin: route %s unmuted (%d held notification(s) released)", route, count)
+    if g.admin_bearer:
+        return jsonify({code: count}), status
+    return redirect(url_for("admin.routes", done=code, count=count), 303)
 
 
 @admin.get("/queue")
@@ -621,7 +658,8 @@ def event_json(event: EventActivity, zone: tzinfo) -> dict[str, Any]:
         "replay_of": event.replay_of, "states": sorted(event.states),
         "deliveries": [{"route": d.route, "channel": d.channel, "job_id": d.job_id,
                         "state": d.state, "outcome": d.outcome, "message_id": d.message_id,
-                        "in_digest_of": d.in_digest_of, "error": d.error}
+                        "in_digest_of": d.in_digest_of, "error": d.error,
+                        "dropped": d.dropped}
                        for d in event.deliveries],
     }
 

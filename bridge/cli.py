@@ -40,6 +40,7 @@ from redis.retry import Retry
 from bridge import __version__, logs, metrics, samples
 from bridge.cli_dlq import add_dlq_commands
 from bridge.cli_events import add_events_commands
+from bridge.cli_mutes import add_mutes_commands
 from bridge.cli_pumble import add_pumble_commands
 from bridge.cli_status import add_status_commands
 from bridge.cli_tools import (
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_fake_pumble_command(commands, common)
     add_pumble_commands(commands, common)
     add_dlq_commands(commands, common)
+    add_mutes_commands(commands, common)
     add_events_commands(commands, common)
     add_tools_commands(commands, common)
     add_status_commands(commands, common)

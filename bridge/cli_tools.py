@@ -18,15 +18,18 @@ import dataclasses
 import difflib
 import logging
 import sys
+import time
 import typing
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bridge import logs
 from bridge.config import Config, RouteSettings, config_path, data_dir, load_config
 from bridge.events import Event, SourceRef
+from bridge.mutes import intervals_of, muted_now, zone_of
 from bridge.pipeline import Pipeline
 from bridge.pumble import PumbleClient, PumbleError, normalize_channel_name
 from bridge.redis_embedded import redis_url
@@ -149,7 +152,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"pumble-bridge: render: {label}: cannot be parsed as {source.platform}: {reason}",
               file=sys.stderr)
         return EXIT_FAILED
-    return report(pipeline, event)
+    return report(pipeline, event, mute_note(config))
 
 
 def _request(source: Source, config: Config, args: argparse.Namespace) -> WebhookRequest:
@@ -201,7 +204,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
                             args.values)
     print(f"routes test: synthetic event, nothing sent: source {name!r} "
           f"({config.sources[name].type})")
-    return report(pipeline, event)
+    return report(pipeline, event, mute_note(config))
 
 
 def settable_fields() -> dict[str, Callable[[str], Any]]:
@@ -274,9 +277,10 @@ def synthetic_event(event_type: str, source: SourceRef, assignments: Sequence[st
 
 # -- the report both commands print ------------------------------------------------------------
 
-def report(pipeline: Pipeline, event: Event) -> int:
-    """The event, every route's verdict and reason, and each match's channel and text.
-    1 when a matched route fails to render, else 0."""
+def report(pipeline: Pipeline, event: Event,
+           muted: Callable[[RouteSettings], str] = lambda route: "") -> int:
+    """The event, every route's verdict and reason, and each match's channel and text, and
+    ``muted``'s line for it when it has one. 1 when a matched route fails to render, else 0."""
     for line in describe_event(event):
         print(line)
     decisions = pipeline.router.explain(event)
@@ -297,6 +301,8 @@ def report(pipeline: Pipeline, event: Event) -> int:
             continue
         sent += 1
         print(f"    channel: {message.channel}  ({_sender(route)})")
+        if muted(route):
+            print(f"    {muted(route)}")
         print("    text:")
         for line in message.text.splitlines():
             print(f"      {line}" if line else "")
@@ -307,6 +313,24 @@ def report(pipeline: Pipeline, event: Event) -> int:
         summary += f"; {failed} route(s) failed to render"
     print(summary)
     return EXIT_FAILED if failed else 0
+
+
+def mute_note(config: Config, now: float | None = None) -> Callable[[RouteSettings], str]:
+    """What a route's time intervals do to a notification sent ``now`` (default: the time):
+    held or dropped, until when; "" for a route not muted then. (Mutes set by hand are in
+    Redis: ``pumble-bridge mutes`` lists them.)"""
+    intervals = intervals_of(config)
+    moment = time.time() if now is None else now
+
+    def note(route: RouteSettings) -> str:
+        muted = muted_now(route, intervals, None, moment)
+        if muted is None:
+            return ""
+        fate = "would be dropped" if route.when_muted == "drop" else "would be held"
+        zone = zone_of(route, intervals, ZoneInfo(config.timezone))
+        return f"muted now ({muted.describe(zone)}): {fate}"
+
+    return note
 
 
 def _sender(route: RouteSettings) -> str:

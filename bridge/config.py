@@ -244,6 +244,10 @@ class RouteSettings(_Model):
     reactions: dict[str, str] = {}
     create_channel: bool = False  # create a missing channel (public) and send again
     digest: bool = True  # merge a backlog into digest messages rather than fall behind
+    # Names under time_intervals: muted in any of the first, or outside every one of the second.
+    mute_time_intervals: list[str] = []
+    active_time_intervals: list[str] = []
+    when_muted: typing.Literal["hold", "drop"] = "hold"  # hold: posted when the mute ends
 
     @field_validator("reactions")
     @classmethod
@@ -303,6 +307,77 @@ class SummarySettings(_Model):
         return _zone_name(name)
 
 
+# -- time intervals and alerts (bridge.intervals, bridge.mutes, bridge.alerts) -----------------
+
+class TimeIntervalSettings(_Model):
+    """One ``time_intervals:`` entry, in Alertmanager's shape: a name and its periods."""
+
+    name: str
+    time_intervals: list[dict[str, Any]]
+
+    @model_validator(mode="after")
+    def _periods_parse(self) -> TimeIntervalSettings:
+        from bridge.intervals import parse_interval  # intervals is a leaf: no import cycle
+
+        parse_interval(self.name, self.time_intervals)
+        return self
+
+
+SIGNATURE_WINDOW = 86400  # seconds: the longest signature_failures.within (the receiver's count)
+
+
+class SignatureFailuresAlert(_Model):
+    count: int = Field(ge=1)  # this many webhooks with a bad signature from one source ...
+    within: int = Field(ge=1, le=SIGNATURE_WINDOW)  # ... within this many seconds
+
+
+class QueueStalledAlert(_Model):
+    older_than: int = Field(ge=1)  # seconds the oldest waiting notification has waited
+
+
+class SourceSilentAlert(_Model):
+    after: int = Field(ge=1)  # seconds without a webhook from a source
+
+
+class AlertsSettings(_Model):
+    """Alerts about the bridge itself, posted to ``channel`` with ``account``'s key."""
+
+    channel: str
+    account: str = "default"
+    dead_letter: bool = False
+    key_rejected: bool = False
+    signature_failures: SignatureFailuresAlert | None = None
+    queue_stalled: QueueStalledAlert | None = None
+    source_silent: SourceSilentAlert | None = None
+
+
+def _reference_problems(config: Config) -> list[str]:
+    """Names that must exist elsewhere in the file: each route's time intervals, the alerts'
+    account. One line each, with file:line and a 'did you mean'."""
+    names = [interval.name for interval in config.time_intervals]
+    problems = [f"{config.locate('time_intervals', i, 'name')}: time interval {name!r} is "
+                "defined twice" for i, name in enumerate(names) if name in names[:i]]
+    for r, route in enumerate(config.routes):
+        for key in ("mute_time_intervals", "active_time_intervals"):
+            for i, name in enumerate(getattr(route, key)):
+                if name not in names:
+                    problems.append(f"{config.locate('routes', r, key, i)}: unknown time "
+                                    f"interval {name!r}{_did_you_mean(name, names)}")
+    alerts = config.alerts
+    accounts = ["default", *config.pumble.accounts]
+    if alerts is not None and alerts.account not in accounts:
+        problems.append(f"{config.locate('alerts', 'account')}: unknown account "
+                        f"{alerts.account!r}{_did_you_mean(alerts.account, accounts)}")
+    return problems
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    if hint:
+        return f" (did you mean {hint[0]!r}?)"
+    return f" (known: {', '.join(known)})" if known else " (none under time_intervals:)"
+
+
 class Config(_Model):
     pumble: PumbleSettings = PumbleSettings()
     redis: RedisSettings = RedisSettings()
@@ -312,6 +387,8 @@ class Config(_Model):
     sources: dict[str, SourceSettings]
     routes: list[RouteSettings] = []
     summaries: list[SummarySettings] = []
+    time_intervals: list[TimeIntervalSettings] = []
+    alerts: AlertsSettings | None = None
     templates_dir: Path | None = None
     timezone: str = "UTC"  # for dates in messages (the `datetime` filter)
     # Where the file was read from; relative paths in it are relative to its folder.
@@ -463,6 +540,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
                 err["loc"][:-1])) for err in exc.errors()]) from None
     config._lines = lines
     config._loaded_at = loaded_at
+    problems = _reference_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return config
 
 

@@ -3,10 +3,12 @@
 A named time interval is a list of periods; a moment is in it when it is in any of them. A period
 matches a moment when every field it gives matches; a field left out matches every moment:
 
-- ``times``: ``[{start_time: "HH:MM", end_time: "HH:MM"}]``, start included, end excluded
-  (``"24:00"`` ends the day); a range that wraps midnight is two ranges;
+- ``times``: ``[{start_time: "HH:MM", end_time: "HH:MM"}]`` (two digits each, as Alertmanager
+  reads them), start included, end excluded (``"24:00"`` ends the day); a range that wraps
+  midnight is two ranges;
 - ``weekdays``: ``["monday:friday", "sunday"]``;
-- ``days_of_month``: ``["1:5", "-1"]`` (a negative day counts back from the month's last);
+- ``days_of_month``: ``["1:5", "-1", "1:-1"]`` (a negative day counts back from the month's
+  last; as in Alertmanager, a negative start needs a negative end);
 - ``months``: ``["january:march", "12"]``; ``years``: ``["2026:2027"]``;
 - ``location``: the IANA time zone the fields are read in (default UTC).
 """
@@ -89,8 +91,7 @@ def parse_period(spec: Mapping[str, Any]) -> Period:
         times=tuple(_time_range(t) for t in spec.get("times") or ()),
         weekdays=tuple(_range(w, "weekday", _named(WEEKDAYS, 0)) for w in
                        spec.get("weekdays") or ()),
-        days_of_month=tuple(_range(d, "day of month", _day_number) for d in
-                            spec.get("days_of_month") or ()),
+        days_of_month=tuple(_day_range(d) for d in spec.get("days_of_month") or ()),
         months=tuple(_range(m, "month", _named(MONTHS, 1)) for m in spec.get("months") or ()),
         years=tuple(_range(y, "year", _year) for y in spec.get("years") or ()),
         location=_zone(spec.get("location") or "UTC"),
@@ -142,6 +143,18 @@ def _named(names: tuple[str, ...], first: int) -> Any:
     return parse
 
 
+def _day_range(text: Any) -> tuple[int, int]:
+    """As Alertmanager reads one: a negative start needs a negative end, and a range that ends
+    before it starts in a 28-day month is refused (``1:-1``, every day, is fine)."""
+    first, _, last = str(text).strip().lower().partition(":")
+    low, high = _day_number(first), _day_number(last or first)
+    if low < 0 < high:
+        raise ValueError(f"day of month range {text!r}: a negative start needs a negative end")
+    if (low % 28 if low < 0 else low) > (high % 28 if high < 0 else high):
+        raise ValueError(f"day of month range {text!r} ends before it starts")
+    return low, high
+
+
 def _day_number(text: str) -> int:
     if text.lstrip("-").isdigit() and 1 <= abs(int(text)) <= 31:
         return int(text)
@@ -166,7 +179,7 @@ def _time_range(spec: Any) -> tuple[int, int]:
 
 def _minute(text: Any) -> int:
     hours, _, minutes = str(text).partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+    if not (hours.isdigit() and minutes.isdigit() and len(hours) == len(minutes) == 2):
         raise ValueError(f"{text!r} is not a time of day (HH:MM)")
     minute = int(hours) * 60 + int(minutes)
     if int(minutes) > 59 or minute > 24 * 60:

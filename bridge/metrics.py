@@ -17,11 +17,15 @@ Counted where it happens (each process records its own; see "Several processes" 
 - ``deliveries_total{route, outcome}``: how each run of a delivery job ended: ``sent``,
   ``in_digest`` (sent in another job's digest), ``retry`` (failed, scheduled again),
   ``waiting`` (for its thread's first message or a rate-limit slot; not an attempt),
-  ``dead_lettered``, ``error`` (an unexpected exception; rq's crash retries take over).
+  ``dead_lettered``, ``error`` (an unexpected exception; rq's crash retries take over),
+  ``held`` (its route muted: run again when the mute ends; not an attempt), ``dropped`` (its
+  route muted with ``when_muted: drop``).
 - ``delivery_retries_total{route, error}``: failed attempts that will be tried again, by the
   Pumble error's class (``TransientError``, ``RateLimitedError``, ``AmbiguousError``, …).
 - ``dead_lettered_total{route}``: notifications that became dead letters (in the worker, or at
   receipt when a template failed).
+- ``alerts_total{condition, outcome}``: alerts about the bridge (bridge.alerts_sender):
+  ``posted``, or ``failed`` (Pumble refused or did not answer; logged, not retried).
 - ``ratelimit_wait_seconds{kind}``: histogram, time a worker waited for a rate-limit slot
   (``messages``, ``replies``, ``reactions``, ``channels``, ``requests``), 0 when one was free.
 - ``end_to_end_seconds{route}``: histogram, from the receiver accepting the webhook to
@@ -96,7 +100,9 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".lock"
 PREFIX = "pumble_bridge_"
 
-DELIVERY_OUTCOMES = ("sent", "in_digest", "retry", "waiting", "dead_lettered", "error")
+DELIVERY_OUTCOMES = ("sent", "in_digest", "retry", "waiting", "dead_lettered", "error", "held",
+                     "dropped")
+ALERT_OUTCOMES = ("posted", "failed")
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
@@ -233,6 +239,9 @@ class Metrics:
             PREFIX + "end_to_end_seconds", "Time from the receiver accepting a webhook to "
             "Pumble's answer to its message.", ["route"], buckets=END_TO_END_BUCKETS,
             registry=r)
+        self.alerts_total = Counter(
+            PREFIX + "alerts", "Alerts about the bridge, posted or failed.",
+            ["condition", "outcome"], registry=r)
         self.config_valid_gauge = Gauge(
             PREFIX + "config_valid", "1 while the config file as it is on disk is in force, 0 "
             "once a change to it was refused.", multiprocess_mode="mostrecent", registry=r)
@@ -266,6 +275,13 @@ class Metrics:
     @_never_raises
     def dead_lettered(self, route: str) -> None:
         self.dead_lettered_total.labels(route).inc()
+
+    @_never_raises
+    def alert(self, condition: str, outcome: str) -> None:
+        """An alert posted, or failed to be (one of ``ALERT_OUTCOMES``)."""
+        if outcome not in ALERT_OUTCOMES:
+            raise ValueError(f"unknown alert outcome {outcome!r}")
+        self.alerts_total.labels(condition, outcome).inc()
 
     @_never_raises
     def ratelimit_wait(self, kind: str, seconds: float) -> None:

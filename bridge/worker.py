@@ -199,6 +199,8 @@ class DeliveryWorker(SimpleWorker):
             for queue in self.queues:
                 queue.release_maintenance_lock()
             raise
+        if self.deliverer is not None:
+            self.deliverer.watch.check()  # alerts: bad signatures, a stalled queue, silent sources
 
     def _post_due_summaries(self) -> None:
         """The summaries whose time has come (one worker of all gets each period: see

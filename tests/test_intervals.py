@@ -84,3 +84,21 @@ def test_daylight_saving_time_keeps_local_hours():
 def test_a_bad_entry_says_what_is_wrong_and_where(spec, says):
     with pytest.raises(ValueError, match=f"time interval 'x', entry 2: .*{says}"):
         parse_interval("x", [{}, spec])
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"times": [{"start_time": "9:00", "end_time": "10:00"}]}, "'9:00' is not a time of day"),
+    ({"days_of_month": ["-1:5"]}, "a negative start needs a negative end"),
+    ({"days_of_month": ["25:-5"]}, "ends before it starts"),
+])
+def test_what_alertmanager_refuses_is_refused(spec, says):
+    with pytest.raises(ValueError, match=f"time interval 'x', entry 1: .*{says}"):
+        parse_interval("x", [spec])
+
+
+def test_days_of_month_from_the_first_to_the_last():
+    every_day = parse_interval("every-day", [{"days_of_month": ["1:-1"]}])
+    assert every_day.contains(at("2027-02-01 00:00")) and every_day.contains(at("2027-02-28 23:59"))
+    last_three = parse_interval("last-three", [{"days_of_month": ["-3:-1"]}])
+    assert last_three.contains(at("2027-02-26 12:00"))
+    assert not last_three.contains(at("2027-02-25 12:00"))

@@ -9,6 +9,7 @@ from typing import Any
 from rq import Retry
 from rq.job import Job
 
+from bridge import alerts
 from bridge.delivery.actions import Actions, actions_of
 from bridge.delivery.deliverer import Deliverer
 from bridge.digest import Claim
@@ -44,7 +45,9 @@ class Attempt:
 
     def __post_init__(self) -> None:
         self.actions = actions_of(self.notification)
-        self.age = self.deliverer.clock.time() - self.notification.received_at
+        # The time it was held while its route was muted does not count (held_while_muted).
+        self.age = (self.deliverer.clock.time() - self.notification.received_at
+                    - float(self.meta.get("held_seconds", 0)))
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -95,6 +98,24 @@ class Attempt:
         self.deliverer.metrics.delivery(self.notification.route, "waiting")
         return run_again_in(seconds)
 
+    def held(self, reason: str, seconds: int) -> Retry:
+        """Its route is muted: run again when the mute ends; not an attempt."""
+        log.info("job %s (route %s): held while muted (%s), for %d s", self.job.id,
+                 self.notification.route, reason, seconds, extra=self.context())
+        self.deliverer.metrics.delivery(self.notification.route, "held")
+        return run_again_in(seconds)
+
+    def dropped(self, reason: str) -> dict[str, Any]:
+        """Its route is muted with ``when_muted: drop``: ended, not sent, not a dead letter."""
+        n, queue = self.notification, self.deliverer.queue
+        if self.actions.thread and self.actions.thread.starts:
+            queue.roots.give_up(n)  # replies waiting for this one go out alone
+        queue.backlog.leave(n, self.job.id)
+        log.info("job %s (event %s, route %s): dropped while muted (%s; when_muted: drop)",
+                 self.job.id, n.event_id, n.route, reason, extra=self.context())
+        self.deliverer.metrics.delivery(n.route, "dropped")
+        return {"dropped": reason}
+
     def in_digest(self, owner: str) -> dict[str, Any]:
         log.info("job %s (route %s): delivered in job %s's digest", self.job.id,
                  self.notification.route, owner, extra=self.context())
@@ -132,3 +153,4 @@ class Attempt:
                   n.route, reason, extra=self.context())
         self.deliverer.metrics.delivery(n.route, "dead_lettered")
         self.deliverer.metrics.dead_lettered(n.route)
+        self.deliverer.alerter.post(alerts.dead_letter(n.route, n.event_id, reason))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import redis
 
+from bridge.alerts_sender import Alerter, Watch
 from bridge.clock import Clock
 from bridge.config import Config
 from bridge.metrics import Metrics
+from bridge.mutes import Mutes, intervals_of
 from bridge.pumble import AuthError, PumbleClient
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -15,7 +17,8 @@ from bridge.retry import Backoff
 
 class Deliverer:
     """A worker process's config, one Pumble client per account, the Redis-backed shared state
-    (rate limits, thread roots, digests), its jobs' backoff and the clock it goes by."""
+    (rate limits, thread roots, digests, mutes), its jobs' backoff, the clock it goes by and
+    the alerter."""
 
     def __init__(self, config: Config, connection: redis.Redis, clock: Clock,
                  metrics: Metrics):
@@ -29,6 +32,12 @@ class Deliverer:
                                    metrics=metrics)
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         self._clients: dict[str, PumbleClient] = {}
+        self.routes = {route.name: route for route in config.routes}
+        self.intervals = intervals_of(config)
+        self.mutes = Mutes(connection, config.redis.queue)
+        self.alerter = Alerter(config.alerts, connection, config.redis.queue, self.client,
+                               metrics)
+        self.watch = Watch(config, self.alerter, self.queue.rq, clock)  # maintenance's checks
 
     def client(self, account: str) -> PumbleClient:
         """The account's client, made once: its connections stay open between sends."""

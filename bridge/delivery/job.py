@@ -15,11 +15,12 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
+from bridge import alerts
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.steps import STEPS, run_steps
 from bridge.notification import Notification
-from bridge.pumble import AmbiguousError, PumbleError
+from bridge.pumble import AmbiguousError, AuthError, PumbleError
 from bridge.ratelimit import RateLimitTimeout
 
 log = logging.getLogger(__package__)
@@ -50,6 +51,9 @@ def run(attempt: Attempt) -> Outcome:
         except PumbleError as exc:
             if exc.retryable or isinstance(exc, AmbiguousError):
                 return attempt.failed(exc)
+            if isinstance(exc, AuthError) and exc.status:  # Pumble's 401/403, not a missing key
+                attempt.deliverer.alerter.post(alerts.key_rejected(
+                    attempt.notification.account, exc.status))
             raise DeadLetter(f"refused by Pumble: {type(exc).__name__}: {exc}") from None
     except DeadLetter as exc:
         attempt.dead(str(exc))

@@ -18,6 +18,7 @@ from rq.job import Job, JobStatus
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
 from bridge.digest import Claim, digest_text
 from bridge.marker import mark, marked_by
+from bridge.mutes import HELD, muted_now
 from bridge.notification import Notification
 from bridge.pumble import (
     AmbiguousError,
@@ -50,6 +51,7 @@ CLOCK_SKEW = 120.0  # seconds of slack between our clock and Pumble's when looki
 # a request our client gave up on.
 LATE_WRITE = 10
 LOOK_BACK_PAGES = 20  # of 100 messages: how far back a channel (a thread) is searched
+MUTED_LOOK_AGAIN = 86400  # seconds a notification muted with no end in sight waits between looks
 
 
 def run_steps(steps: Sequence[Step], attempt: Attempt) -> Outcome | None:
@@ -62,6 +64,30 @@ def run_steps(steps: Sequence[Step], attempt: Attempt) -> Outcome | None:
 
 
 # -- before sending -------------------------------------------------------------------------------
+
+def held_while_muted(a: Attempt) -> Outcome | None:
+    """Its route muted now (a time interval, or ``pumble-bridge mute``): held until the mute
+    ends (not an attempt; the held time does not count toward max_age), or dropped with
+    ``when_muted: drop``. Not once posted: what was still due goes on."""
+    d, n, now = a.deliverer, a.notification, a.deliverer.clock.time()
+    route = d.routes.get(n.route)
+    muted = route and not a.meta.get("sent") and muted_now(
+        route, d.intervals, d.mutes.get(n.route, now), now)
+    if not muted:
+        held_since = a.meta.pop(HELD, None)
+        if held_since is not None:  # released: the time held is not its age
+            a.meta["held_seconds"] = float(a.meta.get("held_seconds", 0)) + now - held_since
+            a.age -= now - held_since
+            a.job.save_meta()
+        return None
+    if route.when_muted == "drop":
+        return a.dropped(muted.reason)
+    if HELD not in a.meta:
+        a.meta[HELD] = now
+        a.job.save_meta()
+    until = muted.until.timestamp() if muted.until else now + MUTED_LOOK_AGAIN
+    return a.held(muted.reason, max(1, math.ceil(until - now)))
+
 
 def too_old(a: Attempt) -> None:
     max_age = a.deliverer.settings.max_age
@@ -365,5 +391,5 @@ def find_posted(messages: Iterable[Message], owner: str, since: float | None,
 SEND: tuple[Step, ...] = (too_early_to_look, attempts_left, rate_limit_slot, digest_claim,
                           look_for_an_earlier_post, post_or_create_channel)
 # A delivery, in order.
-STEPS: tuple[Step, ...] = (too_old, already_in_a_digest, thread_root, its_turn,
+STEPS: tuple[Step, ...] = (held_while_muted, too_old, already_in_a_digest, thread_root, its_turn,
                            post_unless_posted, leave_its_line, become_thread_root, react, record)

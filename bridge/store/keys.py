@@ -123,3 +123,25 @@ class Keys:
 
     def summary_claimed_products(self, name: str) -> str:
         return f"{self._prefix}summary:{name}:claimed:products"
+
+    # -- mutes and alerts ----------------------------------------------------------------------
+
+    def mute(self, route: str) -> str:
+        """A route muted by hand (a hash: route, by, why, until), expiring when the mute ends."""
+        return self.mute_prefix() + digest(route)
+
+    def mute_prefix(self) -> str:
+        """``mute`` without the route's digest: every mute is found under it."""
+        return f"{self._prefix}mute:"
+
+    def alert_sent(self, condition: str, subject: str) -> str:
+        """Set (with an expiry) when an alert about ``subject`` was posted: the next waits."""
+        return f"{self._prefix}alert:{digest(condition, subject)}"
+
+    def signature_failures(self, source: str) -> str:
+        """The times of a source's recent webhooks with a bad signature (a capped sorted set)."""
+        return f"{self._prefix}signature-failures:{digest(source)}"
+
+    def heard_from(self, source: str) -> str:
+        """When a source last sent a webhook (a hash: at, heard), for source_silent."""
+        return f"{self._prefix}heard-from:{digest(source)}"
