@@ -121,7 +121,8 @@ def describe(status: Status) -> list[str]:
         f"{config['summaries']} summary(ies)" if config["valid"] else "does NOT load"))
     lines += [f"summary {s['name']} -> #{s['channel']}: next {s['next']}"
               for s in status.summaries]
-    lines.append("mutes: " + (", ".join(m.get("route", "?") for m in status.mutes) or "none"))
+    lines.append("mutes: " + (", ".join(f"{m['route']} until {m['until']} (by {m['by']})"
+                                        for m in status.mutes) or "none"))
     return lines
 
 

@@ -6,7 +6,8 @@ matches a moment when every field it gives matches; a field left out matches eve
 - ``times``: ``[{start_time: "HH:MM", end_time: "HH:MM"}]`` (two digits each, as Alertmanager
   reads them), start included, end excluded (``"24:00"`` ends the day); a range that wraps
   midnight is two ranges;
-- ``weekdays``: ``["monday:friday", "sunday"]``;
+- ``weekdays``: ``["monday:friday", "sunday"]`` (as in Alertmanager, the week starts on Sunday:
+  ``sunday:saturday`` is every day, ``saturday:sunday`` is refused);
 - ``days_of_month``: ``["1:5", "-1", "1:-1"]`` (a negative day counts back from the month's
   last; as in Alertmanager, a negative start needs a negative end);
 - ``months``: ``["january:march", "12"]``; ``years``: ``["2026:2027"]``;
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
           "september", "october", "november", "december")
 FIELDS = ("times", "weekdays", "days_of_month", "months", "years", "location")
@@ -36,7 +37,7 @@ class Period:
     """One entry of a time interval, parsed: every bound a number, the zone loaded."""
 
     times: Ranges  # minutes of the day, [start, end)
-    weekdays: Ranges  # 0 = Monday
+    weekdays: Ranges  # 0 = Sunday, as in Alertmanager
     days_of_month: Ranges  # may be negative: -1 is the month's last day
     months: Ranges
     years: Ranges
@@ -46,7 +47,7 @@ class Period:
         local = moment.astimezone(self.location)
         last_day = calendar.monthrange(local.year, local.month)[1]
         minute = local.hour * 60 + local.minute
-        return (_within(self.weekdays, local.weekday())
+        return (_within(self.weekdays, (local.weekday() + 1) % 7)
                 and _within(self.months, local.month) and _within(self.years, local.year)
                 and _within(tuple((_day(a, last_day), _day(b, last_day))
                                   for a, b in self.days_of_month), local.day)
@@ -162,7 +163,7 @@ def _day_number(text: str) -> int:
 
 
 def _year(text: str) -> int:
-    if text.isdigit() and len(text) == 4:
+    if text.isdigit():
         return int(text)
     raise ValueError(f"{text!r} is not a year")
 

@@ -18,6 +18,7 @@ from rq.job import Job
 from bridge.activity import Activity, EventActivity
 from bridge.clock import Clock
 from bridge.config import Config
+from bridge.mutes import Mutes
 from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.summaries import upcoming
@@ -46,7 +47,7 @@ class Status:
     rate_limits: dict[str, dict[str, dict[str, Any]]]  # account -> kind -> state
     config: dict[str, Any]
     summaries: list[dict[str, Any]]
-    mutes: list[dict[str, str]]
+    mutes: list[dict[str, Any]]
     problems: list[str] = field(default_factory=list)  # why it is degraded; none: healthy
 
     @property
@@ -77,7 +78,7 @@ def gather(config: Config, connection: redis.Redis, config_problems: list[str],
                 "problems": config_problems, "sources": len(config.sources),
                 "routes": len(config.routes), "summaries": len(config.summaries)},
         summaries=_summaries(config, queue, clock),
-        mutes=read_mutes(connection, queue))
+        mutes=read_mutes(connection, queue, now))
     status.problems.extend(_problems(status))
     return status
 
@@ -130,15 +131,11 @@ def _iso(stamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat() if stamp is not None else None
 
 
-def read_mutes(connection: redis.Redis, queue: NotificationQueue) -> list[dict[str, str]]:
-    """The routes muted by hand. The hook for the mutes of bridge/mutes.py: their keys are
-    ``Keys.mute_prefix()`` followed by a route's digest (a hash: route, by, why, until), which
-    this branch's store does not name yet; none are read until it does."""
-    prefix = getattr(queue.keys, "mute_prefix", None)
-    if prefix is None:
-        return []
-    return [{name.decode(): value.decode() for name, value in connection.hgetall(key).items()}
-            for key in connection.scan_iter(match=prefix() + "*", count=1000)]
+def read_mutes(connection: redis.Redis, queue: NotificationQueue,
+               now: float) -> list[dict[str, Any]]:
+    """The routes muted by hand (bridge/mutes.py): route, by whom, why, until when."""
+    return [{"route": m.route, "by": m.by, "why": m.why, "until": _iso(m.until)}
+            for m in Mutes(connection, queue.rq.name).all(now)]
 
 
 def _problems(status: Status) -> list[str]:

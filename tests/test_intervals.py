@@ -20,7 +20,7 @@ def at(text: str, zone: dt.tzinfo = UTC) -> dt.datetime:
 NIGHTS = parse_interval("nights", [{"times": [{"start_time": "00:00", "end_time": "07:00"},
                                               {"start_time": "22:00", "end_time": "24:00"}],
                                     "location": "Europe/Berlin"}])
-WEEKENDS = parse_interval("weekends", [{"weekdays": ["saturday:sunday"]}])
+WEEKENDS = parse_interval("weekends", [{"weekdays": ["saturday", "sunday"]}])
 OFFICE = parse_interval("office", [{"weekdays": ["monday:friday"],
                                     "times": [{"start_time": "09:00", "end_time": "17:00"}]}])
 
@@ -74,8 +74,9 @@ def test_daylight_saving_time_keeps_local_hours():
 
 @pytest.mark.parametrize(("spec", "says"), [
     ({"weekday": ["monday"]}, "unknown field 'weekday'"),
-    ({"weekdays": ["funday"]}, "'funday' is not one of monday"),
+    ({"weekdays": ["funday"]}, "'funday' is not one of sunday, monday"),
     ({"weekdays": ["friday:monday"]}, "ends before it starts"),
+    ({"weekdays": ["saturday:sunday"]}, "ends before it starts"),  # Alertmanager's week
     ({"times": [{"start_time": "22:00", "end_time": "06:00"}]}, "over midnight is two ranges"),
     ({"times": [{"start_time": "9", "end_time": "10:00"}]}, "'9' is not a time of day"),
     ({"days_of_month": ["32"]}, "not a day of the month"),
@@ -102,3 +103,13 @@ def test_days_of_month_from_the_first_to_the_last():
     last_three = parse_interval("last-three", [{"days_of_month": ["-3:-1"]}])
     assert last_three.contains(at("2027-02-26 12:00"))
     assert not last_three.contains(at("2027-02-25 12:00"))
+
+
+def test_the_week_starts_on_sunday_as_in_alertmanager():
+    every_day = parse_interval("all", [{"weekdays": ["sunday:saturday"]}])
+    weekend_start = parse_interval("sun-mon", [{"weekdays": ["sunday:monday"]}])
+    for day in range(7, 14):  # 2026-12-07 is a Monday
+        assert every_day.contains(at(f"2026-12-{day:02d} 12:00"))
+    assert weekend_start.contains(at("2026-12-13 12:00"))  # Sunday
+    assert weekend_start.contains(at("2026-12-14 12:00"))  # Monday
+    assert not weekend_start.contains(at("2026-12-12 12:00"))  # Saturday

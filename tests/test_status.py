@@ -87,3 +87,17 @@ def test_a_queue_that_has_waited_too_long_is_degraded(bridge, rq_queue):
     finally:
         connection.close()
     assert report.problems[1].startswith("the oldest queued message has waited ")
+
+
+def test_status_lists_a_mute_set_by_hand_with_who_and_until(bridge, capsys):
+    b = with_summaries(bridge)
+    assert main(["--config", str(b.path), "mute", "new-orders", "--for", "2h", "--by", "ada",
+                 "--comment", "re-import"]) == 0
+    capsys.readouterr()
+    _, out = status(capsys, b, "--json")
+    [mute] = json.loads(out)["mutes"]
+    assert (mute["route"], mute["by"], mute["why"]) == ("new-orders", "ada", "re-import")
+    assert mute["until"].startswith("20")  # an ISO time, about two hours from now
+    _, out = status(capsys, b)
+    assert any(line.startswith("mutes: new-orders until ") and line.endswith("(by ada)")
+               for line in out.splitlines())
