@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,12 @@ from bridge.worker import run_worker
 # command leaves them out and CI runs them (.ci/run), like the soak.
 long_fault = pytest.mark.skipif(os.environ.get("FAULTS") != "1",
                                 reason="a long fault scenario: runs with FAULTS=1, as CI does")
+
+# free_port's blocks: 20000 to 31999, one per xdist worker; a 25th worker shares the first block
+# (its ports are still looked at before they are handed out).
+PORTS_FROM = 20_000
+PORTS_PER_WORKER = 500
+PORT_BLOCKS = 24
 
 TEST_KEY = "test-key-0123456789abcdef0123456789"
 TEST_SECRET = "test-webhook-secret"
@@ -122,11 +130,33 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -
 
 
 def free_port() -> int:
-    import socket
+    """A port of this xdist worker's own block that nothing uses, for a server the test starts
+    later (Redis, Sentinel, gunicorn, `run`). The block lies below the kernel's ephemeral range
+    (Linux: 32768 up, macOS: 49152 up), so no port-0 bind and no outgoing connection on the
+    machine takes the port meanwhile; the port is handed out in TIME_WAIT, which the next call
+    skips (so one worker never hands out a port twice) and a server's bind passes (servers set
+    SO_REUSEADDR). Concurrent sessions start their walk through a block at different ports."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = PORTS_FROM + worker % PORT_BLOCKS * PORTS_PER_WORKER
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    start = zlib.crc32(session.encode())
+    for step in range(PORTS_PER_WORKER):
+        port = block + (start + step) % PORTS_PER_WORKER
+        with contextlib.suppress(OSError):  # taken, or still in TIME_WAIT
+            return _left_in_time_wait(port)
+    raise RuntimeError(f"no free port in {block}-{block + PORTS_PER_WORKER - 1}")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+
+def _left_in_time_wait(port: int) -> int:
+    """``port`` after one connection to it closed from its side; OSError if anything holds it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))  # without SO_REUSEADDR: a TIME_WAIT refuses it too
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a server may take it
+        listener.listen(1)
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first keeps the TIME_WAIT: this port
+    return port
 
 
 def signed_order(number: int = 1001, webhook_id: str | None = None,
