@@ -59,9 +59,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop()
 
 
+def new_queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def queue_name() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return new_queue_name()
 
 
 class FakePumble:
