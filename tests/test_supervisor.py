@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from rq import Worker
 
 from tests.conftest import signed_order, texts, wait_until
 from tests.test_e2e import ROOT, clean_env
@@ -105,7 +105,9 @@ def test_a_worker_restarted_while_the_config_is_invalid_runs_on_the_last_valid_o
         assert "is not valid; the worker starts on the last valid one" in log.read_text()
         b.enqueue("on the last valid config")
         wait_until(lambda: texts(fake_pumble) == ["on the last valid config"], "the post", 30)
-        time.sleep(2)  # a worker that had read the broken file would have exited by now
+        # Registered with rq: it is past reading a config, which the broken file would end.
+        wait_until(lambda: replacement in {worker.pid for worker in Worker.all(queue=b.rq)},
+                   "the replacement to register", 30)
         assert set(_children(supervisor.pid)) == {second, replacement}
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -26,11 +27,12 @@ from tests.conftest import Bridge, faults, free_port, signed_order, stats, texts
 from tests.test_e2e import ROOT, clean_env
 
 
-def worker_process(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+def worker_process(config: Path, *extra: str,
+                   log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     # Its own process group: the worker forks rq's scheduler, which a kill must take too.
     return subprocess.Popen([sys.executable, "-m", "bridge", "--config", str(config), "worker",
                              *extra], cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=log, start_new_session=True)
 
 
 def kill(worker: subprocess.Popen[bytes]) -> None:
