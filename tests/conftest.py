@@ -1,7 +1,8 @@
 """Shared fixtures: a real Redis (embedded unless REDIS_URL is set) and the fake Pumble over HTTP.
 
 Tests never flush a database: each test gets its own queue name, so they also run safely against
-a Redis the suite did not create.
+a Redis the suite did not create, and xdist's workers (pyproject's addopts) can share one. Without
+REDIS_URL each worker starts its own embedded Redis, in its own temporary directory.
 """
 
 from __future__ import annotations
