@@ -8,6 +8,7 @@ REDIS_URL each worker starts its own embedded Redis, in its own temporary direct
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import socket
@@ -66,6 +67,31 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = embedded.start()
     yield url
     embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_locks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two lock files every xdist worker of this session sees (their temp dirs' parent)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return shared / "tests-gate.lock", shared / "tests-running.lock"
+
+
+@pytest.fixture(autouse=True)
+def _alone_if_timed(request: pytest.FixtureRequest,
+                    _session_locks: tuple[Path, Path]) -> Iterator[None]:
+    """A test marked ``alone`` measures wall time that includes starting or stopping a process:
+    it runs while no other worker runs a test, whose CPU would be its delay. The others share
+    the running lock; one marked alone first closes the gate to tests not yet begun, then waits
+    for the running ones to end (so it is never starved)."""
+    alone = request.node.get_closest_marker("alone") is not None
+    gate_path, running_path = _session_locks
+    with gate_path.open("a") as gate, running_path.open("a") as running:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(running, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield  # closing the files releases both locks
 
 
 def new_queue_name() -> str:

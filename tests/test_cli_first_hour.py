@@ -214,6 +214,7 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
     assert first.returncode == 0, log.read_text()
 
 
+@pytest.mark.alone  # the 5 s include starting Python and the bridge
 @pytest.mark.parametrize(("command", "then"), [
     (["worker"], "retrying (Ctrl-C to stop)"),
     (["serve", "--dev"], "webhooks are answered 503 until it does"),

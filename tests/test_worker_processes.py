@@ -109,6 +109,7 @@ def listening_worker(bridge: Bridge) -> str:
     return name
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "rq shutdown command"])
 def test_an_idle_worker_stops_within_5_s(bridge, stop):
     """SIGTERM (a supervisor, `run`), SIGINT (Ctrl-C) or rq's own shutdown command, which comes
@@ -130,6 +131,7 @@ def test_an_idle_worker_stops_within_5_s(bridge, stop):
         kill(worker)
 
 
+@pytest.mark.alone
 def test_the_pubsub_listener_stops_when_asked(redis_url, queue_name):
     """rq's teardown (unsubscribe) leaves no listener thread nor subscription behind, and waits
     about PUBSUB_POLL, not the 60 s rq's own listener may block on redis-py 8.2. (subscribe
@@ -212,6 +214,7 @@ def own_bridge(own_redis, write_config, fake_pumble, queue_name) -> Bridge:
                                              serializer=JSONSerializer))
 
 
+@pytest.mark.alone
 def test_the_worker_rides_out_a_redis_restart(own_redis, write_config, fake_pumble, queue_name):
     b = own_bridge(own_redis, write_config, fake_pumble, queue_name)
     worker = worker_process(b.path)
