@@ -1,16 +1,20 @@
 """Shared fixtures: a real Redis (embedded unless REDIS_URL is set) and the fake Pumble over HTTP.
 
 Tests never flush a database: each test gets its own queue name, so they also run safely against
-a Redis the suite did not create.
+a Redis the suite did not create, and xdist's workers (pyproject's addopts) can share one. Without
+REDIS_URL each worker starts its own embedded Redis, in its own temporary directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
+import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,22 @@ from bridge.worker import run_worker
 long_fault = pytest.mark.skipif(os.environ.get("FAULTS") != "1",
                                 reason="a long fault scenario: runs with FAULTS=1, as CI does")
 
+# free_port's blocks: 20000 to 31999, one per xdist worker; a 25th worker shares the first block
+# (its ports are still looked at before they are handed out).
+PORTS_FROM = 20_000
+PORTS_PER_WORKER = 500
+PORT_BLOCKS = 24
+
 TEST_KEY = "test-key-0123456789abcdef0123456789"
 TEST_SECRET = "test-webhook-secret"
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """What `-n auto` (pyproject's addopts) means: two workers a core. Most of a test's time is
+    spent waiting for the processes it started; on 2 cores, 4 workers ran the suite fastest."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    return 2 * cores
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +70,38 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop()
 
 
+@pytest.fixture(scope="session")
+def _session_locks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two lock files every xdist worker of this session sees (their temp dirs' parent)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return shared / "tests-gate.lock", shared / "tests-running.lock"
+
+
+@pytest.fixture(autouse=True)
+def _alone_if_timed(request: pytest.FixtureRequest,
+                    _session_locks: tuple[Path, Path]) -> Iterator[None]:
+    """A test marked ``alone`` measures wall time that includes starting or stopping a process:
+    it runs while no other worker runs a test, whose CPU would be its delay. The others share
+    the running lock; one marked alone first closes the gate to tests not yet begun, then waits
+    for the running ones to end (so it is never starved)."""
+    alone = request.node.get_closest_marker("alone") is not None
+    gate_path, running_path = _session_locks
+    with gate_path.open("a") as gate, running_path.open("a") as running:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(running, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield  # closing the files releases both locks
+
+
+def new_queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def queue_name() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return new_queue_name()
 
 
 class FakePumble:
@@ -123,11 +170,33 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -
 
 
 def free_port() -> int:
-    import socket
+    """A port of this xdist worker's own block that nothing uses, for a server the test starts
+    later (Redis, Sentinel, gunicorn, `run`). The block lies below the kernel's ephemeral range
+    (Linux: 32768 up, macOS: 49152 up), so no port-0 bind and no outgoing connection on the
+    machine takes the port meanwhile; the port is handed out in TIME_WAIT, which the next call
+    skips (so one worker never hands out a port twice) and a server's bind passes (servers set
+    SO_REUSEADDR). Concurrent sessions start their walk through a block at different ports."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = PORTS_FROM + worker % PORT_BLOCKS * PORTS_PER_WORKER
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    start = zlib.crc32(session.encode())
+    for step in range(PORTS_PER_WORKER):
+        port = block + (start + step) % PORTS_PER_WORKER
+        with contextlib.suppress(OSError):  # taken, or still in TIME_WAIT
+            return _left_in_time_wait(port)
+    raise RuntimeError(f"no free port in {block}-{block + PORTS_PER_WORKER - 1}")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+
+def _left_in_time_wait(port: int) -> int:
+    """``port`` after one connection to it closed from its side; OSError if anything holds it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))  # without SO_REUSEADDR: a TIME_WAIT refuses it too
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a server may take it
+        listener.listen(1)
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first keeps the TIME_WAIT: this port
+    return port
 
 
 def signed_order(number: int = 1001, webhook_id: str | None = None,

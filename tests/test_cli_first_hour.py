@@ -124,9 +124,7 @@ def test_send_sample_topic_is_parsed_as_that_event(write_config, redis_url, queu
 
 def test_send_sample_follows_port_and_names_what_it_cannot_reach(write_config, monkeypatch,
                                                                  capsys):
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("PORT", str(port))
     assert main(["--config", str(write_config()), "send-sample"]) == 2
     assert (f"pumble-bridge: cannot reach the receiver at http://127.0.0.1:{port}/webhooks/shop"
@@ -216,6 +214,7 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
     assert first.returncode == 0, log.read_text()
 
 
+@pytest.mark.alone  # the 5 s include starting Python and the bridge
 @pytest.mark.parametrize(("command", "then"), [
     (["worker"], "retrying (Ctrl-C to stop)"),
     (["serve", "--dev"], "webhooks are answered 503 until it does"),
@@ -223,9 +222,7 @@ def test_run_then_send_sample_lifecycle_draws_the_readmes_picture(tmp_path):
 def test_redis_out_of_reach_is_said_within_seconds(command, then, write_config, tmp_path):
     """Not silence while the worker's connection retries (minutes), nor a receiver that starts
     as if all were well: one line naming the Redis (not its password) and what happens next."""
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        redis_port = closed.getsockname()[1]
+    redis_port = free_port()  # nothing listens there
     said = tmp_path / "stderr"
     started = time.monotonic()
     process = subprocess.Popen(

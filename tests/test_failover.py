@@ -60,7 +60,9 @@ class HighlyAvailableRedis:
     def start(self, *, sentinels: bool = True) -> HighlyAvailableRedis:
         self.start_server(self.master_port)
         self.start_server(self.replica_port, replica_of=self.master_port)
-        wait_until(lambda: self.online_replicas(self.master_port) == 1, "the replica to sync", 15)
+        wait_until(lambda: self.online_replicas(self.master_port) == 1
+                   and self.is_replica_of(self.replica_port, self.master_port),
+                   "the replica to sync", 15)
         if not sentinels:
             return self
         for port in self.sentinel_ports:
@@ -86,7 +88,8 @@ class HighlyAvailableRedis:
         data = self.directory / str(port)
         data.mkdir(exist_ok=True)
         command = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                   "--save", "", "--appendonly", "yes"]
+                   "--save", "", "--appendonly", "yes",
+                   "--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
         if replica_of:
             command += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.servers[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL)

@@ -16,7 +16,7 @@ from bridge.pumble import (
     TransientError,
     normalize_channel_name,
 )
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, free_port
 
 
 def test_send_message_lands_in_the_channel(fake_pumble):
@@ -89,9 +89,7 @@ def test_create_and_list_channels(fake_pumble):
 
 
 def test_refused_connection_is_transient():
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens there
     with PumbleClient(TEST_KEY, f"http://127.0.0.1:{port}") as client, \
             pytest.raises(TransientError):
         client.send_message("orders", "hello")

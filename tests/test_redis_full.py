@@ -162,7 +162,7 @@ def test_the_receiver_answers_503_with_retry_after_while_redis_cannot_be_written
     with LocalServer(app) as receiver, httpx.Client(base_url=receiver.url, timeout=30) as http:
         body, headers = signed_order(1, webhook_id="before")
         assert http.post("/webhooks/shop", content=body, headers=headers).status_code == 202
-        with own_redis.state(state):
+        with own_redis.state(state, seconds=1):  # long enough for a slow reload to be seen
             body, headers = signed_order(2, webhook_id="during")
             answer = http.post("/webhooks/shop", content=body, headers=headers)
             assert answer.status_code == 503
@@ -267,10 +267,12 @@ def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
 
 @pytest.mark.parametrize("state", ["full", "read-only"])
 def test_a_worker_started_on_an_unwritable_redis_waits_for_it(
-        own_redis, own_bridge, fake_pumble, state):
-    with own_redis.state(state):
-        worker = worker_process(own_bridge.path)
-        time.sleep(3)  # it cannot register itself: it waits, and says so
+        own_redis, own_bridge, fake_pumble, state, tmp_path):
+    log = tmp_path / "worker.log"
+    with own_redis.state(state, seconds=0), log.open("wb") as output:
+        worker = worker_process(own_bridge.path, log=output)
+        # it cannot register itself: it waits, and says so
+        wait_until(lambda: "Redis is unavailable" in log.read_text(), "the worker to wait", 30)
         assert worker.poll() is None
     try:
         own_bridge.enqueue("once Redis takes writes")

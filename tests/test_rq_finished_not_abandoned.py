@@ -15,6 +15,15 @@ from rq.worker import BaseWorker, SimpleWorker
 
 from bridge.queue import connect
 from bridge.retry import CRASH_RETRIES
+from bridge.worker import DeliveryWorker
+
+
+class PromptlyStoppingWorker(SimpleWorker):
+    """rq's own worker, with the pub/sub listener of ours: rq's wakes every 60 s and redis-py 8.2
+    waits for it as the worker stops, which made this test take a minute, depending on timing."""
+
+    subscribe = DeliveryWorker.subscribe
+    unsubscribe = DeliveryWorker.unsubscribe
 
 
 def test_a_finished_job_is_not_run_again_after_a_connection_drop(redis_url, rq_queue, monkeypatch):
@@ -31,7 +40,8 @@ def test_a_finished_job_is_not_run_again_after_a_connection_drop(redis_url, rq_q
             pipeline.connection._sock.shutdown(socket.SHUT_RDWR)  # EXEC will find it closed
 
     monkeypatch.setattr(BaseWorker, "cleanup_execution", drop_before_exec)
-    worker = SimpleWorker([rq_queue.name], connection=connection, serializer=JSONSerializer)
+    worker = PromptlyStoppingWorker([rq_queue.name], connection=connection,
+                                    serializer=JSONSerializer)
     worker.work(burst=True)
     monkeypatch.undo()
     assert dropped

@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from rq import Worker
 
 from tests.conftest import signed_order, texts, wait_until
 from tests.test_e2e import ROOT, clean_env
@@ -69,7 +69,9 @@ def test_run_takes_sighup_restarts_a_dead_worker_and_leaves_nothing_behind(
         assert set(_children(run.pid)) == {web, worker}
 
         os.killpg(worker, signal.SIGKILL)  # the worker, and rq's scheduler with it
-        wait_until(lambda: len(_children(run.pid)) == 2 and worker not in _children(run.pid),
+        # One look at the children: between two, the dead one can be reaped before its
+        # replacement leads its own process group, and neither look would count it.
+        wait_until(lambda: len(now := _children(run.pid)) == 2 and worker not in now,
                    "run to start the worker again", 30)
         assert "the worker process exited (code -9); starting it again" in log.read_text()
         body, headers = signed_order(4242, webhook_id="after-the-restart")
@@ -99,13 +101,15 @@ def test_a_worker_restarted_while_the_config_is_invalid_runs_on_the_last_valid_o
         first, second = _children(supervisor.pid)
         break_config(b.path)
         os.killpg(first, signal.SIGKILL)
-        wait_until(lambda: len(_children(supervisor.pid)) == 2
-                   and first not in _children(supervisor.pid), "a replacement", 30)
+        wait_until(lambda: len(now := _children(supervisor.pid)) == 2 and first not in now,
+                   "a replacement", 30)  # one look, as above
         [replacement] = set(_children(supervisor.pid)) - {second}
         assert "is not valid; the worker starts on the last valid one" in log.read_text()
         b.enqueue("on the last valid config")
         wait_until(lambda: texts(fake_pumble) == ["on the last valid config"], "the post", 30)
-        time.sleep(2)  # a worker that had read the broken file would have exited by now
+        # Registered with rq: it is past reading a config, which the broken file would end.
+        wait_until(lambda: replacement in {worker.pid for worker in Worker.all(queue=b.rq)},
+                   "the replacement to register", 30)
         assert set(_children(supervisor.pid)) == {second, replacement}
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0
