@@ -3,7 +3,7 @@ to ``pumble-bridge run``, each alone on this machine in turn, under the same wrk
 
 Run from the repository root (wrk, node and npm on PATH):
 
-    .venv/bin/python -m bench.peer              # 2 rounds of 15 s: about 6 min
+    .venv/bin/python -m bench.peer              # 2 rounds of 15 s: about 5 min
     .venv/bin/python -m bench.peer --quick      # 2 rounds of 3 s: about 2 min
 
 Targets, each started for its run and stopped after it, posting to the same fake Pumble (the
@@ -252,11 +252,10 @@ class Run:
     problems: list[str] = field(default_factory=list)
 
 
-def wait_drained(target: Target, acked_before: int, stopped: float,
-                 timeout: float) -> tuple[int, int, float]:
-    """(acked, sent to the fake, when the sends first reached the acks): the fake is polled
-    from the moment the load stopped; the acks are read once the requests in flight then are
-    answered."""
+def wait_drained(target: Target, acked_before: int, stopped: float, timeout: float) -> float:
+    """When the sends at the fake first reached the target's acks (or the timeout): the fake
+    is polled from the moment the load stopped; the acks are read once the requests in flight
+    then can have been answered, and again on every poll."""
     history: list[tuple[float, int]] = []
     while True:
         now = time.monotonic()
@@ -266,8 +265,7 @@ def wait_drained(target: Target, acked_before: int, stopped: float,
             if history[-1][1] >= acked or now - stopped > timeout:
                 break
         time.sleep(0.05)
-    drained = next((t for t, sends in history if sends >= acked), history[-1][0])
-    return acked, history[-1][1], drained
+    return next((t for t, sends in history if sends >= acked), history[-1][0])
 
 
 def warm_up(target: Target, folder: Path) -> None:
@@ -290,9 +288,9 @@ def measure(name: str, target: Target, folder: Path, seconds: float, round_: int
         result = run_wrk(f"{target.url}/webhooks/{stack.SOURCE}", CONNECTIONS, seconds, script)
         stopped = time.monotonic()
         wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        acked, delivered, drained = wait_drained(target, acked_before, stopped, drain_timeout)
-    time.sleep(0.5)  # a send past the acks would show now
-    counts = target.fake.count()
+        drained = wait_drained(target, acked_before, stopped, drain_timeout)
+    time.sleep(0.5)  # a late ack, or a send past the acks, would show now
+    acked, counts = target.acked() - acked_before, target.fake.count()
     delivered = counts["sends"]
     cpu_after = target.cpu()
     per_message = 1000 / max(delivered, 1)
@@ -365,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s rounds (about 2 min)")
     parser.add_argument("--duration", type=float, help="seconds of load a run (default 15)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each target (default 2)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs of each target (default and least 2)")
     parser.add_argument("--peer-dir", type=Path, default=PEER_DIR,
                         help=f"the peer's flows.json, settings.js, fake_pumble.py ({PEER_DIR})")
     parser.add_argument("--node-red-dir", type=Path, default=CACHE_DIR,
