@@ -23,8 +23,9 @@ a shared library's pages are divided among every process on the machine that map
 people's Python processes from the same venv included); USS (the pages a process alone holds)
 is also shown, and is what to watch for growth.
 
-Baselines: for a web process, a bare Flask endpoint (read the body, answer 202) under the same
-``serve`` settings receiving the same webhooks; for the worker, the same worker process right
+Baselines: for a web process, a bare Flask endpoint (bench/bare.py: read the body, answer 202)
+under gunicorn with ``serve``'s 2 gthread workers × 4 threads, receiving the same webhooks (the
+baseline of bench/receiver.py); for the worker, the same worker process right
 after its warm-up. The ratio for the web process is bridge / bare after all events; for the
 worker, after / at warm-up (growth).
 
@@ -45,6 +46,7 @@ if __package__ in (None, ""):  # run as a file: benchmark this working tree's br
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import stack
+from bench.receiver import Bare
 
 SENDERS = 8
 WARM_UP = 20
@@ -73,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     readings: list[dict[str, Any]] = []
     problems: list[str] = []
     with contextlib.ExitStack() as cleanup:
-        store, _fake, config, receiver, worker, collector = stack.one_box(
+        store, _fake, _config, receiver, worker, collector = stack.one_box(
             cleanup, folder, limiter_off=True)
-        bare = stack.Receiver(store, config, "bare", command=[
-            sys.executable, "-m", "bench.receiver", "--serve-app", "bare", "--"])
+        bare = Bare(store)
         cleanup.callback(bare.stop)
         shop = stack.Shop(receiver.url, connections=SENDERS)
         cleanup.callback(shop.close)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         info = stack.machine(store.version)
         header = stack.print_header("memory", args.quick, stack.machine_line(info))
         print(f"stack:   serve (gunicorn 2×4) · worker (1 process) · embedded redis-server "
-              f"{store.version} · fake Pumble (rate limit off) · bare Flask under the same serve")
+              f"{store.version} · fake Pumble (rate limit off) · bare Flask (gunicorn 2×4)")
         print(f"events:  {events:,} signed 5,000-byte orders, {SENDERS} senders, {steps} steps "
               f"after a warm-up of {WARM_UP}", flush=True)
 
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         processes["delivery worker (rq SimpleWorker)"] = worker.pid
         for pid in stack.descendants(worker.pid):
             processes["rq scheduler (forked by the worker)"] = pid
-        processes["bare: web master"] = bare.pid
-        for i, pid in enumerate(sorted(bare.workers())):
+        processes["bare: web master"] = bare.service.pid
+        for i, pid in enumerate(sorted(stack.descendants(bare.service.pid))):
             processes[f"bare: web worker {i + 1}"] = pid
 
         def send(numbers: range) -> None:
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n  a web worker after {done:,} events: PSS {mib(w['pss_kib'])} MiB (RSS "
           f"{mib(w['rss_kib'])}, USS {mib(w['uss_kib'])}) = {w['ratio']}× the bare Flask "
           f"worker's PSS {mib(w['baseline_pss_kib'])} MiB [baseline]")
+    half = min(readings, key=lambda r: abs(r["events"] - done / 2))
+    print(f"  the web worker's growth from {half['events']:,} to {done:,} events: USS "
+          f"{mib(last[web].get('uss', 0) - half['memory'][web].get('uss', 0))} MiB, PSS "
+          f"{mib(last[web].get('pss', 0) - half['memory'][web].get('pss', 0))} MiB")
     print(f"  the delivery worker after {done:,} events: PSS {mib(k['pss_kib'])} MiB (RSS "
           f"{mib(k['rss_kib'])}, USS {mib(k['uss_kib'])}) = {k['ratio']}× its own after the "
           f"warm-up ({mib(k['baseline_pss_kib'])} MiB) [baseline]")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gc
 import logging
 import multiprocessing
 import os
@@ -471,6 +472,7 @@ Child = subprocess.Popen[bytes] | _Forked
 def _fork_worker(config: Config, redis_url: str, options: dict[str, Any]) -> _Forked:
     process = multiprocessing.get_context("fork").Process(
         target=_worker_child, args=(config, redis_url, options), name="worker")
+    gc.freeze()  # as gunicorn's master does (bridge/gunicorn_app.py): keeps shared pages shared
     process.start()
     return _Forked(process)
 

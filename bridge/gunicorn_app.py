@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import re
 import selectors
 import socket
@@ -90,6 +91,15 @@ class _ConfigWatchingArbiter(Arbiter):
     handled as a SIGHUP."""
 
     app: GunicornApp
+
+    def spawn_worker(self) -> int:
+        # Everything the master holds (the app, its imports, its config) moves to the
+        # collector's permanent generation before the fork: a worker's collections then never
+        # write to those objects, so their pages stay shared with the master instead of being
+        # copied into every worker. Garbage is collected first so none is kept forever.
+        gc.collect()
+        gc.freeze()
+        return super().spawn_worker()
 
     def murder_workers(self) -> None:
         # Called on every turn of the arbiter's loop, about once a second (gunicorn is capped at
