@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from bridge.activity import Activity
-from bridge.alerts_sender import count_bad_signature, heard_from
+from bridge.alerts_sender import count_bad_signature
 from bridge.dlq import DeadLetters
 from bridge.events import Event
 from bridge.metrics import Metrics
@@ -109,7 +109,8 @@ def accept(inbound: Inbound, source: Source, pipeline: Pipeline, store: Store) -
         return error(400, "the payload could not be read")
     dispatch = pipeline.dispatch(event, inbound.received_at)
     received = Received(name, event.id, event.type, source.keepable_headers(webhook),
-                        webhook.body, dead_letters=bool(dispatch.failures))
+                        webhook.body, dead_letters=bool(dispatch.failures),
+                        received_at=inbound.received_at)
     tallies = [store.summaries.tally(summary, added)
                for summary, added in pipeline.summaries.contributions(event)]
     return _store(inbound, event, received, dispatch, store, tallies)
@@ -136,7 +137,6 @@ def _store(inbound: Inbound, event: Event, received: Received, dispatch: Dispatc
             tallies=tallies)
         if accepted.duplicate:
             return _redelivery(inbound, event, store)
-        heard_from(store.queue.rq.connection, store.queue.rq.name, name, inbound.received_at)
     except redis.RedisError as exc:
         log.error("event %s: cannot write to Redis (%s); answering 503", event.id,
                   type(exc).__name__, extra=context)

@@ -85,11 +85,6 @@ def count_bad_signature(connection: redis.Redis, namespace: str, source: str,
         pipe.execute()
 
 
-def heard_from(connection: redis.Redis, namespace: str, source: str, now: float) -> None:
-    """The receiver's note that ``source`` sent a webhook (signed as it should be)."""
-    connection.hset(Keys(namespace).heard_from(source), mapping={"at": now, "heard": 1})
-
-
 class Watch:
     """The conditions the worker's maintenance looks for, against the injectable clock."""
 

@@ -145,6 +145,7 @@ class Received:
     headers: dict[str, str]  # without secrets (Source.keepable_headers)
     body: bytes
     dead_letters: bool = False  # some of its notifications are dead letters already
+    received_at: float = 0.0  # recorded as when its source was last heard from (0: not)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,9 @@ class NotificationQueue:
                               else self.delivery.max_age + 3600)
             webhook = Webhook(self.keys.seen(received.source, received.event_id),
                               self.keys.event(received.source, received.event_id),
-                              dedupe_window, record, record_ttl)
+                              dedupe_window, record, record_ttl,
+                              self.keys.heard_from(received.source) if received.received_at
+                              else "", received.received_at)
         jobs = [NewJob(job_id(self.rq.name, notification), (DELIVER, (notification.to_payload(),)),
                        line=self.backlog.key(notification),
                        received_at=notification.received_at,

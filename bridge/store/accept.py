@@ -50,6 +50,8 @@ class Webhook:
     window: int  # seconds a re-delivery is a duplicate (0: no dedupe)
     record: bytes = b""
     record_ttl: int = 0
+    heard: str = ""  # the source's last-heard record, set to ``received_at`` ('' : none)
+    received_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Accept:
             keys += [tally.totals, tally.products]
             args += [len(tally.increments), *(part for pair in tally.increments for part in pair),
                      len(tally.quantities), *(part for pair in tally.quantities for part in pair)]
+        keys.append(webhook.heard if webhook else "")
+        args.append(webhook.received_at if webhook else 0)
         try:  # not through the Script object: it copies every argument twice, for nothing here
             return client.evalsha(self._script.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted (or other) Redis: load it, once

@@ -36,6 +36,7 @@ return online_replicas(ARGV[2])
 # of summaries, then per summary: its fields, each field and increment, its products, each
 # name and quantity. Added unless every job of the webhook was there already (a re-delivery
 # the dedupe window did not catch); a new field past the cap counts in 'dropped' instead.
+# Last, KEYS: the source's last-heard record ('' : none); ARGV: when it was received.
 # Returns {0, replicas} for a delivery seen before, else {1, replicas, then 1 (written) or 0
 # (job already there) per notification}; replicas is -1 when not counted.
 # A job is written as rq's own unique enqueue writes one (rq.scripts): its hash if none is
@@ -94,6 +95,7 @@ for _ = 1, summaries do
   -- Capped: the products ordered least go first (their counts are lost, said in docs).
   if fresh then redis.call('ZREMRANGEBYRANK', products, 0, -max_products - 1) end
 end
+if KEYS[k] ~= '' then redis.call('HSET', KEYS[k], 'at', ARGV[at], 'heard', 1) end
 if window > 0 then redis.call('SET', KEYS[1], 1, 'EX', window) end
 if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[4])
