@@ -224,3 +224,18 @@ def test_a_redis_that_lost_the_script_is_given_it_again(tmp_path, queue_name):
         assert len(queue.rq.get_job_ids()) == 2
     finally:
         own.stop()
+
+
+def test_a_line_is_in_the_order_jobs_were_queued_whatever_the_receivers_clocks(queue):
+    # Two receivers' threads: the second to commit took its time a moment earlier. Its job is
+    # behind the first in the queue, so it is behind it in the line too (a worker taking the
+    # queue in order finds each job at its line's head).
+    first = order("e-late-clock", received_at=1_000.5, thread_key="order:1", text="#1")
+    second = order("e-early-clock", received_at=1_000.1, thread_key="order:2", text="#2")
+    third = order("e-later", received_at=1_002.0, thread_key="order:3", text="#3")
+    for notification in (first, second, third):
+        assert queue.accept([notification]).written == (True,)
+    line = queue.backlog.key(first)
+    members = [m.decode() for m in queue.rq.connection.zrange(line, 0, -1)]
+    assert members == queue.rq.job_ids
+    assert queue.rq.connection.zscore(line, members[2]) == 1_002.0  # a later time is kept

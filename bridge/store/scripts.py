@@ -30,7 +30,8 @@ return online_replicas(ARGV[2])
 # ARGV: 1 dedupe window (0: none), 2 webhook record ('' : none), 3 its ttl, 4 activity entry
 # ('' : none), 5 activity length, 6 notifications, 7 the root's "expected" marker, 8 '1' to
 # count the online replicas ('' : don't); then per notification: job id, root ttl, backlog
-# score, number of job fields, fields and values.
+# score (raised past the line's last, so a line is in queue order), number of job fields, fields
+# and values.
 # Then, after the notifications', the summaries' totals (bridge.summaries_totals): KEYS per
 # summary: its totals, its products; ARGV: the totals' field cap, the products' cap, the number
 # of summaries, then per summary: its fields, each field and increment, its products, each
@@ -65,7 +66,13 @@ for i = 0, tonumber(ARGV[6]) - 1 do
     redis.call('RPUSH', KEYS[3], id)
     redis.call('SADD', KEYS[4], KEYS[3])
     if root ~= '' then redis.call('SET', root, ARGV[7], 'EX', root_ttl, 'NX') end
-    if backlog ~= '' then redis.call('ZADD', backlog, score, id) end
+    if backlog ~= '' then
+      -- A line is in the order its jobs were queued (as the queue itself is): one accepted
+      -- after another never goes before it, whatever their receivers' clocks said.
+      local last = redis.call('ZRANGE', backlog, -1, -1, 'WITHSCORES')[2]
+      if last and tonumber(last) >= tonumber(score) then score = tonumber(last) + 0.000001 end
+      redis.call('ZADD', backlog, score, id)
+    end
     written[#written + 1] = 1
     fresh = true
   end
