@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from bridge.filters import chat_safe
 
 ALERT_EVERY = 600  # seconds: at most one alert per condition and subject in this time
-CONDITIONS = ("dead_letter", "key_rejected", "signature_failures", "queue_stalled",
-              "source_silent")
 
 
 @dataclass(frozen=True)
