@@ -237,13 +237,17 @@ def test_redis_full_then_freed_under_run_every_acked_webhook_is_posted_once(
             while len(acked) < 30:
                 number += 1
                 send(number)
-            # Room for a few dozen more webhooks, then full.
+            # Room for a few dozen more webhooks, then full. On a busy machine Redis' own buffers
+            # (the append-only file's, a client's) may take the room for a moment: the shop goes
+            # on until one more webhook was taken, as well as 50 refused and the worker waiting.
             client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)
-            while len(refused) < 50 or "Redis is unavailable" not in log.read_text():
+            first = set(acked)
+            while (len(refused) < 50 or "Redis is unavailable" not in log.read_text()
+                   or not acked - first):
                 number += 1
                 assert send(number) in (202, 503)
-                assert number < 5000, "Redis never filled up, or the worker never noticed"
-            assert acked - set(range(1001, 1031)), "no webhook was accepted as Redis filled"
+                assert number < 5000, ("Redis never filled up, the worker never noticed, or no "
+                                       "webhook was accepted as Redis filled")
             own_redis.free()
             for retried in refused:  # the shops retry
                 assert send(retried) == 202
