@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rq import Queue
+
 from bench import stack
 
 BASELINE = "bare"
@@ -125,7 +127,7 @@ def measure(case: str, server: Bare | stack.Receiver, store: stack.Store, connec
     commands = stack.commands_between(before[2], store.commands())
     problems = [f"{result['errors']} wrk errors / non-2xx answers"] if result["errors"] else []
     if case != BASELINE:
-        queued = int(store.connection.llen("rq:queue:pumble-bridge"))
+        queued = len(Queue("pumble-bridge", connection=store.connection))  # the config's queue
         if not requests <= queued <= requests + connections + 2:
             problems.append(f"{queued} jobs queued for {requests} answered requests")
     store.flush()
