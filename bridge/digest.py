@@ -100,7 +100,8 @@ class Backlog:
         return int(self._leave(
             keys=[key, self._rq.scheduled_job_registry.key, self._rq.key],
             args=[Job.redis_job_namespace_prefix, utcformat(now()), HANDOVER_MARGIN,
-                  self.keys.digest_of_prefix(), len(job_ids), *job_ids, *wake]))
+                  self.keys.digest_of_prefix(), len(job_ids), *job_ids, *wake,
+                  self.keys.in_run_prefix()]))
 
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is

@@ -153,9 +153,20 @@ class RateLimiter:
         Returns 0.0 when the slot was taken; otherwise the seconds until one would be (the
         longer of the two buckets' waits), and nothing was taken from either bucket.
         """
+        return self.seconds_until(self.try_acquire_on(self.connection, account, kind))
+
+    def try_acquire_on(self, client: redis.Redis | redis.client.Pipeline, account: str,
+                       kind: str) -> Any:
+        """``try_acquire``'s script, run by ``client``: on a pipeline, its answer (for
+        ``seconds_until``) is among the pipeline's."""
         keys, args = self._buckets(account, self._kinds(kind))
-        waited = self._acquire(keys=keys, args=[*args, self._offset(), secrets.token_hex(8)])
-        return int(waited) / _MICROS
+        return self._acquire(keys=keys, args=[*args, self._offset(), secrets.token_hex(8)],
+                             client=client)
+
+    @staticmethod
+    def seconds_until(answer: Any) -> float:
+        """``try_acquire``'s answer from its script's."""
+        return int(answer) / _MICROS
 
     def acquire(self, account: str, kind: str, *, max_wait: float | None = None) -> float:
         """Wait (with the clock) until a slot is taken; return the seconds slept.

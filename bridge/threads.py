@@ -9,6 +9,7 @@ enqueues a conversation's first notification, so a reply that is processed first
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -48,7 +49,16 @@ class ThreadRoots:
         given up; None when none was ever announced."""
         if not notification.thread_key:
             return None
-        value = self.connection.get(self.key(notification))
+        return self._root(self.connection.get(self.key(notification)))
+
+    def get_many(self, notifications: list[Notification]) -> list[Root | bool | None]:
+        """``get`` for each, in one round trip."""
+        keys = [self.key(n) for n in notifications if n.thread_key]
+        values = iter(self.connection.mget(keys) if keys else [])
+        return [self._root(next(values)) if n.thread_key else None for n in notifications]
+
+    @staticmethod
+    def _root(value: bytes | None) -> Root | bool | None:
         if value is None:
             return None
         if value == ABANDONED:
@@ -64,10 +74,15 @@ class ThreadRoots:
         not take the place of the ``order.created`` on its way). True when it became the root."""
         if not notification.thread_key:
             return False
+        return bool(self.claim_on(self.connection, notification, message_id, channel_id))
+
+    def claim_on(self, client: redis.Redis | redis.client.Pipeline, notification: Notification,
+                 message_id: str, channel_id: str) -> Any:
+        """``claim``'s script, run by ``client`` (a pipeline: among its answers)."""
         takes_expected = "1" if notification.starts_thread else "0"
-        return bool(self._claim(keys=[self.key(notification)],
-                                args=[f"{message_id} {channel_id}", self.ttl, EXPECTED,
-                                      takes_expected, ABANDONED]))
+        return self._claim(keys=[self.key(notification)],
+                           args=[f"{message_id} {channel_id}", self.ttl, EXPECTED,
+                                 takes_expected, ABANDONED], client=client)
 
     def give_up(self, notification: Notification) -> None:
         """The expected root will not be sent (dead-lettered): replies stop waiting for it and

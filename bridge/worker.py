@@ -38,6 +38,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from bridge.clock import Clock
 from bridge.config import Config
 from bridge.delivery import Deliverer, DeliveryJob
+from bridge.delivery.deliverer import HEARTBEAT_GRACE
 from bridge.metrics import Metrics
 from bridge.queue import connect
 from bridge.retry import REDIS_UNAVAILABLE
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 WORKER_TTL = 60  # an idle worker blocks 45 s on the queue, then does its maintenance
 MAINTENANCE_INTERVAL = 30
-HEARTBEAT_GRACE = 10
 # Seconds rq's pub/sub listener (the thread that hears rq's commands, such as shutdown) blocks
 # between looks at its stop flag.
 PUBSUB_POLL = 0.1

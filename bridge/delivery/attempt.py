@@ -13,8 +13,9 @@ from bridge import alerts
 from bridge.delivery.actions import Actions, actions_of
 from bridge.delivery.deliverer import Deliverer
 from bridge.digest import Claim
+from bridge.marker import mark
 from bridge.notification import Notification
-from bridge.pumble import MessageRef, PumbleError
+from bridge.pumble import MessageRef, PumbleClient, PumbleError
 from bridge.retry import run_again_in
 from bridge.threads import Root
 
@@ -85,6 +86,30 @@ class Attempt:
         self.job.save_meta()
         self.posted = ref
 
+    def send(self, client: PumbleClient, text: str) -> MessageRef:
+        """Post ``text``, marked as this job's (bridge.marker), in its thread or its channel."""
+        post, text = self.actions.post, mark(text, self.job.id)
+        if self.root:
+            return client.send_reply(self.root.message_id, text,
+                                     channel_id=self.root.channel_id, as_bot=post.as_bot)
+        return client.send_message(post.channel, text, as_bot=post.as_bot)
+
+    def delivered(self) -> dict[str, Any]:
+        """Posted (and all else done): logged, counted; the job's result."""
+        n, ref, members = self.notification, self.message, self.members
+        result: dict[str, Any] = {"message_id": ref.id, "channel_id": ref.channel_id}
+        if members:
+            result["digest"] = len(members) + 1
+        log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
+                 n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
+                 extra=self.context(message_id=ref.id))
+        self.deliverer.metrics.delivery(n.route, "sent")
+        if self.answered_at:
+            for member in (n, *members):
+                self.deliverer.metrics.end_to_end(n.route, member.received_at,
+                                                  self.answered_at)
+        return result
+
     def give_up_when_spent(self) -> None:
         """Checked after a failed send and again before the next (a re-run after a crash)."""
         attempts = int(self.meta.get("attempts", 0))
@@ -124,6 +149,11 @@ class Attempt:
 
     def failed(self, error: PumbleError) -> Retry:
         """Run again after a backoff, or dead-letter once attempts run out."""
+        return run_again_in(self.backoff_after(error))
+
+    def backoff_after(self, error: PumbleError) -> int:
+        """Seconds until the next attempt after ``error`` (recorded, logged, counted); raises
+        DeadLetter once attempts run out."""
         settings = self.deliverer.settings
         attempts = int(self.meta.get("attempts", 0))
         self.meta["last_error"] = f"{type(error).__name__}: {error}"
@@ -135,7 +165,7 @@ class Attempt:
                     settings.max_attempts, delay, extra=self.context())
         self.deliverer.metrics.delivery(self.notification.route, "retry")
         self.deliverer.metrics.retry(self.notification.route, type(error).__name__)
-        return run_again_in(delay)
+        return delay
 
     def dead(self, reason: str) -> None:
         """Record why; rq keeps the job in its failed-job registry (the dead letters)."""

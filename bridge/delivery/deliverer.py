@@ -14,6 +14,10 @@ from bridge.queue import NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.retry import Backoff
 
+# Seconds past a job's timeout until a job whose worker died is given up as abandoned: its
+# heartbeat (bridge.worker) and the fallback of the jobs its run took (bridge.delivery.run).
+HEARTBEAT_GRACE = 10
+
 
 class Deliverer:
     """A worker process's config, one Pumble client per account, the Redis-backed shared state
@@ -57,6 +61,11 @@ class Deliverer:
         """Others waiting that make a digest: as many as the message limit posts in the window."""
         per_minute = self.limits["messages"].per_minute
         return max(1, per_minute * self.settings.digest.window // 60)
+
+    @property
+    def abandoned_after(self) -> int:
+        """Seconds after a job started until, its worker dead, its jobs run again."""
+        return self.settings.job_timeout + HEARTBEAT_GRACE
 
     @property
     def max_slot_wait(self) -> float:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from rq.job import Job, JobStatus
 
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
+from bridge.delivery.run import deliver_its_run
 from bridge.digest import Claim, digest_text
-from bridge.marker import mark, marked_by
+from bridge.marker import marked_by
 from bridge.mutes import HELD, muted_now
 from bridge.notification import Notification
 from bridge.pumble import (
@@ -283,12 +283,12 @@ def post_or_create_channel(a: Attempt) -> None:
     a.job.save_meta()  # before sending: a worker killed mid-send leaves this behind
     try:
         try:
-            ref = _post(a, client, text)
+            ref = a.send(client, text)
         except NotFoundError:
             if not a.actions.post.create_channel or a.root:
                 raise
             _create_channel(a, client)
-            ref = _post(a, client, text)
+            ref = a.send(client, text)
     except AmbiguousError:
         raise  # maybe_sent_at stays: the next attempt looks first
     except PumbleError:
@@ -296,14 +296,6 @@ def post_or_create_channel(a: Attempt) -> None:
         raise
     a.answered_at = d.clock.time()
     a.record_posted(ref)
-
-
-def _post(a: Attempt, client: PumbleClient, text: str) -> MessageRef:
-    post, text = a.actions.post, mark(text, a.job.id)
-    if a.root:
-        return client.send_reply(a.root.message_id, text, channel_id=a.root.channel_id,
-                                 as_bot=post.as_bot)
-    return client.send_message(post.channel, text, as_bot=post.as_bot)
 
 
 def _create_channel(a: Attempt, client: PumbleClient) -> None:
@@ -349,18 +341,7 @@ def react(a: Attempt) -> None:
 
 
 def record(a: Attempt) -> Outcome:
-    n, ref, members = a.notification, a.message, a.members
-    result: dict[str, Any] = {"message_id": ref.id, "channel_id": ref.channel_id}
-    if members:
-        result["digest"] = len(members) + 1
-    log.info("event %s (route %s) delivered to #%s as message %s%s", n.event_id, n.route,
-             n.channel, ref.id, f" (digest of {len(members) + 1})" if members else "",
-             extra=a.context(message_id=ref.id))
-    a.deliverer.metrics.delivery(n.route, "sent")
-    if a.answered_at:
-        for member in (n, *members):
-            a.deliverer.metrics.end_to_end(n.route, member.received_at, a.answered_at)
-    return result
+    return a.delivered()
 
 
 def find_posted(messages: Iterable[Message], owner: str, since: float | None,
@@ -392,4 +373,5 @@ SEND: tuple[Step, ...] = (too_early_to_look, attempts_left, rate_limit_slot, dig
                           look_for_an_earlier_post, post_or_create_channel)
 # A delivery, in order.
 STEPS: tuple[Step, ...] = (held_while_muted, too_old, already_in_a_digest, thread_root, its_turn,
-                           post_unless_posted, leave_its_line, become_thread_root, react, record)
+                           post_unless_posted, deliver_its_run, leave_its_line,
+                           become_thread_root, react, record)

@@ -87,6 +87,14 @@ class Keys:
         """``in_digest`` without the job id, for the claim script, which adds it."""
         return f"{self._prefix}in-digest:"
 
+    def in_run(self, job_id: str) -> str:
+        """The job whose run (bridge.delivery.run) took this one, while it does."""
+        return self.in_run_prefix() + job_id
+
+    def in_run_prefix(self) -> str:
+        """``in_run`` without the job id, for the scripts, which add it."""
+        return f"{self._prefix}in-run:"
+
     def rate_limit(self, account: str, kind: str) -> str:
         """One sliding-window log; the braces make the account's digest a Redis Cluster hash
         tag, so one script can take a slot from all of an account's buckets."""

@@ -227,7 +227,8 @@ return {'owner', ids}
 # ARGV: 1 rq's job key prefix, 2 the enqueue time as rq writes it, 3 seconds: a job due sooner
 # is left to rq's scheduler, 4 the digest key prefix (a leaving job's claim to send alone is
 # dropped: a retry from the dead letters claims afresh), 5 how many leave; then those job ids;
-# then the ids to wake. Returns how many jobs were moved.
+# then the ids to wake; last, the in-run key prefix (a job a run took is never woken: the run
+# posts it). Returns how many jobs were moved.
 # rq's scheduler reads the due jobs, then moves them in a transaction of its own, not atomic with
 # that read: a job due by then may be on its way already. So only a job due more than ARGV[3]
 # seconds from now (Redis's clock; rq's scores are Unix seconds) is moved here, as rq's
@@ -241,19 +242,74 @@ for i = 6, 5 + leaving do
 end
 local now = tonumber(redis.call('TIME')[1])
 local moved = 0
+local in_run = ARGV[#ARGV]
 local function wake(id)
   local due = redis.call('ZSCORE', KEYS[2], id)
   if not due or tonumber(due) <= now + tonumber(ARGV[3]) then return end
+  if redis.call('EXISTS', in_run .. id) == 1 then return end
   redis.call('ZREM', KEYS[2], id)
   if redis.call('EXISTS', ARGV[1] .. id) == 0 then return end
   redis.call('HSET', ARGV[1] .. id, 'status', 'queued', 'enqueued_at', ARGV[2])
   redis.call('LPUSH', KEYS[3], id)
   moved = moved + 1
 end
-for i = 6 + leaving, #ARGV do wake(ARGV[i]) end
+for i = 6 + leaving, #ARGV - 1 do wake(ARGV[i]) end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if head then wake(head) end
 return moved
+"""
+
+# -- runs (bridge.delivery.run) ----------------------------------------------------------------
+
+# A run takes the jobs right behind its own in a line of new messages (from the front if its own
+# is not there), in order, as long as each waits in the queue or is parked (due later than
+# ARGV[6] s from now: see LEAVE_LINE), and only while fewer than ARGV[7] others wait in the line
+# (as many make a digest, which a run never does). Each is parked (rq's scheduled registry)
+# until ARGV[3], its fallback should the run's worker die, and marked as the run's.
+# KEYS: 1 the line, 2 the queue, 3 rq's scheduled registry.
+# ARGV: 1 the run's job, 2 at most how many, 3 the fallback (Unix seconds, as rq scores), 4 the
+# in-run key prefix, 5 the mark's ttl (s), 6 the margin (s), 7 the digest threshold, 8 rq's job
+# key prefix. Returns the ids taken, in line order.
+CLAIM_RUN = """
+pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+local from = rank and rank + 1 or 0
+if redis.call('ZCARD', KEYS[1]) - from >= tonumber(ARGV[7]) then return {} end
+local now = tonumber(redis.call('TIME')[1])
+local taken = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)) do
+  if redis.call('EXISTS', ARGV[4] .. id) == 1 then break end
+  if redis.call('LREM', KEYS[2], 1, id) == 0 then
+    local due = redis.call('ZSCORE', KEYS[3], id)
+    if not due or tonumber(due) <= now + tonumber(ARGV[6]) then break end
+  end
+  redis.call('ZADD', KEYS[3], ARGV[3], id)
+  redis.call('HSET', ARGV[8] .. id, 'status', 'scheduled')
+  redis.call('SET', ARGV[4] .. id, ARGV[1], 'EX', ARGV[5])
+  taken[#taken + 1] = id
+end
+return taken
+"""
+
+# The jobs a run took and did not post go back to the front of the queue, in line order, as
+# rq's scheduler moves one; a job whose mark is no longer the run's (expired: rq's scheduler
+# may have moved it already) is left alone. KEYS: 1 the queue, 2 rq's scheduled registry.
+# ARGV: 1 the run's job, 2 the in-run key prefix, 3 rq's job key prefix, 4 the enqueue time as
+# rq writes it; then the ids, in line order. Returns how many went back.
+HAND_BACK = """
+local back = 0
+for i = #ARGV, 5, -1 do
+  local id = ARGV[i]
+  if redis.call('GET', ARGV[2] .. id) == ARGV[1] then
+    redis.call('DEL', ARGV[2] .. id)
+    if redis.call('ZREM', KEYS[2], id) == 1 and redis.call('EXISTS', ARGV[3] .. id) == 1 then
+      redis.call('HSET', ARGV[3] .. id, 'status', 'queued', 'enqueued_at', ARGV[4])
+      redis.call('LPUSH', KEYS[1], id)
+      back = back + 1
+    end
+  end
+end
+return back
 """
 
 # -- thread roots (bridge.threads) --------------------------------------------------------------
