@@ -10,9 +10,10 @@ from bridge.config import Config
 from bridge.metrics import Metrics
 from bridge.mutes import Mutes, intervals_of
 from bridge.pumble import AuthError, PumbleClient
-from bridge.queue import NotificationQueue
+from bridge.queue import RESULT_TTL, NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from bridge.retry import Backoff
+from bridge.store.runs import Finisher
 
 # Seconds past a job's timeout until a job whose worker died is given up as abandoned: its
 # heartbeat (bridge.worker) and the fallback of the jobs its run took (bridge.delivery.run).
@@ -31,6 +32,7 @@ class Deliverer:
         self.clock = clock
         self.metrics = metrics
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
+        self.finisher = Finisher(self.queue.rq, RESULT_TTL)  # the jobs of its runs
         self.limits = limits_per_minute(self.settings.rate_limits)
         self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock,
                                    metrics=metrics)

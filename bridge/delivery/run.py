@@ -35,7 +35,6 @@ from bridge.digest import HANDOVER_MARGIN
 from bridge.mutes import HELD, muted_now
 from bridge.notification import Notification
 from bridge.pumble import AmbiguousError, PumbleError
-from bridge.queue import RESULT_TTL
 from bridge.store import runs, scripts
 from bridge.threads import Root
 
@@ -139,9 +138,8 @@ class Run:
         job.meta.pop("maybe_sent_at")
         job.meta["sent"] = {"id": ref.id, "channel_id": ref.channel_id}
         a.posted = ref
-        runs.finish(self.pipe, self.rq, job, a.delivered(), started_at, RESULT_TTL)
-        self.pipe.zrem(self.line, job.id)
-        self.pipe.delete(d.queue.backlog.keys.in_run(job.id))
+        d.finisher.finish(self.pipe, job, a.delivered(), started_at, self.line,
+                          d.queue.backlog.keys.in_run(job.id))
         if a.actions.thread:
             d.queue.roots.claim_on(self.pipe, n, ref.id, ref.channel_id)
         return True

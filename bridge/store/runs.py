@@ -1,11 +1,12 @@
 """What a run (bridge.delivery.run) writes of the jobs it delivers, as rq's worker would.
 
 A job a run delivers is never dequeued by rq, so its records are written here, queued on the
-run's pipeline (one round trip a message with its send's other writes): its meta, and, once
-posted, what rq's worker writes for a job that succeeded. Through rq's public API (status,
-result, finished registry, expiry) where it takes a pipeline; by hand for the three hash fields
-it writes only from ``Job.save`` (the whole hash, the payload compressed again): ``meta``,
-``started_at``, ``ended_at``. tests/test_store.py reads such a job back through rq and compares
+run's pipeline (one round trip a message with its send's other writes): its meta before the
+send, and, once posted, what rq's worker writes for a job that succeeded. Its result through
+rq's public API (``Result.create``); the rest by hand in one script (``scripts.FINISH_IN_RUN``):
+rq's worker would take nine commands, each packed and parsed by redis-py, for the hash fields
+(``status``, ``meta``, ``started_at``, ``ended_at``), the expiry and the registries, and a run
+does this for every message. tests/test_store.py reads such a job back through rq and compares
 it with one rq's worker finished: it fails the day rq's layout changes.
 """
 
@@ -16,9 +17,11 @@ from typing import Any
 
 from redis.client import Pipeline
 from rq import Queue
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.results import Result
-from rq.utils import now, utcformat
+from rq.utils import current_timestamp, now, utcformat
+
+from bridge.store import scripts
 
 
 def write_meta(pipe: Pipeline, job: Job) -> None:
@@ -26,19 +29,24 @@ def write_meta(pipe: Pipeline, job: Job) -> None:
     pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
 
 
-def finish(pipe: Pipeline, queue: Queue, job: Job, result: dict[str, Any],
-           started_at: datetime, default_ttl: int) -> None:
-    """The job succeeded with ``result``: kept its ``result_ttl`` (else ``default_ttl``) s like
-    any finished job, out of ``queue``'s scheduled registry, where its run parked it."""
-    ttl = job.get_result_ttl(default_ttl)
-    ended_at = now()
-    job.started_at, job.ended_at = started_at, ended_at
-    job.set_status(JobStatus.FINISHED, pipeline=pipe)
-    pipe.hset(job.key, mapping={"meta": job.serializer.dumps(job.meta),
-                                "started_at": utcformat(started_at),
-                                "ended_at": utcformat(ended_at)})
-    Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=result, pipeline=pipe,
-                  execution_started_at=started_at, execution_ended_at=ended_at)
-    queue.scheduled_job_registry.remove(job, pipeline=pipe)
-    queue.finished_job_registry.add(job, ttl, pipe)
-    job.cleanup(ttl, pipeline=pipe, remove_from_queue=False)
+class Finisher:
+    """Finishes the jobs of one queue's runs (the script registered once)."""
+
+    def __init__(self, queue: Queue, default_ttl: int):
+        self.queue = queue
+        self.default_ttl = default_ttl
+        self._finish = queue.connection.register_script(scripts.FINISH_IN_RUN)
+
+    def finish(self, pipe: Pipeline, job: Job, result: dict[str, Any], started_at: datetime,
+               line: str, mark: str) -> None:
+        """``job`` succeeded with ``result``: kept its ``result_ttl`` (else the default) s like
+        any finished job; out of the scheduled registry, where its run parked it, out of its
+        ``line`` and without its run's ``mark``."""
+        ttl = job.get_result_ttl(self.default_ttl)
+        ended_at = now()
+        self._finish(keys=[job.key, self.queue.scheduled_job_registry.key,
+                           self.queue.finished_job_registry.key, line, mark],
+                     args=[job.id, job.serializer.dumps(job.meta), utcformat(started_at),
+                           utcformat(ended_at), ttl, current_timestamp() + ttl], client=pipe)
+        Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=result, pipeline=pipe,
+                      execution_started_at=started_at, execution_ended_at=ended_at)

@@ -291,6 +291,21 @@ end
 return taken
 """
 
+# A job a run posted, finished as rq's worker finishes one (bridge.store.runs), out of the run's
+# parking and of its line. KEYS: 1 the job, 2 rq's scheduled registry, 3 rq's finished registry,
+# 4 the line, 5 its in-run mark. ARGV: 1 the job id, 2 its meta, 3 started_at and 4 ended_at as
+# rq writes them, 5 the result ttl (s), 6 its score in the finished registry (when it expires).
+FINISH_IN_RUN = """
+redis.call('HSET', KEYS[1], 'status', 'finished', 'meta', ARGV[2], 'started_at', ARGV[3],
+           'ended_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
+return 1
+"""
+
 # The jobs a run took and did not post go back to the front of the queue, in line order, as
 # rq's scheduler moves one; a job whose mark is no longer the run's (expired: rq's scheduler
 # may have moved it already) is left alone. KEYS: 1 the queue, 2 rq's scheduled registry.
