@@ -12,7 +12,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from rq.utils import utcparse
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import now, utcparse
 
 from bridge.activity import Activity
 from bridge.digest import Backlog
@@ -28,9 +32,12 @@ from bridge.queue import (
 )
 from bridge.ratelimit import RateLimiter
 from bridge.redis_embedded import EmbeddedRedis
+from bridge.store import scripts
 from bridge.store.accept import PER_JOB
 from bridge.store.keys import Keys, rq_scheduler
+from bridge.store.runs import Finisher
 from bridge.threads import Root, ThreadRoots
+from bridge.worker import DeliveryWorker
 
 # The digests of the parts below, as every release so far has written them.
 EVENT = "90ca113f6b7ed866939893ba401f5a3d"  # shop, e-1
@@ -156,3 +163,45 @@ def test_the_accept_writes_what_rqs_own_enqueue_writes_key_by_key(own_redis, que
     for name in (b"created_at", b"enqueued_at"):
         assert abs(utcparse(our_job[name].decode()) - utcparse(their_job[name].decode())
                    ).total_seconds() < 5
+
+
+def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_name):
+    """rq is pinned to a minor release: this fails the day its worker finishes a job otherwise
+    than bridge.store.runs does for the jobs of a run (the fields rq reads back, the result,
+    the registries, the expiry)."""
+    queue = Queue(queue_name, connection=own_redis, serializer=JSONSerializer)
+    answer = {"message_id": "m-1", "channel_id": "c-1"}
+
+    def enqueue() -> Job:  # a job whose function returns ``answer``
+        return queue.enqueue("json.loads", json.dumps(answer), job_id="j-1",
+                             result_ttl=RESULT_TTL, meta={"attempts": 1})
+
+    enqueue()
+    # rq's SimpleWorker as the bridge runs it (its own takes a minute to stop: bridge.worker)
+    DeliveryWorker([queue], connection=own_redis, serializer=JSONSerializer).work(burst=True)
+    theirs = own_redis.hgetall("rq:job:j-1")
+    their_expiry = own_redis.ttl("rq:job:j-1")
+    own_redis.flushall()
+
+    job, line = enqueue(), "line"
+    own_redis.zadd(line, {job.id: 1})
+    assert own_redis.eval(scripts.CLAIM_RUN, 3, line, queue.key, queue.scheduled_job_registry.key,
+                          "head", 10, 60, "mark:", 50, 2, 100, Job.redis_job_namespace_prefix
+                          ) == [b"j-1"]
+    job = Job.fetch("j-1", connection=own_redis, serializer=JSONSerializer)
+    pipe = own_redis.pipeline(transaction=False)
+    Finisher(queue, RESULT_TTL).finish(pipe, job, answer, now(), line, "mark:j-1")
+    pipe.execute()
+    ours = own_redis.hgetall("rq:job:j-1")
+
+    assert {k for k in theirs if theirs[k] != ours.get(k)} <= {
+        b"started_at", b"ended_at", b"enqueued_at", b"created_at", b"last_heartbeat",
+        b"worker_name"}  # times, and the worker a run's job never had
+    assert abs(own_redis.ttl("rq:job:j-1") - their_expiry) <= 5
+    read = Job.fetch("j-1", connection=own_redis, serializer=JSONSerializer)
+    assert read.get_status() == JobStatus.FINISHED and read.return_value() == answer
+    assert read.latest_result().type == Result.Type.SUCCESSFUL
+    assert read.meta == {"attempts": 1} and read.started_at and read.ended_at
+    assert queue.finished_job_registry.get_job_ids() == ["j-1"]
+    assert queue.scheduled_job_registry.get_job_ids() == [] == queue.get_job_ids()
+    assert own_redis.zrange(line, 0, -1) == [] and not own_redis.exists("mark:j-1")

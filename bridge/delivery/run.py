@@ -28,7 +28,7 @@ import logging
 
 from redis.client import Pipeline
 from rq.job import Job
-from rq.utils import now, utcformat
+from rq.utils import current_timestamp, now, utcformat
 
 from bridge.delivery.attempt import Attempt, DeadLetter
 from bridge.digest import HANDOVER_MARGIN
@@ -86,18 +86,19 @@ class Run:
 
     def _muted(self) -> bool:
         d, n, now_ = self.deliverer, self.head.notification, self.deliverer.clock.time()
-        route = d.routes.get(n.route)
-        return route is None or bool(muted_now(route, d.intervals, d.mutes.get(n.route, now_),
-                                               now_))
+        route = d.routes.get(n.route)  # gone from the config: never muted (held_while_muted)
+        return bool(route and muted_now(route, d.intervals, d.mutes.get(n.route, now_), now_))
 
     def _claim(self) -> list[Job]:
         d, head = self.deliverer, self.head.job
         fallback = d.abandoned_after
         keys = d.queue.backlog.keys
+        # The marks end before the fallback: a job rq's scheduler moves then is not the run's.
         ids = head.connection.eval(
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
-            head.id, RUN_MAX, int(d.clock.time()) + fallback, keys.in_run_prefix(), fallback,
-            HANDOVER_MARGIN, d.digest_threshold, Job.redis_job_namespace_prefix)
+            head.id, RUN_MAX, fallback, keys.in_run_prefix(),
+            fallback - HANDOVER_MARGIN, HANDOVER_MARGIN, d.digest_threshold,
+            Job.redis_job_namespace_prefix)
         if not ids:
             return []
         jobs = Job.fetch_many([i.decode() for i in ids], connection=head.connection,
@@ -181,7 +182,7 @@ class Run:
         except DeadLetter:
             return
         self.pipe.zadd(self.rq.scheduled_job_registry.key,
-                       {a.job.id: int(self.deliverer.clock.time()) + delay})
+                       {a.job.id: current_timestamp() + delay})  # rq's scores: its clock
         self.pipe.delete(self.deliverer.queue.backlog.keys.in_run(a.job.id))
 
     def _end(self, waiting: list[Job]) -> None:

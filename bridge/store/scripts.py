@@ -265,10 +265,10 @@ return moved
 # is not there), in order, as long as each waits in the queue or is parked (due later than
 # ARGV[6] s from now: see LEAVE_LINE), and only while fewer than ARGV[7] others wait in the line
 # (as many make a digest, which a run never does). Each is parked (rq's scheduled registry)
-# until ARGV[3], its fallback should the run's worker die, and marked as the run's.
+# for ARGV[3] s, its fallback should the run's worker die, and marked as the run's.
 # KEYS: 1 the line, 2 the queue, 3 rq's scheduled registry.
-# ARGV: 1 the run's job, 2 at most how many, 3 the fallback (Unix seconds, as rq scores), 4 the
-# in-run key prefix, 5 the mark's ttl (s), 6 the margin (s), 7 the digest threshold, 8 rq's job
+# ARGV: 1 the run's job, 2 at most how many, 3 the fallback (s from now), 4 the in-run key
+# prefix, 5 the mark's ttl (s), 6 the margin (s), 7 the digest threshold, 8 rq's job
 # key prefix. Returns the ids taken, in line order.
 CLAIM_RUN = """
 pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
@@ -283,7 +283,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[2])
     local due = redis.call('ZSCORE', KEYS[3], id)
     if not due or tonumber(due) <= now + tonumber(ARGV[6]) then break end
   end
-  redis.call('ZADD', KEYS[3], ARGV[3], id)
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
   redis.call('HSET', ARGV[8] .. id, 'status', 'scheduled')
   redis.call('SET', ARGV[4] .. id, ARGV[1], 'EX', ARGV[5])
   taken[#taken + 1] = id

@@ -1,0 +1,189 @@
+"""Runs (bridge.delivery.run): the head of a line of new messages posts the next ones of its
+line in its own rq job; in arrival order, each once, whatever fails or dies on the way. A real
+Redis, burst workers on the test's clock, the fake Pumble over HTTP."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from flask import Response
+from rq.job import Job, JobStatus
+
+from bridge.delivery.attempt import Attempt
+from bridge.delivery.deliverer import HEARTBEAT_GRACE, Deliverer
+from bridge.delivery.run import Run
+from bridge.digest import HANDOVER_MARGIN
+from bridge.local_server import LocalServer
+from bridge.notification import Notification
+from bridge.queue import connect, job_id
+from tests.conftest import FakePumble, stats
+from tests.test_identity import LossyProxy, owners
+from tests.test_order import enqueue_orders, order_numbers
+
+
+def shown(fake: FakePumble) -> list[int]:
+    return [n for message in order_numbers(fake) for n in message]
+
+
+def jobs_of(b, numbers: range) -> list[Job]:
+    return [b.rq.fetch_job(job_id(b.queue.rq.name, Notification(
+        source="shop", event_id=f"o-{n}", event_type="order.created", route="r",
+        channel="orders", text=""))) for n in numbers]
+
+
+def nothing_left_behind(b, numbers: range, *, dead_run: bool = False) -> None:
+    """Every job finished with its message as its result; no line, mark or parked job left
+    (after a ``dead_run``, its marks are left to expire before their jobs fall back)."""
+    connection = b.rq.connection
+    for job in jobs_of(b, numbers):
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value()["message_id"] == job.meta["sent"]["id"]
+    assert not connection.keys(f"pumble-bridge:{b.queue.rq.name}:backlog:*")
+    marks = connection.keys(f"pumble-bridge:{b.queue.rq.name}:in-run:*")
+    if dead_run:
+        fallback = b.config.delivery.job_timeout + HEARTBEAT_GRACE
+        assert all(0 < connection.ttl(mark) <= fallback - HANDOVER_MARGIN for mark in marks)
+    else:
+        assert not marks
+    assert b.rq.scheduled_job_registry.get_job_ids() == [] and len(b.rq) == 0
+
+
+def test_a_line_is_posted_by_one_job_in_arrival_order(bridge, fake_pumble):
+    b = bridge()
+    numbers = range(1001, 1031)
+    enqueue_orders(b, numbers)
+    b.work()  # one burst worker, once
+    assert shown(fake_pumble) == list(numbers)
+    nothing_left_behind(b, numbers)
+    jobs = jobs_of(b, numbers)
+    # Never dequeued by rq (no worker's name), each with its own record all the same:
+    # the head's run posted them.
+    assert sum(not job.worker_name for job in jobs) >= len(numbers) - 1
+    assert all(job.started_at and job.ended_at for job in jobs)
+
+
+def test_a_member_whose_send_is_lost_goes_after_its_backoff_and_the_line_waits(
+        bridge, fake_pumble):
+    lossy = LossyProxy(fake_pumble.url)
+    lossy.drop["sendMessage"] = {3}  # the head's, its run's first, then this one: unanswered
+    with LocalServer(lossy.app) as proxy:
+        b = bridge(base_url=proxy.url)
+        numbers = range(2001, 2021)
+        enqueue_orders(b, numbers)
+        b.drain()
+    assert shown(fake_pumble) == list(numbers)
+    assert set(owners(fake_pumble).values()) == {1}  # each posted once
+    nothing_left_behind(b, numbers)
+
+
+class RefusingProxy(LossyProxy):
+    """Also answers the chosen requests (the n-th to a path) itself, with a 400."""
+
+    def __init__(self, target: str):
+        super().__init__(target)
+        self.refuse: dict[str, set[int]] = {}
+        self._refused: Counter[str] = Counter()
+
+    def _forward(self, path: str) -> Response:
+        self._refused[path] += 1
+        if self._refused[path] in self.refuse.get(path, set()):
+            return Response('{"error": "Bad request"}', 400, content_type="application/json")
+        return super()._forward(path)
+
+
+def test_a_member_pumble_refuses_goes_back_and_is_decided_by_its_own_job(bridge, fake_pumble):
+    refusing = RefusingProxy(fake_pumble.url)
+    refusing.refuse["sendMessage"] = {2}  # the run's first send: refused once
+    with LocalServer(refusing.app) as proxy:
+        b = bridge(base_url=proxy.url)
+        numbers = range(3001, 3011)
+        enqueue_orders(b, numbers)
+        b.drain()
+    assert shown(fake_pumble) == list(numbers)  # sent again by its own job, in its turn
+    refused = jobs_of(b, numbers)[1]
+    assert refused.worker_name and refused.meta["attempts"] == 2
+    nothing_left_behind(b, numbers)
+
+
+def test_a_job_that_is_not_plain_ends_the_run_and_goes_in_its_turn(bridge, fake_pumble):
+    b = bridge()
+    numbers = range(4001, 4016)
+    enqueue_orders(b, numbers)
+    retried = jobs_of(b, numbers)[6]
+    retried.meta["attempts"] = 1  # an earlier attempt failed: its own job decides what is next
+    retried.save_meta()
+    b.drain()
+    assert shown(fake_pumble) == list(numbers)
+    assert Job.fetch(retried.id, connection=b.rq.connection).worker_name  # rq ran it
+    nothing_left_behind(b, numbers)
+
+
+def run_of(b, number: int) -> Run:
+    """The run the job of order ``number`` would make, in this process."""
+    connection = connect(b.redis_url)
+    deliverer = Deliverer(b.config, connection, b.clock, b.metrics)
+    head = jobs_of(b, range(number, number + 1))[0]
+    return Run(Attempt(deliverer, head, Notification.from_payload(head.args[0])))
+
+
+def test_a_run_whose_worker_dies_leaves_its_jobs_to_rqs_scheduler(bridge, fake_pumble):
+    """Taken, the first of them posted but not yet recorded, then the worker is gone: no
+    handover moves them meanwhile; at their fallback each runs as a job of its own, the posted
+    one finds its post, and the channel reads every order once, in order."""
+    b = bridge()
+    enqueue_orders(b, range(5001, 5002))
+    b.work()  # the head, posted
+    numbers = range(5002, 5011)
+    enqueue_orders(b, numbers)
+    run = run_of(b, 5001)
+    taken = run._claim()
+    assert [job.id for job in taken] == [job.id for job in jobs_of(b, numbers)]
+    assert len(b.rq) == 0  # all parked
+    assert run._post(run._members(taken)[:1])[0] == 1  # posted; its record never written
+    assert b.queue.backlog.leave(run.head.notification) == 0  # no handover wakes them
+    b.work()
+    assert shown(fake_pumble) == [5001, 5002]
+    b.clock.sleep(b.config.delivery.job_timeout + HEARTBEAT_GRACE)  # the run's fallback
+    b.drain()
+    assert shown(fake_pumble) == [5001, *numbers]
+    assert set(owners(fake_pumble).values()) == {1}
+    nothing_left_behind(b, numbers, dead_run=True)
+
+
+def test_the_jobs_a_run_did_not_post_go_back_in_order_unless_no_longer_its(
+        bridge, fake_pumble):
+    b = bridge()
+    enqueue_orders(b, range(6001, 6002))
+    b.work()
+    numbers = range(6002, 6007)
+    enqueue_orders(b, numbers)
+    run = run_of(b, 6001)
+    taken = run._claim()
+    assert len(taken) == 5
+    assert run_of(b, 6001)._claim() == []  # marked: no other run takes them
+    b.rq.connection.delete(b.queue.backlog.keys.in_run(taken[1].id))  # its mark ran out
+    run._end(taken)
+    assert b.rq.get_job_ids() == [taken[0].id, *(job.id for job in taken[2:])]
+    assert b.rq.scheduled_job_registry.get_job_ids() == [taken[1].id]  # rq's scheduler's now
+    b.clock.sleep(b.config.delivery.job_timeout + HEARTBEAT_GRACE)
+    b.drain()
+    assert shown(fake_pumble) == [6001, *numbers]
+
+
+def test_a_run_stops_at_the_rate_limit_and_what_it_did_not_send_is_not_counted(
+        bridge, fake_pumble):
+    # 3 messages a minute: the head and two of its run go; the rest go back,
+    # unmarked, and go one by one as slots free up (no worker waits for one: job_timeout 2).
+    b = bridge({"rate_limits": {"messages": 3}, "job_timeout": 2,
+                "digest": {"window": 300}})  # a digest only once 15 wait: none here
+    numbers = range(7001, 7009)
+    enqueue_orders(b, numbers)
+    b.work()
+    assert shown(fake_pumble) == [7001, 7002, 7003]
+    waiting = jobs_of(b, numbers[3:])
+    assert all("maybe_sent_at" not in job.meta and not job.meta.get("attempts")
+               for job in waiting)
+    b.drain(rounds=400)
+    assert shown(fake_pumble) == list(numbers)
+    assert [job.meta["attempts"] for job in jobs_of(b, numbers)] == [1] * len(numbers)
+    assert stats(fake_pumble)["rate_limited"] == 0
