@@ -136,7 +136,7 @@ def test_a_run_whose_worker_dies_leaves_its_jobs_to_rqs_scheduler(bridge, fake_p
     numbers = range(5002, 5011)
     enqueue_orders(b, numbers)
     run = run_of(b, 5001)
-    taken = run._claim()
+    taken = run._claim(100)
     assert [job.id for job in taken] == [job.id for job in jobs_of(b, numbers)]
     assert len(b.rq) == 0  # all parked
     assert run._post(run._members(taken)[:1])[0] == 1  # posted; its record never written
@@ -158,9 +158,9 @@ def test_the_jobs_a_run_did_not_post_go_back_in_order_unless_no_longer_its(
     numbers = range(6002, 6007)
     enqueue_orders(b, numbers)
     run = run_of(b, 6001)
-    taken = run._claim()
+    taken = run._claim(100)
     assert len(taken) == 5
-    assert run_of(b, 6001)._claim() == []  # marked: no other run takes them
+    assert run_of(b, 6001)._claim(100) == []  # marked: no other run takes them
     b.rq.connection.delete(b.queue.backlog.keys.in_run(taken[1].id))  # its mark ran out
     run._end(taken)
     assert b.rq.get_job_ids() == [taken[0].id, *(job.id for job in taken[2:])]
@@ -187,3 +187,37 @@ def test_a_run_stops_at_the_rate_limit_and_what_it_did_not_send_is_not_counted(
     assert shown(fake_pumble) == list(numbers)
     assert [job.meta["attempts"] for job in jobs_of(b, numbers)] == [1] * len(numbers)
     assert stats(fake_pumble)["rate_limited"] == 0
+
+
+def test_a_run_posts_an_orders_later_messages_in_the_thread_it_began(bridge, fake_pumble):
+    """The same order's first event delivered again and again (a shop re-creating it, or a
+    benchmark): the first begins its thread, each later one replies in it, as its own job
+    would have, though all go in one run."""
+    b = bridge()
+    numbers = range(8001, 8011)
+    for number in numbers:
+        b.enqueue(f"🛒 order #{number}", event_id=f"o-{number}", thread_key="order:8000",
+                  starts_thread=True)
+        b.clock.sleep(0.01)
+    b.work()
+    messages = fake_pumble.messages("orders")
+    root, *replies = messages
+    assert not root["threadReplyInfo"] and "#8001" in root["text"]
+    assert [r["threadReplyInfo"]["rootId"] for r in replies] == [root["id"]] * 9
+    assert shown(fake_pumble) == list(numbers)
+    assert sum(not job.worker_name for job in jobs_of(b, numbers)) >= 9
+
+
+def test_within_one_batch_a_later_message_replies_in_the_thread_an_earlier_began(
+        bridge, fake_pumble):
+    b = bridge()
+    threads = {9001: "order:1", 9002: "order:2", 9003: "order:3", 9004: "order:3"}
+    for number, thread in threads.items():  # the head; a batch of 1; a batch of 2
+        b.enqueue(f"🛒 order #{number}", event_id=f"o-{number}", thread_key=thread,
+                  starts_thread=True)
+        b.clock.sleep(0.01)
+    b.work()
+    messages = {int(m["text"].split("#")[1][:4]): m for m in fake_pumble.messages("orders")}
+    assert [n for n, m in messages.items() if not m["threadReplyInfo"]] == [9001, 9002, 9003]
+    assert messages[9004]["threadReplyInfo"]["rootId"] == messages[9003]["id"]
+    assert sum(not job.worker_name for job in jobs_of(b, range(9001, 9005))) == 3

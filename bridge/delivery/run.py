@@ -2,24 +2,24 @@
 ones of its line too, in the same rq job, before it leaves the line.
 
 Why: rq's own bookkeeping costs a job about 18 Redis round trips and more CPU than its send
-(bench/worker.py). A run pays it once for up to ``RUN_MAX`` messages; each of them costs its
-send and one pipelined round trip (the writes after the post before it, its rate-limit slot,
-its "may have been sent" mark).
+(bench/worker.py). A run pays it once for up to ``RUN_MAX`` messages, taken in batches that
+double up to ``BATCH_MAX``; a batch costs three round trips (claimed with the records of the
+batch before, read, its slots and "may have been sent" marks taken) besides its sends.
 
 It stays as safe as a job of its own:
-- The jobs are taken at once (scripts.CLAIM_RUN): those right behind it in the line, in order,
-  each still waiting (queued, or parked for its turn). Each is parked again with a fallback (its
-  job timeout and the heartbeat's grace ahead) and marked as the run's, so no other worker takes
-  it and no handover wakes it. A worker that dies mid-run leaves them to rq's scheduler: at the
-  fallback each runs as a job of its own, and one that may have been sent looks for its post
-  first (bridge.delivery.steps).
-- Only the plain case is posted in a run: a first attempt, not muted, not too old, no
-  reaction, its thread (when it starts one) not begun by a later event, a slot free at once.
-  Anything else ends the run: that job and the rest go back to the front of the queue
-  (scripts.HAND_BACK) and run as jobs of their own, through every step. A send Pumble refuses
-  ends it too; one to try again (5xx, 429, no answer) is parked for its backoff first, as the
-  job itself would have been.
-- A run never makes a digest: none is taken while as many wait in the line as make one.
+- The jobs are claimed atomically (scripts.CLAIM_RUN): those right behind it in the line, in
+  order, each still waiting (queued, or parked for its turn). Each is parked again with a
+  fallback (its job timeout and the heartbeat's grace ahead) and marked as the run's, so no
+  other worker takes it and no handover wakes it. A worker that dies mid-run leaves them to
+  rq's scheduler: at the fallback each runs as a job of its own, and one that may have been
+  sent looks for its post first (bridge.delivery.steps).
+- Only the plain case is posted in a run: a first attempt, not muted, not too old, no reaction
+  to add, a slot free at once (one whose thread a later event began is posted in that thread,
+  as its own job would). Anything else ends the run: that job and the rest of its batch go back
+  to the front of the queue (scripts.HAND_BACK) and run as jobs of their own, through every
+  step. A send Pumble refuses ends it too; one to try again (5xx, 429, no answer) is parked for
+  its backoff first, as the job itself would have been.
+- A run never makes a digest: none is claimed while as many wait behind it as make one.
 """
 
 from __future__ import annotations
@@ -59,28 +59,32 @@ class Run:
         self.pipe: Pipeline = head.job.connection.pipeline(transaction=False)
         self.line = self.deliverer.queue.backlog.key(head.notification)
         self.rq = self.deliverer.queue.rq
+        # The threads a member of this run begins (by their roots' keys), and the members that
+        # join one of them: their jobs would find its root by then, and reply in it.
+        self.begun: dict[str, Root] = {}
+        self.joining: dict[str, str] = {}
 
     def deliver(self) -> None:
+        """Batches of the next jobs of the line, each claimed in the round trip that records
+        the batch before, until the line is done, a job is not plain, or time is up."""
         d = self.deliverer
         if self._muted():
             return
-        waiting = self._claim()
-        if not waiting:
-            return
-        deadline, batch, posted = d.clock.time() + RUN_SECONDS, 1, 0
-        members = self._members(waiting)
+        deadline, batch, posted, taken = d.clock.time() + RUN_SECONDS, 1, 0, []
         try:
-            while members and d.clock.time() <= deadline:
-                chunk = members[:batch]
-                sent, slowest = self._post(chunk)
+            while posted < RUN_MAX and d.clock.time() <= deadline:
+                taken = self._claim(min(batch, RUN_MAX - posted))
+                sent, slowest = self._post(self._members(taken))
                 posted += sent
-                del members[:sent], waiting[:sent]
-                if sent < len(chunk):
+                del taken[:sent]
+                if taken or not sent:
                     break
-                # Each send within half the limiter's margin of its slot (bridge.ratelimit).
-                batch = max(1, min(BATCH_MAX, int(d.limiter.margin / 2 / max(slowest, 1e-3))))
+                # Twice as many next time, each sent within half the limiter's margin of its
+                # slot (bridge.ratelimit).
+                batch = max(1, min(2 * batch, BATCH_MAX,
+                                   int(d.limiter.margin / 2 / max(slowest, 1e-3))))
         finally:
-            self._end(waiting)
+            self._end(taken)
         log.debug("job %s: posted %d more of its line in its run", self.head.job.id, posted,
                   extra=self.head.context())
 
@@ -89,53 +93,60 @@ class Run:
         route = d.routes.get(n.route)  # gone from the config: never muted (held_while_muted)
         return bool(route and muted_now(route, d.intervals, d.mutes.get(n.route, now_), now_))
 
-    def _claim(self) -> list[Job]:
-        d, head = self.deliverer, self.head.job
+    def _claim(self, most: int) -> list[Job]:
+        """Up to ``most`` of the next jobs, claimed with the writes still pending."""
+        d, head, keys = self.deliverer, self.head.job, self.deliverer.queue.backlog.keys
         fallback = d.abandoned_after
-        keys = d.queue.backlog.keys
         # The marks end before the fallback: a job rq's scheduler moves then is not the run's.
-        ids = head.connection.eval(
+        self.pipe.eval(
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
-            head.id, RUN_MAX, fallback, keys.in_run_prefix(),
-            fallback - HANDOVER_MARGIN, HANDOVER_MARGIN, d.digest_threshold,
-            Job.redis_job_namespace_prefix)
+            head.id, most, fallback, keys.in_run_prefix(), fallback - HANDOVER_MARGIN,
+            HANDOVER_MARGIN, d.digest_threshold, Job.redis_job_namespace_prefix)
+        ids = [i.decode() for i in self.pipe.execute()[-1]]
         if not ids:
             return []
-        jobs = Job.fetch_many([i.decode() for i in ids], connection=head.connection,
-                              serializer=head.serializer)
-        for gone in (i.decode() for i, job in zip(ids, jobs, strict=True) if job is None):
+        jobs = Job.fetch_many(ids, connection=head.connection, serializer=head.serializer)
+        for gone in (i for i, job in zip(ids, jobs, strict=True) if job is None):
             self.pipe.zrem(self.line, gone)  # deleted by hand: out of its line
             self.pipe.zrem(self.rq.scheduled_job_registry.key, gone)
             self.pipe.delete(keys.in_run(gone))
         return [job for job in jobs if job is not None]
 
-    def _members(self, waiting: list[Job]) -> list[Attempt]:
-        """Each job's attempt, up to the first that is not plain (see the module)."""
+    def _members(self, taken: list[Job]) -> list[Attempt]:
+        """Each job's attempt, up to the first that is not plain (see the module); one whose
+        thread a later event began is posted in that thread, as its job would."""
         attempts = [Attempt(self.deliverer, job, Notification.from_payload(job.args[0]))
-                    for job in waiting]
-        roots = self.deliverer.queue.roots.get_many([a.notification for a in attempts
-                                                     if a.actions.thread])
-        plain = []
+                    for job in taken]
+        roots = iter(self.deliverer.queue.roots.get_many([a.notification for a in attempts
+                                                          if a.actions.thread]))
+        plain, beginning = [], set()
         for a in attempts:
-            root = roots.pop(0) if a.actions.thread else None
-            if not _plain(a, root):
+            root = next(roots) if a.actions.thread else None
+            if not _plain(a):
                 break
+            a.root = root if isinstance(root, Root) else None
+            if a.actions.thread and not a.root:
+                key = self.deliverer.queue.roots.key(a.notification)
+                if key in beginning:
+                    self.joining[a.job.id] = key
+                beginning.add(key)
             plain.append(a)
         return plain
 
     def _post(self, batch: list[Attempt]) -> tuple[int, float]:
-        """Post a batch of members, their slots and marks taken in one round trip with the
-        writes after the batch before. Returns how many were posted, and the slowest send's
-        seconds; fewer than the batch ends the run (a send to try again is parked, the rest
-        go back)."""
+        """Post a batch of members, their slots and marks taken in one round trip. Returns how
+        many were posted, and the slowest send's seconds; fewer than the batch ends the run (a
+        send to try again is parked, the rest go back)."""
         d, before = self.deliverer, [a.meta.copy() for a in batch]
         slots = []
         for a in batch:
             slots.append(len(self.pipe))
-            d.limiter.try_acquire_on(self.pipe, a.notification.account, "messages")
+            replies = a.root or a.job.id in self.joining
+            d.limiter.try_acquire_on(self.pipe, a.notification.account,
+                                     "replies" if replies else "messages")
             a.meta.update(attempts=1, maybe_sent_at=d.clock.time())
             runs.write_meta(self.pipe, a.job)  # before sending: a worker killed mid-send
-        answers = self.pipe.execute()  # leaves it
+        answers = self.pipe.execute() if batch else []  # leaves it
         slowest, posted, tried = 0.0, 0, 0
         for a, slot in zip(batch, slots, strict=True):
             if d.limiter.seconds_until(answers[slot]) > 0:
@@ -154,6 +165,8 @@ class Run:
         """One member's send: the seconds it took, or None if it did not go (``_failed``)."""
         d, n, job = self.deliverer, a.notification, a.job
         started_at, sending = now(), d.clock.time()
+        if job.id in self.joining:
+            a.root = self.begun[self.joining[job.id]]
         try:
             ref = a.send(d.client(n.account), a.actions.post.text)
         except PumbleError as exc:
@@ -165,8 +178,9 @@ class Run:
         a.posted = ref
         d.finisher.finish(self.pipe, job, a.delivered(), started_at, self.line,
                           d.queue.backlog.keys.in_run(job.id))
-        if a.actions.thread:
+        if a.actions.thread and not a.root:
             d.queue.roots.claim_on(self.pipe, n, ref.id, ref.channel_id)
+            self.begun[d.queue.roots.key(n)] = Root(ref.id, ref.channel_id)
         return a.answered_at - sending
 
     def _failed(self, a: Attempt, error: PumbleError) -> None:
@@ -195,9 +209,9 @@ class Run:
         self.pipe.execute()
 
 
-def _plain(a: Attempt, root: Root | bool | None) -> bool:
+def _plain(a: Attempt) -> bool:
     """Posted in a run as a job of its own would post it, with nothing else to do first."""
     meta, settings = a.meta, a.deliverer.settings
-    return not (a.notification.reply or a.actions.react or isinstance(root, Root)
+    return not (a.notification.reply or a.actions.react
                 or meta.get("attempts") or meta.get("sent") or HELD in meta
                 or (a.notification.received_at and a.age > settings.max_age))

@@ -373,5 +373,5 @@ SEND: tuple[Step, ...] = (too_early_to_look, attempts_left, rate_limit_slot, dig
                           look_for_an_earlier_post, post_or_create_channel)
 # A delivery, in order.
 STEPS: tuple[Step, ...] = (held_while_muted, too_old, already_in_a_digest, thread_root, its_turn,
-                           post_unless_posted, deliver_its_run, leave_its_line,
-                           become_thread_root, react, record)
+                           post_unless_posted, become_thread_root, deliver_its_run,
+                           leave_its_line, react, record)
