@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     r = summary["scheduler"]
     print(f"  rq's scheduler, forked by the delivery worker, after {done:,} events: PSS "
           f"{mib(r['pss_kib'])} MiB, USS {mib(r['uss_kib'])} MiB (after the warm-up: PSS "
-          f"{mib(r['baseline_pss_kib'])}, USS {mib(r['baseline_uss_kib'])}; USS is what it "
-          f"copied of the worker's pages); the two together: PSS "
+          f"{mib(r['baseline_pss_kib'])}, USS {mib(r['baseline_uss_kib'])}; USS: the pages it no "
+          f"longer shares with the worker); the two together: PSS "
           f"{mib(pss_end(worker_name) + pss_end(SCHEDULER))} MiB")
     print(f"  the bridge's processes together (PSS, Redis aside): {mib(bridge_total)} MiB; "
           f"Redis used_memory {mib(redis_memory.get('used_memory', 0) / 1024)} MiB, RSS "
