@@ -50,6 +50,8 @@ from bench.receiver import Bare
 
 SENDERS = 8
 WARM_UP = 20
+WORKER = "delivery worker (rq SimpleWorker)"
+SCHEDULER = "rq scheduler (forked by the worker)"
 
 
 def snapshot(processes: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -95,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             processes[f"web worker {i + 1} (gunicorn)"] = pid
         stack.wait_until(lambda: bool(stack.descendants(worker.pid)), 30,
                          "the worker's scheduler", worker.service)
-        processes["delivery worker (rq SimpleWorker)"] = worker.pid
+        processes[WORKER] = worker.pid
         for pid in stack.descendants(worker.pid):
-            processes["rq scheduler (forked by the worker)"] = pid
+            processes[SCHEDULER] = pid
         processes["bare: web master"] = bare.service.pid
         for i, pid in enumerate(sorted(stack.descendants(bare.service.pid))):
             processes[f"bare: web worker {i + 1}"] = pid
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  after the warm-up: web worker PSS "
               f"{mib(readings[0]['memory']['web worker 1 (gunicorn)'].get('pss'))} MiB, "
               f"worker PSS "
-              f"{mib(readings[0]['memory']['delivery worker (rq SimpleWorker)'].get('pss'))} MiB",
+              f"{mib(readings[0]['memory'][WORKER].get('pss'))} MiB",
               flush=True)
         done = 0
         with stack.LoadMeter() as load:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = readings[-1]["memory"]
                 print(f"  after {done:,} events: web worker PSS "
                       f"{mib(m['web worker 1 (gunicorn)'].get('pss'))} MiB, worker PSS "
-                      f"{mib(m['delivery worker (rq SimpleWorker)'].get('pss'))} MiB", flush=True)
+                      f"{mib(m[WORKER].get('pss'))} MiB", flush=True)
         redis_memory = store.connection.info("memory")
         redis_rss = stack.memory(store.pid)
         repeated = len(collector.repeated)
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     web = max((n for n in processes if n.startswith("web worker")), key=pss_end)
     bare_web = max((n for n in processes if n.startswith("bare: web worker")), key=pss_end)
-    worker_name = "delivery worker (rq SimpleWorker)"
+    worker_name = WORKER
+    scheduler_start, scheduler_end = first.get(SCHEDULER, {}), last.get(SCHEDULER, {})
     summary = {
         "web_worker": {"process": web, "rss_kib": last[web].get("rss"),
                        "pss_kib": last[web].get("pss"), "uss_kib": last[web].get("uss"),
@@ -169,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                    "baseline_rss_kib": first[worker_name].get("rss"),
                    "ratio": round(pss_end(worker_name) / first[worker_name]["pss"], 2)
                    if first[worker_name].get("pss") else None},
+        "scheduler": {"process": SCHEDULER, "pss_kib": scheduler_end.get("pss"),
+                      "uss_kib": scheduler_end.get("uss"),
+                      "baseline_pss_kib": scheduler_start.get("pss"),
+                      "baseline_uss_kib": scheduler_start.get("uss")},
     }
     bridge_total = sum(pss_end(n) for n in processes if not n.startswith("bare"))
     print(f"\n  {'process (MiB)':<40} {'RSS warm':>9} {f'RSS {done:,}':>11} {'PSS warm':>9} "
@@ -193,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  the delivery worker after {done:,} events: PSS {mib(k['pss_kib'])} MiB (RSS "
           f"{mib(k['rss_kib'])}, USS {mib(k['uss_kib'])}) = {k['ratio']}× its own after the "
           f"warm-up ({mib(k['baseline_pss_kib'])} MiB) [baseline]")
+    r = summary["scheduler"]
+    print(f"  rq's scheduler, forked by the delivery worker, after {done:,} events: PSS "
+          f"{mib(r['pss_kib'])} MiB, USS {mib(r['uss_kib'])} MiB (after the warm-up: PSS "
+          f"{mib(r['baseline_pss_kib'])}, USS {mib(r['baseline_uss_kib'])}; USS: the pages it no "
+          f"longer shares with the worker); the two together: PSS "
+          f"{mib(pss_end(worker_name) + pss_end(SCHEDULER))} MiB")
     print(f"  the bridge's processes together (PSS, Redis aside): {mib(bridge_total)} MiB; "
           f"Redis used_memory {mib(redis_memory.get('used_memory', 0) / 1024)} MiB, RSS "
           f"{mib(redis_rss.get('rss'))} MiB; others {load.result.others_cores:.2f} cores")

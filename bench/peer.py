@@ -13,16 +13,22 @@ peer's ``fake_pumble.py`` under gunicorn, 2 × 4, which counts what it accepts):
   (``--peer-dir``): the shop gets its answer once the message is sent;
 - ``bridge``: ``serve`` + ``worker`` + the embedded Redis (what ``pumble-bridge run`` starts),
   the bridge's own Pumble rate limiter lifted: the shop gets its answer once the webhook is
-  stored, and the worker sends it.
+  stored, and the worker sends it;
+- ``loop`` [the worker's baseline]: no shop, no wrk: one keep-alive httpx client in this process
+  posts LOOP_MESSAGES order-sized messages to its fake, one after the other, and nothing else
+  (``stack.send_loop``, bench/worker.py's baseline too).
 
 Every request is the same signed 5 KB Shopify ``orders/create`` with a new
 ``X-Shopify-Webhook-Id`` (bench/receiver.py's wrk script), from wrk -t2 with 32 connections.
 Rounds rotate the targets' order. Printed per target: acked webhooks/s (wrk), delivered
 messages/s (counted at the fake from the load's start until the backlog is drained) and the
 drain time after the load stopped, CPU ms per delivered message by process, Redis commands per
-message; then the ratios bridge / node-red against the budget (delivered ≥ 0.5×, acked ≥ 1.0×).
+message; then, per round and their median, the ratios against issue 18's budget: bridge /
+node-red acked (≥ 1.0×) and delivered (≥ 0.5×), and the bridge's worker CPU per message / the
+loop's sender CPU per message (≤ 2.0×), next to their Redis commands per message.
 Checked per run: every webhook the target acked was sent to the fake exactly once (the
-target's own count of acks equals the fake's count of sends), none refused, no wrk error.
+target's own count of acks equals the fake's count of sends), none refused, no wrk error; the
+loop: each of its messages counted once at the fake.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +55,9 @@ from bench.receiver import run_wrk, wrk_script
 
 NODE_RED = "node-red"
 BRIDGE = "bridge"
-TARGETS = (NODE_RED, BRIDGE)
+LOOP = "loop"
+TARGETS = (NODE_RED, BRIDGE, LOOP)
+SENDER = {NODE_RED: NODE_RED, BRIDGE: "worker", LOOP: LOOP}  # the process that posts to Pumble
 NODE_RED_VERSION = "4.1.15"
 PEER_DIR = Path("/work/shared/peer-nodered")
 PEER_FILES = ("flows.json", "settings.js", "fake_pumble.py")
@@ -56,8 +65,15 @@ CACHE_DIR = Path.home() / ".cache" / "pumble-bridge-bench" / "node-red"
 CONNECTIONS = 32
 WARM_UP_SECONDS = 2
 IN_FLIGHT_SECONDS = 0.3  # after wrk stops, the requests it left in flight are answered within
-# The issue's budget: bridge / node-red.
+# The fake is polled for its count every POLL_SECONDS after the load stopped, every
+# SLOW_POLL_SECONDS from a second on: each poll costs the fake about a send, which a long drain
+# would otherwise add to the target's fake CPU per message.
+POLL_SECONDS, SLOW_POLL_SECONDS = 0.05, 0.2
+LOOP_MESSAGES = 2000
+LOOP_WARM_UP = 100  # the loop's first messages: imports, the connection
+# The issue's budget: bridge / node-red at least, the bridge's worker / the loop at most.
 BUDGET = {"acked": 1.0, "delivered": 0.5}
+WORKER_BUDGET = 2.0
 
 
 class Target(Protocol):
@@ -264,7 +280,7 @@ def wait_drained(target: Target, acked_before: int, stopped: float, timeout: flo
             acked = target.acked() - acked_before
             if history[-1][1] >= acked or now - stopped > timeout:
                 break
-        time.sleep(0.05)
+        time.sleep(POLL_SECONDS if now - stopped < 1 else SLOW_POLL_SECONDS)
     return next((t for t, sends in history if sends >= acked), history[-1][0])
 
 
@@ -315,6 +331,29 @@ def measure(name: str, target: Target, folder: Path, seconds: float, round_: int
                sum(commands.values()) / max(delivered, 1), load.result.others_cores, problems)
 
 
+def measure_loop(fake: PeerFake, round_: int) -> Run:
+    """The loop's run: its sender CPU (this process) and the fake's, per message."""
+    stack.send_loop(fake.url, LOOP_WARM_UP)
+    fake.reset()
+    fake_before = fake.cpu()
+    with stack.LoadMeter() as load:
+        started = time.monotonic()
+        sender = stack.send_loop(fake.url, LOOP_MESSAGES)
+        seconds = time.monotonic() - started
+    counts = fake.count()
+    sent = counts["sends"]
+    per_message = 1000 / max(sent, 1)
+    problems = []
+    if sent != LOOP_MESSAGES:
+        problems.append(f"{sent} of {LOOP_MESSAGES} messages counted at the fake")
+    if counts["bad"]:
+        problems.append(f"{counts['bad']} sends refused by the fake")
+    cpu_ms = {LOOP: sender * per_message, "fake": (fake.cpu() - fake_before) * per_message}
+    nan = float("nan")  # no shop: nothing acked, no latency to the shop
+    return Run(LOOP, round_, seconds, 0, nan, nan, nan, sent, sent / seconds, 0.0, cpu_ms, 0.0,
+               load.result.others_cores, problems)
+
+
 def start(name: str, red: Path, folder: Path) -> Target:
     return NodeRed(red, folder) if name == NODE_RED else Bridge(folder)
 
@@ -329,7 +368,10 @@ def summary_lines(runs: list[Run], rounds: int) -> list[str]:
         return stack.median(r.cpu_ms.get(process, float("nan")) for r in runs
                             if r.target == target)
 
-    processes = ["receiver", "worker", "redis", "fake", "wrk", NODE_RED]
+    def cell(value: float, width: int, spec: str) -> str:
+        return f"{value:>{width}{spec}}" if value == value else f"{'—':>{width}}"
+
+    processes = ["receiver", "worker", "redis", "fake", "wrk", NODE_RED, LOOP]
     lines = [f"{'target':<10} {'acked/s':>8} {'deliv/s':>8} {'drain s':>7} {'p99 ms':>7} "
              + " ".join(f"{p + ' ms':>11}" for p in processes)
              + f" {'total ms':>8} {'redis cmd':>9} {'others':>6}",
@@ -338,25 +380,43 @@ def summary_lines(runs: list[Run], rounds: int) -> list[str]:
              f" {'cores':>6}"]
     for target in TARGETS:
         total = stack.median(sum(r.cpu_ms.values()) for r in runs if r.target == target)
-        shown = [cpu(target, p) for p in processes]
-        lines.append(f"{target:<10} {med(target, 'acked_per_s'):>8,.0f} "
+        lines.append(f"{target:<10} {cell(med(target, 'acked_per_s'), 8, ',.0f')} "
                      f"{med(target, 'delivered_per_s'):>8,.0f} {med(target, 'drain_s'):>7.1f} "
-                     f"{med(target, 'p99_ms'):>7.1f} "
-                     + " ".join(f"{v:>11.3f}" if v == v else f"{'—':>11}" for v in shown)
+                     f"{cell(med(target, 'p99_ms'), 7, '.1f')} "
+                     + " ".join(cell(cpu(target, p), 11, ".3f") for p in processes)
                      + f" {total:>8.3f} {med(target, 'redis_commands'):>9.1f}"
                      f" {med(target, 'others_cores'):>6.2f}")
-    for value in ("acked", "delivered"):
-        per_round = []
+
+    def by_round(mine: str, baseline: str, value: Callable[[Run], float]) -> list[float]:
+        ratios = []
         for round_ in range(1, rounds + 1):
-            mine = {r.target: getattr(r, f"{value}_per_s") for r in runs if r.round == round_}
-            per_round.append(mine[BRIDGE] / mine[NODE_RED] if mine.get(NODE_RED) else float("nan"))
-        met = sum(ratio >= BUDGET[value] for ratio in per_round)
-        lines.append(f"{value} bridge / node-red: "
-                     + ", ".join(f"{ratio:.2f}×" for ratio in per_round)
-                     + f" by round (budget ≥ {BUDGET[value]:.1f}×: met in {met} of {rounds};"
-                     f" median {stack.median(per_round):.2f}× = "
-                     f"{stack.median(per_round) / BUDGET[value]:.0%} of the budget)")
+            got = {r.target: value(r) for r in runs if r.round == round_}
+            ratios.append(got[mine] / got[baseline] if got.get(baseline) else float("nan"))
+        return ratios
+
+    for value in ("acked", "delivered"):
+        lines.append(ratio_line(f"{value} bridge / node-red", BUDGET[value], at_least=True,
+                                ratios=by_round(BRIDGE, NODE_RED,
+                                                lambda r, v=value: getattr(r, f"{v}_per_s"))))
+    lines.append(ratio_line(
+        "CPU per message, the bridge's worker / the bare loop", WORKER_BUDGET, at_least=False,
+        ratios=by_round(BRIDGE, LOOP, lambda r: r.cpu_ms[SENDER[r.target]])))
+    lines.append(f"  per message (medians): the bridge's worker {cpu(BRIDGE, 'worker'):.3f} ms "
+                 f"CPU, {med(BRIDGE, 'redis_commands'):.1f} Redis commands; the bare loop "
+                 f"{cpu(LOOP, LOOP):.3f} ms CPU, {med(LOOP, 'redis_commands'):.0f} Redis "
+                 "commands")
     return lines
+
+
+def ratio_line(label: str, budget: float, *, at_least: bool, ratios: list[float]) -> str:
+    """``label``'s ratio by round and their median, against the budget (at least or at most)."""
+    met = sum(ratio >= budget if at_least else ratio <= budget for ratio in ratios)
+    median = stack.median(ratios)
+    ok = median >= budget if at_least else median <= budget
+    gap = "met" if ok else f"{abs(median - budget):.2f}× {'short of' if at_least else 'over'} it"
+    return (f"{label}: " + ", ".join(f"{ratio:.2f}×" for ratio in ratios)
+            + f" by round (budget {'≥' if at_least else '≤'} {budget:.1f}×: met in {met} of "
+            f"{len(ratios)}; median {median:.2f}× = {median / budget:.0%} of the budget, {gap})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         header = stack.print_header("peer", args.quick, stack.machine_line(info))
         print(f"load:    wrk -t2 -c{CONNECTIONS}, {seconds:g} s a run, {rounds} rounds, signed "
               f"{stack.BODY_BYTES:,}-byte orders, a new webhook id each; fake: the peer's "
-              f"fake_pumble.py (gunicorn 2×4)", flush=True)
+              f"fake_pumble.py (gunicorn 2×4); the bare loop: {LOOP_MESSAGES:,} messages, "
+              f"one keep-alive httpx client", flush=True)
         with stack.LoadMeter() as load:
             for round_ in range(1, rounds + 1):
-                order = TARGETS[round_ % 2:] + TARGETS[:round_ % 2]
+                order = TARGETS[round_ % len(TARGETS):] + TARGETS[:round_ % len(TARGETS)]
                 for name in order:
                     runs.append(one_run(name, red, folder, seconds, round_))
     lines = summary_lines(runs, rounds)
@@ -400,13 +461,14 @@ def main(argv: list[str] | None = None) -> int:
                  f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})")
     problems = [f"{r.target} round {r.round}: {p}" for r in runs for p in r.problems]
     lines.append("checks: " + ("; ".join(problems) if problems else
-                               "every acked webhook sent to the fake exactly once, both targets"))
+                               "every acked webhook sent to the fake exactly once, both targets;"
+                               " every message of the loop counted once"))
     print("\n" + "\n".join(lines))
     path = stack.write_result("peer", {
         "benchmark": "peer", "when": finished.isoformat(), "quick": args.quick,
         "machine": info, "header": header, "summary": lines,
         "settings": {"seconds": seconds, "rounds": rounds, "connections": CONNECTIONS,
-                     "body_bytes": stack.BODY_BYTES},
+                     "body_bytes": stack.BODY_BYTES, "loop_messages": LOOP_MESSAGES},
         "runs": [asdict(r) for r in runs], "load": load.result.as_json(),
         "took_s": round(time.perf_counter() - began, 1)})
     print(f"results: {path}\n(took {time.perf_counter() - began:.0f} s)")
@@ -419,13 +481,21 @@ def one_run(name: str, red: Path, folder: Path, seconds: float, round_: int) -> 
     run_folder.mkdir()
     for file in PEER_FILES:
         shutil.copy(folder / file, run_folder / file)
-    target = start(name, red, run_folder)
-    try:
-        run = measure(name, target, run_folder, seconds, round_,
-                      drain_timeout=max(120.0, 20 * seconds))
-    finally:
-        target.stop()
-    print(f"  [{round_}] {name:<9} acked {run.acked_per_s:7,.0f}/s  delivered "
+    if name == LOOP:
+        fake = PeerFake(run_folder)
+        try:
+            run = measure_loop(fake, round_)
+        finally:
+            fake.stop()
+    else:
+        target = start(name, red, run_folder)
+        try:
+            run = measure(name, target, run_folder, seconds, round_,
+                          drain_timeout=max(120.0, 20 * seconds))
+        finally:
+            target.stop()
+    acked = f"{run.acked_per_s:7,.0f}" if run.acked_per_s == run.acked_per_s else f"{'—':>7}"
+    print(f"  [{round_}] {name:<9} acked {acked}/s  delivered "
           f"{run.delivered_per_s:7,.0f}/s  drain {run.drain_s:5.1f} s  CPU "
           f"{sum(run.cpu_ms.values()):.2f} ms/msg  others {run.others_cores:.2f}"
           + ("  FAILED: " + "; ".join(run.problems) if run.problems else ""), flush=True)

@@ -537,6 +537,24 @@ def one_box(cleanup: contextlib.ExitStack, folder: Path, *, limiter_off: bool,
     return OneBox(store, fake, config, receiver, worker, collector)
 
 
+# --- the bare loop -------------------------------------------------------------------------------
+
+LOOP_TEXT = ("🛒 New order #{n} · €129.90 from Jane Doe\n"
+             "3 items · Standard shipping to Berlin, DE\nShipping: Standard · Payment: card")
+
+
+def send_loop(url: str, messages: int) -> float:
+    """The baseline of the delivery worker: one keep-alive ``httpx.Client`` in this process
+    POSTs ``messages`` order-sized texts to ``url``/sendMessage, one after the other, and does
+    nothing else. Its CPU seconds (this whole process: run it with no other thread busy)."""
+    started = time.process_time()
+    with httpx.Client(base_url=url, headers={"ApiKey": API_KEY}) as client:
+        for n in range(messages):
+            client.post("/sendMessage", json={"channel": CHANNEL, "asBot": True,
+                                              "text": LOOP_TEXT.format(n=n)}).raise_for_status()
+    return time.process_time() - started
+
+
 # --- sending webhooks -----------------------------------------------------------------------------
 
 @dataclass

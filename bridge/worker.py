@@ -20,6 +20,7 @@ of their own, and one post a period however many workers run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -264,6 +265,13 @@ def run_worker(config: Config, redis_url: str, *, burst: bool = False,
     # rq's own lines (two a job at INFO) stay out: bridge.delivery logs each delivery with its
     # event's ids; rq's warnings and errors still show.
     log.info("worker on queue %s (Redis %s)", queue.rq.name, redis_url.rpartition("@")[2])
+    if not burst:  # then rq forks its scheduler from this process
+        # As gunicorn's master before each fork (bridge/gunicorn_app.py): what this process
+        # holds (imports, config, deliverer) moves to the collector's permanent generation, so
+        # the scheduler's collections leave the pages it shares with us shared instead of
+        # copying them. Garbage is collected first so none is kept forever.
+        gc.collect()
+        gc.freeze()
     failures = 0
     try:
         while True:

@@ -157,6 +157,34 @@ def test_the_pubsub_listener_stops_when_asked(redis_url, queue_name):
         connection.close()
 
 
+def test_the_worker_freezes_what_it_holds_before_rq_forks_its_scheduler(bridge, monkeypatch):
+    """A long-running worker moves its objects to the collector's permanent generation before
+    rq forks the scheduler, so the scheduler's collections leave their pages shared; a burst
+    worker forks nothing and freezes nothing (the tests' in-process workers collect as usual)."""
+    import gc
+
+    from bridge.worker import DeliveryWorker, run_worker
+
+    b = bridge()
+    frozen_when_working: dict[bool, int] = {}
+
+    def work(worker: DeliveryWorker, *, burst: bool, with_scheduler: bool,
+             logging_level: str) -> bool:
+        assert with_scheduler
+        frozen_when_working[burst] = gc.get_freeze_count()
+        return True
+
+    monkeypatch.setattr(DeliveryWorker, "work", work)
+    assert gc.get_freeze_count() == 0
+    try:
+        assert run_worker(b.config, b.redis_url, burst=True)
+        assert run_worker(b.config, b.redis_url, burst=False)
+    finally:
+        gc.unfreeze()  # this test process's objects back under the collector
+    assert frozen_when_working[True] == 0
+    assert frozen_when_working[False] > 0
+
+
 def test_a_burst_of_1000_orders_under_80_a_minute_posts_each_once_without_a_429(
         bridge, fake_pumble):
     b = bridge({"digest": {"window": 10, "max_items": 50}})
