@@ -233,6 +233,7 @@ class _Waiting:
 
     deadline: float
     request: RequestReader | None = None  # None: closing, what comes is dropped
+    watched: bool = False  # registered with the event loop's poller
 
 
 class WholeRequestWorker(ThreadWorker):
@@ -253,14 +254,27 @@ class WholeRequestWorker(ThreadWorker):
         readable, and requests pipelined behind a previous one all start by being read."""
         leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
         request = RequestReader(self.wsgi.config["MAX_CONTENT_LENGTH"], leftover)
-        self._wait(conn, REQUEST_READ_TIMEOUT, self._read, request)
-        self._take(conn)
+        self.waiting[conn] = _Waiting(time.monotonic() + REQUEST_READ_TIMEOUT, request)
+        conn.sock.setblocking(False)
+        if request.framing is Framing.INCOMPLETE:
+            # A kept-alive connection comes here because its next request came: read it now
+            # rather than on the event loop's next turn (a poller registration and round fewer).
+            self._read(conn)
+        else:
+            self._take(conn)
+        waiting = self.waiting.get(conn)
+        if waiting is not None and not waiting.watched:  # more of the request must come
+            self._watch(conn, waiting, self._read)
 
     def _wait(self, conn: TConn, seconds: float, on_readable: Callable[[TConn], None],
               request: RequestReader | None = None) -> None:
         """Read ``conn`` in the event loop for at most ``seconds``."""
-        self.waiting[conn] = _Waiting(time.monotonic() + seconds, request)
+        waiting = self.waiting[conn] = _Waiting(time.monotonic() + seconds, request)
         conn.sock.setblocking(False)
+        self._watch(conn, waiting, on_readable)
+
+    def _watch(self, conn: TConn, waiting: _Waiting, on_readable: Callable[[TConn], None]) -> None:
+        waiting.watched = True
         self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock: on_readable(conn))
 
     def _read(self, conn: TConn) -> None:
@@ -352,8 +366,8 @@ class WholeRequestWorker(ThreadWorker):
         self._close_after_answer(conn)
 
     def _forget(self, conn: TConn) -> None:
-        del self.waiting[conn]
-        self.poller.unregister(conn.sock)
+        if self.waiting.pop(conn).watched:
+            self.poller.unregister(conn.sock)
 
     def _close(self, conn: TConn) -> None:
         if conn in self.waiting:

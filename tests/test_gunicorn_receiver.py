@@ -248,6 +248,45 @@ def test_a_client_that_expects_100_continue_is_told_to_send_its_body(serve, rq_q
     assert len(rq_queue.get_jobs()) == 1
 
 
+def test_a_kept_alive_connections_next_request_is_read_as_it_comes(serve, rq_queue):
+    """The worker reads a kept-alive connection's next request as soon as it comes, and waits
+    on its event loop for what is still missing: here the body, which the headers ask to be
+    told to send. The requests after it on the connection are answered as well."""
+    served, _config = serve
+    port = int(served.url.rpartition(":")[2])
+
+    def head(number: int, *extra: bytes) -> tuple[bytes, bytes]:
+        body, headers = signed_order(number, webhook_id=f"w-{number}-{time.time_ns()}")
+        return b"".join([b"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\n", *extra,
+                         b"Content-Length: %d\r\n" % len(body),
+                         *(f"{k}: {v}\r\n".encode() for k, v in headers.items()), b"\r\n"]), body
+
+    def final_status(reader) -> int:  # the next answer that is not a "100 Continue"
+        while True:
+            status = int(reader.readline().split()[1])
+            headers = {}
+            while (line := reader.readline().decode()) not in ("\r\n", ""):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            reader.read(int(headers.get("content-length", 0)))
+            if status != 100:
+                return status
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        reader = connection.makefile("rb")
+        connection.sendall(b"".join(head(7006)))
+        assert final_status(reader) == 202
+        headers, body = head(7007, b"Expect: 100-continue\r\n")
+        connection.sendall(headers)  # and no body yet
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert reader.readline() == b"\r\n"
+        connection.sendall(body)
+        assert final_status(reader) == 202
+        connection.sendall(b"".join(head(7008)))
+        assert final_status(reader) == 202
+    assert len(rq_queue.get_jobs()) == 3
+
+
 def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):
     served, _config = serve
     body, headers = signed_order(7004)

@@ -221,3 +221,82 @@ def test_check_warns_of_each_short_secret_by_its_place_not_its_value(tmp_path, c
                       "easy to guess, and masked in logs only where it stands alone; use a "
                       "longer one" for place in ("sources.shop.secret[0]", "redis.url's password")]
     assert not any("sh0rt" in text or "pw1" in text for text in warned)
+
+
+# -- gunicorn's access line ------------------------------------------------------------------------
+
+class _Environ(dict):
+    """A WSGI environ that remembers which keys were read one by one (not through items())."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> object:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def _access_request() -> tuple[object, object, _Environ]:
+    from gunicorn.http.wsgi import Response
+
+    environ = _Environ({
+        "REMOTE_ADDR": "203.0.113.7", "REQUEST_METHOD": "POST", "RAW_URI": "/webhooks/shop?x=1",
+        "PATH_INFO": "/webhooks/shop", "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": 'https://a.example/"quoted"', "HTTP_USER_AGENT": "Shopify-Captain-Hook",
+        "HTTP_AUTHORIZATION": "Basic YWRhOnNlY3JldA==", "HTTP_X_SHOPIFY_TOPIC": "orders/create",
+        "wsgi.url_scheme": "http", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000"})
+
+    class Request:
+        headers = (("USER-AGENT", "Shopify-Captain-Hook"), ("X-SHOPIFY-TOPIC", "orders/create"))
+
+    response = Response(Request, None, None)  # never written: only what the line reads
+    response.status = "202 ACCEPTED"
+    response.headers = [("Content-Type", "application/json"), ("Content-Length", "120")]
+    response.sent = 120
+    return response, Request, environ
+
+
+@pytest.mark.parametrize("fmt", [
+    None,  # gunicorn's default
+    '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(m)s %(U)s %(q)s %(H)s %(B)s %(u)s %(p)s',
+    '%(h)s "%(r)s" %(s)s %({x-shopify-topic}i)s %({content-type}o)s %({server_port}e)s',
+])
+def test_the_access_line_is_gunicorns_own(fmt):
+    """Our logger builds fewer atoms for a format that names no header or environ variable;
+    every line reads as gunicorn's own logger writes it."""
+    import datetime
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    lines = []
+    for logger_class in (Logger, logs.gunicorn_logger_class()):
+        cfg = Config()
+        if fmt:
+            cfg.set("access_log_format", fmt)
+        logger = logger_class(cfg)
+        logger.now = lambda: "[07/Dec/2026:18:00:00 +0000]"  # both lines in the same second
+        response, request, environ = _access_request()
+        atoms = logger.atoms_wrapper_class(logger.atoms(response, request, environ,
+                                                        datetime.timedelta(seconds=1.5)))
+        lines.append(logger.cfg.access_log_format % atoms)
+    assert lines[0] == lines[1]
+    assert "203.0.113.7" in lines[1] and "202" in lines[1]
+
+
+def test_the_access_atoms_read_no_environ_key_left_out():
+    """ACCESS_ATOMS_ENVIRON names every environ key gunicorn's atoms read one by one: an upgrade
+    reading another would otherwise print '-' for it."""
+    import datetime
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    response, request, environ = _access_request()
+    Logger(Config()).atoms(response, request, environ, datetime.timedelta(seconds=1))
+    assert environ.read <= set(logs.ACCESS_ATOMS_ENVIRON)

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import orjson
 import pytest
 import redis
@@ -27,13 +28,14 @@ from bridge.queue import (
     FAILURE_TTL,
     RESULT_TTL,
     NotificationQueue,
+    Received,
     connect,
     job_id,
 )
 from bridge.ratelimit import RateLimiter
 from bridge.redis_embedded import EmbeddedRedis
-from bridge.store import scripts
-from bridge.store.accept import PER_JOB
+from bridge.store import accept, scripts
+from bridge.store.accept import PER_JOB, ListEntry, Tally
 from bridge.store.keys import Keys, rq_scheduler
 from bridge.store.runs import Finisher
 from bridge.threads import Root, ThreadRoots
@@ -205,3 +207,30 @@ def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_
     assert queue.finished_job_registry.get_job_ids() == ["j-1"]
     assert queue.scheduled_job_registry.get_job_ids() == [] == queue.get_job_ids()
     assert own_redis.zrange(line, 0, -1) == [] and not own_redis.exists("mark:j-1")
+
+
+def test_the_accept_sends_the_bytes_redis_py_would_send(redis_url, queue_name, monkeypatch):
+    """The accept's EVALSHA is packed by hiredis in one call, not by redis-py argument by
+    argument: what goes out is what redis-py would send for the same arguments (text in
+    UTF-8, numbers, floats among them, as redis-py writes them)."""
+    packed: list[tuple[Any, ...]] = []
+
+    def pack_command(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        return hiredis.pack_command(args)
+
+    monkeypatch.setattr(accept, "hiredis", type("Recording", (), {
+        "pack_command": staticmethod(pack_command)}))
+    queue = NotificationQueue(connect(redis_url), queue_name)
+    received = Received("shop", "e-1", "order.created", {"x-shopify-topic": "orders/create"},
+                        '{"note": "größer 🛒"}'.encode(), received_at=time.time())
+    tally = Tally(f"{queue_name}:totals", f"{queue_name}:products",
+                  (("orders", 1), ("cents:EUR", 12345)), (("Wool Sweater", 2),))
+    answer = queue.accept([order(text="🛒 order #1001 für Jürgen")], received=received,
+                          dedupe_window=60, tallies=[tally],
+                          activity=ListEntry(f"{queue_name}:activity", b'{"id": "e-1"}', 10))
+    assert answer.written == (True,)
+    assert packed and any(isinstance(arg, float) for arg in packed[0])
+    redis_py = queue.rq.connection.connection_pool.make_connection()  # packs; never connects
+    for args in packed:
+        assert hiredis.pack_command(args) == b"".join(redis_py.pack_command(*args))
