@@ -35,7 +35,7 @@ from bridge.redis_embedded import EmbeddedRedis
 from bridge.store import scripts
 from bridge.store.accept import PER_JOB
 from bridge.store.keys import Keys, rq_scheduler
-from bridge.store.runs import Finisher
+from bridge.store.runs import Finisher, load
 from bridge.threads import Root, ThreadRoots
 from bridge.worker import DeliveryWorker
 
@@ -205,3 +205,19 @@ def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_
     assert queue.finished_job_registry.get_job_ids() == ["j-1"]
     assert queue.scheduled_job_registry.get_job_ids() == [] == queue.get_job_ids()
     assert own_redis.zrange(line, 0, -1) == [] and not own_redis.exists("mark:j-1")
+
+
+def test_a_run_reads_a_job_as_rq_reads_it(own_redis, queue_name):
+    """The two fields a run reads (bridge.store.runs.load), of a job the accept wrote and of one
+    rq's enqueue wrote (compressed), decode as rq's own ``Job.fetch`` decodes them."""
+    queue = NotificationQueue(own_redis, queue_name)
+    ours, theirs = order(event_id="e-1"), order(event_id="e-2")
+    assert queue.accept([ours]).written == (True,)
+    queue.rq.enqueue(DELIVER, theirs.to_payload(), job_id="theirs", meta={"attempts": 2})
+    ids = [job_id(queue_name, ours), "theirs", "gone"]
+    loaded = load(own_redis, queue.rq.serializer, ids)
+    assert loaded[2] is None
+    for job_id_, (job, payload) in zip(ids, loaded[:2], strict=False):
+        fetched = Job.fetch(job_id_, connection=own_redis, serializer=queue.rq.serializer)
+        assert (job.id, job.meta, payload) == (fetched.id, fetched.meta, fetched.args[0])
+    assert loaded[1][0].meta == {"attempts": 2}
