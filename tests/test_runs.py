@@ -137,7 +137,7 @@ def test_a_run_whose_worker_dies_leaves_its_jobs_to_rqs_scheduler(bridge, fake_p
     enqueue_orders(b, numbers)
     run = run_of(b, 5001)
     taken = run._claim(100)
-    assert [job.id for job in taken] == [job.id for job in jobs_of(b, numbers)]
+    assert [job.id for job, _ in taken] == [job.id for job in jobs_of(b, numbers)]
     assert len(b.rq) == 0  # all parked
     assert run._post(run._members(taken)[:1])[0] == 1  # posted; its record never written
     assert b.queue.backlog.leave(run.head.notification) == 0  # no handover wakes them
@@ -161,10 +161,11 @@ def test_the_jobs_a_run_did_not_post_go_back_in_order_unless_no_longer_its(
     taken = run._claim(100)
     assert len(taken) == 5
     assert run_of(b, 6001)._claim(100) == []  # marked: no other run takes them
-    b.rq.connection.delete(b.queue.backlog.keys.in_run(taken[1].id))  # its mark ran out
+    ids = [job.id for job, _ in taken]
+    b.rq.connection.delete(b.queue.backlog.keys.in_run(ids[1]))  # its mark ran out
     run._end(taken)
-    assert b.rq.get_job_ids() == [taken[0].id, *(job.id for job in taken[2:])]
-    assert b.rq.scheduled_job_registry.get_job_ids() == [taken[1].id]  # rq's scheduler's now
+    assert b.rq.get_job_ids() == [ids[0], *ids[2:]]
+    assert b.rq.scheduled_job_registry.get_job_ids() == [ids[1]]  # rq's scheduler's now
     b.clock.sleep(b.config.delivery.job_timeout + HEARTBEAT_GRACE)
     b.drain()
     assert shown(fake_pumble) == [6001, *numbers]

@@ -37,7 +37,7 @@ from bridge.redis_embedded import EmbeddedRedis
 from bridge.store import accept, scripts
 from bridge.store.accept import PER_JOB, ListEntry, Tally
 from bridge.store.keys import Keys, rq_scheduler
-from bridge.store.runs import Finisher
+from bridge.store.runs import Finisher, load
 from bridge.threads import Root, ThreadRoots
 from bridge.worker import DeliveryWorker
 
@@ -234,3 +234,19 @@ def test_the_accept_sends_the_bytes_redis_py_would_send(redis_url, queue_name, m
     redis_py = queue.rq.connection.connection_pool.make_connection()  # packs; never connects
     for args in packed:
         assert hiredis.pack_command(args) == b"".join(redis_py.pack_command(*args))
+
+
+def test_a_run_reads_a_job_as_rq_reads_it(own_redis, queue_name):
+    """The two fields a run reads (bridge.store.runs.load), of a job the accept wrote and of one
+    rq's enqueue wrote (compressed), decode as rq's own ``Job.fetch`` decodes them."""
+    queue = NotificationQueue(own_redis, queue_name)
+    ours, theirs = order(event_id="e-1"), order(event_id="e-2")
+    assert queue.accept([ours]).written == (True,)
+    queue.rq.enqueue(DELIVER, theirs.to_payload(), job_id="theirs", meta={"attempts": 2})
+    ids = [job_id(queue_name, ours), "theirs", "gone"]
+    loaded = load(own_redis, queue.rq.serializer, ids)
+    assert loaded[2] is None
+    for job_id_, (job, payload) in zip(ids, loaded[:2], strict=False):
+        fetched = Job.fetch(job_id_, connection=own_redis, serializer=queue.rq.serializer)
+        assert (job.id, job.meta, payload) == (fetched.id, fetched.meta, fetched.args[0])
+    assert loaded[1][0].meta == {"attempts": 2}

@@ -25,6 +25,7 @@ It stays as safe as a job of its own:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis.client import Pipeline
 from rq.job import Job
@@ -93,7 +94,7 @@ class Run:
         route = d.routes.get(n.route)  # gone from the config: never muted (held_while_muted)
         return bool(route and muted_now(route, d.intervals, d.mutes.get(n.route, now_), now_))
 
-    def _claim(self, most: int) -> list[Job]:
+    def _claim(self, most: int) -> list[tuple[Job, dict[str, Any]]]:
         """Up to ``most`` of the next jobs, claimed with the writes still pending."""
         d, head, keys = self.deliverer, self.head.job, self.deliverer.queue.backlog.keys
         fallback = d.abandoned_after
@@ -105,18 +106,18 @@ class Run:
         ids = [i.decode() for i in self.pipe.execute()[-1]]
         if not ids:
             return []
-        jobs = Job.fetch_many(ids, connection=head.connection, serializer=head.serializer)
+        jobs = runs.load(head.connection, head.serializer, ids)
         for gone in (i for i, job in zip(ids, jobs, strict=True) if job is None):
             self.pipe.zrem(self.line, gone)  # deleted by hand: out of its line
             self.pipe.zrem(self.rq.scheduled_job_registry.key, gone)
             self.pipe.delete(keys.in_run(gone))
         return [job for job in jobs if job is not None]
 
-    def _members(self, taken: list[Job]) -> list[Attempt]:
+    def _members(self, taken: list[tuple[Job, dict[str, Any]]]) -> list[Attempt]:
         """Each job's attempt, up to the first that is not plain (see the module); one whose
         thread a later event began is posted in that thread, as its job would."""
-        attempts = [Attempt(self.deliverer, job, Notification.from_payload(job.args[0]))
-                    for job in taken]
+        attempts = [Attempt(self.deliverer, job, Notification.from_payload(payload))
+                    for job, payload in taken]
         roots = iter(self.deliverer.queue.roots.get_many([a.notification for a in attempts
                                                           if a.actions.thread]))
         plain, beginning = [], set()
@@ -199,13 +200,13 @@ class Run:
                        {a.job.id: current_timestamp() + delay})  # rq's scores: its clock
         self.pipe.delete(self.deliverer.queue.backlog.keys.in_run(a.job.id))
 
-    def _end(self, waiting: list[Job]) -> None:
+    def _end(self, waiting: list[tuple[Job, dict[str, Any]]]) -> None:
         """The last writes; the jobs not posted back to the queue's front."""
         if waiting:
             keys = self.deliverer.queue.backlog.keys
             self.pipe.eval(scripts.HAND_BACK, 2, self.rq.key, self.rq.scheduled_job_registry.key,
                            self.head.job.id, keys.in_run_prefix(), Job.redis_job_namespace_prefix,
-                           utcformat(now()), *(job.id for job in waiting))
+                           utcformat(now()), *(job.id for job, _ in waiting))
         self.pipe.execute()
 
 
