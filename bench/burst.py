@@ -6,6 +6,7 @@ Run from the repository root:
     .venv/bin/python -m bench.burst             # about 3.5 min
     .venv/bin/python -m bench.burst --quick     # 1,000 orders in 2 s: about 1.5 min
     .venv/bin/python -m bench.burst --orders 10000 --seconds 20
+    .venv/bin/python -m bench.burst --quick --compare ../main   # also another checkout, A/B
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
 (gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default) with the bridge's default
@@ -25,6 +26,12 @@ Baseline: the floor the limit itself sets. With 25 lines a digest, N orders need
 ceil(N/25) messages; at 80 messages in any 60 s, message k cannot be sent before
 floor((k-1)/80) × 60 s, and the last cannot be sent before the last order arrived. The ratio
 is the measured time (and messages) over that floor.
+
+Acks: how long the receiver took to answer each webhook (p50, p99, max), counted from the
+moment it was due: Shopify counts a delivery failed after 5 s. With ``--compare DIR`` the whole
+stack is built again from that checkout (Redis, fake, receiver and worker run its ``bridge``)
+and bursts the same way, one after the other, each with the machine to itself; a table compares
+them at the end.
 
 Every run also appends its summary to bench/results/burst_history.jsonl, and the report lists
 them all: a rare failure (an order shown twice) stays on record after a clean run.
@@ -68,11 +75,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="length of the burst (default 10)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up waiting for the channel after this many seconds")
+    parser.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
+                        help="also burst another checkout's bridge, after this one's "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     stack.unwind_on_sigterm()
     orders = args.orders or (1_000 if args.quick else 5_000)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
+    trees = {"this tree": stack.PACKAGE_ROOT,
+             **{f"@{t.name}": t.resolve() for t in args.compare}}
+    results = {}
+    for case, tree in trees.items():
+        stack.PACKAGE_ROOT = tree  # what the stack's children run (stack.child_env)
+        if len(trees) > 1:
+            print(f"\n=== {case}: {tree}", flush=True)
+        results[case] = burst(args, orders, seconds,
+                              "burst" if tree == trees["this tree"] else f"burst-{tree.name}")
+    if len(trees) > 1:
+        print_comparison(results)
+    return 1 if any(r["problems"] for r in results.values()) else 0
 
+
+def print_comparison(results: dict[str, dict]) -> None:
+    print(f"\n  {'':<16} {'ack p50':>8} {'p99':>8} {'max':>8} {'all visible':>12} "
+          f"{'× floor':>8} {'messages':>9} {'429s':>5} {'problems':>9}")
+    for case, r in results.items():
+        ack = r["ack"]
+        print(f"  {case:<16} {ack['p50_ms']:>6.0f}ms {ack['p99_ms']:>6.0f}ms "
+              f"{ack['max_ms']:>6.0f}ms {r['all_visible_s']:>10.1f} s "
+              f"{r['time_ratio'] or float('nan'):>7.2f}× {r['messages']:>9} "
+              f"{r['rate_limited'] if r['rate_limited'] is not None else '?':>5} "
+              f"{len(r['problems']):>9}")
+
+
+def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
+    """One burst on a fresh stack of the tree ``stack.PACKAGE_ROOT`` names: its result, also
+    written to bench/results/NAME.json."""
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
@@ -175,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'ratio to the floor':<44} {ratio:>20} {result['messages_ratio']:>8.2f}×")
     print(f"  {len(digests)} digests carried {sum(digests):,} orders (largest "
           f"{max(digests, default=0)}), {len(messages) - len(digests)} orders went alone; acks p50 "
-          f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms; sent over "
+          f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms max "
+          f"{result['ack']['max_ms']} ms; sent over "
           f"{sent_for:.1f} s; others {load.result.others_cores:.2f} cores")
     for repeat in repeats:
         print(f"  order #{repeat['order']} is shown by:")
@@ -184,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"order(s)): {m['first_line']}")
     print("  checks: " + ("; ".join(problems) if problems else
                           f"all {orders:,} orders visible once, every webhook 202, no 429"))
-    path = stack.write_result("burst", result)
+    path = stack.write_result(name, result)
     with open(stack.RESULTS_DIR / "burst_history.jsonl", "a", encoding="utf-8") as history:
         history.write(json.dumps({k: result[k] for k in (
             "when", "quick", "all_visible_s", "messages", "digests", "single_messages",
@@ -192,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "orders": orders, "burst_seconds": seconds, "tree": info.get("tree", "?")}) + "\n")
     print(f"results: {path}")
     print(f"(took {time.perf_counter() - began:.1f} s)")
-    return 1 if problems else 0
+    return result
 
 
 if __name__ == "__main__":
