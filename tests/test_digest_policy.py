@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import re
 
+from rq.scheduler import RQScheduler
+
 from bridge.delivery.steps import FILL_LOOK
+from bridge.queue import job_id
 from bridge.ratelimit import RateLimiter, limits_per_minute
 from tests.conftest import Bridge, FakePumble, stats
 
@@ -138,3 +141,23 @@ def test_a_route_without_digests_never_waits_for_one(bridge, fake_pumble):
     b.work()
     assert order_numbers(fake_pumble) == [[7001], [7002]]
     assert fill_waits(b) == []
+
+
+def test_a_rate_limited_head_runs_again_from_the_queues_front(bridge, fake_pumble, rq_queue):
+    """Pinned to rq (pinned to a minor release): a head whose slot is further away than it may
+    wait runs again when the slot is due, from the queue's front, ahead of the jobs that came
+    meanwhile (in a burst, thousands that would only park), as rq's own scheduler moves it."""
+    b = bridge({"rate_limits": {"messages": 10}})
+    use_slots(b, 10)
+    head, *_ = [b.enqueue(f"🛒 order #{n}", event_id=f"f-{n}") for n in range(8001, 8004)]
+    b.work()
+    name, connection = b.queue.rq.name, rq_queue.connection
+    head_id = job_id(name, head)
+    assert order_numbers(fake_pumble) == []
+    assert head_id in rq_queue.scheduled_job_registry.get_job_ids()
+    later = b.enqueue("🛒 order #8004", event_id="f-8004")
+    connection.zadd(rq_queue.scheduled_job_registry.key, {head_id: 0}, xx=True)  # due now
+    scheduler = RQScheduler([rq_queue], connection=connection, serializer=rq_queue.serializer)
+    scheduler.prepare_registries([name])
+    scheduler.enqueue_scheduled_jobs()
+    assert rq_queue.get_job_ids() == [head_id, job_id(name, later)]
