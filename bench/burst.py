@@ -9,7 +9,8 @@ Run from the repository root:
     .venv/bin/python -m bench.burst --quick --compare ../main   # also another checkout, A/B
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
-(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default) with the bridge's default
+(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default; at the lower CPU priority
+``run`` gives its worker, ``--nice 10``, when the tree has the option) with the bridge's default
 delivery settings (Pumble's published limits: 80 messages a minute; digests over 60 s of at most
 25 lines); the fake Pumble with ``--rate-limit 80`` (it answers 429 past 80 requests in any
 sliding minute). The route renders the shipped ``order_created.j2``.
@@ -46,6 +47,7 @@ import contextlib
 import datetime
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,19 +110,37 @@ def print_comparison(results: dict[str, dict]) -> None:
               f"{len(r['problems']):>9}")
 
 
+def as_run_starts_it(worker: stack.Worker, store: stack.Store, config: Path) -> int:
+    """``run`` starts its worker at nice ``WORKER_NICE`` (``--worker-nice``), a plain ``worker``
+    at its own priority: the stack's plain worker is replaced by ``worker --nice N`` when the
+    tree under test has the option (an older tree's ``run`` has no nice either). Returns N."""
+    cli = (stack.PACKAGE_ROOT / "bridge" / "cli.py").read_text("utf-8")
+    found = re.search(r"^WORKER_NICE = (\d+)$", cli, re.MULTILINE)
+    if not found:
+        return 0
+    worker.service.stop(grace=45)
+    worker.service = stack.Service("worker", [
+        sys.executable, "-m", "bridge", "--config", str(config), "worker", "--nice",
+        found.group(1)], stack.bridge_env(store, "worker"), store.folder)
+    worker.pid = worker.service.pid
+    return int(found.group(1))
+
+
 def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
     """One burst on a fresh stack of the tree ``stack.PACKAGE_ROOT`` names: its result, also
     written to bench/results/NAME.json."""
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
-        store, fake, _config, receiver, worker, collector = stack.one_box(
+        store, fake, config, receiver, worker, collector = stack.one_box(
             cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5)
+        nice = as_run_starts_it(worker, store, config)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
         header = stack.print_header("burst", args.quick, stack.machine_line(info))
-        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, default delivery settings: "
+        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, nice {nice}, default delivery "
+              f"settings: "
               f"{PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) · embedded redis-server "
               f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "
               f"(faults: {fake.faults().get('rate_limit')})")

@@ -63,10 +63,11 @@ DEFAULT_FAKE_PUMBLE_PORT = 8025
 FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
 RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
 RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiting
-# The worker's nice value by default: below the receiver's priority. A shop waits for the
-# receiver's answer (Shopify counts a delivery failed after 5 s), while the worker's posts are
-# paced by Pumble's limit (80 messages a minute) and can wait a moment for the CPU; with the CPU
-# to itself, a nice value changes nothing.
+# The nice value `run` starts its worker at: below the receiver's priority, on the same machine
+# by construction. A shop waits for the receiver's answer (Shopify counts a delivery failed
+# after 5 s), while the worker's posts are paced by Pumble's limit (80 messages a minute) and
+# can wait for the CPU. (`worker` alone keeps its priority unless told: it may have a machine of
+# its own, or share one with busier work than a receiver.)
 WORKER_NICE = 10
 
 
@@ -181,10 +182,10 @@ def _add_service_commands(commands: argparse._SubParsersAction,
     worker.add_argument("--maintenance-interval", type=int, default=None, metavar="SECONDS",
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
-    worker.add_argument("--nice", type=_nice_value, default=WORKER_NICE, metavar="N",
-                        help="CPU priority as a nice value, 0 to 19 (default "
-                             f"{WORKER_NICE}: a receiver on the same machine, which a shop "
-                             "waits on, comes first)")
+    worker.add_argument("--nice", type=_nice_value, default=0, metavar="N",
+                        help="run at this lower CPU priority, a nice value from 0 to 19 "
+                             f"(`run` uses {WORKER_NICE}: a receiver on the same machine, which "
+                             "a shop waits on, comes first; default 0)")
 
 
 def _nice_value(text: str) -> int:
@@ -199,6 +200,8 @@ def lower_priority(nice: int) -> None:
     shares the CPU between sessions first (autogroups) and only then by nice value within one:
     a process with a session of its own (the worker `run` forks, a service) sets its
     session's nice value too, or the receiver, in another session, would not come first."""
+    if nice <= 0:
+        return
     if nice > os.getpriority(os.PRIO_PROCESS, 0):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     if os.getsid(0) == os.getpid():

@@ -1,5 +1,5 @@
 """The worker yields the CPU to the receiver: `run` starts its worker at a lower priority (a
-nice value, and on Linux its session's autogroup too), and `worker` lowers its own."""
+nice value, and on Linux its session's autogroup too), and `worker --nice N` lowers its own."""
 
 from __future__ import annotations
 
@@ -66,9 +66,10 @@ def test_run_starts_its_worker_below_the_receiver(tmp_path, queue_name, redis_ur
 
 
 @linux_only
-def test_the_worker_command_lowers_its_own_priority(bridge, monkeypatch):
+@pytest.mark.parametrize(("flags", "seen_nice"), [(["--nice", "7"], "7 7"), ([], "0 0")])
+def test_the_worker_command_lowers_its_own_priority_when_told(bridge, flags, seen_nice):
     """`worker --nice 7`, started in a session of its own (as a service is): the process and
-    its session are at nice 7 when the worker runs."""
+    its session are at nice 7 when the worker runs; without the flag, as they were."""
     b = bridge()
     seen = b.path.parent / "seen"
     code = ("import os, sys; from pathlib import Path; import bridge.worker as w; "
@@ -77,11 +78,11 @@ def test_the_worker_command_lowers_its_own_priority(bridge, monkeypatch):
             f"    Path({str(seen)!r}).write_text('%d %s' % (os.getpriority(os.PRIO_PROCESS, 0), "
             "Path('/proc/self/autogroup').read_text().split()[-1]))\n"
             "w.run_worker = record\n"
-            f"sys.exit(main(['--config', {str(b.path)!r}, 'worker', '--nice', '7']))\n")
+            f"sys.exit(main(['--config', {str(b.path)!r}, 'worker', *{flags!r}]))\n")
     done = subprocess.run([sys.executable, "-c", code], start_new_session=True, timeout=60,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert seen.read_text() == "7 7"
+    assert seen.read_text() == seen_nice
 
 
 @pytest.mark.parametrize("value", ["20", "-1", "x"])
