@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="length of the burst (default 10)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up waiting for the channel after this many seconds")
+    parser.add_argument("--worker-nice", type=int, metavar="N",
+                        help="the worker's nice value instead of the one run gives it")
     parser.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
                         help="also burst another checkout's bridge, after this one's "
                              "(repeatable)")
@@ -110,20 +112,23 @@ def print_comparison(results: dict[str, dict]) -> None:
               f"{len(r['problems']):>9}")
 
 
-def as_run_starts_it(worker: stack.Worker, store: stack.Store, config: Path) -> int:
+def as_run_starts_it(worker: stack.Worker, store: stack.Store, config: Path,
+                     nice: int | None) -> int:
     """``run`` starts its worker at nice ``WORKER_NICE`` (``--worker-nice``), a plain ``worker``
-    at its own priority: the stack's plain worker is replaced by ``worker --nice N`` when the
-    tree under test has the option (an older tree's ``run`` has no nice either). Returns N."""
+    at its own priority: the stack's plain worker is replaced by ``worker --nice N`` (``nice``
+    if given) when the tree under test has the option (an older tree's ``run`` has no nice
+    either). Returns N."""
     cli = (stack.PACKAGE_ROOT / "bridge" / "cli.py").read_text("utf-8")
     found = re.search(r"^WORKER_NICE = (\d+)$", cli, re.MULTILINE)
     if not found:
         return 0
+    nice = int(found.group(1)) if nice is None else nice
     worker.service.stop(grace=45)
     worker.service = stack.Service("worker", [
         sys.executable, "-m", "bridge", "--config", str(config), "worker", "--nice",
-        found.group(1)], stack.bridge_env(store, "worker"), store.folder)
+        str(nice)], stack.bridge_env(store, "worker"), store.folder)
     worker.pid = worker.service.pid
-    return int(found.group(1))
+    return nice
 
 
 def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
@@ -134,7 +139,7 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
     with contextlib.ExitStack() as cleanup:
         store, fake, config, receiver, worker, collector = stack.one_box(
             cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5)
-        nice = as_run_starts_it(worker, store, config)
+        nice = as_run_starts_it(worker, store, config, args.worker_nice)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
