@@ -196,7 +196,7 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
         "benchmark": "burst", "when": datetime.datetime.now().astimezone().isoformat(),
         "quick": args.quick, "machine": info, "header": header,
         "settings": {"orders": orders, "burst_seconds": seconds, "per_minute": PER_MINUTE,
-                     "digest_max_items": MAX_ITEMS, "worker_processes": 1,
+                     "digest_max_items": MAX_ITEMS, "worker_processes": 1, "worker_nice": nice,
                      "body_bytes": stack.BODY_BYTES},
         "sent_over_s": round(sent_for, 2), "statuses": statuses,
         "ack": {"p50_ms": round(1000 * stack.percentile(acks, 50), 1),
