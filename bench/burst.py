@@ -6,9 +6,11 @@ Run from the repository root:
     .venv/bin/python -m bench.burst             # about 3.5 min
     .venv/bin/python -m bench.burst --quick     # 1,000 orders in 2 s: about 1.5 min
     .venv/bin/python -m bench.burst --orders 10000 --seconds 20
+    .venv/bin/python -m bench.burst --quick --compare ../main   # also another checkout, A/B
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
-(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default) with the bridge's default
+(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default; at the lower CPU priority
+``run`` gives its worker, ``--nice 10``, when the tree has the option) with the bridge's default
 delivery settings (Pumble's published limits: 80 messages a minute; digests over 60 s of at most
 25 lines); the fake Pumble with ``--rate-limit 80`` (it answers 429 past 80 requests in any
 sliding minute). The route renders the shipped ``order_created.j2``.
@@ -26,6 +28,12 @@ ceil(N/25) messages; at 80 messages in any 60 s, message k cannot be sent before
 floor((k-1)/80) × 60 s, and the last cannot be sent before the last order arrived. The ratio
 is the measured time (and messages) over that floor.
 
+Acks: how long the receiver took to answer each webhook (p50, p99, max), counted from the
+moment it was due: Shopify counts a delivery failed after 5 s. With ``--compare DIR`` the whole
+stack is built again from that checkout (Redis, fake, receiver and worker run its ``bridge``)
+and bursts the same way, one after the other, each with the machine to itself; a table compares
+them at the end.
+
 Every run also appends its summary to bench/results/burst_history.jsonl, and the report lists
 them all: a rare failure (an order shown twice) stays on record after a clean run.
 
@@ -39,6 +47,7 @@ import contextlib
 import datetime
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,21 +77,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="length of the burst (default 10)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up waiting for the channel after this many seconds")
+    parser.add_argument("--worker-nice", type=int, metavar="N",
+                        help="the worker's nice value instead of the one run gives it")
+    parser.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
+                        help="also burst another checkout's bridge, after this one's "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     stack.unwind_on_sigterm()
     orders = args.orders or (1_000 if args.quick else 5_000)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
+    trees = {"this tree": stack.PACKAGE_ROOT,
+             **{f"@{t.name}": t.resolve() for t in args.compare}}
+    results = {}
+    for case, tree in trees.items():
+        stack.PACKAGE_ROOT = tree  # what the stack's children run (stack.child_env)
+        if len(trees) > 1:
+            print(f"\n=== {case}: {tree}", flush=True)
+        results[case] = burst(args, orders, seconds,
+                              "burst" if tree == trees["this tree"] else f"burst-{tree.name}")
+    if len(trees) > 1:
+        print_comparison(results)
+    return 1 if any(r["problems"] for r in results.values()) else 0
 
+
+def print_comparison(results: dict[str, dict]) -> None:
+    print(f"\n  {'':<16} {'ack p50':>8} {'p99':>8} {'max':>8} {'all visible':>12} "
+          f"{'× floor':>8} {'messages':>9} {'429s':>5} {'problems':>9}")
+    for case, r in results.items():
+        ack = r["ack"]
+        print(f"  {case:<16} {ack['p50_ms']:>6.0f}ms {ack['p99_ms']:>6.0f}ms "
+              f"{ack['max_ms']:>6.0f}ms {r['all_visible_s']:>10.1f} s "
+              f"{r['time_ratio'] or float('nan'):>7.2f}× {r['messages']:>9} "
+              f"{r['rate_limited'] if r['rate_limited'] is not None else '?':>5} "
+              f"{len(r['problems']):>9}")
+
+
+def as_run_starts_it(worker: stack.Worker, store: stack.Store, config: Path,
+                     nice: int | None) -> int:
+    """``run`` starts its worker at nice ``WORKER_NICE`` (``--worker-nice``), a plain ``worker``
+    at its own priority: the stack's plain worker is replaced by ``worker --nice N`` (``nice``
+    if given) when the tree under test has the option (an older tree's ``run`` has no nice
+    either). Returns N."""
+    cli = (stack.PACKAGE_ROOT / "bridge" / "cli.py").read_text("utf-8")
+    found = re.search(r"^WORKER_NICE = (\d+)$", cli, re.MULTILINE)
+    if not found:
+        return 0
+    nice = int(found.group(1)) if nice is None else nice
+    worker.service.stop(grace=45)
+    worker.service = stack.Service("worker", [
+        sys.executable, "-m", "bridge", "--config", str(config), "worker", "--nice",
+        str(nice)], stack.bridge_env(store, "worker"), store.folder)
+    worker.pid = worker.service.pid
+    return nice
+
+
+def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
+    """One burst on a fresh stack of the tree ``stack.PACKAGE_ROOT`` names: its result, also
+    written to bench/results/NAME.json."""
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
-        store, fake, _config, receiver, worker, collector = stack.one_box(
+        store, fake, config, receiver, worker, collector = stack.one_box(
             cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5)
+        nice = as_run_starts_it(worker, store, config, args.worker_nice)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
         header = stack.print_header("burst", args.quick, stack.machine_line(info))
-        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, default delivery settings: "
+        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, nice {nice}, default delivery "
+              f"settings: "
               f"{PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) · embedded redis-server "
               f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "
               f"(faults: {fake.faults().get('rate_limit')})")
@@ -133,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "burst", "when": datetime.datetime.now().astimezone().isoformat(),
         "quick": args.quick, "machine": info, "header": header,
         "settings": {"orders": orders, "burst_seconds": seconds, "per_minute": PER_MINUTE,
-                     "digest_max_items": MAX_ITEMS, "worker_processes": 1,
+                     "digest_max_items": MAX_ITEMS, "worker_processes": 1, "worker_nice": nice,
                      "body_bytes": stack.BODY_BYTES},
         "sent_over_s": round(sent_for, 2), "statuses": statuses,
         "ack": {"p50_ms": round(1000 * stack.percentile(acks, 50), 1),
@@ -175,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'ratio to the floor':<44} {ratio:>20} {result['messages_ratio']:>8.2f}×")
     print(f"  {len(digests)} digests carried {sum(digests):,} orders (largest "
           f"{max(digests, default=0)}), {len(messages) - len(digests)} orders went alone; acks p50 "
-          f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms; sent over "
+          f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms max "
+          f"{result['ack']['max_ms']} ms; sent over "
           f"{sent_for:.1f} s; others {load.result.others_cores:.2f} cores")
     for repeat in repeats:
         print(f"  order #{repeat['order']} is shown by:")
@@ -184,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"order(s)): {m['first_line']}")
     print("  checks: " + ("; ".join(problems) if problems else
                           f"all {orders:,} orders visible once, every webhook 202, no 429"))
-    path = stack.write_result("burst", result)
+    path = stack.write_result(name, result)
     with open(stack.RESULTS_DIR / "burst_history.jsonl", "a", encoding="utf-8") as history:
         history.write(json.dumps({k: result[k] for k in (
             "when", "quick", "all_visible_s", "messages", "digests", "single_messages",
@@ -192,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "orders": orders, "burst_seconds": seconds, "tree": info.get("tree", "?")}) + "\n")
     print(f"results: {path}")
     print(f"(took {time.perf_counter() - began:.1f} s)")
-    return 1 if problems else 0
+    return result
 
 
 if __name__ == "__main__":

@@ -63,6 +63,12 @@ DEFAULT_FAKE_PUMBLE_PORT = 8025
 FAKE_PUMBLE_KEY = "fake-pumble-key"  # what run gives the worker when it posts to the built-in fake
 RUN_LOCK = "run.lock"  # in the data dir, held by a `run` for its life
 RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiting
+# The nice value `run` starts its worker at: below the receiver's priority, on the same machine
+# by construction. A shop waits for the receiver's answer (Shopify counts a delivery failed
+# after 5 s), while the worker's posts are paced by Pumble's limit (80 messages a minute) and
+# can wait for the CPU. (`worker` alone keeps its priority unless told: it may have a machine of
+# its own, or share one with busier work than a receiver.)
+WORKER_NICE = 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +161,9 @@ def _add_service_commands(commands: argparse._SubParsersAction,
     run.add_argument("--fake-pumble-port", type=_port_number, default=0,
                      help="port of the built-in fake Pumble, used when no API key is set "
                           "(default: the receiver's port + 1)")
+    run.add_argument("--worker-nice", type=_nice_value, default=WORKER_NICE, metavar="N",
+                     help="the worker's CPU priority as a nice value, 0 to 19 (default "
+                          f"{WORKER_NICE}: the receiver, which a shop waits on, comes first)")
 
     serve = _command(commands, common, "serve", cmd_serve, "run the webhook receiver",
                      service=True)
@@ -173,6 +182,31 @@ def _add_service_commands(commands: argparse._SubParsersAction,
     worker.add_argument("--maintenance-interval", type=int, default=None, metavar="SECONDS",
                         help="how often this worker looks for jobs of dead workers "
                              "(default 30)")
+    worker.add_argument("--nice", type=_nice_value, default=0, metavar="N",
+                        help="run at this lower CPU priority, a nice value from 0 to 19 "
+                             f"(`run` uses {WORKER_NICE}: a receiver on the same machine, which "
+                             "a shop waits on, comes first; default 0)")
+
+
+def _nice_value(text: str) -> int:
+    if not text.isdigit() or int(text) > 19:
+        raise argparse.ArgumentTypeError(f"a nice value is a whole number from 0 to 19, "
+                                         f"not {text!r}")
+    return int(text)
+
+
+def lower_priority(nice: int) -> None:
+    """This process at nice value ``nice`` (never raised back if it is nicer already). Linux
+    shares the CPU between sessions first (autogroups) and only then by nice value within one:
+    a process with a session of its own (the worker `run` forks, a service) sets its
+    session's nice value too, or the receiver, in another session, would not come first."""
+    if nice <= 0:
+        return
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError):  # not Linux, or no autogroups
+            Path("/proc/self/autogroup").write_text(str(nice))
 
 
 def _add_check_command(commands: argparse._SubParsersAction,
@@ -379,6 +413,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         _shown(redis_url), problem)
         if args.processes > 1:
             return _supervise_workers(args, config, redis_url, shared)
+        lower_priority(args.nice)
         run_worker(config, redis_url, **_worker_options(args, shared))
     return 0
 
@@ -399,7 +434,8 @@ def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str,
     _stop_on_signal(stop)
     workers = _WorkerConfig(config, os.environ, args.redactor)
     options = _worker_options(args, shared)  # forked: each child counts with this one's
-    children = [_fork_worker(workers.config, redis_url, options) for _ in range(args.processes)]
+    children = [_fork_worker(workers.config, redis_url, options, args.nice)
+                for _ in range(args.processes)]
     failed = 0
     while not stop.wait(0.5):
         for index, child in enumerate(children):
@@ -408,7 +444,7 @@ def _supervise_workers(args: argparse.Namespace, config: Config, redis_url: str,
                 continue
             failed += 1
             log.error("worker process %d exited (code %s); starting it again", child.pid, code)
-            children[index] = _fork_worker(workers.latest(), redis_url, options)
+            children[index] = _fork_worker(workers.latest(), redis_url, options, args.nice)
         if args.burst and all(child.poll() == 0 for child in children):
             return 0
     for child in children:  # all at once, and once: a second SIGTERM cuts a send short
@@ -469,20 +505,22 @@ class _Forked:
 Child = subprocess.Popen[bytes] | _Forked
 
 
-def _fork_worker(config: Config, redis_url: str, options: dict[str, Any]) -> _Forked:
+def _fork_worker(config: Config, redis_url: str, options: dict[str, Any],
+                 nice: int) -> _Forked:
     process = multiprocessing.get_context("fork").Process(
-        target=_worker_child, args=(config, redis_url, options), name="worker")
+        target=_worker_child, args=(config, redis_url, options, nice), name="worker")
     gc.freeze()  # as gunicorn's master does (bridge/gunicorn_app.py): keeps shared pages shared
     process.start()
     return _Forked(process)
 
 
-def _worker_child(config: Config, redis_url: str, options: dict[str, Any]) -> None:
+def _worker_child(config: Config, redis_url: str, options: dict[str, Any], nice: int) -> None:
     from bridge.worker import run_worker
 
     os.setsid()  # as _spawn: Ctrl-C reaches only the parent, which stops the children in order
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # not the parent's handlers
         signal.signal(signum, signal.SIG_DFL)
+    lower_priority(nice)
     run_worker(config, redis_url, **options)
 
 
@@ -534,7 +572,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers = _WorkerConfig(config, env, args.redactor)
         starts: dict[str, Callable[[], Child]] = {
             "web": lambda: _spawn(serve, env),
-            "worker": lambda: _fork_worker(workers.latest(), redis_url, {"metrics": shared}),
+            "worker": lambda: _fork_worker(workers.latest(), redis_url, {"metrics": shared},
+                                           args.worker_nice),
         }
         children = {name: start() for name, start in starts.items()}
         # A changed config is the receiver's to take (or refuse); run itself carries on.

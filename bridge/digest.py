@@ -13,8 +13,10 @@ the front of the queue at once, so a line drains at the pace of its posts, not o
 scheduling in whole seconds; the fallback only matters if a handover is lost.
 
 When a route falls behind Pumble's rate limit, its line is merged into digests: the job whose turn
-it is, if more are still waiting than the message limit can post in the configured window, also
-takes up to ``max_items - 1`` of the next ones and sends one digest listing them all. Those jobs
+it is, if more are still waiting than the slots left in the message limit's window can post one by
+one (or than the limit posts in the configured digest window), also takes up to ``max_items - 1``
+of the next ones and sends one digest listing them all (bridge.delivery.steps decides the
+threshold, and how long a head short of slots waits for a full digest). Those jobs
 stay in the queue and end as "delivered in digest …" when a worker reaches them. The claim is
 recorded in Redis before anything is sent, so a digest whose worker dies is sent again by the same
 job's retry, with the same lines: no order is dropped, every one appears alone or in a digest.
@@ -103,10 +105,21 @@ class Backlog:
                   self.keys.digest_of_prefix(), len(job_ids), *job_ids, *wake,
                   self.keys.in_run_prefix()]))
 
+    def behind(self, notification: Notification, job_id: str) -> int:
+        """How many wait behind this job in its line: what a digest it sent could take."""
+        if not digestible(notification):
+            return 0
+        with self.connection.pipeline(transaction=False) as pipe:
+            key = self.key(notification)
+            pipe.zrank(key, job_id)
+            pipe.zcard(key)
+            rank, size = pipe.execute()
+        return 0 if rank is None else size - rank - 1
+
     def taken_by(self, notification: Notification, job_id: str) -> str:
         """The job whose digest took this one in, or "" (a cheap look, before any slot is
         taken: a job in a digest needs none)."""
-        if not _digestible(notification):
+        if not digestible(notification):
             return ""
         owner = self.connection.get(self.keys.in_digest(job_id))
         return owner.decode() if owner else ""
@@ -116,7 +129,7 @@ class Backlog:
         """If at least ``threshold`` others wait behind this job in its line, take up to
         ``max_items - 1`` of them out of it, into this one's digest. A digest once claimed is
         answered again to the same job (``max_items=1``: only that)."""
-        if not _digestible(notification):
+        if not digestible(notification):
             return Claim()
         answer = self._claim(keys=[self.key(notification), self.keys.digest_of(job_id)],
                              args=[job_id, threshold, max_items - 1, self.ttl,
@@ -129,7 +142,7 @@ class Backlog:
         return Claim()
 
 
-def _digestible(notification: Notification) -> bool:
+def digestible(notification: Notification) -> bool:
     """Replies belong in their thread, never in a digest; a route may turn digests off."""
     return notification.digest and not notification.reply
 

@@ -64,6 +64,12 @@ class Deliverer:
         per_minute = self.limits["messages"].per_minute
         return max(1, per_minute * self.settings.digest.window // 60)
 
+    def slots_left(self, account: str) -> int:
+        """Messages the account may post now within the message limit's window (the limiter
+        every worker shares): what a head's line can spend one message a notification on."""
+        used = self.limiter.state(account)["messages"]["used"]
+        return max(0, self.limits["messages"].per_minute - used)
+
     @property
     def abandoned_after(self) -> int:
         """Seconds after a job started until, its worker dead, its jobs run again."""
@@ -76,9 +82,10 @@ class Deliverer:
         return max(0.0, self.settings.job_timeout - pumble.connect_timeout
                    - pumble.read_timeout - 2)
 
-    def take_slot(self, account: str, kind: str) -> None:
-        """A slot of the rate limiter every worker shares, for one call of ``kind``."""
-        self.limiter.acquire(account, kind, max_wait=self.max_slot_wait)
+    def take_slot(self, account: str, kind: str, waited: float = 0.0) -> None:
+        """A slot of the rate limiter every worker shares, for one call of ``kind``; the job
+        has ``waited`` seconds already (for a digest to fill), which its slot wait may not."""
+        self.limiter.acquire(account, kind, max_wait=max(0.0, self.max_slot_wait - waited))
 
     def close(self) -> None:
         for client in self._clients.values():

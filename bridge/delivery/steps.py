@@ -16,7 +16,7 @@ from rq.job import Job, JobStatus
 
 from bridge.delivery.attempt import Attempt, DeadLetter, Outcome
 from bridge.delivery.run import deliver_its_run
-from bridge.digest import Claim, digest_text
+from bridge.digest import Claim, digest_text, digestible
 from bridge.marker import marked_by
 from bridge.mutes import HELD, muted_now
 from bridge.notification import Notification
@@ -29,6 +29,7 @@ from bridge.pumble import (
     PumbleError,
     PumbleValidationError,
 )
+from bridge.ratelimit import RateLimitTimeout
 from bridge.retry import run_again_in
 from bridge.threads import Root
 
@@ -41,6 +42,7 @@ LINE_WAIT = 10  # at most, seconds between looks while earlier notifications of 
 LINE_LOOK = 20  # how many of those are read at a time
 NEXT_IN_LINE_WAIT = 2.0  # seconds the next in its line waits in the worker for the one before
 NEXT_IN_LINE_LOOK = 0.05  # seconds between its looks
+FILL_LOOK = 0.1  # seconds between a head's looks at its line while a digest fills
 # Seconds a new message not at its line's head stays parked: its estimated turn, within these.
 # It is handed the turn as soon as the one before it leaves (bridge.digest), so the fallback only
 # runs when a handover was lost or not possible; above HANDOVER_MARGIN, so a handover can move it.
@@ -226,7 +228,38 @@ def attempts_left(a: Attempt) -> None:
 def rate_limit_slot(a: Attempt) -> None:
     # The slot before the digest's claim: a job waiting for one stays in its route's backlog,
     # where it counts toward a digest.
-    a.deliverer.take_slot(a.notification.account, "replies" if a.root else "messages")
+    try:
+        if a.root:
+            a.deliverer.take_slot(a.notification.account, "replies")
+        else:
+            a.deliverer.take_slot(a.notification.account, "messages", waited=_fill_a_digest(a))
+    except RateLimitTimeout:
+        # Run again when its slot is due (bridge.delivery.job), at the queue's front: behind it
+        # in a burst wait thousands of jobs that would only park, and its line would wait for
+        # all of them. rq keeps the flag with the job, and its scheduler reads it
+        # (tests/test_digest_policy.py pins it).
+        a.job.enqueue_at_front_on_retry = True
+        raise
+
+
+def _fill_a_digest(a: Attempt) -> float:
+    """A head whose line the slots left cannot post one by one will send a digest: with fewer
+    than a full one behind it, it first waits (up to ``digest.fill_wait``) for one to fill, so a
+    burst spends the window's slots on full digests rather than on its first few orders. A head
+    with slots for every one waiting goes at once. Returns the seconds waited."""
+    d, n = a.deliverer, a.notification
+    settings = d.settings.digest
+    if not (settings.fill_wait and digestible(n) and _fresh(a)) or a.meta.get("attempts"):
+        return 0.0  # a retry's digest is claimed already: nothing joins it
+    backlog, clock, full = d.queue.backlog, d.clock, settings.max_items - 1
+    behind = backlog.behind(n, a.job.id)
+    if behind >= full or behind < d.slots_left(n.account):
+        return 0.0
+    began = clock.time()
+    while behind < full and clock.time() - began < settings.fill_wait:
+        clock.sleep(FILL_LOOK)
+        behind = backlog.behind(n, a.job.id)
+    return clock.time() - began
 
 
 def digest_claim(a: Attempt) -> Outcome | None:
@@ -237,15 +270,23 @@ def digest_claim(a: Attempt) -> Outcome | None:
     return None
 
 
+def _fresh(a: Attempt) -> bool:
+    """Not posted, and no attempt may have posted it: a digest it sends may still grow."""
+    return not a.meta.get("sent") and not a.meta.get("maybe_sent_at")
+
+
 def _claim(a: Attempt) -> Claim:
     """Its digest, if it sends one; a message posted in a thread never is one. Once a message
-    may have been posted, only the digest already claimed: nothing joins it then."""
-    if a.root:
+    may have been posted, only the digest already claimed: nothing joins it then. A fresh head
+    digests when more wait behind it than the slots left in the message limit's window (they
+    cannot all go alone), or than the limit posts in ``digest.window``."""
+    d, n = a.deliverer, a.notification
+    if a.root or not digestible(n):
         return Claim()
-    d = a.deliverer
-    fresh = not a.meta.get("sent") and not a.meta.get("maybe_sent_at")
-    return d.queue.backlog.claim(a.notification, a.job.id, d.digest_threshold,
-                                 d.settings.digest.max_items if fresh else 1)
+    if not _fresh(a):
+        return d.queue.backlog.claim(n, a.job.id, d.digest_threshold, 1)
+    threshold = min(d.digest_threshold, d.slots_left(n.account) + 1)
+    return d.queue.backlog.claim(n, a.job.id, threshold, d.settings.digest.max_items)
 
 
 def look_for_an_earlier_post(a: Attempt) -> None:
