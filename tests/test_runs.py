@@ -16,6 +16,7 @@ from bridge.digest import HANDOVER_MARGIN
 from bridge.local_server import LocalServer
 from bridge.notification import Notification
 from bridge.queue import connect, job_id
+from bridge.ratelimit import RateLimiter, limits_per_minute
 from tests.conftest import FakePumble, stats
 from tests.test_identity import LossyProxy, owners
 from tests.test_order import enqueue_orders, order_numbers
@@ -171,23 +172,49 @@ def test_the_jobs_a_run_did_not_post_go_back_in_order_unless_no_longer_its(
     assert shown(fake_pumble) == [6001, *numbers]
 
 
-def test_a_run_stops_at_the_rate_limit_and_what_it_did_not_send_is_not_counted(
-        bridge, fake_pumble):
-    # 3 messages a minute: the head and two of its run go; the rest go back,
-    # unmarked, and go one by one as slots free up (no worker waits for one: job_timeout 2).
-    b = bridge({"rate_limits": {"messages": 3}, "job_timeout": 2,
-                "digest": {"window": 300}})  # a digest only once 15 wait: none here
-    numbers = range(7001, 7009)
-    enqueue_orders(b, numbers)
+def fill_the_window(b, slots_left: int) -> None:
+    """The message limit's window used up but for ``slots_left``, as other workers would."""
+    limiter = RateLimiter(b.rq.connection, b.config.redis.queue,
+                          limits_per_minute(b.config.delivery.rate_limits))
+    key, per_minute = limiter.key("default", "messages"), limiter.limits["messages"].per_minute
+    now = float(b.rq.connection.time()[0]) * 1_000_000
+    taken = b.rq.connection.zcard(key)
+    b.rq.connection.zadd(key, {f"other-{k}": now - k
+                               for k in range(per_minute - slots_left - taken)})
+
+
+def test_a_run_whose_slots_run_out_sends_what_it_can_and_counts_no_other(bridge, fake_pumble):
+    """Slots taken by others between its claim and its sends: what it did not send goes back
+    unmarked, as it was, and goes in its turn."""
+    b = bridge({"rate_limits": {"messages": 6}, "job_timeout": 2})
+    enqueue_orders(b, range(7001, 7002))
     b.work()
-    assert shown(fake_pumble) == [7001, 7002, 7003]
-    waiting = jobs_of(b, numbers[3:])
-    assert all("maybe_sent_at" not in job.meta and not job.meta.get("attempts")
-               for job in waiting)
+    numbers = range(7002, 7006)
+    enqueue_orders(b, numbers)
+    run = run_of(b, 7001)
+    taken = run._claim(100)
+    fill_the_window(b, 1)
+    assert run._post(run._members(taken))[0] == 1  # the first; the second's slot refused
+    run._end(taken[1:])
+    assert shown(fake_pumble) == [7001, 7002]
+    assert all(not job.meta for job in jobs_of(b, numbers[1:]))  # not marked, not counted
+    assert b.rq.get_job_ids() == [job.id for job in jobs_of(b, numbers[1:])]
     b.drain(rounds=400)
-    assert shown(fake_pumble) == list(numbers)
+    assert shown(fake_pumble) == [7001, *numbers]
     assert [job.meta["attempts"] for job in jobs_of(b, numbers)] == [1] * len(numbers)
     assert stats(fake_pumble)["rate_limited"] == 0
+
+
+def test_a_run_takes_none_while_more_wait_than_the_slots_left(bridge, fake_pumble):
+    """As a head would send a digest then (bridge.delivery.steps, _claim): its run leaves
+    them to the next head."""
+    b = bridge({"rate_limits": {"messages": 20}})
+    enqueue_orders(b, range(1, 7))  # a head and 5 behind it
+    fill_the_window(b, 4)  # fewer slots than wait behind it
+    assert run_of(b, 1)._claim(100) == []
+    b.rq.connection.delete(RateLimiter(b.rq.connection, b.config.redis.queue).key(
+        "default", "messages"))
+    assert len(run_of(b, 1)._claim(100)) == 5
 
 
 def test_a_run_posts_an_orders_later_messages_in_the_thread_it_began(bridge, fake_pumble):

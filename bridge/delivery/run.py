@@ -19,7 +19,8 @@ It stays as safe as a job of its own:
   to the front of the queue (scripts.HAND_BACK) and run as jobs of their own, through every
   step. A send Pumble refuses ends it too; one to try again (5xx, 429, no answer) is parked for
   its backoff first, as the job itself would have been.
-- A run never makes a digest: none is claimed while as many wait behind it as make one.
+- A run never makes a digest: none is claimed while as many wait behind it as would make its
+  head send one (more than the slots left, or than the limit posts in the digest window).
 """
 
 from __future__ import annotations
@@ -98,11 +99,14 @@ class Run:
         """Up to ``most`` of the next jobs, claimed with the writes still pending."""
         d, head, keys = self.deliverer, self.head.job, self.deliverer.queue.backlog.keys
         fallback = d.abandoned_after
+        # As a head would: none goes alone while more wait than the slots left (bridge.delivery
+        # .steps, _claim), or than the limit posts in the digest window.
+        threshold = min(d.digest_threshold, d.slots_left(self.head.notification.account) + 1)
         # The marks end before the fallback: a job rq's scheduler moves then is not the run's.
         self.pipe.eval(
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
             head.id, most, fallback, keys.in_run_prefix(), fallback - HANDOVER_MARGIN,
-            HANDOVER_MARGIN, d.digest_threshold, Job.redis_job_namespace_prefix)
+            HANDOVER_MARGIN, threshold, Job.redis_job_namespace_prefix)
         ids = [i.decode() for i in self.pipe.execute()[-1]]
         if not ids:
             return []
