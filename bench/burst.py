@@ -47,7 +47,6 @@ import contextlib
 import datetime
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -112,34 +111,16 @@ def print_comparison(results: dict[str, dict]) -> None:
               f"{len(r['problems']):>9}")
 
 
-def as_run_starts_it(worker: stack.Worker, store: stack.Store, config: Path,
-                     nice: int | None) -> int:
-    """``run`` starts its worker at nice ``WORKER_NICE`` (``--worker-nice``), a plain ``worker``
-    at its own priority: the stack's plain worker is replaced by ``worker --nice N`` (``nice``
-    if given) when the tree under test has the option (an older tree's ``run`` has no nice
-    either). Returns N."""
-    cli = (stack.PACKAGE_ROOT / "bridge" / "cli.py").read_text("utf-8")
-    found = re.search(r"^WORKER_NICE = (\d+)$", cli, re.MULTILINE)
-    if not found:
-        return 0
-    nice = int(found.group(1)) if nice is None else nice
-    worker.service.stop(grace=45)
-    worker.service = stack.Service("worker", [
-        sys.executable, "-m", "bridge", "--config", str(config), "worker", "--nice",
-        str(nice)], stack.bridge_env(store, "worker"), store.folder)
-    worker.pid = worker.service.pid
-    return nice
-
-
 def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
     """One burst on a fresh stack of the tree ``stack.PACKAGE_ROOT`` names: its result, also
     written to bench/results/NAME.json."""
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
-        store, fake, config, receiver, worker, collector = stack.one_box(
-            cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5)
-        nice = as_run_starts_it(worker, store, config, args.worker_nice)
+        nice = stack.run_worker_nice() if args.worker_nice is None else args.worker_nice
+        store, fake, _config, receiver, worker, collector = stack.one_box(
+            cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5,
+            worker_nice=nice)
         shop = stack.Shop(receiver.url)
         cleanup.callback(shop.close)
         info = stack.machine(store.version)

@@ -217,7 +217,7 @@ class Bridge:
         self.store = stack.Store(folder)
         config = stack.write_config(folder, self.fake.url, limiter_off=True)
         self.receiver = stack.Receiver(self.store, config)
-        self.worker = stack.Worker(self.store, config)
+        self.worker = stack.Worker(self.store, config, nice=stack.run_worker_nice())  # as run
         self.url = self.receiver.url
         self._metrics = folder / "metrics-receiver"  # stack.bridge_env's, for "receiver"
 

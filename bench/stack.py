@@ -488,12 +488,22 @@ class Receiver:
         self.service.stop()
 
 
+def run_worker_nice() -> int:
+    """The nice value ``pumble-bridge run`` starts its worker at, in the tree benchmarked (0 for
+    a tree from before it had one): read from its cli.py, as it may be another checkout."""
+    cli = (PACKAGE_ROOT / "bridge" / "cli.py").read_text("utf-8")
+    found = re.search(r"^WORKER_NICE = (\d+)", cli, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
 class Worker:
-    """``pumble-bridge worker [--processes N]``."""
+    """``pumble-bridge worker [--processes N] [--nice N]``: as ``run`` starts it, ``nice``
+    ``run_worker_nice()``."""
 
     def __init__(self, store: Store, config: Path, processes: int = 1,
-                 name: str = "worker") -> None:
+                 name: str = "worker", nice: int = 0) -> None:
         extra = ["--processes", str(processes)] if processes > 1 else []
+        extra += ["--nice", str(nice)] if nice else []
         self.service = Service(name, [sys.executable, "-m", "bridge", "--config", str(config),
                                       "worker", *extra], bridge_env(store, name), store.folder)
         self.pid = self.service.pid
@@ -519,9 +529,10 @@ class OneBox(NamedTuple):
 
 def one_box(cleanup: contextlib.ExitStack, folder: Path, *, limiter_off: bool,
             fake_rate_limit: int | None = None, worker_processes: int = 1,
-            collect_every: float = 0.25) -> OneBox:
-    """Redis, the fake Pumble, ``serve`` and ``worker`` on the bench config, and a collector of
-    what the fake stores; ``cleanup`` stops each in reverse order and removes ``folder`` last."""
+            collect_every: float = 0.25, worker_nice: int = 0) -> OneBox:
+    """Redis, the fake Pumble, ``serve`` and ``worker`` (at ``worker_nice``) on the bench
+    config, and a collector of what the fake stores; ``cleanup`` stops each in reverse order
+    and removes ``folder`` last."""
     cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
     store = Store(folder)
     cleanup.callback(store.close)
@@ -530,7 +541,7 @@ def one_box(cleanup: contextlib.ExitStack, folder: Path, *, limiter_off: bool,
     config = write_config(folder, fake.url, limiter_off=limiter_off)
     receiver = Receiver(store, config)
     cleanup.callback(receiver.stop)
-    worker = Worker(store, config, worker_processes)
+    worker = Worker(store, config, worker_processes, nice=worker_nice)
     cleanup.callback(worker.stop)
     collector = Collector(fake, interval=collect_every)
     cleanup.callback(collector.stop)
