@@ -16,8 +16,9 @@ When a route falls behind Pumble's rate limit, its line is merged into digests: 
 it is, if more are still waiting than the slots left in the message limit's window can post one by
 one (or than the limit posts in the configured digest window), also takes up to ``max_items - 1``
 of the next ones and sends one digest listing them all (bridge.delivery.steps decides the
-threshold, and how long a head short of slots waits for a full digest). Those jobs
-stay in the queue and end as "delivered in digest …" when a worker reaches them. The claim is
+threshold, and how long a head short of slots waits for a full digest). Once it is posted, the
+job that sent it ends those jobs, "delivered in digest …" (bridge.store.runs); one another
+worker is running already ends itself, and one parked is woken to. The claim is
 recorded in Redis before anything is sent, so a digest whose worker dies is sent again by the same
 job's retry, with the same lines: no order is dropped, every one appears alone or in a digest.
 """

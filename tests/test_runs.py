@@ -249,3 +249,22 @@ def test_within_one_batch_a_later_message_replies_in_the_thread_an_earlier_began
     assert [n for n, m in messages.items() if not m["threadReplyInfo"]] == [9001, 9002, 9003]
     assert messages[9004]["threadReplyInfo"]["rootId"] == messages[9003]["id"]
     assert sum(not job.worker_name for job in jobs_of(b, range(9001, 9005))) == 3
+
+
+def test_a_digests_lines_end_in_the_job_that_posted_it(bridge, fake_pumble):
+    """Not a job run for each line of a digest: the one that posted it ends them, each with
+    its own result."""
+    b = bridge({"rate_limits": {"messages": 3}, "job_timeout": 2,
+                "digest": {"window": 60, "max_items": 5, "fill_wait": 0}})
+    numbers = range(1, 12)
+    enqueue_orders(b, numbers)
+    b.drain(rounds=400)
+    read = order_numbers(fake_pumble)
+    assert [n for message in read for n in message] == list(numbers)
+    digests = [message for message in read if len(message) > 1]
+    assert digests
+    for first, *lines in digests:
+        owner = jobs_of(b, range(first, first + 1))[0]
+        for job in jobs_of(b, lines):
+            assert job.get_status() == JobStatus.FINISHED and not job.worker_name
+            assert job.return_value() == {"in_digest_of": owner.id}

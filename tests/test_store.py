@@ -250,3 +250,29 @@ def test_a_run_reads_a_job_as_rq_reads_it(own_redis, queue_name):
         fetched = Job.fetch(job_id_, connection=own_redis, serializer=queue.rq.serializer)
         assert (job.id, job.meta, payload) == (fetched.id, fetched.meta, fetched.args[0])
     assert loaded[1][0].meta == {"attempts": 2}
+
+
+def test_a_digests_lines_are_finished_as_rqs_worker_finishes_a_job(own_redis, queue_name):
+    """bridge.store.runs.Finisher.finish_in_digest: the digest's own lines that wait (queued or
+    parked) end finished, with their result, as rq's worker would end them; one another worker
+    took already, or another digest's, is left alone."""
+    queue = Queue(queue_name, connection=own_redis, serializer=JSONSerializer)
+    for name in ("queued", "parked", "running", "other"):
+        queue.enqueue("json.loads", "{}", job_id=name, result_ttl=RESULT_TTL)
+    queue.remove("parked")
+    queue.scheduled_job_registry.schedule(Job.fetch("parked", connection=own_redis), now())
+    queue.remove("running")  # dequeued by another worker
+    keys = Keys(queue_name)
+    for name in ("queued", "parked", "running"):
+        own_redis.set(keys.in_digest(name), "owner")
+    own_redis.set(keys.in_digest("other"), "another")
+    finisher = Finisher(queue, RESULT_TTL, keys.in_digest_prefix())
+    assert finisher.finish_in_digest("owner", ["queued", "parked", "running", "other"]) == [
+        "queued", "parked"]
+    for name in ("queued", "parked"):
+        job = Job.fetch(name, connection=own_redis, serializer=JSONSerializer)
+        assert job.get_status() == JobStatus.FINISHED and job.ended_at
+        assert job.return_value() == {"in_digest_of": "owner"}
+        assert abs(own_redis.ttl(job.key) - RESULT_TTL) <= 5
+    assert sorted(queue.finished_job_registry.get_job_ids()) == ["parked", "queued"]
+    assert queue.get_job_ids() == ["other"] and queue.scheduled_job_registry.get_job_ids() == []

@@ -147,6 +147,21 @@ class Attempt:
         self.deliverer.metrics.delivery(self.notification.route, "in_digest")
         return {"in_digest_of": owner}
 
+    def digest_ended(self, ids: list[str]) -> None:
+        """Its digest's jobs ``ids`` ended by this one (bridge.store.runs): as ``in_digest``
+        logs and counts each that ends itself."""
+        route = self.notification.route
+        # The members' events, by job, when none of them vanished (join_digest).
+        events = (dict(zip(self.member_ids, self.members, strict=True))
+                  if len(self.members) == len(self.member_ids) else {})
+        for job_id in ids:
+            member = events.get(job_id)
+            fields = {"event_id": member.event_id, "event_type": member.event_type,
+                      "source": member.source} if member else {}
+            log.info("job %s (route %s): delivered in job %s's digest", job_id, route,
+                     self.job.id, extra={**fields, "route": route, "job_id": job_id})
+            self.deliverer.metrics.delivery(route, "in_digest")
+
     def failed(self, error: PumbleError) -> Retry:
         """Run again after a backoff, or dead-letter once attempts run out."""
         return run_again_in(self.backoff_after(error))

@@ -32,7 +32,8 @@ class Deliverer:
         self.clock = clock
         self.metrics = metrics
         self.queue = NotificationQueue(connection, config.redis.queue, config.delivery)
-        self.finisher = Finisher(self.queue.rq, RESULT_TTL)  # the jobs of its runs
+        self.finisher = Finisher(self.queue.rq, RESULT_TTL,  # the jobs of its runs and digests
+                                 self.queue.backlog.keys.in_digest_prefix())
         self.limits = limits_per_minute(self.settings.rate_limits)
         self.limiter = RateLimiter(connection, config.redis.queue, self.limits, clock=clock,
                                    metrics=metrics)

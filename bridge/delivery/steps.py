@@ -354,8 +354,14 @@ def _create_channel(a: Attempt, client: PumbleClient) -> None:
 # -- after the post -------------------------------------------------------------------------------
 
 def leave_its_line(a: Attempt) -> None:
-    """Posted: the next in its line may go, and its digest's others end (bridge.digest)."""
-    a.deliverer.queue.backlog.leave(a.notification, a.job.id, wake=a.member_ids)
+    """Posted: its digest's others end here, those another worker runs already there (woken,
+    if parked: bridge.digest); the next in its line may go."""
+    d, ended = a.deliverer, []
+    if a.member_ids:
+        ended = d.finisher.finish_in_digest(a.job.id, a.member_ids)
+        a.digest_ended(ended)
+    d.queue.backlog.leave(a.notification, a.job.id,
+                          wake=[i for i in a.member_ids if i not in ended])
 
 
 def become_thread_root(a: Attempt) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,10 +59,12 @@ def write_meta(pipe: Pipeline, job: Job) -> None:
 class Finisher:
     """Finishes the jobs of one queue's runs (the script registered once)."""
 
-    def __init__(self, queue: Queue, default_ttl: int):
+    def __init__(self, queue: Queue, default_ttl: int, in_digest_prefix: str):
         self.queue = queue
         self.default_ttl = default_ttl
+        self.in_digest_prefix = in_digest_prefix
         self._finish = queue.connection.register_script(scripts.FINISH_IN_RUN)
+        self._finish_in_digest = queue.connection.register_script(scripts.FINISH_IN_DIGEST)
 
     def finish(self, pipe: Pipeline, job: Job, result: dict[str, Any], started_at: datetime,
                line: str, mark: str) -> None:
@@ -76,3 +79,21 @@ class Finisher:
                            utcformat(ended_at), ttl, current_timestamp() + ttl], client=pipe)
         Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=result, pipeline=pipe,
                       execution_started_at=started_at, execution_ended_at=ended_at)
+
+    def finish_in_digest(self, owner: str, ids: Sequence[str]) -> list[str]:
+        """The jobs ``ids`` of ``owner``'s digest, just posted, finished as delivered in it
+        (their result says so), but for those another worker is running (they end there):
+        two round trips for a digest, not a job run for each of its lines. Returns those
+        finished."""
+        queue, ttl = self.queue, self.default_ttl
+        done = [i.decode() for i in self._finish_in_digest(
+            keys=[queue.key, queue.scheduled_job_registry.key, queue.finished_job_registry.key],
+            args=[owner, self.in_digest_prefix, Job.redis_job_namespace_prefix,
+                  utcformat(now()), ttl, current_timestamp() + ttl, *ids])]
+        pipe = queue.connection.pipeline(transaction=False)
+        for job_id in done:
+            Result.create(Job(job_id, connection=queue.connection, serializer=queue.serializer),
+                          Result.Type.SUCCESSFUL, ttl, return_value={"in_digest_of": owner},
+                          pipeline=pipe)
+        pipe.execute()
+        return done

@@ -306,6 +306,26 @@ redis.call('DEL', KEYS[5])
 return 1
 """
 
+# The jobs of a digest just posted, finished by the job that posted it as rq's worker would
+# finish them (bridge.store.runs), but for one another worker is running already (it ends it
+# itself). KEYS: 1 the queue, 2 rq's scheduled registry, 3 rq's finished registry. ARGV: 1 the
+# digest's job, 2 the in-digest key prefix, 3 rq's job key prefix, 4 ended_at as rq writes it,
+# 5 the result ttl (s), 6 the finished registry's score; then the ids. Returns those finished.
+FINISH_IN_DIGEST = """
+local done = {}
+for i = 7, #ARGV do
+  local id = ARGV[i]
+  if redis.call('GET', ARGV[2] .. id) == ARGV[1]
+      and (redis.call('LREM', KEYS[1], 1, id) == 1 or redis.call('ZREM', KEYS[2], id) == 1) then
+    redis.call('HSET', ARGV[3] .. id, 'status', 'finished', 'ended_at', ARGV[4])
+    redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
+    redis.call('ZADD', KEYS[3], ARGV[6], id)
+    done[#done + 1] = id
+  end
+end
+return done
+"""
+
 # The jobs a run took and did not post go back to the front of the queue, in line order, as
 # rq's scheduler moves one; a job whose mark is no longer the run's (expired: rq's scheduler
 # may have moved it already) is left alone. KEYS: 1 the queue, 2 rq's scheduled registry.
