@@ -192,7 +192,7 @@ def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_
                           ) == [b"j-1"]
     job = Job.fetch("j-1", connection=own_redis, serializer=JSONSerializer)
     pipe = own_redis.pipeline(transaction=False)
-    Finisher(queue, RESULT_TTL).finish(pipe, job, answer, now(), line, "mark:j-1")
+    Finisher(queue, RESULT_TTL, "in-digest:").finish(pipe, job, answer, now(), line, "mark:j-1")
     pipe.execute()
     ours = own_redis.hgetall("rq:job:j-1")
 
