@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 import yaml
 
@@ -34,6 +35,11 @@ from bridge.notification import Notification
 from bridge.queue import NotificationQueue, connect
 from bridge.redis_embedded import EmbeddedRedis
 from bridge.worker import run_worker
+
+# Property tests check what is rendered and accepted, not how fast: no per-example deadline,
+# which a machine busy with the rest of the suite would overrun.
+hypothesis.settings.register_profile("bridge", deadline=None)
+hypothesis.settings.load_profile("bridge")
 
 # The longest fault scenarios (a Sentinel failover under load, a busy worker riding out a full,
 # read-only, loading or vanished Redis): about three minutes together, so the README's test
