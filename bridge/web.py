@@ -18,9 +18,8 @@ from typing import Any
 import orjson
 import redis
 from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.http import parse_options_header
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_input_stream
 
 from bridge import logs
@@ -204,15 +203,19 @@ class _WebhooksFirst:
             if len(body) > state.max_body:
                 raise RequestEntityTooLarge
             mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
-            inbound = Inbound(name, WebhookRequest.of(EnvironHeaders(environ), body),
-                              mimetype, received_at)
+            inbound = Inbound(name, WebhookRequest(_headers(environ), body), mimetype,
+                              received_at)
             answer = accept(inbound, source, pipeline, state.store)
-            response = _response(answer, self._app)
+            sent = _sent(answer, self._app)
         except Exception as exc:  # still being handled in _in_flask: Flask's handlers re-raise it
             return self._in_flask(environ, start_response, exc, started, name)
-        state.metrics.webhook_answered(name, answer.event_type, response.status_code,
+        state.metrics.webhook_answered(name, answer.event_type, answer.status,
                                        time.perf_counter() - started)
-        return response(environ, start_response)
+        if isinstance(sent, Response):
+            return sent(environ, start_response)
+        start_response(f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(sent)))])
+        return [sent]
 
     def _in_flask(self, environ: dict[str, Any], start_response: Any, raised: Exception,
                   started: float, source: str) -> Any:
@@ -231,6 +234,25 @@ class _WebhooksFirst:
             return response(environ, start_response)
         finally:
             context.pop(error)
+
+
+def _headers(environ: dict[str, Any]) -> dict[str, str]:
+    """``WebhookRequest.of(request.headers, …)``'s headers: the environ's, named as werkzeug's
+    ``EnvironHeaders`` names them (then lower case), in one pass."""
+    headers = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                headers[key[5:].replace("_", "-").title().lower()] = value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            headers[key.replace("_", "-").lower()] = value
+    return headers
+
+
+def _sent(answer: Answer, app: Flask) -> bytes | Response:
+    """The body of an answer about an event, which every webhook gets (sent as ``_response``
+    would send it: its headers are Content-Type and Content-Length), else the whole Response."""
+    return orjson.dumps(answer.body) if answer.about_an_event else _response(answer, app)
 
 
 # -- health --------------------------------------------------------------------------------------

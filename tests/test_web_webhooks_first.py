@@ -40,7 +40,7 @@ def answer(app: Flask, through: Callable[..., Any], **request: Any) -> tuple[Any
                                          buffered=True)
     added = {labels: value - before.get(labels, 0) for labels, value in counts(app).items()
              if value != before.get(labels, 0)}
-    return status, sorted(headers.items()), b"".join(body), added
+    return status, list(headers.items()), b"".join(body), added
 
 
 def same_as_flask(app: Flask, **request: Any) -> tuple[Any, ...]:
@@ -88,3 +88,16 @@ def test_a_bug_is_flasks_500_counted(app, monkeypatch):
     status, _, _, added = same_as_flask(app, **order())
     assert status == "500 INTERNAL SERVER ERROR"
     assert list(added.values()) == [1]
+
+
+def test_a_sources_headers_are_werkzeugs_lower_cased():
+    from werkzeug.datastructures import EnvironHeaders
+
+    from bridge.sources import WebhookRequest
+    from bridge.web import _headers
+
+    environ = EnvironBuilder(method="POST", data=b"{}", content_type="application/json",
+                             headers={"X-Shopify-Topic": "orders/create", "X_Odd": "1",
+                                      "Content-Type": "ignored"}).get_environ()
+    environ.update({"HTTP_CONTENT_LENGTH": "9", "CONTENT_LENGTH": ""})
+    assert _headers(environ) == WebhookRequest.of(EnvironHeaders(environ), b"").headers
