@@ -255,7 +255,8 @@ class WholeRequestWorker(ThreadWorker):
         leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
         request = RequestReader(self.wsgi.config["MAX_CONTENT_LENGTH"], leftover)
         self.waiting[conn] = _Waiting(time.monotonic() + REQUEST_READ_TIMEOUT, request)
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # a pipelined request's; a kept-alive one's is not (a syscall)
+            conn.sock.setblocking(False)
         if request.framing is Framing.INCOMPLETE:
             # A kept-alive connection comes here because its next request came: read it now
             # rather than on the event loop's next turn (a poller registration and round fewer).
@@ -308,7 +309,8 @@ class WholeRequestWorker(ThreadWorker):
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
 
     def _handle_whole(self, conn: TConn, data: bytes, whole: bool) -> bool:
-        conn.sock.setblocking(True)
+        # The socket is made blocking again by conn.init() (a new connection) or gthread's
+        # handle() (a kept-alive one), before anything is read or written: not here as well.
         conn.init()
         conn.parser.unreader.unread(data)
         conn.data_ready = True  # no wait for more: it is here
