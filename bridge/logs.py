@@ -264,6 +264,14 @@ ACCESS_ATOMS_ENVIRON = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROT
                         "HTTP_AUTHORIZATION")
 
 
+class _Read(dict):
+    """The environ's values an access-log atom reads, but none as an ``{name}e`` atom (which
+    gunicorn makes of every item)."""
+
+    def items(self) -> Any:
+        return ()
+
+
 class _Answered:
     """What gunicorn's access-log atoms read of a response, but its headers."""
 
@@ -296,7 +304,7 @@ def gunicorn_logger_class() -> type:
             that names one (the default does not)."""
             if "{" in self.cfg.access_log_format:
                 return super().atoms(resp, req, environ, request_time)
-            read = {key: environ[key] for key in ACCESS_ATOMS_ENVIRON if key in environ}
+            read = _Read({key: environ[key] for key in ACCESS_ATOMS_ENVIRON if key in environ})
             return super().atoms(_Answered(resp), (), read, request_time)
 
     return BridgeGunicornLogger
