@@ -33,6 +33,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bridge.reload import Reloader
@@ -227,6 +228,14 @@ class RequestReader:
         return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
 
 
+def read_to_its_end(request: Any) -> bool:
+    """Whether the app read all of a gunicorn request's body (as ``_WebhooksFirst`` does),
+    so that nothing of it is left to drain."""
+    body = getattr(request, "body", None)
+    reader = getattr(body, "reader", None)
+    return isinstance(reader, LengthReader) and reader.length == 0 and body.buf.tell() == 0
+
+
 @dataclass
 class _Waiting:
     """A connection the event loop reads: a request coming in, or a connection closing."""
@@ -316,6 +325,13 @@ class WholeRequestWorker(ThreadWorker):
         conn.data_ready = True  # no wait for more: it is here
         conn.whole = whole
         return self.handle(conn)
+
+    def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
+        if keepalive and read_to_its_end(conn.parser.mesg):
+            # gthread would drain it under a socket timeout, set and reset (two syscalls) for
+            # a read that returns nothing.
+            return True
+        return super()._keepalive_after(conn, keepalive)
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
         if not conn.whole:  # the rest of the body was never read: the answer closes
