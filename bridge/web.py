@@ -4,7 +4,9 @@ Its views are module-level blueprints (webhooks, health, metrics; the admin page
 ``bridge.admin``) that read what they need from ``current_app.extensions[EXTENSION]``, a
 ``Receiver`` that ``create_app`` builds from the config. The work on a webhook is
 ``bridge.accept`` (its answers are listed there); this module adds 404 for a source the config
-does not have and 413 for a body larger than ``receiver.max_body_bytes``.
+does not have and 413 for a body larger than ``receiver.max_body_bytes``. ``POST
+/webhooks/<source>`` for a configured source is answered before Flask's machinery, by
+``_WebhooksFirst``, exactly as the ``receive`` view would (tests/test_web_webhooks_first.py).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _count_webhook(response: Response) -> Response:  # every answer of receive()
     return response
 
 
-@webhooks.post("/webhooks/<source_name>")
+@webhooks.post(f"{WEBHOOKS_PATH}<source_name>")
 def receive(source_name: str) -> Response | tuple[Response, int]:
     received_at = time.time()
     state = _receiver()
