@@ -33,6 +33,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bridge.reload import Reloader
@@ -227,6 +228,44 @@ class RequestReader:
         return Framing.HEADERS_TOO_LARGE if too_large else Framing.INCOMPLETE
 
 
+def read_to_its_end(request: Any) -> bool:
+    """Whether the app read all of a gunicorn request's body (as ``_WebhooksFirst`` does),
+    so that nothing of it is left to drain."""
+    body = getattr(request, "body", None)
+    reader = getattr(body, "reader", None)
+    return isinstance(reader, LengthReader) and reader.length == 0 and body.buf.tell() == 0
+
+
+class _HeadersWithBody:
+    """A connection's socket while gunicorn answers a request on it: the header block, which
+    gunicorn sends alone, waits for the body's first bytes and goes out with them, in one send
+    (one syscall, one segment to the client) rather than two. Anything else done with the
+    socket sends what waits first."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._waiting = b""
+        self._first = True
+
+    def sendall(self, data: bytes) -> None:
+        first, self._first = self._first, False
+        # gunicorn's header block, always first: not an interim (1xx) answer, sent as it comes
+        if first and data.endswith(b"\r\n\r\n") and data[9:10] != b"1":
+            self._waiting = data
+            return
+        waiting, self._waiting = self._waiting, b""
+        self._sock.sendall(waiting + data if waiting else data)
+
+    def flush(self) -> None:
+        if self._waiting:
+            waiting, self._waiting = self._waiting, b""
+            self._sock.sendall(waiting)
+
+    def __getattr__(self, name: str) -> Any:
+        self.flush()
+        return getattr(self._sock, name)
+
+
 @dataclass
 class _Waiting:
     """A connection the event loop reads: a request coming in, or a connection closing."""
@@ -255,7 +294,8 @@ class WholeRequestWorker(ThreadWorker):
         leftover = conn.parser.unreader.take_buffered() if conn.parser else b""
         request = RequestReader(self.wsgi.config["MAX_CONTENT_LENGTH"], leftover)
         self.waiting[conn] = _Waiting(time.monotonic() + REQUEST_READ_TIMEOUT, request)
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # a pipelined request's; a kept-alive one's is not (a syscall)
+            conn.sock.setblocking(False)
         if request.framing is Framing.INCOMPLETE:
             # A kept-alive connection comes here because its next request came: read it now
             # rather than on the event loop's next turn (a poller registration and round fewer).
@@ -308,17 +348,31 @@ class WholeRequestWorker(ThreadWorker):
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
 
     def _handle_whole(self, conn: TConn, data: bytes, whole: bool) -> bool:
-        conn.sock.setblocking(True)
+        # The socket is made blocking again by conn.init() (a new connection) or gthread's
+        # handle() (a kept-alive one), before anything is read or written: not here as well.
         conn.init()
         conn.parser.unreader.unread(data)
         conn.data_ready = True  # no wait for more: it is here
         conn.whole = whole
         return self.handle(conn)
 
+    def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
+        if keepalive and read_to_its_end(conn.parser.mesg):
+            # gthread would drain it under a socket timeout, set and reset (two syscalls) for
+            # a read that returns nothing.
+            return True
+        return super()._keepalive_after(conn, keepalive)
+
     def handle_request(self, req: Any, conn: TConn) -> bool:
         if not conn.whole:  # the rest of the body was never read: the answer closes
             req.must_close = True
-        return super().handle_request(req, conn)
+        sock = conn.sock
+        conn.sock = answer = _HeadersWithBody(sock)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock = sock
+            answer.flush()
 
     def finish_request(self, conn: TConn, fs: Future) -> None:
         if not self.alive or fs.cancelled() or fs.exception() or fs.result() is not False:

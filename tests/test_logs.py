@@ -9,9 +9,12 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge import logs
 from bridge.cli import main
@@ -54,6 +57,17 @@ def test_a_json_line_has_its_fields():
                     "message": 'job n-1: ü "quoted"', "event_id": "evt-1",
                     "route": "big-orders", "job_id": "n-1"}
     assert line["time"].endswith("Z") and line["time"][10] == "T"
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4e9) | st.sampled_from(
+    [1.9995, 5.9999996, 5.9999994, 1_765_000_000.0004995, 1_765_000_000.9999995]), max_size=6))
+def test_a_lines_time_is_its_records_to_the_millisecond_in_utc(times):
+    formatter = logs.JsonFormatter()  # one, as a handler has: the lines follow one another
+    for created in times:
+        record = logging.LogRecord("bridge.web", logging.INFO, __file__, 1, "at", (), None)
+        record.created = created
+        assert json.loads(formatter.format(record))["time"] == datetime.fromtimestamp(
+            created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.mark.parametrize("value", [2**70, object()])
