@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,20 +160,28 @@ class PumbleClient:
             raise AuthError("no Pumble API key configured (pumble.api_key or PUMBLE_API_KEY)")
         self.base_url = base_url.rstrip("/")
         self.read_retries = read_retries
+        limits = httpx.Limits(max_keepalive_connections=4)
         self._http = httpx.Client(
             base_url=self.base_url,
             # Public docs say Api-Key, the live-checked contract says ApiKey: send both.
             headers={"ApiKey": api_key, "Api-Key": api_key},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_keepalive_connections=4),
+            limits=limits,
             transport=transport,
         )
+        # A request goes straight to a transport, not through the client's cookies, redirects
+        # and auth (Pumble sets no cookies, sends no redirects; the cookie jar alone cost a
+        # tenth of a delivery's CPU, bench/worker.py), unless the environment names a proxy:
+        # the client routes through it then (it does not with a transport given).
+        self._direct = transport is not None or not urllib.request.getproxies()
+        self._transport = transport or httpx.HTTPTransport(limits=limits)
 
     def __repr__(self) -> str:
         return f"<PumbleClient {self.base_url}>"
 
     def close(self) -> None:
         self._http.close()
+        self._transport.close()
 
     def __enter__(self) -> PumbleClient:
         return self
@@ -310,7 +319,7 @@ class PumbleClient:
 
     def _request(self, method: str, path: str, *, write: bool, **kwargs: Any) -> Any:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._send(self._http.build_request(method, path, **kwargs))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TransientError(f"{method} {path}: cannot connect: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
@@ -325,6 +334,17 @@ class PumbleClient:
                 raise TransientError(f"{method} {path}: answer is not JSON",
                                      status=response.status_code) from None
         raise _error_for(method, path, response)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """The answer, read whole (``_direct``: see ``__init__``)."""
+        if not self._direct:
+            return self._http.send(request)
+        response = self._transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
 
 
 def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:

@@ -5,6 +5,7 @@ import socket
 import httpx
 import pytest
 
+from bridge.local_server import LocalServer
 from bridge.pumble import (
     AmbiguousError,
     AuthError,
@@ -17,6 +18,7 @@ from bridge.pumble import (
     normalize_channel_name,
 )
 from tests.conftest import TEST_KEY, free_port
+from tests.test_identity import LossyProxy
 
 
 def test_send_message_lands_in_the_channel(fake_pumble):
@@ -253,3 +255,14 @@ def test_legacy_and_structured_error_bodies_are_parsed():
                 assert caught.value.code == 400000
             if kind is RateLimitedError:
                 assert caught.value.retry_after > 3600  # an HTTP date far ahead
+
+
+def test_a_proxy_the_environment_names_is_gone_through(fake_pumble, monkeypatch):
+    """Requests go straight to the client's transport only without one: through the proxy
+    (here one that forwards to the fake), a Pumble this machine cannot reach is reached."""
+    with LocalServer(LossyProxy(fake_pumble.url).app) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        with PumbleClient(TEST_KEY, "http://pumble.invalid") as client:
+            client.send_message("orders", "via the proxy", as_bot=True)
+    assert fake_pumble.messages("orders")[-1]["text"].startswith("via the proxy")
