@@ -127,17 +127,23 @@ def run_of(b, number: int) -> Run:
     return Run(Attempt(deliverer, head, Notification.from_payload(head.args[0])))
 
 
+def claimed_after(b, head: int, numbers: range) -> tuple[Run, list]:
+    """Order ``head`` posted alone, then ``numbers`` queued: the run ``head`` makes of them,
+    and the jobs it claimed, in this process."""
+    enqueue_orders(b, range(head, head + 1))
+    b.work()
+    enqueue_orders(b, numbers)
+    run = run_of(b, head)
+    return run, run._claim(100)
+
+
 def test_a_run_whose_worker_dies_leaves_its_jobs_to_rqs_scheduler(bridge, fake_pumble):
     """Taken, the first of them posted but not yet recorded, then the worker is gone: no
     handover moves them meanwhile; at their fallback each runs as a job of its own, the posted
     one finds its post, and the channel reads every order once, in order."""
     b = bridge()
-    enqueue_orders(b, range(5001, 5002))
-    b.work()  # the head, posted
     numbers = range(5002, 5011)
-    enqueue_orders(b, numbers)
-    run = run_of(b, 5001)
-    taken = run._claim(100)
+    run, taken = claimed_after(b, 5001, numbers)
     assert [job.id for job, _ in taken] == [job.id for job in jobs_of(b, numbers)]
     assert len(b.rq) == 0  # all parked
     assert run._post(run._members(taken)[:1])[0] == 1  # posted; its record never written
@@ -154,12 +160,8 @@ def test_a_run_whose_worker_dies_leaves_its_jobs_to_rqs_scheduler(bridge, fake_p
 def test_the_jobs_a_run_did_not_post_go_back_in_order_unless_no_longer_its(
         bridge, fake_pumble):
     b = bridge()
-    enqueue_orders(b, range(6001, 6002))
-    b.work()
     numbers = range(6002, 6007)
-    enqueue_orders(b, numbers)
-    run = run_of(b, 6001)
-    taken = run._claim(100)
+    run, taken = claimed_after(b, 6001, numbers)
     assert len(taken) == 5
     assert run_of(b, 6001)._claim(100) == []  # marked: no other run takes them
     ids = [job.id for job, _ in taken]
@@ -187,12 +189,8 @@ def test_a_run_whose_slots_run_out_sends_what_it_can_and_counts_no_other(bridge,
     """Slots taken by others between its claim and its sends: what it did not send goes back
     unmarked, as it was, and goes in its turn."""
     b = bridge({"rate_limits": {"messages": 6}, "job_timeout": 2})
-    enqueue_orders(b, range(7001, 7002))
-    b.work()
     numbers = range(7002, 7006)
-    enqueue_orders(b, numbers)
-    run = run_of(b, 7001)
-    taken = run._claim(100)
+    run, taken = claimed_after(b, 7001, numbers)
     fill_the_window(b, 1)
     assert run._post(run._members(taken))[0] == 1  # the first; the second's slot refused
     run._end(taken[1:])
