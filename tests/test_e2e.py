@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -99,8 +102,23 @@ def test_refused_send_is_kept_with_its_reason(write_config, redis_url, queue_nam
     assert fake_pumble.messages() == []
 
 
-def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_queue):
-    """The README's first command: run with no Pumble key, send the sample, see the message."""
+@dataclass
+class ExampleRun:
+    """``run`` on config.example.yaml (the test's queue), started as a newcomer starts it."""
+
+    config: Path
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    fake_port: int
+    process: subprocess.Popen[str]
+    output: str = ""  # all it printed, once stopped
+
+
+@contextmanager
+def example_run(tmp_path: Path, queue_name: str, redis_url: str) -> Iterator[ExampleRun]:
+    """Started and ready (``/readyz``); stopped with Ctrl-C after the block, which it must
+    end cleanly (its ``output`` is there then)."""
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config["redis"] = {"queue": queue_name}
     config_path = tmp_path / "config.yaml"
@@ -110,31 +128,40 @@ def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_qu
     env = clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data"))
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = redis_url
-    run = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config_path), "run",
-         "--port", str(port), "--fake-pumble-port", str(fake_port)],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "bridge", "--config", str(config_path), "run",
+               "--port", str(port), "--fake-pumble-port", str(fake_port)]
+    run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
                    "serve to be ready")
-        sample = cli("--config", str(config_path), "send-sample", "--url",
-                     f"http://127.0.0.1:{port}", env=env)
+        started = ExampleRun(config_path, command, env, port, fake_port, run)
+        yield started
+    finally:
+        run.send_signal(signal.SIGINT)
+        output = run.communicate(timeout=60)[0]
+    assert run.returncode == 0, output
+    started.output = output
+
+
+def test_run_serves_a_newcomer_end_to_end(tmp_path, queue_name, redis_url, rq_queue):
+    """The README's first command: run with no Pumble key, send the sample, see the message."""
+    with example_run(tmp_path, queue_name, redis_url) as run:
+        sample = cli("--config", str(run.config), "send-sample", "--url",
+                     f"http://127.0.0.1:{run.port}", env=run.env)
         assert sample.returncode == 0, sample.stdout + sample.stderr
         assert "202" in sample.stdout
 
         def posted():
-            return httpx.get(f"http://127.0.0.1:{fake_port}/_fake/messages").json()["messages"]
+            return httpx.get(f"http://127.0.0.1:{run.fake_port}/_fake/messages"
+                             ).json()["messages"]
 
         wait_until(lambda: len(posted()) == 1, "the sample to be posted")
         [message] = posted()
         assert message["channel"] == "orders"
         assert "New order #" in message["text"]
-    finally:
-        run.send_signal(signal.SIGINT)
-        output = run.communicate(timeout=60)[0]
-    assert run.returncode == 0, output
-    assert "BUILT-IN FAKE PUMBLE" in output
-    assert "[fake-pumble] #orders: 🛒 New order #" in output
+    assert "BUILT-IN FAKE PUMBLE" in run.output
+    assert "[fake-pumble] #orders: 🛒 New order #" in run.output
     if not os.environ.get("REDIS_URL"):
         assert (tmp_path / "data" / "redis" / "appendonlydir" / "appendonly.aof.manifest").exists()
         assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # stopped cleanly

@@ -4,18 +4,14 @@ nice value, and on Linux its session's autogroup too), and `worker --nice N` low
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
 from bridge.cli import WORKER_NICE, main
-from tests.conftest import free_port, wait_until
-from tests.test_e2e import ROOT, clean_env
+from tests.test_e2e import example_run
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/autogroup").exists(),
                                 reason="reads /proc (Linux, with autogroups)")
@@ -36,33 +32,15 @@ def autogroup_nice(pid: int) -> int:
 
 @linux_only
 def test_run_starts_its_worker_below_the_receiver(tmp_path, queue_name, redis_url):
-    config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    config["redis"] = {"queue": queue_name}
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    port, fake_port = free_port(), free_port()
-    env = clean_env(BRIDGE_DATA_DIR=str(tmp_path / "data"))
-    if os.environ.get("REDIS_URL"):
-        env["REDIS_URL"] = redis_url
-    command = [sys.executable, "-m", "bridge", "--config", str(config_path), "run",
-               "--port", str(port), "--fake-pumble-port", str(fake_port)]
-    run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
-                   "serve to be ready")
-        started = {pid: cmdline(pid) for pid in children(run.pid)}
+    with example_run(tmp_path, queue_name, redis_url) as run:
+        started = {pid: cmdline(pid) for pid in children(run.process.pid)}
         # The worker is forked (run's own command line); the receiver is `serve`.
-        [worker] = [pid for pid, line in started.items() if line == command]
+        [worker] = [pid for pid, line in started.items() if line == run.command]
         [receiver] = [pid for pid, line in started.items() if "serve" in line]
         assert os.getpriority(os.PRIO_PROCESS, worker) == WORKER_NICE
         assert autogroup_nice(worker) == WORKER_NICE
         assert os.getpriority(os.PRIO_PROCESS, receiver) == 0
         assert autogroup_nice(receiver) == 0
-    finally:
-        run.send_signal(signal.SIGINT)
-        output = run.communicate(timeout=60)[0]
-    assert run.returncode == 0, output
 
 
 @linux_only
