@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from bridge import pumble_http
 from bridge.config import DEFAULT_PUMBLE_BASE_URL
 from bridge.retry import READ_RETRIES, read_retries
 
@@ -160,28 +161,21 @@ class PumbleClient:
             raise AuthError("no Pumble API key configured (pumble.api_key or PUMBLE_API_KEY)")
         self.base_url = base_url.rstrip("/")
         self.read_retries = read_retries
-        limits = httpx.Limits(max_keepalive_connections=4)
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            # Public docs say Api-Key, the live-checked contract says ApiKey: send both.
-            headers={"ApiKey": api_key, "Api-Key": api_key},
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=limits,
-            transport=transport,
-        )
-        # A request goes straight to a transport, not through the client's cookies, redirects
-        # and auth (Pumble sets no cookies, sends no redirects; the cookie jar alone cost a
-        # tenth of a delivery's CPU, bench/worker.py), unless the environment names a proxy:
-        # the client routes through it then (it does not with a transport given).
-        self._direct = transport is not None or not urllib.request.getproxies()
-        self._transport = transport or httpx.HTTPTransport(limits=limits)
+        # Public docs say Api-Key, the live-checked contract says ApiKey: send both.
+        headers = {"ApiKey": api_key, "Api-Key": api_key}
+        timeouts = {"connect_timeout": connect_timeout, "read_timeout": read_timeout}
+        self._http: pumble_http.Transport
+        if transport is not None or urllib.request.getproxies():
+            self._http = pumble_http.ThroughHttpx(self.base_url, headers, **timeouts,
+                                                  transport=transport)
+        else:
+            self._http = pumble_http.KeepAlive(self.base_url, headers, **timeouts)
 
     def __repr__(self) -> str:
         return f"<PumbleClient {self.base_url}>"
 
     def close(self) -> None:
         self._http.close()
-        self._transport.close()
 
     def __enter__(self) -> PumbleClient:
         return self
@@ -317,43 +311,34 @@ class PumbleClient:
                 return self._request("GET", path, write=False, **kwargs)
         raise AssertionError("unreachable: the last failed try raises")
 
-    def _request(self, method: str, path: str, *, write: bool, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, *, write: bool,
+                 params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        body = None if json is None else pumble_http.encode(json)
         try:
-            response = self._send(self._http.build_request(method, path, **kwargs))
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientError(f"{method} {path}: cannot connect: {type(exc).__name__}") from None
-        except httpx.TransportError as exc:
+            answer = self._http.request(method, path, params=params, body=body)
+        except pumble_http.CannotConnect as exc:
+            raise TransientError(f"{method} {path}: cannot connect: {exc}") from None
+        except pumble_http.NoAnswer as exc:
             # Sent (at least partly) and no answer: a write may have been applied.
             kind = AmbiguousError if write else TransientError
-            raise kind(f"{method} {path}: no answer: {type(exc).__name__}") from None
-        log.debug("%s %s -> %s", method, path, response.status_code)
-        if response.is_success:
+            raise kind(f"{method} {path}: no answer: {exc}") from None
+        log.debug("%s %s -> %s", method, path, answer.status)
+        if answer.is_success:
             try:
-                return response.json() if response.content else None
+                return answer.json() if answer.body else None
             except ValueError:
                 raise TransientError(f"{method} {path}: answer is not JSON",
-                                     status=response.status_code) from None
-        raise _error_for(method, path, response)
-
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        """The answer, read whole (``_direct``: see ``__init__``)."""
-        if not self._direct:
-            return self._http.send(request)
-        response = self._transport.handle_request(request)
-        try:
-            response.read()
-        finally:
-            response.close()
-        return response
+                                     status=answer.status) from None
+        raise _error_for(method, path, answer)
 
 
-def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:
-    status = response.status_code
-    message, code = _error_body(response)
+def _error_for(method: str, path: str, answer: pumble_http.Answer) -> PumbleError:
+    status = answer.status
+    message, code = _error_body(answer)
     text = f"{method} {path}: HTTP {status}: {message}"
     if status == 429:
         return RateLimitedError(text, status=status,
-                                retry_after=_retry_after(response.headers.get("Retry-After")))
+                                retry_after=_retry_after(answer.retry_after))
     if status >= 500 or status in (408, 425):
         return TransientError(text, status=status)
     if status == 404 or code == 404100 or "could not find" in message.lower():
@@ -367,11 +352,11 @@ def _error_for(method: str, path: str, response: httpx.Response) -> PumbleError:
     return AuthError(text, status=status)
 
 
-def _error_body(response: httpx.Response) -> tuple[str, int | None]:
+def _error_body(answer: pumble_http.Answer) -> tuple[str, int | None]:
     try:
-        body = response.json()
+        body = answer.json()
     except ValueError:
-        return (response.text[:200] or response.reason_phrase), None
+        return (answer.body.decode(errors="replace")[:200] or answer.reason), None
     if isinstance(body, dict):
         if "error" in body:  # legacy shape
             return str(body["error"]), None
