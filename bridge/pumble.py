@@ -11,7 +11,7 @@ import email.utils
 import logging
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,19 +188,32 @@ class PumbleClient:
     def send_message(self, channel: str = "", text: str = "", *, channel_id: str = "",
                      as_bot: bool = False, thread_root_id: str = "") -> MessageRef:
         """Post ``text`` to a channel by name, or by id (``channel_id``, which Pumble prefers)."""
+        return self.start_message(channel, text, channel_id=channel_id, as_bot=as_bot,
+                                  thread_root_id=thread_root_id)()
+
+    def start_message(self, channel: str = "", text: str = "", *, channel_id: str = "",
+                      as_bot: bool = False, thread_root_id: str = "") -> Callable[[], MessageRef]:
+        """``send_message``, sent: the returned call waits for Pumble's answer."""
         body: dict[str, Any] = {"text": text, "asBot": as_bot, **_target(channel, channel_id)}
         if thread_root_id:
             body["threadRootId"] = thread_root_id
-        return self._message_ref(self._write("POST", "/sendMessage", json=body))
+        return self._posting("/sendMessage", body)
 
     def send_reply(self, message_id: str, text: str, *, channel: str = "", channel_id: str = "",
                    also_send_to_channel: bool = False, as_bot: bool = False) -> MessageRef:
         """Reply in the thread of ``message_id``."""
+        return self.start_reply(message_id, text, channel=channel, channel_id=channel_id,
+                                also_send_to_channel=also_send_to_channel, as_bot=as_bot)()
+
+    def start_reply(self, message_id: str, text: str, *, channel: str = "", channel_id: str = "",
+                    also_send_to_channel: bool = False,
+                    as_bot: bool = False) -> Callable[[], MessageRef]:
+        """``send_reply``, sent: the returned call waits for Pumble's answer."""
         body: dict[str, Any] = {"messageId": message_id, "text": text, "asBot": as_bot,
                                 "alsoSendToChannel": also_send_to_channel}
         if channel or channel_id:
             body.update(_target(channel, channel_id))
-        return self._message_ref(self._write("POST", "/sendReply", json=body))
+        return self._posting("/sendReply", body)
 
     def add_reaction(self, message_id: str, reaction: str, *, channel_id: str = "",
                      skin_tone: int | None = None) -> None:
@@ -298,9 +311,9 @@ class PumbleClient:
 
     # -- transport -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _message_ref(data: dict[str, Any]) -> MessageRef:
-        return MessageRef(id=data["id"], channel_id=data["channelId"])
+    def _posting(self, path: str, body: dict[str, Any]) -> Callable[[], MessageRef]:
+        answer = self._start("POST", path, write=True, json=body)
+        return lambda: _message_ref(answer())
 
     def _write(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, write=True, **kwargs)
@@ -313,23 +326,45 @@ class PumbleClient:
 
     def _request(self, method: str, path: str, *, write: bool,
                  params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        return self._start(method, path, write=write, params=params, json=json)()
+
+    def _start(self, method: str, path: str, *, write: bool,
+               params: dict[str, Any] | None = None, json: Any = None) -> Callable[[], Any]:
+        """Send the request; the returned call waits for its answer: its JSON, or the error."""
         body = None if json is None else pumble_http.encode(json)
         try:
-            answer = self._http.request(method, path, params=params, body=body)
+            pending = self._http.start(method, path, params=params, body=body)
         except pumble_http.CannotConnect as exc:
             raise TransientError(f"{method} {path}: cannot connect: {exc}") from None
         except pumble_http.NoAnswer as exc:
-            # Sent (at least partly) and no answer: a write may have been applied.
-            kind = AmbiguousError if write else TransientError
-            raise kind(f"{method} {path}: no answer: {exc}") from None
-        log.debug("%s %s -> %s", method, path, answer.status)
-        if answer.is_success:
+            raise _no_answer(method, path, exc, write=write) from None
+
+        def answer() -> Any:
+            try:
+                answer = pending.answer()
+            except pumble_http.NoAnswer as exc:
+                raise _no_answer(method, path, exc, write=write) from None
+            log.debug("%s %s -> %s", method, path, answer.status)
+            if not answer.is_success:
+                raise _error_for(method, path, answer)
             try:
                 return answer.json() if answer.body else None
             except ValueError:
                 raise TransientError(f"{method} {path}: answer is not JSON",
                                      status=answer.status) from None
-        raise _error_for(method, path, answer)
+
+        return answer
+
+
+def _message_ref(data: dict[str, Any]) -> MessageRef:
+    return MessageRef(id=data["id"], channel_id=data["channelId"])
+
+
+def _no_answer(method: str, path: str, error: pumble_http.NoAnswer, *,
+               write: bool) -> PumbleError:
+    """Sent (at least partly) and no answer: a write may have been applied."""
+    kind = AmbiguousError if write else TransientError
+    return kind(f"{method} {path}: no answer: {error}")
 
 
 def _error_for(method: str, path: str, answer: pumble_http.Answer) -> PumbleError:

@@ -7,10 +7,12 @@
 - ``ThroughHttpx``: an httpx client, where httpx does what http.client would not: the proxy the
   environment names, or a transport the caller gives (tests).
 
-Both answer with an ``Answer`` or raise ``CannotConnect`` (nothing was sent) or ``NoAnswer``
-(sent, at least in part, and no whole answer came back: a write may have been applied). Neither
-retries: whether to send again is the caller's decision. Neither error says more than the kind of
-failure, so no header (the key) can leak through one.
+Both start a request (``start``: sent, not waited for) and give its ``Answer`` when asked
+(``Pending.answer``), so a caller can do other work while Pumble answers; or raise
+``CannotConnect`` (nothing was sent) or ``NoAnswer`` (sent, at least in part, and no whole answer
+came back: a write may have been applied). Neither retries: whether to send again is the
+caller's decision. Neither error says more than the kind of failure, so no header (the key) can
+leak through one.
 """
 
 from __future__ import annotations
@@ -54,9 +56,24 @@ class Answer:
         return orjson.loads(self.body)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A request whose answer came with it."""
+
+    answered: Answer
+
+    def answer(self) -> Answer:
+        return self.answered
+
+
+class Pending(Protocol):
+    def answer(self) -> Answer:
+        """The answer, waited for (once)."""
+
+
 class Transport(Protocol):
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                body: bytes | None = None) -> Answer: ...
+    def start(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              body: bytes | None = None) -> Pending: ...
 
     def close(self) -> None: ...
 
@@ -83,8 +100,8 @@ class KeepAlive:
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._idle: list[http.client.HTTPConnection] = []
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                body: bytes | None = None) -> Answer:
+    def start(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              body: bytes | None = None) -> _OnItsWay:
         target = self._prefix + path
         if params:
             target += "?" + urllib.parse.urlencode(params)
@@ -92,16 +109,10 @@ class KeepAlive:
         connection = self._take()
         try:
             connection.request(method, target, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise NoAnswer(type(exc).__name__) from None
-        if response.will_close:
-            connection.close()
-        else:
-            self._keep(connection)
-        return Answer(response.status, response.reason, data, response.getheader("Retry-After"))
+        return _OnItsWay(self, connection)
 
     def close(self) -> None:
         while self._idle:
@@ -118,7 +129,8 @@ class KeepAlive:
                 return connection
             connection.close()
 
-    def _keep(self, connection: http.client.HTTPConnection) -> None:
+    def keep(self, connection: http.client.HTTPConnection) -> None:
+        """``connection``, its answer read whole, for the next request."""
         if len(self._idle) < MAX_IDLE:
             self._idle.append(connection)
         else:
@@ -138,6 +150,27 @@ class KeepAlive:
             raise CannotConnect(type(exc).__name__) from None
         connection.sock.settimeout(self._read_timeout)
         return connection
+
+
+class _OnItsWay:
+    """A request sent on ``connection``, its answer not read yet."""
+
+    def __init__(self, pool: KeepAlive, connection: http.client.HTTPConnection) -> None:
+        self._pool, self._connection = pool, connection
+
+    def answer(self) -> Answer:
+        connection = self._connection
+        try:
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise NoAnswer(type(exc).__name__) from None
+        if response.will_close:
+            connection.close()
+        else:
+            self._pool.keep(connection)
+        return Answer(response.status, response.reason, data, response.getheader("Retry-After"))
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
@@ -160,8 +193,9 @@ class ThroughHttpx:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_keepalive_connections=MAX_IDLE), transport=transport)
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                body: bytes | None = None) -> Answer:
+    def start(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              body: bytes | None = None) -> Answered:
+        """The whole request: httpx sends and reads in one call."""
         try:
             response = self._client.request(method, path, params=params, content=body,
                                             headers=JSON_BODY if body is not None else None)
@@ -169,8 +203,8 @@ class ThroughHttpx:
             raise CannotConnect(type(exc).__name__) from None
         except httpx.TransportError as exc:
             raise NoAnswer(type(exc).__name__) from None
-        return Answer(response.status_code, response.reason_phrase, response.content,
-                      response.headers.get("Retry-After"))
+        return Answered(Answer(response.status_code, response.reason_phrase, response.content,
+                               response.headers.get("Retry-After")))
 
     def close(self) -> None:
         self._client.close()

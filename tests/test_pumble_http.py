@@ -22,10 +22,12 @@ class CountingServer:
     server's keep-alive timeout does)."""
 
     def __init__(self, *, close_after: int = 0, say_close: bool = False,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, answer_when: threading.Event | None = None
+                 ) -> None:
         self.close_after, self.say_close, self.tls = close_after, say_close, tls
+        self.answer_when = answer_when  # each answer waits for it
         self.connections = self.requests = 0
-        self.closed = threading.Semaphore(0)
+        self.closed, self.received = threading.Semaphore(0), threading.Semaphore(0)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -60,6 +62,9 @@ class CountingServer:
                     length = int(value)
             reader.read(length)
             self.requests += 1
+            self.received.release()
+            if self.answer_when and not self.answer_when.wait(timeout=10):
+                return
             last = answered == self.close_after
             body = ANSWER % self.requests
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -92,6 +97,19 @@ def test_requests_one_after_another_share_one_connection(server_factory):
         ids = [client.send_message("orders", f"order {n}").id for n in range(20)]
     assert ids == [f"{n:024d}" for n in range(1, 21)]
     assert (server.connections, server.requests) == (1, 20)
+
+
+def test_a_started_send_is_on_its_way_before_its_answer_is_asked_for(server_factory):
+    """What a run does while Pumble takes a message: the send is out, the answer read later."""
+    answer_now = threading.Event()
+    server = server_factory(answer_when=answer_now)
+    with PumbleClient(TEST_KEY, server.url) as client:
+        answer = client.start_reply("root-id", "order 1")  # returns with no answer given yet
+        assert server.received.acquire(timeout=5)  # the server has the whole request
+        answer_now.set()
+        assert answer().id == f"{1:024d}"
+        assert client.start_message("orders", "order 2")().id == f"{2:024d}"
+    assert (server.connections, server.requests) == (1, 2)
 
 
 @pytest.mark.parametrize("say_close", [False, True], ids=["closed-while-idle", "said-close"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,11 +89,15 @@ class Attempt:
 
     def send(self, client: PumbleClient, text: str) -> MessageRef:
         """Post ``text``, marked as this job's (bridge.marker), in its thread or its channel."""
+        return self.start_send(client, text)()
+
+    def start_send(self, client: PumbleClient, text: str) -> Callable[[], MessageRef]:
+        """``send``, sent: the returned call waits for Pumble's answer."""
         post, text = self.actions.post, mark(text, self.job.id)
         if self.root:
-            return client.send_reply(self.root.message_id, text,
-                                     channel_id=self.root.channel_id, as_bot=post.as_bot)
-        return client.send_message(post.channel, text, as_bot=post.as_bot)
+            return client.start_reply(self.root.message_id, text,
+                                      channel_id=self.root.channel_id, as_bot=post.as_bot)
+        return client.start_message(post.channel, text, as_bot=post.as_bot)
 
     def delivered(self) -> dict[str, Any]:
         """Posted (and all else done): logged, counted; the job's result."""

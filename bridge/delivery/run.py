@@ -26,6 +26,7 @@ It stays as safe as a job of its own:
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from redis.client import Pipeline
@@ -152,41 +153,57 @@ class Run:
             a.meta.update(attempts=1, maybe_sent_at=d.clock.time())
             runs.write_meta(self.pipe, a.job)  # before sending: a worker killed mid-send
         answers = self.pipe.execute() if batch else []  # leaves it
-        slowest, posted, tried = 0.0, 0, 0
+        slowest, posted, tried, unrecorded = 0.0, 0, 0, []
         for a, slot in zip(batch, slots, strict=True):
             if d.limiter.seconds_until(answers[slot]) > 0:
                 break
             tried += 1
-            took = self._send(a)
+            took = self._send(a, unrecorded)
             if took is None:
                 break
             slowest, posted = max(slowest, took), posted + 1
+        self._record(unrecorded)
         for a, meta in list(zip(batch, before, strict=True))[tried:]:
             a.job.meta = meta  # not sent: as it was
             runs.write_meta(self.pipe, a.job)
         return posted, slowest
 
-    def _send(self, a: Attempt) -> float | None:
-        """One member's send: the seconds it took, or None if it did not go (``_failed``)."""
+    def _send(self, a: Attempt, unrecorded: list[tuple[Attempt, datetime]]) -> float | None:
+        """One member's send: the seconds it took, or None if it did not go (``_failed``).
+        The members posted before it are recorded while Pumble takes this one; then it joins
+        them, posted and not recorded yet."""
         d, n, job = self.deliverer, a.notification, a.job
         started_at, sending = now(), d.clock.time()
         if job.id in self.joining:
             a.root = self.begun[self.joining[job.id]]
         try:
-            ref = a.send(d.client(n.account), a.actions.post.text)
+            answer = a.start_send(d.client(n.account), a.actions.post.text)
+            self._record(unrecorded)
+            ref = answer()
         except PumbleError as exc:
+            self._record(unrecorded)
             self._failed(a, exc)
             return None
         a.answered_at = d.clock.time()
         job.meta.pop("maybe_sent_at")
         job.meta["sent"] = {"id": ref.id, "channel_id": ref.channel_id}
         a.posted = ref
-        d.finisher.finish(self.pipe, job, a.delivered(), started_at, self.line,
-                          d.queue.backlog.keys.in_run(job.id))
         if a.actions.thread and not a.root:
-            d.queue.roots.claim_on(self.pipe, n, ref.id, ref.channel_id)
             self.begun[d.queue.roots.key(n)] = Root(ref.id, ref.channel_id)
+        unrecorded.append((a, started_at))
         return a.answered_at - sending
+
+    def _record(self, posted: list[tuple[Attempt, datetime]]) -> None:
+        """Members posted: finished as delivered, each one beginning a thread its root, queued
+        on the run's pipeline (sent with the next round trip)."""
+        d = self.deliverer
+        for a, started_at in posted:
+            d.finisher.finish(self.pipe, a.job, a.delivered(), started_at, self.line,
+                              d.queue.backlog.keys.in_run(a.job.id))
+            if a.actions.thread and not a.root:
+                d.queue.roots.claim_on(self.pipe, a.notification, a.message.id,
+                                       a.message.channel_id)
+        posted.clear()
 
     def _failed(self, a: Attempt, error: PumbleError) -> None:
         """A send to try again is parked for its backoff, out of the run; any other goes back
