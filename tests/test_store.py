@@ -37,7 +37,7 @@ from bridge.redis_embedded import EmbeddedRedis
 from bridge.store import accept, scripts
 from bridge.store.accept import PER_JOB, ListEntry, Tally
 from bridge.store.keys import Keys, rq_scheduler
-from bridge.store.runs import Finisher, load
+from bridge.store.runs import Finisher, decode
 from bridge.threads import Root, ThreadRoots
 from bridge.worker import DeliveryWorker
 
@@ -187,9 +187,10 @@ def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_
 
     job, line = enqueue(), "line"
     own_redis.zadd(line, {job.id: 1})
-    assert own_redis.eval(scripts.CLAIM_RUN, 3, line, queue.key, queue.scheduled_job_registry.key,
-                          "head", 10, 60, "mark:", 50, 2, 100, Job.redis_job_namespace_prefix
-                          ) == [b"j-1"]
+    claimed = own_redis.eval(scripts.CLAIM_RUN, 3, line, queue.key,
+                             queue.scheduled_job_registry.key, "head", 10, 60, "mark:", 50, 2, 100,
+                             Job.redis_job_namespace_prefix)
+    assert claimed[0] == b"j-1"
     job = Job.fetch("j-1", connection=own_redis, serializer=JSONSerializer)
     pipe = own_redis.pipeline(transaction=False)
     Finisher(queue, RESULT_TTL, "in-digest:").finish(pipe, job, answer, now(), line, "mark:j-1")
@@ -237,19 +238,25 @@ def test_the_accept_sends_the_bytes_redis_py_would_send(redis_url, queue_name, m
 
 
 def test_a_run_reads_a_job_as_rq_reads_it(own_redis, queue_name):
-    """The two fields a run reads (bridge.store.runs.load), of a job the accept wrote and of one
-    rq's enqueue wrote (compressed), decode as rq's own ``Job.fetch`` decodes them."""
+    """The two fields a run reads as it claims them (scripts.CLAIM_RUN, bridge.store.runs
+    .decode), of a job the accept wrote and of one rq's enqueue wrote (compressed), decode as
+    rq's own ``Job.fetch`` decodes them; a job gone is None."""
     queue = NotificationQueue(own_redis, queue_name)
     ours, theirs = order(event_id="e-1"), order(event_id="e-2")
     assert queue.accept([ours]).written == (True,)
     queue.rq.enqueue(DELIVER, theirs.to_payload(), job_id="theirs", meta={"attempts": 2})
     ids = [job_id(queue_name, ours), "theirs", "gone"]
-    loaded = load(own_redis, queue.rq.serializer, ids)
-    assert loaded[2] is None
-    for job_id_, (job, payload) in zip(ids, loaded[:2], strict=False):
+    own_redis.zadd("line", {job_id_: n for n, job_id_ in enumerate(["head", *ids])})
+    own_redis.rpush(queue.rq.key, "gone")
+    claimed = decode(own_redis, queue.rq.serializer, own_redis.eval(
+        scripts.CLAIM_RUN, 3, "line", queue.rq.key, queue.rq.scheduled_job_registry.key, "head",
+        10, 60, "mark:", 50, 2, 100, Job.redis_job_namespace_prefix))
+    assert [job_id_ for job_id_, _ in claimed] == ids
+    assert claimed[2][1] is None
+    for job_id_, (job, payload) in claimed[:2]:
         fetched = Job.fetch(job_id_, connection=own_redis, serializer=queue.rq.serializer)
         assert (job.id, job.meta, payload) == (fetched.id, fetched.meta, fetched.args[0])
-    assert loaded[1][0].meta == {"attempts": 2}
+    assert claimed[1][1][0].meta == {"attempts": 2}
 
 
 def test_a_digests_lines_are_finished_as_rqs_worker_finishes_a_job(own_redis, queue_name):

@@ -3,8 +3,8 @@ ones of its line too, in the same rq job, before it leaves the line.
 
 Why: rq's own bookkeeping costs a job about 18 Redis round trips and more CPU than its send
 (bench/worker.py). A run pays it once for up to ``RUN_MAX`` messages, taken in batches that
-double up to ``BATCH_MAX``; a batch costs three round trips (claimed with the records of the
-batch before, read, its slots and "may have been sent" marks taken) besides its sends.
+double up to ``BATCH_MAX``; a batch costs two round trips (claimed and read with the records of
+the batch before; its slots and "may have been sent" marks taken) besides its sends.
 
 It stays as safe as a job of its own:
 - The jobs are claimed atomically (scripts.CLAIM_RUN): those right behind it in the line, in
@@ -108,15 +108,12 @@ class Run:
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
             head.id, most, fallback, keys.in_run_prefix(), fallback - HANDOVER_MARGIN,
             HANDOVER_MARGIN, threshold, Job.redis_job_namespace_prefix)
-        ids = [i.decode() for i in self.pipe.execute()[-1]]
-        if not ids:
-            return []
-        jobs = runs.load(head.connection, head.serializer, ids)
-        for gone in (i for i, job in zip(ids, jobs, strict=True) if job is None):
+        claimed = runs.decode(head.connection, head.serializer, self.pipe.execute()[-1])
+        for gone in (job_id for job_id, job in claimed if job is None):
             self.pipe.zrem(self.line, gone)  # deleted by hand: out of its line
             self.pipe.zrem(self.rq.scheduled_job_registry.key, gone)
             self.pipe.delete(keys.in_run(gone))
-        return [job for job in jobs if job is not None]
+        return [job for _, job in claimed if job is not None]
 
     def _members(self, taken: list[tuple[Job, dict[str, Any]]]) -> list[Attempt]:
         """Each job's attempt, up to the first that is not plain (see the module); one whose

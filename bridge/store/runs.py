@@ -28,27 +28,26 @@ from rq.utils import current_timestamp, now, utcformat
 from bridge.store import scripts
 
 
-def load(connection: redis.Redis, serializer: Any, ids: list[str]
-         ) -> list[tuple[Job, dict[str, Any]] | None]:
-    """The jobs ``ids`` as a run needs them, in one round trip: each a ``Job`` that knows its id
-    and meta, with its notification's payload; None for a job gone. Only the two fields a run
-    reads, decoded as ``Job.restore`` decodes them (the call, compressed by rq's enqueue or not
-    by the accept; the meta), not the twenty it parses: a third of a run's cost of reading."""
-    pipe = connection.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(Job.key_for(job_id), "data", "meta")
-    loaded: list[tuple[Job, dict[str, Any]] | None] = []
-    for job_id, (data, meta) in zip(ids, pipe.execute(), strict=True):
-        if data is None:
-            loaded.append(None)
+def decode(connection: redis.Redis, serializer: Any, claimed: list[Any]
+           ) -> list[tuple[str, tuple[Job, dict[str, Any]] | None]]:
+    """The jobs ``scripts.CLAIM_RUN`` took (its answer: an id, then the record's data and meta,
+    for each), as a run needs them: each id with a ``Job`` that knows its id and meta, and its
+    notification's payload; None for a job gone. Only the two fields a run reads, decoded as
+    ``Job.restore`` decodes them (the call, compressed by rq's enqueue or not by the accept; the
+    meta), not the twenty it parses: a third of a run's cost of reading."""
+    decoded: list[tuple[str, tuple[Job, dict[str, Any]] | None]] = []
+    for at in range(0, len(claimed), 3):
+        job_id, data, meta = claimed[at].decode(), claimed[at + 1], claimed[at + 2]
+        if not data:  # Lua's false
+            decoded.append((job_id, None))
             continue
         with contextlib.suppress(zlib.error):
             data = zlib.decompress(data)
         job = Job(job_id, connection=connection, serializer=serializer)
         job.meta = serializer.loads(meta) if meta else {}
         _function, _instance, args, _kwargs = serializer.loads(data)
-        loaded.append((job, args[0]))
-    return loaded
+        decoded.append((job_id, (job, args[0])))
+    return decoded
 
 
 def write_meta(pipe: Pipeline, job: Job) -> None:

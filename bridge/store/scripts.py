@@ -269,7 +269,8 @@ return moved
 # KEYS: 1 the line, 2 the queue, 3 rq's scheduled registry.
 # ARGV: 1 the run's job, 2 at most how many, 3 the fallback (s from now), 4 the in-run key
 # prefix, 5 the mark's ttl (s), 6 the margin (s), 7 the digest threshold, 8 rq's job
-# key prefix. Returns the ids taken, in line order.
+# key prefix. Returns, for each job taken in line order, its id and its record's data and meta
+# (false for a job gone): what the run reads of it (bridge.store.runs.decode).
 CLAIM_RUN = """
 pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
@@ -286,7 +287,10 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
   redis.call('HSET', ARGV[8] .. id, 'status', 'scheduled')
   redis.call('SET', ARGV[4] .. id, ARGV[1], 'EX', ARGV[5])
+  local record = redis.call('HMGET', ARGV[8] .. id, 'data', 'meta')
   taken[#taken + 1] = id
+  taken[#taken + 1] = record[1]
+  taken[#taken + 1] = record[2]
 end
 return taken
 """
