@@ -160,8 +160,8 @@ class RateLimiter:
         """``try_acquire``'s script, run by ``client``: on a pipeline, its answer (for
         ``seconds_until``) is among the pipeline's."""
         keys, args = self._buckets(account, self._kinds(kind))
-        return self._acquire(keys=keys, args=[*args, self._offset(), secrets.token_hex(8)],
-                             client=client)
+        return scripts.run(self._acquire, client, keys,
+                           [*args, self._offset(), secrets.token_hex(8)])
 
     @staticmethod
     def seconds_until(answer: Any) -> float:

@@ -80,9 +80,9 @@ class ThreadRoots:
                  message_id: str, channel_id: str) -> Any:
         """``claim``'s script, run by ``client`` (a pipeline: among its answers)."""
         takes_expected = "1" if notification.starts_thread else "0"
-        return self._claim(keys=[self.key(notification)],
-                           args=[f"{message_id} {channel_id}", self.ttl, EXPECTED,
-                                 takes_expected, ABANDONED], client=client)
+        return scripts.run(self._claim, client, [self.key(notification)],
+                           [f"{message_id} {channel_id}", self.ttl, EXPECTED, takes_expected,
+                            ABANDONED])
 
     def give_up(self, notification: Notification) -> None:
         """The expected root will not be sent (dead-lettered): replies stop waiting for it and

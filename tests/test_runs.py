@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from flask import Response
+from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
 from bridge.delivery.attempt import Attempt
@@ -61,6 +62,21 @@ def test_a_line_is_posted_by_one_job_in_arrival_order(bridge, fake_pumble):
     # the head's run posted them.
     assert sum(not job.worker_name for job in jobs) >= len(numbers) - 1
     assert all(job.started_at and job.ended_at for job in jobs)
+
+
+def test_a_runs_pipeline_never_asks_redis_whether_its_scripts_are_loaded(
+        bridge, fake_pumble, monkeypatch):
+    """A batch costs two round trips: redis-py would add one (SCRIPT EXISTS) each time a
+    pipeline carrying a registered script is executed (bridge.store.scripts.run)."""
+    asked = []
+    monkeypatch.setattr(Pipeline, "load_scripts", lambda pipe: asked.append(pipe.command_stack))
+    b = bridge()
+    numbers = range(1001, 1031)
+    enqueue_orders(b, numbers)
+    b.work()
+    assert shown(fake_pumble) == list(numbers)
+    assert asked == []
+    nothing_left_behind(b, numbers)
 
 
 def test_a_member_whose_send_is_lost_goes_after_its_backoff_and_the_line_waits(

@@ -72,10 +72,10 @@ class Finisher:
         ``line`` and without its run's ``mark``."""
         ttl = job.get_result_ttl(self.default_ttl)
         ended_at = now()
-        self._finish(keys=[job.key, self.queue.scheduled_job_registry.key,
-                           self.queue.finished_job_registry.key, line, mark],
-                     args=[job.id, job.serializer.dumps(job.meta), utcformat(started_at),
-                           utcformat(ended_at), ttl, current_timestamp() + ttl], client=pipe)
+        scripts.run(self._finish, pipe, [job.key, self.queue.scheduled_job_registry.key,
+                                         self.queue.finished_job_registry.key, line, mark],
+                    [job.id, job.serializer.dumps(job.meta), utcformat(started_at),
+                     utcformat(ended_at), ttl, current_timestamp() + ttl])
         Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=result, pipeline=pipe,
                       execution_started_at=started_at, execution_ended_at=ended_at)
 

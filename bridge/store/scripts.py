@@ -1,10 +1,29 @@
 """Every Lua script the bridge runs in Redis, each with what it takes and what it answers.
 
 A script is one atomic step: no other client's command runs between its reads and its writes.
-The modules that run them (named beside each) register them on their connection.
+The modules that run them (named beside each) register them on their connection, and run them
+with ``run`` where a pipeline may carry them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+
+def run(script: Script, client: Redis | Pipeline, keys: Sequence[Any],
+        args: Sequence[Any]) -> Any:
+    """``script`` run by ``client``; on a pipeline, by its text: redis-py asks Redis whether each
+    registered script of a pipeline is loaded (SCRIPT EXISTS, a round trip) every time it is
+    executed, while a script sent as text costs only its bytes (Redis keeps it compiled under
+    its hash)."""
+    if isinstance(client, Pipeline):
+        return client.eval(script.script, len(keys), *keys, *args)
+    return script(keys=keys, args=args, client=client)
 
 # -- the receiver (bridge.queue) ----------------------------------------------------------------
 
