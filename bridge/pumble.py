@@ -339,7 +339,7 @@ class PumbleClient:
         except pumble_http.NoAnswer as exc:
             raise _no_answer(method, path, exc, write=write) from None
 
-        def answer() -> Any:
+        def answered() -> Any:
             try:
                 answer = pending.answer()
             except pumble_http.NoAnswer as exc:
@@ -353,7 +353,7 @@ class PumbleClient:
                 raise TransientError(f"{method} {path}: answer is not JSON",
                                      status=answer.status) from None
 
-        return answer
+        return answered
 
 
 def _message_ref(data: dict[str, Any]) -> MessageRef:
