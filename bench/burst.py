@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="who posts the orders: wrk (default), the Python thread pool, "
                              "or both, one after the other")
     parser.add_argument("--connections", type=int, metavar="N",
-                        help="the wrk sender's connections (default: one second of the "
-                             "schedule, at most 1,000)")
+                        help="the wrk sender's connections (default: 1.5 s of the schedule, "
+                             "at most 1,000)")
     args = parser.parse_args(argv)
     stack.unwind_on_sigterm()
     senders = list(SENDERS) if args.sender == "both" else [args.sender]
