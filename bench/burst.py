@@ -159,11 +159,10 @@ def send_orders(sender: str, url: str, prepared: dict[int, tuple[bytes, dict[str
                   "late_max_ms": round(1000 * max(late), 1)}
 
 
-def cpu_by_process(box: tuple) -> dict[str, float]:
+def cpu_by_process(box: stack.OneBox) -> dict[str, float]:
     """CPU seconds so far of the receiver (gunicorn's tree), the worker, Redis and the fake."""
-    _store, fake, _config, receiver, worker, _collector = box
-    return {"receiver": receiver.cpu(), "worker": worker.cpu(), "redis": _store.cpu(),
-            "fake": fake.cpu()}
+    return {"receiver": box.receiver.cpu(), "worker": box.worker.cpu(),
+            "redis": box.store.cpu(), "fake": box.fake.cpu()}
 
 
 def acks_by_second(sent: list[stack.Sent], t0: float) -> list[dict[str, float]]:
@@ -202,10 +201,10 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, sender: str,
         numbers = range(1_000_001, 1_000_001 + orders)
         prepared = stack.Shop.prepare(numbers, f"burst-{stack.run_id()}")
         with stack.LoadMeter() as load:
-            cpu_before, sending_load = cpu_by_process(box), stack.LoadMeter().__enter__()
-            sent, sending = send_orders(sender, receiver.url, prepared, orders / seconds, folder,
-                                        args.connections)
-            sending_load.__exit__(None, None, None)
+            cpu_before = cpu_by_process(box)
+            with stack.LoadMeter() as sending_load:
+                sent, sending = send_orders(sender, receiver.url, prepared, orders / seconds,
+                                            folder, args.connections)
             cpu_burst = {k: round(v - cpu_before[k], 2) for k, v in cpu_by_process(box).items()}
             cpu_burst["sender"] = sending["cpu_s"]
             t0 = min(s.due for s in sent)
