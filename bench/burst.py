@@ -7,6 +7,7 @@ Run from the repository root:
     .venv/bin/python -m bench.burst --quick     # 1,000 orders in 2 s: about 1.5 min
     .venv/bin/python -m bench.burst --orders 10000 --seconds 20
     .venv/bin/python -m bench.burst --quick --compare ../main   # also another checkout, A/B
+    .venv/bin/python -m bench.burst --quick --sender both       # wrk, then the Python sender
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
 (gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default; at the lower CPU priority
@@ -16,7 +17,13 @@ delivery settings (Pumble's published limits: 80 messages a minute; digests over
 sliding minute). The route renders the shipped ``order_created.j2``.
 
 The sender posts the orders open loop, evenly over the burst (500 a second by default: order i
-is due at i/500 s and a pool of 64 threads sends it then, whatever the answers before it). An
+is due at i/500 s and is sent then, whatever the answers before it). By default the sender is
+wrk, outside Python, with a Lua script that keeps the schedule (bench/wrk_sender.py: one C
+event loop, about what a shop's network costs the machine); ``--sender python`` is the older
+one, a pool of 64 Python threads in this process (bench/stack.py), which on 2 cores takes CPU
+from the receiver and falls behind its schedule; ``--sender both`` bursts each on a fresh
+stack, one after the other, and compares them. Each result says what the sender cost (CPU
+seconds) and how late it sent (against the due time). An
 order is *visible* when a message in the channel shows it: its own message ("🛒 New order #N ·
 …"), or a line of a digest ("• 🛒 New order #N · …"); the fake records when it stored each message
 (bench/stack.py), so "time until every order is visible" is the last such moment, counted from
@@ -29,7 +36,8 @@ floor((k-1)/80) × 60 s, and the last cannot be sent before the last order arriv
 is the measured time (and messages) over that floor.
 
 Acks: how long the receiver took to answer each webhook (p50, p99, max), counted from the
-moment it was due: Shopify counts a delivery failed after 5 s. With ``--compare DIR`` the whole
+moment it was due (open loop: a late send counts against the receiver, never hides a slow
+answer): Shopify counts a delivery failed after 5 s. With ``--compare DIR`` the whole
 stack is built again from that checkout (Redis, fake, receiver and worker run its ``bridge``)
 and bursts the same way, one after the other, each with the machine to itself; a table compares
 them at the end.
@@ -54,8 +62,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: benchmark this working tree's bridge package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import stack
+from bench import stack, wrk_sender
 
+SENDERS = ("wrk", "python")
 PER_MINUTE = 80  # the fake's limit, and the bridge's default messages limit
 MAX_ITEMS = 25  # the bridge's default digest.max_items
 
@@ -81,48 +90,104 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
                         help="also burst another checkout's bridge, after this one's "
                              "(repeatable)")
+    parser.add_argument("--sender", choices=(*SENDERS, "both"), default="wrk",
+                        help="who posts the orders: wrk (default), the Python thread pool, "
+                             "or both, one after the other")
+    parser.add_argument("--connections", type=int, metavar="N",
+                        help="the wrk sender's connections (default: 1.5 s of the schedule, "
+                             "at most 1,000)")
     args = parser.parse_args(argv)
     stack.unwind_on_sigterm()
+    senders = list(SENDERS) if args.sender == "both" else [args.sender]
+    if "wrk" in senders and not wrk_sender.available():
+        raise SystemExit("wrk is not on PATH (apt-get install wrk), or use --sender python")
     orders = args.orders or (1_000 if args.quick else 5_000)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     trees = {"this tree": stack.PACKAGE_ROOT,
              **{f"@{t.name}": t.resolve() for t in args.compare}}
     results = {}
     for case, tree in trees.items():
-        stack.PACKAGE_ROOT = tree  # what the stack's children run (stack.child_env)
-        if len(trees) > 1:
-            print(f"\n=== {case}: {tree}", flush=True)
-        results[case] = burst(args, orders, seconds,
-                              "burst" if tree == trees["this tree"] else f"burst-{tree.name}")
-    if len(trees) > 1:
+        for sender in senders:
+            label = case if len(senders) == 1 else f"{case} · {sender}"
+            stack.PACKAGE_ROOT = tree  # what the stack's children run (stack.child_env)
+            if len(trees) * len(senders) > 1:
+                print(f"\n=== {label}: {tree}", flush=True)
+            name = "burst" if tree == trees["this tree"] else f"burst-{tree.name}"
+            results[label] = burst(args, orders, seconds, sender,
+                                   name if sender == "wrk" else f"{name}-{sender}")
+    if len(results) > 1:
         print_comparison(results)
     return 1 if any(r["problems"] for r in results.values()) else 0
 
 
 def print_comparison(results: dict[str, dict]) -> None:
-    print(f"\n  {'':<16} {'ack p50':>8} {'p99':>8} {'max':>8} {'all visible':>12} "
-          f"{'× floor':>8} {'messages':>9} {'429s':>5} {'problems':>9}")
+    print(f"\n  {'':<22} {'ack p50':>8} {'p99':>8} {'max':>8} {'all visible':>12} "
+          f"{'× floor':>8} {'messages':>9} {'429s':>5} {'problems':>9} {'sender CPU':>10} "
+          f"{'late p99':>9}")
     for case, r in results.items():
-        ack = r["ack"]
-        print(f"  {case:<16} {ack['p50_ms']:>6.0f}ms {ack['p99_ms']:>6.0f}ms "
+        ack, sender = r["ack"], r["sender"]
+        print(f"  {case:<22} {ack['p50_ms']:>6.0f}ms {ack['p99_ms']:>6.0f}ms "
               f"{ack['max_ms']:>6.0f}ms {r['all_visible_s']:>10.1f} s "
               f"{r['time_ratio'] or float('nan'):>7.2f}× {r['messages']:>9} "
               f"{r['rate_limited'] if r['rate_limited'] is not None else '?':>5} "
-              f"{len(r['problems']):>9}")
+              f"{len(r['problems']):>9} {sender['cpu_s']:>8.2f} s "
+              f"{sender['late_p99_ms']:>7.0f}ms")
 
 
-def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> dict:
+def send_orders(sender: str, url: str, prepared: dict[int, tuple[bytes, dict[str, str]]],
+                rate: float, folder: Path, connections: int | None,
+                ) -> tuple[list[stack.Sent], dict]:
+    """Every order posted open loop at ``rate`` by ``sender``: each order's times and answer,
+    and what the sender cost and how late it sent."""
+    if sender == "wrk":
+        outcome = wrk_sender.send(f"{url}/webhooks/{stack.SOURCE}", prepared, rate, folder,
+                                  connections)
+        info = {"sender": "wrk", "connections": connections
+                or wrk_sender.default_connections(rate), **wrk_sender.summary(outcome)}
+        print(f"  {wrk_sender.describe(outcome)}", flush=True)
+        return outcome.sent, info
+    shop = stack.Shop(url)
+    try:
+        cpu = time.process_time()  # this process: the pool's threads (and the collector's)
+        sent = shop.paced(prepared, rate)
+        cpu = time.process_time() - cpu
+    finally:
+        shop.close()
+    late = [s.sent - s.due for s in sent]
+    return sent, {"sender": "python", "connections": shop.connections, "cpu_s": round(cpu, 3),
+                  "late_p99_ms": round(1000 * stack.percentile(late, 99), 1),
+                  "late_max_ms": round(1000 * max(late), 1)}
+
+
+def cpu_by_process(box: stack.OneBox) -> dict[str, float]:
+    """CPU seconds so far of the receiver (gunicorn's tree), the worker, Redis and the fake."""
+    return {"receiver": box.receiver.cpu(), "worker": box.worker.cpu(),
+            "redis": box.store.cpu(), "fake": box.fake.cpu()}
+
+
+def acks_by_second(sent: list[stack.Sent], t0: float) -> list[dict[str, float]]:
+    """Ack p50/p99/max of the orders due in each second of the burst: a latency that builds
+    up second after second is a queue (too little CPU); one that spikes and falls, a stall."""
+    seconds: dict[int, list[float]] = {}
+    for s in sent:
+        seconds.setdefault(int(s.due - t0), []).append(s.acked - s.due)
+    return [{"second": k, "p50_ms": round(1000 * stack.percentile(v, 50)),
+             "p99_ms": round(1000 * stack.percentile(v, 99)), "max_ms": round(1000 * max(v))}
+            for k, v in sorted(seconds.items())]
+
+
+def burst(args: argparse.Namespace, orders: int, seconds: float, sender: str,
+          name: str) -> dict:
     """One burst on a fresh stack of the tree ``stack.PACKAGE_ROOT`` names: its result, also
     written to bench/results/NAME.json."""
     began = time.perf_counter()
     folder = stack.new_folder("bench-burst-")
     with contextlib.ExitStack() as cleanup:
         nice = stack.run_worker_nice() if args.worker_nice is None else args.worker_nice
-        store, fake, _config, receiver, worker, collector = stack.one_box(
+        box = stack.one_box(
             cleanup, folder, limiter_off=False, fake_rate_limit=PER_MINUTE, collect_every=0.5,
             worker_nice=nice)
-        shop = stack.Shop(receiver.url)
-        cleanup.callback(shop.close)
+        store, fake, _config, receiver, worker, collector = box
         info = stack.machine(store.version)
         header = stack.print_header("burst", args.quick, stack.machine_line(info))
         print(f"stack:   serve (gunicorn 2×4) · worker (1 process, nice {nice}, default delivery "
@@ -131,12 +196,17 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
               f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "
               f"(faults: {fake.faults().get('rate_limit')})")
         print(f"burst:   {orders:,} signed 5,000-byte orders over {seconds:g} s "
-              f"({orders / seconds:,.0f}/s, open loop)", flush=True)
+              f"({orders / seconds:,.0f}/s, open loop), sent by {sender}", flush=True)
 
         numbers = range(1_000_001, 1_000_001 + orders)
-        prepared = shop.prepare(numbers, f"burst-{stack.run_id()}")
+        prepared = stack.Shop.prepare(numbers, f"burst-{stack.run_id()}")
         with stack.LoadMeter() as load:
-            sent = shop.paced(prepared, orders / seconds)
+            cpu_before = cpu_by_process(box)
+            with stack.LoadMeter() as sending_load:
+                sent, sending = send_orders(sender, receiver.url, prepared, orders / seconds,
+                                            folder, args.connections)
+            cpu_burst = {k: round(v - cpu_before[k], 2) for k, v in cpu_by_process(box).items()}
+            cpu_burst["sender"] = sending["cpu_s"]
             t0 = min(s.due for s in sent)
             sent_for = max(s.sent for s in sent) - t0
             print(f"  sent {len(sent):,} in {sent_for:.1f} s; waiting for the channel",
@@ -179,10 +249,12 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
         "settings": {"orders": orders, "burst_seconds": seconds, "per_minute": PER_MINUTE,
                      "digest_max_items": MAX_ITEMS, "worker_processes": 1, "worker_nice": nice,
                      "body_bytes": stack.BODY_BYTES},
-        "sent_over_s": round(sent_for, 2), "statuses": statuses,
+        "sent_over_s": round(sent_for, 2), "statuses": statuses, "sender": sending,
         "ack": {"p50_ms": round(1000 * stack.percentile(acks, 50), 1),
                 "p99_ms": round(1000 * stack.percentile(acks, 99), 1),
                 "max_ms": round(1000 * max(acks), 1)},
+        "acks_by_second": acks_by_second(sent, t0),
+        "cpu_while_sending_s": cpu_burst, "sending_load": sending_load.result.as_json(),
         "complete": complete, "visible": len(visible), "missing": orders - len(visible),
         "posted_twice": len(repeated), "repeats": repeats, "evidence": evidence,
         "resent_after_no_answer": retried, "all_visible_s": round(all_visible_s, 1),
@@ -221,7 +293,13 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
           f"{max(digests, default=0)}), {len(messages) - len(digests)} orders went alone; acks p50 "
           f"{result['ack']['p50_ms']} ms p99 {result['ack']['p99_ms']} ms max "
           f"{result['ack']['max_ms']} ms; sent over "
-          f"{sent_for:.1f} s; others {load.result.others_cores:.2f} cores")
+          f"{sent_for:.1f} s by {sender} ({sending['cpu_s']:.2f} CPU s, late by p99 "
+          f"{sending['late_p99_ms']:.0f} ms); others {load.result.others_cores:.2f} cores")
+    print(f"  while sending ({sending_load.result.wall:.1f} s, others "
+          f"{sending_load.result.others_cores:.2f} cores), CPU s: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cpu_burst.items()))
+    print("  acks by second of the burst, p50/p99 ms: " + " · ".join(
+        f"{b['p50_ms']}/{b['p99_ms']}" for b in result["acks_by_second"]))
     for repeat in repeats:
         print(f"  order #{repeat['order']} is shown by:")
         for m in repeat["messages"]:
@@ -234,7 +312,8 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, name: str) -> d
         history.write(json.dumps({k: result[k] for k in (
             "when", "quick", "all_visible_s", "messages", "digests", "single_messages",
             "rate_limited", "posted_twice", "missing", "problems", "evidence")} | {
-            "orders": orders, "burst_seconds": seconds, "tree": info.get("tree", "?")}) + "\n")
+            "orders": orders, "burst_seconds": seconds, "tree": info.get("tree", "?"),
+            "sender": sender, "ack": result["ack"]}) + "\n")
     print(f"results: {path}")
     print(f"(took {time.perf_counter() - began:.1f} s)")
     return result
