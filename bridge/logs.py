@@ -344,8 +344,9 @@ def gunicorn_logger_class() -> type:
             if not self.access_log_enabled or not set(_FORMAT_ATOM.findall(fmt)) <= QUICK_ATOMS:
                 super().access(resp, req, environ, request_time)
                 return
+            atoms = _quick_atoms(self, resp, environ)  # outside the try, as gunicorn's are
             try:
-                self.access_log.info(fmt % _quick_atoms(self, resp, environ))
+                self.access_log.info(fmt % atoms)
             except Exception:
                 self.error(traceback.format_exc())
 
