@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                     run = measure(case, servers[case], store, connections, seconds, script)
                     runs.append(run)
                     print(f"  [{repeat + 1}/{repeats}] c={connections:<4} {case:<22} "
-                          f"{run.rps:8,.0f} req/s  p99 {run.p99_ms:7.2f} ms  others "
+                          f"{run.rps:8,.0f} req/s  p99 {run.p99_ms:7.2f} ms  server "
+                          f"{run.server_cpu_ms:.3f} ms/req  others "
                           f"{run.others_cores:.2f}{'  FAILED: ' if run.problems else ''}"
                           + "; ".join(run.problems), flush=True)
     print_summary(runs, cases, concurrencies)

@@ -25,8 +25,9 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.environment import TemplateModule
 from jinja2.parser import Parser
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import consume
 
@@ -99,10 +100,22 @@ class Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError(f"{left} ** {right} is a number too large to write out")
         return super().call_binop(context, operator, left, right)
 
-    def getattr(self, obj: Any, attribute: str) -> Any:  # order.total
+    def getattr(self, obj: Any, attribute: str) -> Any:  # order.total, m.headline
         if attribute in _EVENT_FIELDS.get(type(obj), ()):
             return getattr(obj, attribute)
+        if type(obj) is TemplateModule and not attribute.startswith("_"):
+            # An imported template's macro: the sandbox's checks pass it whatever its name.
+            value = getattr(obj, attribute, None)
+            if type(value) is Macro:
+                return value
         return super().getattr(obj, attribute)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """``m.headline(…)``: a template's own macro is called without the checks (attributes
+        it does not have) that an object from the payload or the globals must pass."""
+        if type(__obj) is Macro:
+            return __context.call(__obj, *args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def getitem(self, obj: Any, argument: Any) -> Any:  # order["total"], map(attribute="sku")
         # The event's dataclasses are not subscriptable: Jinja falls back to the attribute.

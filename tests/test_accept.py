@@ -60,3 +60,20 @@ def test_redis_that_cannot_be_written_is_503_with_retry_after(write_config, redi
                     Store.on(down, store.dedupe_window, store.metrics))
     assert (answer.status, answer.headers, answer.event_type) == (
         503, {"Retry-After": "5"}, "order.created")
+
+
+def test_the_headers_kept_with_a_webhook_hold_no_signature_and_no_secret():
+    from bridge.config import SourceSettings
+    from bridge.sources import build_source
+
+    source = build_source("shop", SourceSettings.model_validate(
+        {"type": "shopify", "secret": ["first-secret-1234", "second-secret-5678"]}))
+    headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Hmac-Sha256": "c2lnbmF0dXJl",
+               "X-Forwarded-For": "203.0.113.7", "X-Echo": "a second-secret-5678 inside",
+               "X-Part": "first-secret"}
+    kept = source.keepable_headers(WebhookRequest.of(headers, b"{}"))
+    assert kept == {"x-shopify-topic": "orders/create", "x-forwarded-for": "203.0.113.7",
+                    "x-part": "first-secret"}
+    plain = {"X-Shopify-Topic": "orders/create", "X-Forwarded-For": "203.0.113.7"}
+    assert source.keepable_headers(WebhookRequest.of(plain, b"{}")) == {
+        "x-shopify-topic": "orders/create", "x-forwarded-for": "203.0.113.7"}

@@ -303,6 +303,41 @@ def test_the_access_line_is_gunicorns_own(fmt):
     assert "203.0.113.7" in lines[1] and "202" in lines[1]
 
 
+@pytest.mark.parametrize("fmt", [
+    None,  # gunicorn's default: our quick atoms
+    '%(h)s "%(a)s" %(s)s',  # quick atoms only, fewer of them
+    '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(m)s %(U)s %(q)s %(H)s %(B)s %(u)s %(p)s',
+    '%(h)s "%(r)s" %(s)s %({x-shopify-topic}i)s %({content-type}o)s %({server_port}e)s',
+])
+def test_the_access_line_written_is_gunicorns_own(fmt, monkeypatch):
+    """What ``access`` hands the log, quick atoms or not, reads as gunicorn's own logger's line,
+    its time included (formatted once a second: gunicorn's own format of the same second)."""
+    import datetime
+    import time
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    now, strftime = 1_796_666_400.25, time.strftime  # both loggers' clock in the same second
+    monkeypatch.setattr("time.time", lambda: now)
+    monkeypatch.setattr("time.strftime",
+                        lambda fmt, when=None: strftime(fmt, when or time.localtime(now)))
+    lines = []
+    for logger_class in (Logger, logs.gunicorn_logger_class()):
+        cfg = Config()
+        cfg.set("accesslog", "-")
+        if fmt:
+            cfg.set("access_log_format", fmt)
+        logger = logger_class(cfg)
+        records: list[logging.LogRecord] = []
+        monkeypatch.setattr(logger.access_log, "handle", records.append)
+        response, request, environ = _access_request()
+        logger.access(response, request, environ, datetime.timedelta(seconds=1.5))
+        lines.append(records[0].getMessage())
+    assert lines[0] == lines[1]
+    assert "203.0.113.7" in lines[1]
+
+
 def test_the_access_atoms_read_no_environ_key_left_out():
     """ACCESS_ATOMS_ENVIRON names every environ key gunicorn's atoms read one by one: an upgrade
     reading another would otherwise print '-' for it."""

@@ -80,6 +80,19 @@ def test_an_accepted_webhook_and_its_redelivery_are_answered_as_flask_would(app,
     assert rq_queue.count == 2
 
 
+def test_a_body_the_server_ends_is_read_to_its_length(app, rq_queue):
+    """gunicorn ends the input at the body's end (``wsgi.input_terminated``): the body is read
+    at once, its Content-Length of it (PEP 3333: never more), and verifies as sent."""
+    terminated = {"wsgi.input_terminated": True}
+    ours = answer(app, app.wsgi_app, **order("wh-ended-", environ_overrides=terminated))
+    flasks = answer(app, lambda *a: Flask.wsgi_app(app, *a),
+                    **order("wh-flask", environ_overrides=terminated))
+    assert ours[0] == flasks[0] == "202 ACCEPTED"
+    assert rq_queue.count == 2
+    cut = {**terminated, "CONTENT_LENGTH": "100"}  # the rest is never read: not what was signed
+    assert answer(app, app.wsgi_app, **order(environ_overrides=cut))[0] == "401 UNAUTHORIZED"
+
+
 def test_a_bug_is_flasks_500_counted(app, monkeypatch):
     def broken(*_args: Any) -> None:
         raise RuntimeError("a bug")
