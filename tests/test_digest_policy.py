@@ -70,6 +70,29 @@ def test_a_long_burst_fills_each_window_with_full_digests(bridge, fake_pumble):
     assert stats(fake_pumble)["rate_limited"] == 0
 
 
+def test_a_burst_keeps_half_the_slots_left_for_digests_even_while_few_wait(
+        bridge, fake_pumble):
+    """45 orders at once, 80 slots: fewer wait than the slots left, but as many came since the
+    head as half of them, at a pace the window cannot post one by one: the head sends a full
+    digest. The next head has 19 behind it, under half the slots left: they go one by one."""
+    b = bridge({"rate_limits": {"messages": 80}, "digest": {"max_items": 25}})
+    numbers = range(8001, 8046)
+    enqueue_orders(b, numbers)
+    b.work()
+    read = order_numbers(fake_pumble)
+    assert [n for message in read for n in message] == list(numbers)
+    assert [len(message) for message in read] == [25] + [1] * 20
+    assert b.clock.sleeps == []  # full already: no wait for it to fill
+
+
+def test_orders_that_came_at_once_and_fit_in_half_the_slots_go_one_by_one(bridge, fake_pumble):
+    b = bridge({"rate_limits": {"messages": 80}, "digest": {"max_items": 25}})
+    numbers = range(8101, 8140)  # a head and 38 behind it: fewer than 40
+    enqueue_orders(b, numbers)
+    b.work()
+    assert order_numbers(fake_pumble) == [[n] for n in numbers]
+
+
 def test_a_lone_order_with_slots_free_goes_at_once(bridge, fake_pumble):
     b = bridge({"rate_limits": {"messages": 10}, "digest": {"max_items": 5}})
     use_slots(b, 8)

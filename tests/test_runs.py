@@ -231,6 +231,28 @@ def test_a_run_takes_none_while_more_wait_than_the_slots_left(bridge, fake_pumbl
     assert len(run_of(b, 1)._claim(100)) == 5
 
 
+def test_a_run_takes_no_more_once_its_line_is_a_burst(bridge, fake_pumble):
+    """A run claims what waits behind its head; once as many have come since its head as
+    half the slots left, faster than the window posts them, it claims no more: the next head
+    digests them (bridge.delivery.deliverer, ``bursting``)."""
+    b = bridge({"rate_limits": {"messages": 80}})
+    enqueue_orders(b, range(1, 12))  # a head and 10 behind it: fewer than half of 80
+    run = run_of(b, 1)
+
+    def claimed_and_posted() -> int:
+        taken = run._claim(4)
+        run.posted += run._post(run._members(taken))[0]
+        return len(taken)
+
+    assert claimed_and_posted() == 4
+    enqueue_orders(b, range(12, 60))  # 48 more at once: 58 since the head, over 72 / 2
+    assert claimed_and_posted() == 4  # its last look was before they came
+    assert run._claim(4) == []
+    b.clock.offset += 3600  # as many, over an hour: no burst
+    assert len(run._claim(4)) == 4
+    run._end([])
+
+
 def test_a_run_posts_an_orders_later_messages_in_the_thread_it_began(bridge, fake_pumble):
     """The same order's first event delivered again and again (a shop re-creating it, or a
     benchmark): the first begins its thread, each later one replies in it, as its own job

@@ -190,7 +190,7 @@ def test_a_job_a_run_finishes_reads_as_one_rqs_worker_finished(own_redis, queue_
     claimed = own_redis.eval(scripts.CLAIM_RUN, 3, line, queue.key,
                              queue.scheduled_job_registry.key, "head", 10, 60, "mark:", 50, 2, 100,
                              Job.redis_job_namespace_prefix)
-    assert claimed[0] == b"j-1"
+    assert claimed[:2] == [1, b"j-1"]  # one waited behind "head"; taken
     job = Job.fetch("j-1", connection=own_redis, serializer=JSONSerializer)
     pipe = own_redis.pipeline(transaction=False)
     Finisher(queue, RESULT_TTL, "in-digest:").finish(pipe, job, answer, now(), line, "mark:j-1")
@@ -248,9 +248,11 @@ def test_a_run_reads_a_job_as_rq_reads_it(own_redis, queue_name):
     ids = [job_id(queue_name, ours), "theirs", "gone"]
     own_redis.zadd("line", {job_id_: n for n, job_id_ in enumerate(["head", *ids])})
     own_redis.rpush(queue.rq.key, "gone")
-    claimed = decode(own_redis, queue.rq.serializer, own_redis.eval(
+    behind, *answer = own_redis.eval(
         scripts.CLAIM_RUN, 3, "line", queue.rq.key, queue.rq.scheduled_job_registry.key, "head",
-        10, 60, "mark:", 50, 2, 100, Job.redis_job_namespace_prefix))
+        10, 60, "mark:", 50, 2, 100, Job.redis_job_namespace_prefix)
+    assert behind == len(ids)
+    claimed = decode(own_redis, queue.rq.serializer, answer)
     assert [job_id_ for job_id_, _ in claimed] == ids
     assert claimed[2][1] is None
     for job_id_, (job, payload) in claimed[:2]:

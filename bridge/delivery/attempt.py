@@ -44,6 +44,7 @@ class Attempt:
     member_ids: tuple[str, ...] = ()  # their jobs
     posted: MessageRef | None = None  # its message, once posted (or found posted)
     answered_at: float = 0.0  # when Pumble answered this attempt's send, if it sent
+    in_a_burst: bool = False  # heads a burst (Deliverer.bursting): digests whatever waits
 
     def __post_init__(self) -> None:
         self.actions = actions_of(self.notification)

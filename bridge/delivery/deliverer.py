@@ -9,6 +9,7 @@ from bridge.clock import Clock
 from bridge.config import Config
 from bridge.metrics import Metrics
 from bridge.mutes import Mutes, intervals_of
+from bridge.notification import Notification
 from bridge.pumble import AuthError, PumbleClient
 from bridge.queue import RESULT_TTL, NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -18,6 +19,9 @@ from bridge.store.runs import Finisher
 # Seconds past a job's timeout until a job whose worker died is given up as abandoned: its
 # heartbeat (bridge.worker) and the fallback of the jobs its run took (bridge.delivery.run).
 HEARTBEAT_GRACE = 10
+# Fewer arrivals than this behind a head, or than half the slots left, are never a burst,
+# however close together: orders that came at once but fit go one by one.
+BURST_MIN = 8
 
 
 class Deliverer:
@@ -70,6 +74,16 @@ class Deliverer:
         every worker shares): what a head's line can spend one message a notification on."""
         used = self.limiter.state(account)["messages"]["used"]
         return max(0, self.limits["messages"].per_minute - used)
+
+    def bursting(self, head: Notification, arrived: int, slots_left: int) -> bool:
+        """Whether ``arrived`` notifications (at least ``BURST_MIN``, and half the slots left)
+        came into ``head``'s line after it at a pace that, kept up over the digest window,
+        would take more messages than the slots left: then the other half of the slots goes to
+        digests even while few wait, not to the burst's first orders one by one."""
+        if arrived < max(BURST_MIN, slots_left / 2):
+            return False
+        since = max(self.clock.time() - head.received_at, 1e-3)
+        return arrived * self.settings.digest.window > slots_left * since
 
     @property
     def abandoned_after(self) -> int:

@@ -243,17 +243,19 @@ def rate_limit_slot(a: Attempt) -> None:
 
 
 def _fill_a_digest(a: Attempt) -> float:
-    """A head whose line the slots left cannot post one by one will send a digest: with fewer
-    than a full one behind it, it first waits (up to ``digest.fill_wait``) for one to fill, so a
-    burst spends the window's slots on full digests rather than on its first few orders. A head
-    with slots for every one waiting goes at once. Returns the seconds waited."""
+    """A head whose line the slots left cannot post one by one, or that heads a burst
+    (``Deliverer.bursting``), will send a digest: with fewer than a full one behind it, it
+    first waits (up to ``digest.fill_wait``) for one to fill, so a burst spends the window's
+    slots on full digests rather than on its first few orders. A head with slots for every one
+    waiting, in no burst, goes at once. Returns the seconds waited."""
     d, n = a.deliverer, a.notification
     settings = d.settings.digest
-    if not (settings.fill_wait and digestible(n) and _fresh(a)) or a.meta.get("attempts"):
+    if not (digestible(n) and _fresh(a)) or a.meta.get("attempts"):
         return 0.0  # a retry's digest is claimed already: nothing joins it
     backlog, clock, full = d.queue.backlog, d.clock, settings.max_items - 1
-    behind = backlog.behind(n, a.job.id)
-    if behind >= full or behind < d.slots_left(n.account):
+    behind, slots_left = backlog.behind(n, a.job.id), d.slots_left(n.account)
+    a.in_a_burst = d.bursting(n, behind, slots_left)
+    if not settings.fill_wait or behind >= full or (behind < slots_left and not a.in_a_burst):
         return 0.0
     began = clock.time()
     while behind < full and clock.time() - began < settings.fill_wait:
@@ -279,13 +281,14 @@ def _claim(a: Attempt) -> Claim:
     """Its digest, if it sends one; a message posted in a thread never is one. Once a message
     may have been posted, only the digest already claimed: nothing joins it then. A fresh head
     digests when more wait behind it than the slots left in the message limit's window (they
-    cannot all go alone), or than the limit posts in ``digest.window``."""
+    cannot all go alone), or than the limit posts in ``digest.window``; a head of a burst,
+    when any wait."""
     d, n = a.deliverer, a.notification
     if a.root or not digestible(n):
         return Claim()
     if not _fresh(a):
         return d.queue.backlog.claim(n, a.job.id, d.digest_threshold, 1)
-    threshold = min(d.digest_threshold, d.slots_left(n.account) + 1)
+    threshold = 1 if a.in_a_burst else min(d.digest_threshold, d.slots_left(n.account) + 1)
     return d.queue.backlog.claim(n, a.job.id, threshold, d.settings.digest.max_items)
 
 

@@ -30,11 +30,12 @@ from bridge.store import scripts
 
 def decode(connection: redis.Redis, serializer: Any, claimed: list[Any]
            ) -> list[tuple[str, tuple[Job, dict[str, Any]] | None]]:
-    """The jobs ``scripts.CLAIM_RUN`` took (its answer: an id, then the record's data and meta,
-    for each), as a run needs them: each id with a ``Job`` that knows its id and meta, and its
-    notification's payload; None for a job gone. Only the two fields a run reads, decoded as
-    ``Job.restore`` decodes them (the call, compressed by rq's enqueue or not by the accept; the
-    meta), not the twenty it parses: a third of a run's cost of reading."""
+    """The jobs ``scripts.CLAIM_RUN`` took (its answer after the count of those behind: an id,
+    then the record's data and meta, for each), as a run needs them: each id with a ``Job`` that
+    knows its id and meta, and its notification's payload; None for a job gone. Only the two
+    fields a run reads, decoded as ``Job.restore`` decodes them (the call, compressed by rq's
+    enqueue or not by the accept; the meta), not the twenty it parses: a third of a run's cost
+    of reading."""
     decoded: list[tuple[str, tuple[Job, dict[str, Any]] | None]] = []
     for at in range(0, len(claimed), 3):
         job_id, data, meta = claimed[at].decode(), claimed[at + 1], claimed[at + 2]

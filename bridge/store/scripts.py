@@ -288,15 +288,17 @@ return moved
 # KEYS: 1 the line, 2 the queue, 3 rq's scheduled registry.
 # ARGV: 1 the run's job, 2 at most how many, 3 the fallback (s from now), 4 the in-run key
 # prefix, 5 the mark's ttl (s), 6 the margin (s), 7 the digest threshold, 8 rq's job
-# key prefix. Returns, for each job taken in line order, its id and its record's data and meta
-# (false for a job gone): what the run reads of it (bridge.store.runs.decode).
+# key prefix. Returns how many waited behind the run's job, then, for each job taken in line
+# order, its id and its record's data and meta (false for a job gone): what the run reads of it
+# (bridge.store.runs.decode).
 CLAIM_RUN = """
 pcall(redis.replicate_commands)  -- writes after TIME (see ACQUIRE_SLOT)
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 local from = rank and rank + 1 or 0
-if redis.call('ZCARD', KEYS[1]) - from >= tonumber(ARGV[7]) then return {} end
+local behind = redis.call('ZCARD', KEYS[1]) - from
+if behind >= tonumber(ARGV[7]) then return {behind} end
 local now = tonumber(redis.call('TIME')[1])
-local taken = {}
+local taken = {behind}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)) do
   if redis.call('EXISTS', ARGV[4] .. id) == 1 then break end
   if redis.call('LREM', KEYS[2], 1, id) == 0 then
