@@ -192,21 +192,26 @@ class RateLimiter:
         if self.metrics is not None:
             self.metrics.ratelimit_wait(kind, waited)
 
-    def state(self, account: str) -> dict[str, dict[str, Any]]:
+    def state(self, account: str, *, recent: float = 0.0) -> dict[str, dict[str, Any]]:
         """Each kind's bucket for ``account``, as Redis's clock sees it now.
 
         ``{kind: {"used": slots taken in the current window, "limit": per_minute,
         "window": effective window in seconds, "wait": seconds until this bucket has a free
-        slot (0.0 when it has one now; a call of the kind also needs one in "requests")}}``.
+        slot (0.0 when it has one now; a call of the kind also needs one in "requests")}}``;
+        with ``recent`` seconds, also ``"recent"``: the slots taken in the last ``recent``.
         """
         kinds = list(self.limits)
         keys, args = self._buckets(account, kinds)
-        reply = self._state(keys=keys, args=[*args, self._offset()])
-        return {kind: {"used": int(reply[2 * i]),
-                       "limit": self.limits[kind].per_minute,
-                       "window": self.window(kind),
-                       "wait": int(reply[2 * i + 1]) / _MICROS}
-                for i, kind in enumerate(kinds)}
+        reply = self._state(keys=keys, args=[*args, self._offset(), round(recent * _MICROS)])
+        state = {kind: {"used": int(reply[3 * i]),
+                        "limit": self.limits[kind].per_minute,
+                        "window": self.window(kind),
+                        "wait": int(reply[3 * i + 1]) / _MICROS}
+                 for i, kind in enumerate(kinds)}
+        if recent:
+            for i, kind in enumerate(kinds):
+                state[kind]["recent"] = int(reply[3 * i + 2])
+        return state
 
     def _offset(self) -> int:
         return round(self.clock.offset * _MICROS)

@@ -9,6 +9,7 @@ import re
 
 from rq.scheduler import RQScheduler
 
+from bridge.delivery.deliverer import BURST_SECONDS
 from bridge.delivery.steps import FILL_LOOK
 from bridge.queue import job_id
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -25,12 +26,13 @@ def enqueue_orders(b: Bridge, numbers: range) -> None:
         b.enqueue(f"🛒 order #{number}", event_id=f"p-{number}")
 
 
-def use_slots(b: Bridge, count: int) -> None:
-    """``count`` messages posted a moment ago, as the limiter every worker shares records them."""
+def use_slots(b: Bridge, count: int, seconds_ago: float = 2 * BURST_SECONDS) -> None:
+    """``count`` messages posted ``seconds_ago`` (by default, earlier in the window than a
+    burst looks back), as the limiter every worker shares records them."""
     limiter = RateLimiter(b.rq.connection, b.config.redis.queue,
                           limits_per_minute(b.config.delivery.rate_limits))
     seconds, micros = b.rq.connection.time()
-    now = seconds * 1_000_000 + micros + round(b.clock.offset * 1_000_000)
+    now = (seconds * 1_000_000 + micros + round((b.clock.offset - seconds_ago) * 1_000_000))
     b.rq.connection.zadd(limiter.key("default", "messages"),
                          {f"earlier-{k}": now - 1000 * (k + 1) for k in range(count)})
 
@@ -70,27 +72,37 @@ def test_a_long_burst_fills_each_window_with_full_digests(bridge, fake_pumble):
     assert stats(fake_pumble)["rate_limited"] == 0
 
 
-def test_a_burst_keeps_half_the_slots_left_for_digests_even_while_few_wait(
-        bridge, fake_pumble):
-    """45 orders at once, 80 slots: fewer wait than the slots left, but as many came since the
-    head as half of them, at a pace the window cannot post one by one: the head sends a full
-    digest. The next head has 19 behind it, under half the slots left: they go one by one."""
+def test_a_burst_counts_what_its_line_posted_a_moment_ago(bridge, fake_pumble):
+    """80 slots: 30 orders at once fit, and go one by one. 40 more a moment later: fewer wait
+    than the 50 slots left, but with the 30 just posted they are more (bridge.delivery
+    .deliverer, ``bursting``): the head sends a full digest. Behind it 14 wait, which with the
+    31 posted a moment ago fit in the 49 left: they go one by one, until what was posted and
+    what waits would not fit; the rest go as a digest. (The old rule: 40 alone.)"""
     b = bridge({"rate_limits": {"messages": 80}, "digest": {"max_items": 25}})
-    numbers = range(8001, 8046)
-    enqueue_orders(b, numbers)
+    first, then = range(8001, 8031), range(8031, 8071)
+    enqueue_orders(b, first)
+    b.work()
+    assert order_numbers(fake_pumble) == [[n] for n in first]
+    enqueue_orders(b, then)
     b.work()
     read = order_numbers(fake_pumble)
-    assert [n for message in read for n in message] == list(numbers)
-    assert [len(message) for message in read] == [25] + [1] * 20
-    assert b.clock.sleeps == []  # full already: no wait for it to fill
+    assert [n for message in read for n in message] == [*first, *then]
+    assert [len(message) for message in read[30:]] == [25, 1, 1, 1, 1, 11]
+    # The first digest was full at once; the last waited its fill_wait for more, none came.
+    assert b.clock.sleeps == fill_waits(b)
+    assert abs(sum(fill_waits(b)) - 2) < FILL_LOOK + 1e-9
 
 
-def test_orders_that_came_at_once_and_fit_in_half_the_slots_go_one_by_one(bridge, fake_pumble):
-    b = bridge({"rate_limits": {"messages": 80}, "digest": {"max_items": 25}})
-    numbers = range(8101, 8140)  # a head and 38 behind it: fewer than 40
-    enqueue_orders(b, numbers)
+def test_a_lone_order_in_a_burst_waits_for_a_digest_to_fill(bridge, fake_pumble):
+    """10 slots, 8 posted a moment ago: one order arrives, and it heads a burst (fewer than
+    ``BURST_MIN`` would not): it waits for more, up to ``fill_wait``, and goes with what came."""
+    b = bridge({"rate_limits": {"messages": 10},
+                "digest": {"max_items": 5, "fill_wait": 1}})
+    use_slots(b, 8, seconds_ago=0)
+    enqueue_orders(b, range(8101, 8102))
     b.work()
-    assert order_numbers(fake_pumble) == [[n] for n in numbers]
+    assert order_numbers(fake_pumble) == [[8101]]
+    assert abs(sum(fill_waits(b)) - 1) < FILL_LOOK + 1e-9
 
 
 def test_a_lone_order_with_slots_free_goes_at_once(bridge, fake_pumble):

@@ -232,23 +232,23 @@ def test_a_run_takes_none_while_more_wait_than_the_slots_left(bridge, fake_pumbl
 
 
 def test_a_run_takes_no_more_once_its_line_is_a_burst(bridge, fake_pumble):
-    """A run claims what waits behind its head; once as many have come since its head as
-    half the slots left, faster than the window posts them, it claims no more: the next head
-    digests them (bridge.delivery.deliverer, ``bursting``)."""
+    """A run claims what waits behind its head while it and what its line posted a moment ago
+    fit in the slots left; once they would not, it claims no more: the next head digests them
+    (bridge.delivery.deliverer, ``bursting``)."""
     b = bridge({"rate_limits": {"messages": 80}})
-    enqueue_orders(b, range(1, 12))  # a head and 10 behind it: fewer than half of 80
+    enqueue_orders(b, range(1, 12))  # a head and 10 behind it
     run = run_of(b, 1)
 
     def claimed_and_posted() -> int:
         taken = run._claim(4)
-        run.posted += run._post(run._members(taken))[0]
+        run._post(run._members(taken))
         return len(taken)
 
     assert claimed_and_posted() == 4
-    enqueue_orders(b, range(12, 60))  # 48 more at once: 58 since the head, over 72 / 2
+    enqueue_orders(b, range(12, 82))  # 70 more at once
     assert claimed_and_posted() == 4  # its last look was before they came
-    assert run._claim(4) == []
-    b.clock.offset += 3600  # as many, over an hour: no burst
+    assert run._claim(4) == []  # 8 posted and 72 waiting: more than the 72 slots left
+    b.clock.offset += 3600  # an hour later: the slots are back, nothing posted a moment ago
     assert len(run._claim(4)) == 4
     run._end([])
 

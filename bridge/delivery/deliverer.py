@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis
 
 from bridge.alerts_sender import Alerter, Watch
@@ -9,7 +11,6 @@ from bridge.clock import Clock
 from bridge.config import Config
 from bridge.metrics import Metrics
 from bridge.mutes import Mutes, intervals_of
-from bridge.notification import Notification
 from bridge.pumble import AuthError, PumbleClient
 from bridge.queue import RESULT_TTL, NotificationQueue
 from bridge.ratelimit import RateLimiter, limits_per_minute
@@ -19,9 +20,18 @@ from bridge.store.runs import Finisher
 # Seconds past a job's timeout until a job whose worker died is given up as abandoned: its
 # heartbeat (bridge.worker) and the fallback of the jobs its run took (bridge.delivery.run).
 HEARTBEAT_GRACE = 10
-# Fewer arrivals than this behind a head, or than half the slots left, are never a burst,
-# however close together: orders that came at once but fit go one by one.
+# A line's demand: the messages posted in the last BURST_SECONDS and what waits. Less than
+# BURST_MIN is never a burst.
+BURST_SECONDS = 5
 BURST_MIN = 8
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The message limit's window for an account, now."""
+
+    left: int  # messages it may still post in the window
+    recent: int  # messages posted in the last BURST_SECONDS
 
 
 class Deliverer:
@@ -69,21 +79,25 @@ class Deliverer:
         per_minute = self.limits["messages"].per_minute
         return max(1, per_minute * self.settings.digest.window // 60)
 
-    def slots_left(self, account: str) -> int:
-        """Messages the account may post now within the message limit's window (the limiter
-        every worker shares): what a head's line can spend one message a notification on."""
-        used = self.limiter.state(account)["messages"]["used"]
-        return max(0, self.limits["messages"].per_minute - used)
+    def slots(self, account: str) -> Slots:
+        """The message limit's window for ``account`` (the limiter every worker shares): what
+        a head's line can spend one message a notification on, and how fast it is spent."""
+        state = self.limiter.state(account, recent=BURST_SECONDS)["messages"]
+        return Slots(max(0, self.limits["messages"].per_minute - state["used"]),
+                     state["recent"])
 
-    def bursting(self, head: Notification, arrived: int, slots_left: int) -> bool:
-        """Whether ``arrived`` notifications (at least ``BURST_MIN``, and half the slots left)
-        came into ``head``'s line after it at a pace that, kept up over the digest window,
-        would take more messages than the slots left: then the other half of the slots goes to
-        digests even while few wait, not to the burst's first orders one by one."""
-        if arrived < max(BURST_MIN, slots_left / 2):
-            return False
-        since = max(self.clock.time() - head.received_at, 1e-3)
-        return arrived * self.settings.digest.window > slots_left * since
+    def slots_left(self, account: str) -> int:
+        return self.slots(account).left
+
+    @staticmethod
+    def bursting(slots: Slots, waiting: int) -> bool:
+        """Whether a line with ``waiting`` notifications is in a burst: what it posted a moment
+        ago (in the last ``BURST_SECONDS``) and what waits would take more messages than the
+        slots left. Then its slots go to digests even while fewer wait than the slots left: a
+        fast worker keeps a burst's line short, and would spend them on its first orders one
+        by one."""
+        demand = slots.recent + waiting
+        return demand >= BURST_MIN and demand > slots.left
 
     @property
     def abandoned_after(self) -> int:

@@ -66,9 +66,7 @@ class Run:
         # join one of them: their jobs would find its root by then, and reply in it.
         self.begun: dict[str, Root] = {}
         self.joining: dict[str, str] = {}
-        self.posted = 0
-        # Arrived in the line after its head, as of the last claim: a burst ends the run.
-        self.arrived = 0
+        self.behind = 0  # waiting behind it after its last claim: a burst ends the run
 
     def deliver(self) -> None:
         """Batches of the next jobs of the line, each claimed in the round trip that records
@@ -76,12 +74,12 @@ class Run:
         d = self.deliverer
         if self._muted():
             return
-        deadline, batch, taken = d.clock.time() + RUN_SECONDS, 1, []
+        deadline, batch, posted, taken = d.clock.time() + RUN_SECONDS, 1, 0, []
         try:
-            while self.posted < RUN_MAX and d.clock.time() <= deadline:
-                taken = self._claim(min(batch, RUN_MAX - self.posted))
+            while posted < RUN_MAX and d.clock.time() <= deadline:
+                taken = self._claim(min(batch, RUN_MAX - posted))
                 sent, slowest = self._post(self._members(taken))
-                self.posted += sent
+                posted += sent
                 del taken[:sent]
                 if taken or not sent:
                     break
@@ -91,8 +89,8 @@ class Run:
                                    int(d.limiter.margin / 2 / max(slowest, 1e-3))))
         finally:
             self._end(taken)
-        log.debug("job %s: posted %d more of its line in its run", self.head.job.id,
-                  self.posted, extra=self.head.context())
+        log.debug("job %s: posted %d more of its line in its run", self.head.job.id, posted,
+                  extra=self.head.context())
 
     def _muted(self) -> bool:
         d, n, now_ = self.deliverer, self.head.notification, self.deliverer.clock.time()
@@ -103,20 +101,20 @@ class Run:
         """Up to ``most`` of the next jobs, claimed with the writes still pending; none in a
         burst (its next head digests it)."""
         d, head, keys = self.deliverer, self.head.job, self.deliverer.queue.backlog.keys
-        fallback, slots_left = d.abandoned_after, d.slots_left(self.head.notification.account)
-        if d.bursting(self.head.notification, self.arrived, slots_left):
+        fallback, slots = d.abandoned_after, d.slots(self.head.notification.account)
+        if d.bursting(slots, self.behind):
             return []
         # As a head would: none goes alone while more wait than the slots left (bridge.delivery
         # .steps, _claim), or than the limit posts in the digest window.
-        threshold = min(d.digest_threshold, slots_left + 1)
+        threshold = min(d.digest_threshold, slots.left + 1)
         # The marks end before the fallback: a job rq's scheduler moves then is not the run's.
         self.pipe.eval(
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
             head.id, most, fallback, keys.in_run_prefix(), fallback - HANDOVER_MARGIN,
             HANDOVER_MARGIN, threshold, Job.redis_job_namespace_prefix)
         behind, *answer = self.pipe.execute()[-1]
-        self.arrived = self.posted + behind
         claimed = runs.decode(head.connection, head.serializer, answer)
+        self.behind = behind - len(claimed)
         for gone in (job_id for job_id, job in claimed if job is None):
             self.pipe.zrem(self.line, gone)  # deleted by hand: out of its line
             self.pipe.zrem(self.rq.scheduled_job_registry.key, gone)

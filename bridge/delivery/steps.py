@@ -253,9 +253,9 @@ def _fill_a_digest(a: Attempt) -> float:
     if not (digestible(n) and _fresh(a)) or a.meta.get("attempts"):
         return 0.0  # a retry's digest is claimed already: nothing joins it
     backlog, clock, full = d.queue.backlog, d.clock, settings.max_items - 1
-    behind, slots_left = backlog.behind(n, a.job.id), d.slots_left(n.account)
-    a.in_a_burst = d.bursting(n, behind, slots_left)
-    if not settings.fill_wait or behind >= full or (behind < slots_left and not a.in_a_burst):
+    behind, slots = backlog.behind(n, a.job.id), d.slots(n.account)
+    a.in_a_burst = d.bursting(slots, behind + 1)
+    if not settings.fill_wait or behind >= full or (behind < slots.left and not a.in_a_burst):
         return 0.0
     began = clock.time()
     while behind < full and clock.time() - began < settings.fill_wait:

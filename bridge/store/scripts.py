@@ -429,9 +429,11 @@ return 0
 
 SLOTS_STATE = """
 -- KEYS: buckets; ARGV: for each key its limit and window in microseconds; then the clock's
--- offset in microseconds. Read-only.
+-- offset in microseconds; then a span in microseconds. Read-only. Answers, for each key, the
+-- slots used in its window, the microseconds until one is free, and the slots used in the span.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[#ARGV - 1])
+local recent_after = '(' .. string.format('%.0f', now - tonumber(ARGV[#ARGV]))
 local out = {}
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[2 * i - 1])
@@ -447,6 +449,7 @@ for i, key in ipairs(KEYS) do
   end
   out[#out + 1] = used
   out[#out + 1] = wait
+  out[#out + 1] = redis.call('ZCOUNT', key, recent_after, '+inf')
 end
 return out
 """
