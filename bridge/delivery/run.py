@@ -3,8 +3,9 @@ ones of its line too, in the same rq job, before it leaves the line.
 
 Why: rq's own bookkeeping costs a job about 18 Redis round trips and more CPU than its send
 (bench/worker.py). A run pays it once for up to ``RUN_MAX`` messages, taken in batches that
-double up to ``BATCH_MAX``; a batch costs two round trips (claimed and read with the records of
-the batch before; its slots and "may have been sent" marks taken) besides its sends.
+double up to ``BATCH_MAX``; a batch costs three round trips (the limit's window read; claimed
+and read with the records of the batch before; its slots and "may have been sent" marks taken)
+besides its sends.
 
 It stays as safe as a job of its own:
 - The jobs are claimed atomically (scripts.CLAIM_RUN): those right behind it in the line, in
@@ -43,9 +44,9 @@ from bridge.threads import Root
 
 log = logging.getLogger(__package__)
 
-RUN_MAX = 100  # jobs a run takes at most
+RUN_MAX = 400  # jobs a run takes at most
 RUN_SECONDS = 2.0  # no new send after this: a warm shutdown waits for the run
-BATCH_MAX = 16  # members whose slots and marks are taken in one round trip
+BATCH_MAX = 32  # members whose slots and marks are taken in one round trip
 
 
 def deliver_its_run(a: Attempt) -> None:
