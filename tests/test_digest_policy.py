@@ -74,10 +74,9 @@ def test_a_long_burst_fills_each_window_with_full_digests(bridge, fake_pumble):
 
 def test_a_burst_counts_what_its_line_posted_a_moment_ago(bridge, fake_pumble):
     """80 slots: 30 orders at once fit, and go one by one. 40 more a moment later: fewer wait
-    than the 50 slots left, but with the 30 just posted they are more (bridge.delivery
-    .deliverer, ``bursting``): the head sends a full digest. Behind it 14 wait, which with the
-    31 posted a moment ago fit in the 49 left: they go one by one, until what was posted and
-    what waits would not fit; the rest go as a digest. (The old rule: 40 alone.)"""
+    than the 50 slots left, but with the 30 just posted, and half as much again to come, they
+    are more (bridge.delivery.deliverer, ``bursting``): the head sends a full digest, and the
+    next the 15 left, after waiting its fill_wait for more. (The old rule: 40 alone.)"""
     b = bridge({"rate_limits": {"messages": 80}, "digest": {"max_items": 25}})
     first, then = range(8001, 8031), range(8031, 8071)
     enqueue_orders(b, first)
@@ -87,7 +86,7 @@ def test_a_burst_counts_what_its_line_posted_a_moment_ago(bridge, fake_pumble):
     b.work()
     read = order_numbers(fake_pumble)
     assert [n for message in read for n in message] == [*first, *then]
-    assert [len(message) for message in read[30:]] == [25, 1, 1, 1, 1, 11]
+    assert [len(message) for message in read[30:]] == [25, 15]
     # The first digest was full at once; the last waited its fill_wait for more, none came.
     assert b.clock.sleeps == fill_waits(b)
     assert abs(sum(fill_waits(b)) - 2) < FILL_LOOK + 1e-9

@@ -248,9 +248,20 @@ def test_a_run_takes_no_more_once_its_line_is_a_burst(bridge, fake_pumble):
     enqueue_orders(b, range(12, 82))  # 70 more at once
     assert claimed_and_posted() == 4  # its last look was before they came
     assert run._claim(4) == []  # 8 posted and 72 waiting: more than the 72 slots left
-    b.clock.offset += 3600  # an hour later: the slots are back, nothing posted a moment ago
-    assert len(run._claim(4)) == 4
     run._end([])
+
+
+def test_a_run_claims_no_more_than_may_go_one_by_one_before_a_burst(bridge, fake_pumble):
+    """40 slots: 4 posted, 14 waiting: 18 and half as much again to come is 27, and 36 are
+    left: 9 more may go one by one, so a batch of 32 takes 9."""
+    b = bridge({"rate_limits": {"messages": 40}})
+    enqueue_orders(b, range(1, 20))  # a head and 18 behind it
+    run = run_of(b, 1)
+    taken = run._claim(4)
+    assert run._post(run._members(taken))[0] == 4
+    taken = run._claim(32)
+    assert len(taken) == 9
+    run._end(taken)
 
 
 def test_a_run_posts_an_orders_later_messages_in_the_thread_it_began(bridge, fake_pumble):

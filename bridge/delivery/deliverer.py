@@ -21,9 +21,12 @@ from bridge.store.runs import Finisher
 # heartbeat (bridge.worker) and the fallback of the jobs its run took (bridge.delivery.run).
 HEARTBEAT_GRACE = 10
 # A line's demand: the messages posted in the last BURST_SECONDS and what waits. Less than
-# BURST_MIN is never a burst.
+# BURST_MIN is never a burst. A burst is a demand that, with half as much again to come, would
+# take more messages than the slots left: a fast worker keeps a burst's line short, and would
+# otherwise spend the window's slots on its first orders one by one.
 BURST_SECONDS = 5
 BURST_MIN = 8
+BURST_TO_COME = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,18 @@ class Deliverer:
         return self.slots(account).left
 
     @staticmethod
-    def bursting(slots: Slots, waiting: int) -> bool:
-        """Whether a line with ``waiting`` notifications is in a burst: what it posted a moment
-        ago (in the last ``BURST_SECONDS``) and what waits would take more messages than the
-        slots left. Then its slots go to digests even while fewer wait than the slots left: a
-        fast worker keeps a burst's line short, and would spend them on its first orders one
-        by one."""
+    def singles_left(slots: Slots, waiting: int) -> float:
+        """How many more of a line with ``waiting`` notifications may go one by one before it
+        is in a burst (see ``BURST_TO_COME``); below zero, it is in one."""
         demand = slots.recent + waiting
-        return demand >= BURST_MIN and demand > slots.left
+        if demand < BURST_MIN:
+            return float(slots.left)
+        return slots.left - demand * (1 + BURST_TO_COME)
+
+    def bursting(self, slots: Slots, waiting: int) -> bool:
+        """Whether a line with ``waiting`` notifications is in a burst: then its slots go to
+        digests even while fewer wait than the slots left."""
+        return self.singles_left(slots, waiting) < 0
 
     @property
     def abandoned_after(self) -> int:

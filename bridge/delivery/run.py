@@ -103,8 +103,10 @@ class Run:
         burst (its next head digests it)."""
         d, head, keys = self.deliverer, self.head.job, self.deliverer.queue.backlog.keys
         fallback, slots = d.abandoned_after, d.slots(self.head.notification.account)
-        if d.bursting(slots, self.behind):
+        singles_left = d.singles_left(slots, self.behind)
+        if singles_left < 0:
             return []
+        most = min(most, max(1, int(singles_left)))  # none past the line's turn to a burst
         # As a head would: none goes alone while more wait than the slots left (bridge.delivery
         # .steps, _claim), or than the limit posts in the digest window.
         threshold = min(d.digest_threshold, slots.left + 1)
