@@ -68,7 +68,7 @@ RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiti
 # after 5 s), while the worker's posts are paced by Pumble's limit (80 messages a minute) and
 # can wait for the CPU. (`worker` alone keeps its priority unless told: it may have a machine of
 # its own, or share one with busier work than a receiver.)
-WORKER_NICE = 10
+WORKER_NICE = 15
 
 
 def main(argv: Sequence[str] | None = None) -> int:
