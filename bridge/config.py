@@ -120,9 +120,10 @@ class DigestSettings(_Model):
     window: int = Field(60, ge=1)
     max_items: int = Field(25, ge=2, le=200)
     # Seconds a head that must digest (its line is longer than the slots left in the message
-    # limit's window can post one by one) waits, at most, for a full digest of ``max_items`` to
-    # fill rather than spend a slot on fewer: the latency a shop owner pays for a burst's orders
-    # to fit in fewer messages. 0: a digest of whatever waits, at once.
+    # limit's window can post one by one, or it heads a burst: docs/delivery.md) waits, at most,
+    # for a full digest of ``max_items`` to fill rather than spend a slot on fewer: the latency a
+    # shop owner pays for a burst's orders to fit in fewer messages. 0: a digest of whatever
+    # waits, at once.
     fill_wait: float = Field(2.0, ge=0, le=10)
 
 
