@@ -11,6 +11,7 @@ import os
 import re
 import time
 import typing
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ def _empty_is_none(value: Any) -> Any:
     return None if value in ("", None) else value
 
 
+def http_url(value: str | None) -> str | None:
+    """A Pumble base URL: http(s), with a host (the client opens connections to it)."""
+    if value is not None:
+        url = urllib.parse.urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host, such as "
+                             f"{DEFAULT_PUMBLE_BASE_URL}")
+    return value
+
+
 class PumbleAccount(_Model):
     """A named key, for a route's ``account:`` (another workspace, or another sender)."""
 
@@ -68,6 +79,8 @@ class PumbleAccount(_Model):
             raise ValueError("is empty: every account needs a key")
         return value
 
+    _base_url = field_validator("base_url")(http_url)
+
 
 class PumbleSettings(_Model):
     base_url: str = DEFAULT_PUMBLE_BASE_URL
@@ -80,6 +93,8 @@ class PumbleSettings(_Model):
     @classmethod
     def _no_key_when_empty(cls, value: Any) -> Any:  # ${PUMBLE_API_KEY:-} unset: no key
         return _empty_is_none(value)
+
+    _base_url = field_validator("base_url")(http_url)
 
     def account(self, name: str) -> tuple[str, str] | None:
         """(api key, base URL) of a named account; "default" is ``api_key``. None if unknown

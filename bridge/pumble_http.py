@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from bridge.config import http_url
+
 # What every request says it takes, besides the key.
 ACCEPT = {"Accept": "application/json", "User-Agent": "pumble-bridge"}
 JSON_BODY = {"Content-Type": "application/json"}
@@ -89,9 +91,7 @@ class KeepAlive:
 
     def __init__(self, base_url: str, headers: dict[str, str], *, connect_timeout: float,
                  read_timeout: float) -> None:
-        url = urllib.parse.urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        url = urllib.parse.urlsplit(http_url(base_url))
         self._host, self._port = url.hostname, url.port
         self._prefix = url.path.rstrip("/")
         # httpx's context: the same CA bundle (certifi's, or SSL_CERT_FILE) on every platform.

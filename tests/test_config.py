@@ -49,6 +49,19 @@ def test_missing_variable_names_file_line_and_variable(tmp_path):
     )
 
 
+@pytest.mark.parametrize("where", ["pumble", "account"])
+def test_a_pumble_base_url_without_scheme_or_host_is_refused_in_one_line(tmp_path, where):
+    text = GOOD.replace("  api_key: ${PUMBLE_KEY_FOR_TEST}\n", {
+        "pumble": "  api_key: k\n  base_url: api-ext.pumble.com\n",
+        "account": "  api_key: k\n  accounts:\n    other:\n      api_key: k2\n"
+                   "      base_url: api-ext.pumble.com\n"}[where])
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), {})
+    message = str(caught.value)
+    assert "base_url" in message and "'api-ext.pumble.com' is not an http(s) URL" in message
+    assert "\n" not in message
+
+
 def test_escaped_dollar_stays_literal(tmp_path):
     text = GOOD.replace('"Order {{ order.number }}"', '"costs $${PRICE}"')
     config = load_config(write(tmp_path, text), {"PUMBLE_KEY_FOR_TEST": "k"})
