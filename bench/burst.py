@@ -10,10 +10,10 @@ Run from the repository root:
     .venv/bin/python -m bench.burst --quick --sender both       # wrk, then the Python sender
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
-(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default; at the lower CPU priority
-``run`` gives its worker, ``--nice 15``, when the tree has the option) with the bridge's default
-delivery settings (Pumble's published limits: 80 messages a minute; digests over 60 s of at most
-25 lines); the fake Pumble with ``--rate-limit 80`` (it answers 429 past 80 requests in any
+(gunicorn, its defaults); ``pumble-bridge worker`` (one process, the default; at the lower CPU
+priority ``run`` gives its worker, ``--nice 15``, when the tree has the option) with the bridge's
+default delivery settings (Pumble's published limits: 80 messages a minute; digests over 60 s of at
+most 25 lines); the fake Pumble with ``--rate-limit 80`` (it answers 429 past 80 requests in any
 sliding minute). The route renders the shipped ``order_created.j2``.
 
 The sender posts the orders open loop, evenly over the burst (500 a second by default: order i

@@ -11,7 +11,7 @@ The issue: p50/p99 from a webhook sent to its message stored by the fake Pumble 
 at a steady 50 and 200 events per second for 60 seconds.
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
-(gunicorn 2 × 4, the default); ``pumble-bridge worker --processes N`` (``--worker-processes``,
+(gunicorn, its defaults); ``pumble-bridge worker --processes N`` (``--worker-processes``,
 default 2: one process sends at most ~170 a second on 2 cores by bench/worker.py, which is less
 than 200 with the receiver sharing the cores); the fake Pumble with its rate limit off, and the
 bridge's own Pumble rate limiter lifted out of reach in the temp config (the issue's "rate limit
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "machine": info, "header": header,
         "settings": {"rates": rates, "seconds": seconds, "baseline_seconds": baseline_seconds,
                      "worker_processes": args.worker_processes, "body_bytes": stack.BODY_BYTES,
-                     "gunicorn": "2 workers × 4 threads (gthread)"},
+                     "gunicorn": stack.SERVE_SHAPE},
         "results": results, "baselines": baselines, "fake_stats": stats,
         "failed": len(failed), "took_s": round(time.perf_counter() - began, 1),
     })

@@ -8,13 +8,13 @@ Run from the repository root:
     .venv/bin/python -m bench.memory --events 50000 --steps 10
 
 What runs (all on this machine): the embedded Redis in a temp dir; ``pumble-bridge serve``
-(gunicorn 2 × 4); ``pumble-bridge worker`` (one process, the default; rq's scheduler is a forked
-child of it, measured too); the fake Pumble with its rate limit off and the bridge's limiter
-lifted, so every event is one message (no digest). The events are signed 5,000-byte Shopify
-orders, each its own order number and delivery id, sent by 8 concurrent senders, in ``--steps``
-equal steps; after each step the benchmark waits until every message of the step is stored at
-the fake, then reads each process's smaps_rollup. The first reading is after a warm-up of 20
-events (imports done, templates compiled, connections open).
+(gunicorn, its default workers and threads); ``pumble-bridge worker`` (one process, the default;
+rq's scheduler is a forked child of it, measured too); the fake Pumble with its rate limit off and
+the bridge's limiter lifted, so every event is one message (no digest). The events are signed
+5,000-byte Shopify orders, each its own order number and delivery id, sent by 8 concurrent senders,
+in ``--steps`` equal steps; after each step the benchmark waits until every message of the step is
+stored at the fake, then reads each process's smaps_rollup. The first reading is after a warm-up of
+20 events (imports done, templates compiled, connections open).
 
 RSS counts every page a process maps, shared ones in full; PSS divides each shared page among
 the processes that map it (gunicorn's workers share the master's pages after the fork), so PSS
@@ -24,7 +24,7 @@ people's Python processes from the same venv included); USS (the pages a process
 is also shown, and is what to watch for growth.
 
 Baselines: for a web process, a bare Flask endpoint (bench/bare.py: read the body, answer 202)
-under gunicorn with ``serve``'s 2 gthread workers × 4 threads, receiving the same webhooks (the
+under gunicorn with ``serve``'s worker and thread counts, receiving the same webhooks (the
 baseline of bench/receiver.py); for the worker, the same worker process right
 after its warm-up. The ratio for the web process is bridge / bare after all events; for the
 worker, after / at warm-up (growth).
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(bare_shop.close)
         info = stack.machine(store.version)
         header = stack.print_header("memory", args.quick, stack.machine_line(info))
-        print(f"stack:   serve (gunicorn 2×4) · worker (1 process) · embedded redis-server "
-              f"{store.version} · fake Pumble (rate limit off) · bare Flask (gunicorn 2×4)")
+        shape = stack.SERVE_SHAPE
+        print(f"stack:   serve (gunicorn {shape}) · worker (1 process) · embedded redis-server "
+              f"{store.version} · fake Pumble (rate limit off) · bare Flask (gunicorn {shape})")
         print(f"events:  {events:,} signed 5,000-byte orders, {SENDERS} senders, {steps} steps "
               f"after a warm-up of {WARM_UP}", flush=True)
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "machine": info, "header": header,
         "settings": {"events": done, "steps": steps, "senders": SENDERS,
                      "warm_up": WARM_UP, "body_bytes": stack.BODY_BYTES,
-                     "gunicorn": "2 workers × 4 threads (gthread)", "worker_processes": 1},
+                     "gunicorn": stack.SERVE_SHAPE, "worker_processes": 1},
         "rows": rows, "summary": summary, "readings": readings,
         "bridge_pss_total_kib": bridge_total,
         "redis": {"used_memory_kib": redis_memory.get("used_memory", 0) // 1024,

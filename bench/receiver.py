@@ -7,7 +7,7 @@ Run from the repository root (wrk on PATH: ``apt-get install wrk``):
     .venv/bin/python -m bench.receiver --quick            # about 30 s, rougher numbers
     .venv/bin/python -m bench.receiver --compare ../old   # also another checkout's receiver
 
-Cases, each served on this machine with 2 gunicorn workers × 4 threads (``serve``'s default):
+Cases, each served on this machine with ``serve``'s default gunicorn workers and threads:
 - ``bare`` [baseline]: a Flask view that reads the body and answers 202 (bench/bare.py), under
   gunicorn's own gthread worker;
 - ``bridge``: ``pumble-bridge serve`` itself: verify, parse, route, render, then the one atomic
@@ -89,7 +89,8 @@ class Bare:
         self.port = stack.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.service = stack.Service("bare", [
-            sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4",
+            sys.executable, "-m", "gunicorn", "--workers", str(stack.SERVE_WORKERS),
+            "--threads", str(stack.SERVE_THREADS),
             "--worker-class", "gthread", "--bind", f"127.0.0.1:{self.port}", "bench.bare:app",
         ], stack.child_env(), store.folder)
         stack.wait_until(lambda: httpx_ok(f"{self.url}/healthz"), 60, "bare", self.service)

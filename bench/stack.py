@@ -6,7 +6,7 @@ Not a benchmark itself. It starts the real processes the way an operator does, o
   its production settings: unix socket, AOF everysec, noeviction) in a temp data dir. The bridge's
   processes get ``BRIDGE_DATA_DIR`` = that dir and no ``REDIS_URL``, so they find and reuse that
   very server exactly as ``pumble-bridge serve``/``worker`` do by default.
-- The receiver: ``python -m bridge --config CFG serve`` (gunicorn, its default 2 workers × 4
+- The receiver: ``python -m bridge --config CFG serve`` (gunicorn, its default workers and
   threads); the worker: ``python -m bridge --config CFG worker [--processes N]``.
 - The fake Pumble: ``bridge.fake_pumble.create_fake_pumble`` served by ``LocalServer``, the same
   app and server ``pumble-bridge fake-pumble`` runs, in its own process (``python -m bench.stack
@@ -58,6 +58,7 @@ import yaml
 
 import bridge
 from bridge import samples
+from bridge.cli import SERVE_THREADS, SERVE_WORKERS
 from bridge.redis_embedded import EmbeddedRedis
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -74,6 +75,9 @@ FOREIGN_ENV = ("BRIDGE_CONFIG", "PUMBLE_API_KEY", "PUMBLE_BASE_URL", "REDIS_URL"
                "SHOPIFY_WEBHOOK_SECRET", "BRIDGE_ADMIN_TOKEN")
 ORDER = re.compile(r"New order #(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# What `serve` runs by default, as the benches print it.
+SERVE_SHAPE = f"{SERVE_WORKERS} workers × {SERVE_THREADS} thread(s) (gthread)"
 
 
 # --- the webhooks ---------------------------------------------------------------------------

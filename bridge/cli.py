@@ -69,6 +69,11 @@ RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiti
 # can wait for the CPU. (`worker` alone keeps its priority unless told: it may have a machine of
 # its own, or share one with busier work than a receiver.)
 WORKER_NICE = 15
+# `serve`'s processes. Each runs one request at a time in its event loop (`--threads 1`): on two
+# cores, four keep the CPU busy through each request's wait for Redis, and handing requests to
+# threads and back cost a fifth of a receiver's CPU (bench/receiver.py).
+SERVE_WORKERS = 4
+SERVE_THREADS = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,8 +173,12 @@ def _add_service_commands(commands: argparse._SubParsersAction,
     serve = _command(commands, common, "serve", cmd_serve, "run the webhook receiver",
                      service=True)
     _listen_flags(serve)
-    serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    serve.add_argument("--workers", type=int, default=SERVE_WORKERS,
+                       help=f"gunicorn worker processes (default {SERVE_WORKERS})")
+    serve.add_argument("--threads", type=int, default=SERVE_THREADS, metavar="N",
+                       help=f"threads per gunicorn worker (default {SERVE_THREADS}: its event "
+                            "loop runs each request; more when Redis is far, see "
+                            "docs/deploying.md)")
     serve.add_argument("--dev", action="store_true",
                        help="Flask's development server instead of gunicorn")
 
@@ -362,6 +371,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.web import create_app
 
     config = command_config(args)
+    if args.workers < 1 or args.threads < 1:
+        raise CommandError("--workers and --threads must be 1 or more")
     port = _port(args)
     _port_free(args.host, port, "--port (or PORT)")
     _warn_short_secrets(config)

@@ -1,3 +1,5 @@
+import pytest
+
 from bridge.cli import main
 
 
@@ -57,6 +59,13 @@ def test_bridge_config_variable_names_the_file(write_config, monkeypatch, capsys
 def test_worker_without_a_key_refuses_clearly(write_config, capsys):
     assert main(["--config", str(write_config(api_key="")), "worker", "--burst"]) == 2
     assert "no Pumble API key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--threads"])
+def test_serve_refuses_no_processes_or_threads_in_one_line(flag, write_config, capsys):
+    assert main(["--config", str(write_config()), "serve", flag, "0"]) == 2
+    assert capsys.readouterr().err == ("pumble-bridge: --workers and --threads must be 1 or "
+                                       "more\n")
 
 
 def test_platform_keys_are_checked_with_their_line(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Redis with a replica and under Sentinel, for real: a master, a replica and three sentinels on
 the test's own ports. The master is SIGKILLed under a steady stream of signed webhooks to the
-receiver (served by gunicorn, as in production: its threads keep their Redis connections) and a
+receiver (served by gunicorn, as in production: its processes keep their Redis connections) and a
 worker process, Sentinel promotes the replica, and the old master is restarted and rejoins as a
 replica. Webhooks are acknowledged only once the replica has them (WAIT)."""
 
@@ -212,8 +212,7 @@ def test_a_failover_under_load_loses_and_duplicates_no_acked_webhook(ha_redis, w
     settings["delivery"] = {"rate_limits": {"messages": 100_000}}  # the fake has no limit
     config.write_text(yaml.safe_dump(settings))
     port = free_port()
-    receiver = bridge_process(config, "serve", "--port", str(port), "--workers", "1",
-                              "--threads", "4")
+    receiver = bridge_process(config, "serve", "--port", str(port), "--workers", "2")
     worker = bridge_process(config, "worker")
     stream = Stream(f"http://127.0.0.1:{port}")
     sender = threading.Thread(target=stream.run, daemon=True)

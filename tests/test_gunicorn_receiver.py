@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from bridge.gunicorn_app import ANSWER_TIMEOUT
 from bridge.sources import woocommerce
 from bridge.sources.shopify import sign
 from tests.conftest import TEST_KEY, TEST_SECRET, free_port, signed_order, wait_until
@@ -285,6 +286,62 @@ def test_a_kept_alive_connections_next_request_is_read_as_it_comes(serve, rq_que
         connection.sendall(b"".join(head(7008)))
         assert final_status(reader) == 202
     assert len(rq_queue.get_jobs()) == 3
+
+
+def post_request(number: int) -> bytes:
+    """A signed order webhook as one HTTP/1.1 request, its own webhook id."""
+    body, headers = signed_order(number, webhook_id=f"w-{number}-{time.time_ns()}")
+    return b"".join([b"POST /webhooks/shop HTTP/1.1\r\nHost: bridge\r\n",
+                     b"Content-Length: %d\r\n" % len(body),
+                     *(f"{k}: {v}\r\n".encode() for k, v in headers.items()), b"\r\n", body])
+
+
+def test_requests_pipelined_on_one_connection_are_all_answered_in_order(serve, rq_queue):
+    """With one thread (serve's default) the event loop runs each request itself; a request
+    already here behind the one it finishes runs on the loop's next turn, not inside it (300
+    deep would pass Python's recursion limit)."""
+    served, _config = serve
+    port = int(served.url.rpartition(":")[2])
+    numbers = range(8000, 8300)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"".join(post_request(number) for number in numbers))
+        reader = connection.makefile("rb")
+        statuses = []
+        for _number in numbers:
+            statuses.append(int(reader.readline().split()[1]))
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.partition(b":")[2])
+            reader.read(length)
+    assert statuses == [202] * len(numbers)
+    orders = [job.args[0]["text"] for job in rq_queue.get_jobs()]
+    assert len(orders) == len(numbers)
+    assert all(f"#{number}" in text for number, text in zip(numbers, orders, strict=True))
+
+
+def test_a_client_that_reads_no_answers_is_closed_and_holds_no_one_up(serve, rq_queue):
+    """A client that sends request after request and reads none of the answers fills every
+    buffer on the way, until sending its next answer would wait: the receiver closes it after
+    ANSWER_TIMEOUT rather than wait for ever, and goes on answering."""
+    served, _config = serve
+    port = int(served.url.rpartition(":")[2])
+    attacker = socket.socket()
+    attacker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # buffers fill sooner
+    attacker.connect(("127.0.0.1", port))
+    attacker.settimeout(ANSWER_TIMEOUT + 10)
+    requests = b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n" * 200
+    started = time.monotonic()
+    with attacker, pytest.raises((ConnectionResetError, BrokenPipeError)):  # it closed
+        while time.monotonic() - started < 60:
+            attacker.sendall(requests)
+    body, headers = signed_order(8400, webhook_id=f"w-8400-{time.time_ns()}")
+    sent = time.monotonic()
+    response = httpx.post(f"{served.url}/webhooks/shop", content=body, headers=headers,
+                          timeout=ANSWER_TIMEOUT + 5)
+    assert response.status_code == 202
+    assert time.monotonic() - sent < 1
+    assert "closed a connection that read no answer for 2 s" in served.log.read_text()
 
 
 def test_a_refused_body_read_whole_keeps_the_connection(serve, rq_queue):

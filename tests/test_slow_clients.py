@@ -98,7 +98,7 @@ class Attack:
 def test_signed_webhooks_are_answered_within_a_second_among_256_slow_connections(
         tmp_path, write_config, redis_url, queue_name, rq_queue):
     config = write_config(redis_url=redis_url, queue=queue_name)
-    with serving(config, tmp_path) as served:  # serve's defaults: 2 workers of 4 threads
+    with serving(config, tmp_path) as served:  # serve's default workers and threads
         attack = Attack(int(served.url.rpartition(":")[2]))
         latencies, statuses = [], []
         try:
