@@ -9,10 +9,11 @@ refusal (``/readyz``). The workers never watch or reload by themselves: two proc
 each read the file could disagree, and a worker replacing a dead one would start from the
 startup config.
 
-The workers are gunicorn's ``gthread`` workers, but a request reaches a thread only once it is
-all here (``WholeRequestWorker``): a connection that sends slowly, stalls or sends nothing costs
-a buffer in the worker's event loop, not one of its few threads, and is closed once it has taken
-``REQUEST_READ_TIMEOUT`` seconds.
+The workers are gunicorn's ``gthread`` workers, but a request is run only once it is all here
+(``WholeRequestWorker``): a connection that sends slowly, stalls or sends nothing costs a buffer
+in the worker's event loop, not the loop itself or one of its few threads, and is closed once it
+has taken ``REQUEST_READ_TIMEOUT`` seconds. With one thread (``serve``'s default) the event loop
+runs each whole request itself.
 """
 
 from __future__ import annotations
@@ -280,13 +281,14 @@ class _Waiting:
 
 
 class WholeRequestWorker(ThreadWorker):
-    """gunicorn's gthread worker, whose event loop reads each request whole before a thread
-    runs it, and times out and closes connections without holding a thread.
+    """gunicorn's gthread worker, whose event loop reads each request whole before it runs (in
+    the loop itself with one thread, else in a thread), and times out and closes connections
+    without holding either.
 
     gthread gives a thread to each connection with bytes to read, and the thread reads until the
-    request is in: 8 connections sending a byte a second held all of them. Here the
-    threads only ever run requests that are all here (or refused whole: a body over the limit,
-    whose connection is then closed); everything that waits, waits in the event loop."""
+    request is in: 8 connections sending a byte a second held all of them. Here only requests
+    that are all here run (or refused whole: a body over the limit, whose connection is then
+    closed); everything that waits, waits in the event loop."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
