@@ -190,10 +190,9 @@ def burst(args: argparse.Namespace, orders: int, seconds: float, sender: str,
         store, fake, _config, receiver, worker, collector = box
         info = stack.machine(store.version)
         header = stack.print_header("burst", args.quick, stack.machine_line(info))
-        print(f"stack:   serve (gunicorn 2×4) · worker (1 process, nice {nice}, default delivery "
-              f"settings: "
-              f"{PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) · embedded redis-server "
-              f"{store.version} · fake Pumble --rate-limit {PER_MINUTE} "
+        print(f"stack:   serve (gunicorn {stack.SERVE_SHAPE}) · worker (1 process, nice {nice}, "
+              f"default delivery settings: {PER_MINUTE} messages/min, digests of ≤ {MAX_ITEMS}) "
+              f"· embedded redis-server {store.version} · fake Pumble --rate-limit {PER_MINUTE} "
               f"(faults: {fake.faults().get('rate_limit')})")
         print(f"burst:   {orders:,} signed 5,000-byte orders over {seconds:g} s "
               f"({orders / seconds:,.0f}/s, open loop), sent by {sender}", flush=True)

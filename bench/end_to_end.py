@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(shop.close)
         info = stack.machine(store.version)
         header = stack.print_header("end_to_end", args.quick, stack.machine_line(info))
-        print(f"stack:   serve (gunicorn 2×4) :{receiver.port} · worker --processes "
-              f"{args.worker_processes} · embedded redis-server {store.version} · fake Pumble "
-              f":{fake.port} (rate limit off; the bridge's limiter lifted)")
+        print(f"stack:   serve (gunicorn {stack.SERVE_SHAPE}) :{receiver.port} · worker "
+              f"--processes {args.worker_processes} · embedded redis-server {store.version} · "
+              f"fake Pumble :{fake.port} (rate limit off; the bridge's limiter lifted)")
         print(f"load:    open loop, {rates} events/s, {seconds:g} s each, 5,000-byte signed "
               "orders, a new order number and delivery id each", flush=True)
 
