@@ -21,7 +21,7 @@ What runs (all on loopback, in a temp dir removed afterwards unless ``--keep`` o
   directory, so the URL stays the same.
 - The fake Pumble as its own process (``python -m bridge fake-pumble``, werkzeug, which it needs
   for accept-then-drop), one channel per source, its key required.
-- 2 receivers (``pumble-bridge serve --workers 1 --threads 4``: gunicorn) and 2 workers
+- 2 receivers (``pumble-bridge serve --workers 2``: gunicorn, one thread) and 2 workers
   (``pumble-bridge worker --maintenance-interval 2``), each in its own process group. A killed
   one is started again a second later, as systemd's ``Restart=always`` would; a process that
   exits on its own is restarted too, and counted (it should not happen).

@@ -138,7 +138,7 @@ class Cluster:
         base = [*python, "--config", str(self.config)]
         self.ports = [free_port() for _ in range(receivers)]
         self.receivers = [Process(f"receiver-{i}", [
-            *base, "serve", "--port", str(port), "--workers", "1", "--threads", "4"], directory)
+            *base, "serve", "--port", str(port), "--workers", "2"], directory)
             for i, port in enumerate(self.ports)]
         self.workers = [Process(f"worker-{i}", [
             *base, "worker", "--maintenance-interval", str(maintenance)], directory)
