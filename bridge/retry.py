@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import redis
 import tenacity
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as RedisRetry
@@ -72,6 +73,10 @@ REDIS_PROMPT_RETRIES = 2
 # A worker whose Redis refuses writes or is out of reach past the client's own retries probes it
 # again after 1, 2, 4, then every 5 s (bridge.worker).
 REDIS_UNAVAILABLE = Backoff(base=0.5, cap=5.0)
+# What Redis unavailable looks like: refusing writes (full under noeviction, a read-only
+# replica), loading its data, or out of reach once the connection's own retries are spent.
+REDIS_UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+                            redis.ReadOnlyError)
 
 # A job's own failures are decided by bridge.delivery; this net only catches a worker that died
 # mid-job (SIGKILL, lost machine) or a bug: the job is run again this many times. The first time

@@ -42,7 +42,7 @@ from bridge.delivery import Deliverer, DeliveryJob
 from bridge.delivery.deliverer import HEARTBEAT_GRACE
 from bridge.metrics import Metrics
 from bridge.queue import connect
-from bridge.retry import REDIS_UNAVAILABLE
+from bridge.retry import REDIS_UNAVAILABLE, REDIS_UNAVAILABLE_ERRORS
 from bridge.store import scripts
 from bridge.store.keys import rq_scheduler
 from bridge.summaries_post import SummaryPoster
@@ -54,11 +54,9 @@ MAINTENANCE_INTERVAL = 30
 # Seconds rq's pub/sub listener (the thread that hears rq's commands, such as shutdown) blocks
 # between looks at its stop flag.
 PUBSUB_POLL = 0.1
-# Redis refusing writes (full under noeviction, a read-only replica), loading its data, or out of
-# reach once the connection's own retries are spent: rq's loop would end the worker on any of
-# them; ours waits, probing it again by bridge.retry's REDIS_UNAVAILABLE, and carries on.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
-               redis.ReadOnlyError)
+# rq's loop would end the worker on any of them; ours waits, probing it again by bridge.retry's
+# REDIS_UNAVAILABLE, and carries on.
+UNAVAILABLE = REDIS_UNAVAILABLE_ERRORS
 
 T = TypeVar("T")
 

@@ -18,6 +18,7 @@ from bridge.local_server import LocalServer
 from bridge.notification import Notification
 from bridge.queue import connect, job_id
 from bridge.ratelimit import RateLimiter, limits_per_minute
+from bridge.store.runs import Finisher
 from tests.conftest import FakePumble, stats
 from tests.test_identity import LossyProxy, owners
 from tests.test_order import enqueue_orders, order_numbers
@@ -132,6 +133,36 @@ def test_a_job_that_is_not_plain_ends_the_run_and_goes_in_its_turn(bridge, fake_
     b.drain()
     assert shown(fake_pumble) == list(numbers)
     assert Job.fetch(retried.id, connection=b.rq.connection).worker_name  # rq ran it
+    nothing_left_behind(b, numbers)
+
+
+REFUSED_AS_FULL = ("return redis.error_reply(\"OOM command not allowed when used memory > "
+                   "'maxmemory'.\")")
+
+
+def test_a_run_whose_record_redis_refuses_writes_it_once_redis_takes_writes(
+        bridge, fake_pumble, monkeypatch):
+    """Redis full mid-run: a member's record is refused in the round trip that claims the next
+    batch, and the claim goes through. The run waits for Redis, records the member and hands
+    back what it claimed: every order posted once, in order, by one worker's one pass (none
+    left to wait for its fallback)."""
+    finish, refused = Finisher.finish, []
+
+    def refusing(self, pipe, job, *args):
+        if refused:
+            return finish(self, pipe, job, *args)
+        refused.append(job.id)
+        pipe.eval(REFUSED_AS_FULL, 0)  # as Redis refuses the record's script when full
+        return None
+
+    monkeypatch.setattr(Finisher, "finish", refusing)
+    b = bridge()
+    numbers = range(7001, 7021)
+    enqueue_orders(b, numbers)
+    b.work()  # one burst worker, once
+    assert refused == [jobs_of(b, numbers)[1].id]
+    assert shown(fake_pumble) == list(numbers)
+    assert set(owners(fake_pumble).values()) == {1}
     nothing_left_behind(b, numbers)
 
 

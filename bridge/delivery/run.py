@@ -39,6 +39,7 @@ from bridge.digest import HANDOVER_MARGIN
 from bridge.mutes import HELD, muted_now
 from bridge.notification import Notification
 from bridge.pumble import AmbiguousError, PumbleError
+from bridge.retry import REDIS_UNAVAILABLE, REDIS_UNAVAILABLE_ERRORS
 from bridge.store import runs, scripts
 from bridge.threads import Root
 
@@ -68,6 +69,9 @@ class Run:
         self.begun: dict[str, Root] = {}
         self.joining: dict[str, str] = {}
         self.behind = 0  # waiting behind it after its last claim: a burst ends the run
+        # Members posted whose records are on the pipeline, not yet executed: written again
+        # if Redis refuses them (_ride_out).
+        self.unconfirmed: list[tuple[Attempt, dict[str, Any], datetime]] = []
 
     def deliver(self) -> None:
         """Batches of the next jobs of the line, each claimed in the round trip that records
@@ -88,6 +92,9 @@ class Run:
                 # slot (bridge.ratelimit).
                 batch = max(1, min(2 * batch, BATCH_MAX,
                                    int(d.limiter.margin / 2 / max(slowest, 1e-3))))
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            self._ride_out(exc)
+            taken = []  # handed back
         finally:
             self._end(taken)
         log.debug("job %s: posted %d more of its line in its run", self.head.job.id, posted,
@@ -115,7 +122,7 @@ class Run:
             scripts.CLAIM_RUN, 3, self.line, self.rq.key, self.rq.scheduled_job_registry.key,
             head.id, most, fallback, keys.in_run_prefix(), fallback - HANDOVER_MARGIN,
             HANDOVER_MARGIN, threshold, Job.redis_job_namespace_prefix)
-        behind, *answer = self.pipe.execute()[-1]
+        behind, *answer = self._execute()[-1]
         claimed = runs.decode(head.connection, head.serializer, answer)
         self.behind = behind - len(claimed)
         for gone in (job_id for job_id, job in claimed if job is None):
@@ -158,7 +165,7 @@ class Run:
                                      "replies" if replies else "messages")
             a.meta.update(attempts=1, maybe_sent_at=d.clock.time())
             runs.write_meta(self.pipe, a.job)  # before sending: a worker killed mid-send
-        answers = self.pipe.execute() if batch else []  # leaves it
+        answers = self._execute() if batch else []  # leaves it
         slowest, posted, tried, unrecorded = 0.0, 0, 0, []
         for a, slot in zip(batch, slots, strict=True):
             if d.limiter.seconds_until(answers[slot]) > 0:
@@ -202,14 +209,49 @@ class Run:
     def _record(self, posted: list[tuple[Attempt, datetime]]) -> None:
         """Members posted: finished as delivered, each one beginning a thread its root, queued
         on the run's pipeline (sent with the next round trip)."""
-        d = self.deliverer
         for a, started_at in posted:
-            d.finisher.finish(self.pipe, a.job, a.delivered(), started_at, self.line,
-                              d.queue.backlog.keys.in_run(a.job.id))
-            if a.actions.thread and not a.root:
-                d.queue.roots.claim_on(self.pipe, a.notification, a.message.id,
-                                       a.message.channel_id)
+            self.unconfirmed.append((a, a.delivered(), started_at))
+            self._queue_record(*self.unconfirmed[-1])
         posted.clear()
+
+    def _queue_record(self, a: Attempt, result: dict[str, Any], started_at: datetime) -> None:
+        d = self.deliverer
+        d.finisher.finish(self.pipe, a.job, result, started_at, self.line,
+                          d.queue.backlog.keys.in_run(a.job.id))
+        if a.actions.thread and not a.root:
+            d.queue.roots.claim_on(self.pipe, a.notification, a.message.id, a.message.channel_id)
+
+    def _execute(self) -> list[Any]:
+        """The run's pipeline, in one round trip; the records on it are written then."""
+        answers = self.pipe.execute()
+        self.unconfirmed.clear()
+        return answers
+
+    def _ride_out(self, exc: Exception) -> None:
+        """Redis refused a round trip of the run's (full, read-only) or is out of reach: its
+        writes may be applied in part (each script wholly or not at all). Once Redis takes
+        writes again: the members posted are recorded, and every job still marked as the run's
+        goes back to the queue's front, those of a claim whose answer was lost too. (Left to
+        their fallback, they would hold their line for the job timeout; recorded only by their
+        own jobs, posted ones would be looked for, or sent again.)"""
+        d, failures = self.deliverer, 0
+        log.warning("job %s: Redis failed mid-run (%s): waiting for it", self.head.job.id,
+                    type(exc).__name__, extra=self.head.context())
+        while True:
+            failures += 1
+            d.clock.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
+            for record in self.unconfirmed:
+                self._queue_record(*record)
+            self.pipe.zrange(self.line, 0, RUN_MAX + BATCH_MAX)
+            try:
+                waiting = [job_id.decode() for job_id in self._execute()[-1]]
+                self._hand_back(waiting)
+                self._execute()
+            except REDIS_UNAVAILABLE_ERRORS:
+                continue
+            log.warning("job %s: Redis is available again: the run ends", self.head.job.id,
+                        extra=self.head.context())
+            return
 
     def _failed(self, a: Attempt, error: PumbleError) -> None:
         """A send to try again is parked for its backoff, out of the run; any other goes back
@@ -229,12 +271,17 @@ class Run:
 
     def _end(self, waiting: list[tuple[Job, dict[str, Any]]]) -> None:
         """The last writes; the jobs not posted back to the queue's front."""
-        if waiting:
+        self._hand_back([job.id for job, _ in waiting])
+        self._execute()
+
+    def _hand_back(self, ids: list[str]) -> None:
+        """Those of ``ids`` (in line order) still marked as the run's, back to the queue's
+        front, on the pipeline."""
+        if ids:
             keys = self.deliverer.queue.backlog.keys
             self.pipe.eval(scripts.HAND_BACK, 2, self.rq.key, self.rq.scheduled_job_registry.key,
                            self.head.job.id, keys.in_run_prefix(), Job.redis_job_namespace_prefix,
-                           utcformat(now()), *(job.id for job, _ in waiting))
-        self.pipe.execute()
+                           utcformat(now()), *ids)
 
 
 def _plain(a: Attempt) -> bool:
