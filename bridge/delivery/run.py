@@ -235,8 +235,8 @@ class Run:
         their fallback, they would hold their line for the job timeout; recorded only by their
         own jobs, posted ones would be looked for, or sent again.)"""
         d, failures = self.deliverer, 0
-        log.warning("job %s: Redis failed mid-run (%s): waiting for it", self.head.job.id,
-                    type(exc).__name__, extra=self.head.context())
+        log.warning("job %s: Redis is unavailable mid-run (%s): waiting for it",
+                    self.head.job.id, type(exc).__name__, extra=self.head.context())
         while True:
             failures += 1
             d.clock.sleep(REDIS_UNAVAILABLE.steady_delay(failures))
@@ -249,8 +249,8 @@ class Run:
                 self._execute()
             except REDIS_UNAVAILABLE_ERRORS:
                 continue
-            log.warning("job %s: Redis is available again: the run ends", self.head.job.id,
-                        extra=self.head.context())
+            log.warning("job %s: Redis is available again: resuming (its run ends here)",
+                        self.head.job.id, extra=self.head.context())
             return
 
     def _failed(self, a: Attempt, error: PumbleError) -> None:
