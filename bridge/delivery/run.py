@@ -20,6 +20,9 @@ It stays as safe as a job of its own:
   to the front of the queue (scripts.HAND_BACK) and run as jobs of their own, through every
   step. A send Pumble refuses ends it too; one to try again (5xx, 429, no answer) is parked for
   its backoff first, as the job itself would have been.
+- Redis refusing a round trip of the run (full, read-only, out of reach) stops it where it is:
+  once Redis takes writes, the members posted are recorded and the rest handed back
+  (``Run._ride_out``), rather than left to their fallback.
 - A run never makes a digest: none is claimed while as many wait behind it as would make its
   head send one (more than the slots left, or than the limit posts in the digest window).
 """
