@@ -71,7 +71,7 @@ RESTART_DELAY_CAP = 30.0  # seconds between restarts of a child that keeps exiti
 WORKER_NICE = 15
 # `serve`'s processes. Each runs one request at a time in its event loop (`--threads 1`): on two
 # cores, four keep the CPU busy through each request's wait for Redis, and handing requests to
-# threads and back cost a fifth of a receiver's CPU (bench/receiver.py).
+# threads and back cost up to a fifth of a receiver's CPU (bench/receiver.py).
 SERVE_WORKERS = 4
 SERVE_THREADS = 1
 

@@ -359,7 +359,7 @@ class WholeRequestWorker(ThreadWorker):
 
     def _run_here(self, conn: TConn, data: bytes, whole: bool) -> None:
         """Run a whole request in the event loop itself: no hand-off to a thread and back,
-        which cost a receiver a fifth of its CPU a webhook (``bench.receiver``)."""
+        which cost a receiver up to a fifth of its CPU a webhook (``bench.receiver``)."""
         if self._running_here:  # a request pipelined behind the one finishing: next turn
             self.method_queue.defer(self._run_here, conn, data, whole)
             return
