@@ -320,7 +320,7 @@ def test_requests_pipelined_on_one_connection_are_all_answered_in_order(serve, r
     assert all(f"#{number}" in text for number, text in zip(numbers, orders, strict=True))
 
 
-def test_a_client_that_reads_no_answers_is_closed_and_holds_no_one_up(serve, rq_queue):
+def test_a_client_that_reads_no_answers_is_closed_after_the_answer_timeout(serve, rq_queue):
     """A client that sends request after request and reads none of the answers fills every
     buffer on the way, until sending its next answer would wait: the receiver closes it after
     ANSWER_TIMEOUT rather than wait for ever, and goes on answering."""
