@@ -173,8 +173,9 @@ def _add_service_commands(commands: argparse._SubParsersAction,
     serve = _command(commands, common, "serve", cmd_serve, "run the webhook receiver",
                      service=True)
     _listen_flags(serve)
-    serve.add_argument("--workers", type=int, default=SERVE_WORKERS,
-                       help=f"gunicorn worker processes (default {SERVE_WORKERS})")
+    serve.add_argument("--workers", type=int,
+                       help=f"gunicorn worker processes (default: WEB_CONCURRENCY, as a Procfile "
+                            f"platform sets it for the machine's size, else {SERVE_WORKERS})")
     serve.add_argument("--threads", type=int, default=SERVE_THREADS, metavar="N",
                        help=f"threads per gunicorn worker (default {SERVE_THREADS}: its event "
                             "loop runs each request; more when Redis is far, see "
@@ -276,6 +277,20 @@ def _port(args: argparse.Namespace) -> int:
         raise CommandError(f"PORT: {exc}") from None
 
 
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``--workers``, else WEB_CONCURRENCY, else SERVE_WORKERS; ``--threads`` checked too.
+    A WEB_CONCURRENCY that is set is checked even under ``--workers``: gunicorn reads it as it
+    is imported, and fails with a traceback on anything but a number."""
+    if (args.workers is not None and args.workers < 1) or args.threads < 1:
+        raise CommandError("--workers and --threads must be 1 or more")
+    text = os.environ.get("WEB_CONCURRENCY")
+    if text is not None and (not text.strip().isdigit() or int(text) < 1):
+        raise CommandError(f"WEB_CONCURRENCY: {text!r} is not a number of processes (1 or more)")
+    if args.workers is not None:
+        return int(args.workers)
+    return int(text) if text is not None else SERVE_WORKERS
+
+
 def _port_number(text: str) -> int:
     """A TCP port, for argparse (which prints the reason on one line) and for PORT."""
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -371,8 +386,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.web import create_app
 
     config = command_config(args)
-    if args.workers < 1 or args.threads < 1:
-        raise CommandError("--workers and --threads must be 1 or more")
+    workers = _serve_workers(args)
     port = _port(args)
     _port_free(args.host, port, "--port (or PORT)")
     _warn_short_secrets(config)
@@ -397,7 +411,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         GunicornApp(lambda: create_app(config, redis_url, redactor=args.redactor,
                                        metrics=shared), {
             "bind": binds,
-            "workers": args.workers,
+            "workers": workers,
             "threads": args.threads,
             "worker_class": WholeRequestWorker,
             "accesslog": "-",

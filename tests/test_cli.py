@@ -1,6 +1,8 @@
 import pytest
 
 from bridge.cli import main
+from bridge.gunicorn_app import GunicornApp
+from tests.conftest import free_port
 
 
 def test_check_accepts_a_good_config(write_config, capsys):
@@ -66,6 +68,18 @@ def test_serve_refuses_no_processes_or_threads_in_one_line(flag, write_config, c
     assert main(["--config", str(write_config()), "serve", flag, "0"]) == 2
     assert capsys.readouterr().err == ("pumble-bridge: --workers and --threads must be 1 or "
                                        "more\n")
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+@pytest.mark.parametrize("flags", [[], ["--workers", "3"]])  # gunicorn would read it all the same
+def test_a_web_concurrency_that_is_no_number_of_processes_is_one_line(
+        value, flags, write_config, monkeypatch, capsys):
+    monkeypatch.setenv("WEB_CONCURRENCY", value)
+    monkeypatch.setattr(GunicornApp, "run", lambda app: None)  # never serve, if it got so far
+    assert main(["--config", str(write_config()), "serve", "--port", str(free_port()),
+                 *flags]) == 2
+    assert capsys.readouterr().err == (f"pumble-bridge: WEB_CONCURRENCY: {value!r} is not a "
+                                       "number of processes (1 or more)\n")
 
 
 def test_platform_keys_are_checked_with_their_line(tmp_path, capsys):

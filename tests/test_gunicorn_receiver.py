@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from bridge.cli import SERVE_WORKERS
 from bridge.gunicorn_app import ANSWER_TIMEOUT
 from bridge.sources import woocommerce
 from bridge.sources.shopify import sign
@@ -49,14 +50,17 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(config: Path, directory: Path, *options: str) -> Iterator[Served]:
-    """`pumble-bridge serve` of ``config`` on a free port until the block ends."""
+def serving(config: Path, directory: Path, *options: str,
+            environ: dict[str, str] | None = None) -> Iterator[Served]:
+    """`pumble-bridge serve` of ``config`` on a free port until the block ends (with
+    ``environ`` added to its environment)."""
     port, log = free_port(), directory / "serve.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "bridge", "--config", str(config), "serve", *options,
              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-            env=clean_env(BRIDGE_DATA_DIR=str(directory / "data")), start_new_session=True)
+            env=clean_env(BRIDGE_DATA_DIR=str(directory / "data"), **(environ or {})),
+            start_new_session=True)
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_until(lambda: served.ready().status_code == 200, "serve to start")
@@ -73,6 +77,18 @@ def serve(tmp_path, write_config, redis_url, queue_name) -> Iterator[tuple[Serve
     config = write_config(redis_url=redis_url, queue=queue_name)
     with serving(config, tmp_path, "--workers", "1") as served:
         yield served, config
+
+
+@pytest.mark.parametrize(("environ", "options", "processes"), [
+    ({}, (), SERVE_WORKERS),
+    ({"WEB_CONCURRENCY": "2"}, (), 2),  # a Procfile platform's, for the machine's size
+    ({"WEB_CONCURRENCY": "2"}, ("--workers", "3"), 3),
+])
+def test_serve_takes_its_processes_from_the_flag_then_web_concurrency(
+        environ, options, processes, tmp_path, write_config, redis_url, queue_name):
+    config = write_config(redis_url=redis_url, queue=queue_name)
+    with serving(config, tmp_path, *options, environ=environ) as served:
+        wait_until(lambda: len(served.workers()) == processes, f"{processes} processes")
 
 
 def channel_of(served: Served, rq_queue, number: int) -> str:
