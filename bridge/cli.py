@@ -287,7 +287,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
     if text is not None and (not text.strip().isdigit() or int(text) < 1):
         raise CommandError(f"WEB_CONCURRENCY: {text!r} is not a number of processes (1 or more)")
     if args.workers is not None:
-        return int(args.workers)
+        return args.workers
     return int(text) if text is not None else SERVE_WORKERS
 
 
