@@ -37,7 +37,8 @@ TEST_METRICS_DIR = tempfile.mkdtemp(prefix="pumble-bridge-test-metrics-")
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment minus anything that would override the test's config."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "PUMBLE_API_KEY", "PUMBLE_BASE_URL", "BRIDGE_CONFIG", "PORT")}
+           if k not in ("REDIS_URL", "PUMBLE_API_KEY", "PUMBLE_BASE_URL", "BRIDGE_CONFIG", "PORT",
+                        "WEB_CONCURRENCY")}
     return {**env, "PROMETHEUS_MULTIPROC_DIR": TEST_METRICS_DIR, **extra}
 
 
